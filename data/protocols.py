@@ -1,0 +1,140 @@
+"""Parsers for the ASVspoof 2019 LA / SASV 2022 protocol files.
+
+Every parser checks field counts and labels and reports problems as
+`ProtocolError("<file>:<line>: ...")`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+CM_KEYS = ("bonafide", "spoof")
+SASV_KEYS = ("target", "nontarget", "spoof")
+
+
+class ProtocolError(ValueError):
+    """A malformed protocol file, reported with its path and line number."""
+
+
+@dataclass(frozen=True)
+class CMEntry:
+    speaker: str
+    utterance: str
+    attack: str  # "-" for bona fide
+    key: str  # "bonafide" or "spoof"
+
+
+@dataclass(frozen=True)
+class SASVTrial:
+    speaker: str  # claimed identity
+    utterance: str  # test utterance
+    attack: str  # "bonafide" or an attack id such as "A07"
+    key: str  # "target", "nontarget" or "spoof"
+
+    @property
+    def label(self) -> int:
+        """Training/OC-softmax label: 0 = target bona fide, 1 = any other trial."""
+        return 0 if self.key == "target" else 1
+
+
+def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
+    path = Path(path)
+    counts = (n_fields,) if isinstance(n_fields, int) else n_fields
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: protocol file not found") from None
+    except OSError as error:
+        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) not in counts:
+                    expected = " or ".join(str(c) for c in counts)
+                    raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
+                yield number, fields
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+
+
+def _check_unique(seen: dict[str, int], name: str, path: str | Path, number: int, what: str) -> None:
+    if name in seen:
+        raise ProtocolError(f"{path}:{number}: duplicate {what} {name!r} (first on line {seen[name]})")
+    seen[name] = number
+
+
+def read_cm_protocol(path: str | Path) -> list[CMEntry]:
+    """`SPK UTT - ATTACK KEY` lines (cm.{train.trn,dev.trl,eval.trl}.txt)."""
+    entries, seen = [], {}
+    for number, (speaker, utterance, _, attack, key) in _lines(path, 5):
+        if key not in CM_KEYS:
+            raise ProtocolError(f"{path}:{number}: unknown CM key {key!r}; expected one of {', '.join(CM_KEYS)}")
+        _check_unique(seen, utterance, path, number, "utterance id")
+        entries.append(CMEntry(speaker, utterance, attack, key))
+    if not entries:
+        raise ProtocolError(f"{path}: protocol file is empty")
+    return entries
+
+
+def read_sasv_trials(path: str | Path) -> list[SASVTrial]:
+    """`SPK UTT ATTACK KEY` lines (asv.{dev,eval}.gi.trl.txt)."""
+    trials = []
+    for number, (speaker, utterance, attack, key) in _lines(path, 4):
+        if key not in SASV_KEYS:
+            raise ProtocolError(f"{path}:{number}: unknown trial key {key!r}; expected one of {', '.join(SASV_KEYS)}")
+        if (key == "spoof") == (attack == "bonafide"):
+            raise ProtocolError(f"{path}:{number}: key {key!r} does not match source {attack!r}")
+        trials.append(SASVTrial(speaker, utterance, attack, key))
+    if not trials:
+        raise ProtocolError(f"{path}: trial list is empty")
+    return trials
+
+
+def read_enrollment_files(path: str | Path) -> dict[str, str]:
+    """`SPK FILE` lines (asv.{dev,eval}.gi.trn.txt): speaker -> concatenated enrollment file stem."""
+    files, seen = {}, {}
+    for number, (speaker, stem) in _lines(path, 2):
+        _check_unique(seen, speaker, path, number, "speaker")
+        files[speaker] = stem
+    if not files:
+        raise ProtocolError(f"{path}: enrollment list is empty")
+    return files
+
+
+def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...]) -> dict[str, list[str]]:
+    """`SPK UTT1,UTT2,...` lines (asv.{dev,eval}.{female,male}.trn.txt): speaker -> utterances."""
+    speakers: dict[str, list[str]] = {}
+    first_seen: dict[str, str] = {}
+    for path in paths:
+        for number, (speaker, joined) in _lines(path, 2):
+            if speaker in speakers:
+                raise ProtocolError(f"{path}:{number}: speaker {speaker!r} is listed twice")
+            utterances = [utt for utt in joined.split(",") if utt]
+            if not utterances:
+                raise ProtocolError(f"{path}:{number}: speaker {speaker!r} has no enrollment utterances")
+            for utt in utterances:
+                where = f"{path}:{number}"
+                if utt in first_seen:
+                    raise ProtocolError(f"{where}: duplicate utterance id {utt!r} (also at {first_seen[utt]})")
+                first_seen[utt] = where
+            speakers[speaker] = utterances
+    return speakers
+
+
+def speaker_utterances(entries: list[CMEntry]) -> dict[str, dict[str, list[str]]]:
+    """speaker -> {"bonafide": [...], "spoof": [...]} in protocol order."""
+    speakers: dict[str, dict[str, list[str]]] = {}
+    for entry in entries:
+        speakers.setdefault(entry.speaker, {"bonafide": [], "spoof": []})[entry.key].append(entry.utterance)
+    return speakers
+
+
+def check_trials_enrolled(trials: list[SASVTrial], enrolled: dict, trial_path: str | Path, enrollment_path: str | Path) -> None:
+    """Every claimed speaker must have an enrollment."""
+    for index, trial in enumerate(trials, start=1):
+        if trial.speaker not in enrolled:
+            raise ProtocolError(f"{trial_path}:{index}: speaker {trial.speaker!r} has no enrollment in {enrollment_path}")

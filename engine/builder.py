@@ -1,0 +1,99 @@
+"""Build the SASV model and its loss from a validated configuration."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.config import Config, ConfigError
+from losses import build_loss
+from models.aasist import AASIST
+from models.checkpoint import load_asv_weights, load_cm_weights, load_sasv_weights
+from models.resnet_se34v2 import ResNetSE34V2
+from models.sasv import SASVBackend, SASVModel
+
+# AASIST's published model_config (clovaai/aasist config/AASIST.conf).
+AASIST_MODEL_CONFIG = {
+    "architecture": "AASIST",
+    "nb_samp": 64600,
+    "first_conv": 128,
+    "filts": [70, [1, 32], [32, 32], [32, 64], [64, 64]],
+    "gat_dims": [64, 32],
+    "pool_ratios": [0.5, 0.7, 0.5, 0.5],
+    "temperatures": [2.0, 2.0, 100.0, 100.0],
+}
+
+
+def aasist_model_config(config: Config) -> dict:
+    """`cm_model` inline, else the `model_config` of `aasist_config`, else AASIST's defaults."""
+    if config["cm_model"] is not None:
+        return dict(config["cm_model"])
+    path = config["aasist_config"]
+    if path is None:
+        return dict(AASIST_MODEL_CONFIG)
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{config.source}: aasist_config file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{error.lineno}: invalid JSON in aasist_config ({error.msg})") from None
+    if not isinstance(values, dict) or "model_config" not in values:
+        raise ConfigError(f"{path}: aasist_config has no 'model_config' section")
+    return values["model_config"]
+
+
+def cm_embedding_dim(model_config: dict) -> int:
+    """AASIST's last hidden layer concatenates 5 pooled vectors of gat_dims[1]."""
+    return 5 * int(model_config["gat_dims"][1])
+
+
+def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASVModel, torch.nn.Module]:
+    """The SASV model and OC-softmax loss described by `config`, initialised from its weight files."""
+    asv = config["asv_model"]
+    asv_model = ResNetSE34V2(n_out=asv["n_out"], encoder_type=asv["encoder_type"], n_mels=asv["n_mels"],
+                             layers=tuple(asv["layers"]), num_filters=tuple(asv["num_filters"]),
+                             sample_rate=config["sample_rate"])
+    cm_config = aasist_model_config(config)
+    try:
+        cm_model = AASIST(cm_config)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ConfigError(f"{config.source}: invalid AASIST model_config ({error!r})") from None
+    backend = SASVBackend(asv_dim=asv["n_out"], cm_dim=cm_embedding_dim(cm_config),
+                          conv_channels=tuple(config["backend"]["conv_channels"]),
+                          hidden_dims=tuple(config["backend"]["hidden_dims"]))
+    optim = config["optim"]
+    loss = build_loss("ocsoftmax", feat_dim=optim["oc_dim"], r_real=optim["r_real"],
+                      r_fake=optim["r_fake"], alpha=optim["alpha"])
+    if load_weights:
+        if config["init_checkpoint"]:
+            load_sasv_weights_from(config, "init_checkpoint", asv_model, cm_model, backend, loss)
+        if config["asv_weight"]:
+            load_asv_weights(asv_model, _existing(config, "asv_weight"))
+        if config["aasist_weight"]:
+            load_cm_weights(cm_model, _existing(config, "aasist_weight"))
+    model = SASVModel(asv_model, cm_model, backend, train_asv=config["train_asv"], train_cm=config["train_cm"])
+    return model, loss
+
+
+def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> None:
+    staging = SASVModel(asv_model, cm_model, backend)
+    load_sasv_weights(staging, loss, _existing(config, key))
+
+
+def _existing(config: Config, key: str) -> Path:
+    path = Path(config[key])
+    if not path.is_file():
+        raise ConfigError(f"{config.source}: {key} file {path} does not exist")
+    return path
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; a CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
