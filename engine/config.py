@@ -127,7 +127,11 @@ SCHEMA: dict = _section(
     progbar_refresh=Field(int, 10, "unused: tqdm refreshes itself", ignored=True),
     pl_system=Field(str, "OC", "unused (PyTorch Lightning system name); dataloader / dirs.extra_trn_use select FAD sampling", ignored=True),
     ecapa_weight=Field(str, None, "unused by the original", ignored=True),
-    demo_corpus=Field(dict, None, "generate the synthetic demo corpus into dirs' folders when missing: {seed, size: demo|tiny}"),
+    demo_corpus=_section(
+        root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see data/synthetic.py)"),
+        size=Field(str, "demo", "corpus size", choices=("demo", "tiny")),
+        seed=Field(int, 0, "corpus seed"),
+    ),
 )
 
 

@@ -90,7 +90,7 @@ class Trainer:
         self.state = TrainState()
         self.embedding_cache = EmbeddingCache()
         self.scorer = SASVScorer(self.model, self.loss, device, batch_size=config["eval_batch_size"],
-                                 num_workers=config["loader"]["n_workers"], amp=self.amp,
+                                 num_workers=config["loader"]["n_workers"], amp="off",
                                  sample_rate=config["sample_rate"], resample=config["resample"], progress=progress)
 
     # ----------------------------------------------------------------- data

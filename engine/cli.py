@@ -1,0 +1,82 @@
+"""Command-line plumbing shared by main.py and the save_*.py scripts."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from data.audio import AudioError
+from data.protocols import ProtocolError
+from engine.builder import build_sasv_model, resolve_device
+from engine.config import Config, ConfigError, build_config, load_config
+from metrics import MetricError
+from models.checkpoint import CheckpointError, load_asv_weights, load_cm_weights, load_sasv_weights
+from models.sasv import SASVModel
+
+USER_ERRORS = (ConfigError, ProtocolError, AudioError, CheckpointError, MetricError, FileExistsError)
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool) -> None:
+    parser.add_argument("--config", required=config_required, help="experiment .conf file (YAML flow mapping)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set optim.lr=1e-4 batch_size=8")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: the config's, auto)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    else:
+        config = build_config({}, source="<defaults>", overrides=args.overrides)
+    if args.device:
+        config["device"] = args.device
+    return config
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, asv: bool, cm: bool) -> None:
+    parser.add_argument("--model", help="joint checkpoint: the original Lightning .ckpt or one of ours")
+    if asv:
+        parser.add_argument("--asv_model", help="ASV weights: voxceleb_trainer .model or a joint checkpoint")
+    if cm:
+        parser.add_argument("--cm_model", help="CM weights: AASIST .pth or a joint checkpoint")
+
+
+def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str, ...]) -> tuple[SASVModel, torch.nn.Module, set[str]]:
+    """Build the architecture from `config`, load `--model` / `--asv_model` / `--cm_model`; returns loaded parts."""
+    model, loss = build_sasv_model(config, load_weights=False)
+    loaded: set[str] = set()
+    if args.model:
+        checkpoint = load_sasv_weights(model, loss, Path(args.model))
+        loaded |= {part for part, state in (("asv", checkpoint.asv_state), ("cm", checkpoint.cm_state),
+                                            ("backend", checkpoint.backend_state)) if state is not None}
+    if getattr(args, "asv_model", None):
+        load_asv_weights(model.asv_model, Path(args.asv_model))
+        loaded.add("asv")
+    if getattr(args, "cm_model", None):
+        load_cm_weights(model.cm_model, Path(args.cm_model))
+        loaded.add("cm")
+    missing = [part for part in need if part not in loaded]
+    if need and len(missing) == len(need) or ("backend" in need and "backend" in missing):
+        options = "--model" + (", --asv_model" if hasattr(args, "asv_model") else "") + \
+                  (", --cm_model" if hasattr(args, "cm_model") else "")
+        raise ConfigError(f"no weights for the {' and '.join(missing)} part(s): give {options}")
+    device = resolve_device(config["device"])
+    model.to(device).eval()
+    loss.to(device).eval()
+    return model, loss, loaded
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run `main`; user errors become one line on stderr and exit status 2."""
+    try:
+        code = main()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,22 @@
+"""Generate the embedded synthetic demo corpus when a config asks for it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config import Config
+
+
+def ensure_demo_corpus(config: Config, *, progress: bool = True) -> Path | None:
+    """Generate `demo_corpus.root` when the config names one and it is missing or incomplete."""
+    settings = config["demo_corpus"]
+    if not settings["root"]:
+        return None
+    from data.synthetic import CorpusSpec, corpus_is_complete, generate_corpus
+
+    root = Path(settings["root"])
+    if not corpus_is_complete(root):
+        spec = CorpusSpec.tiny() if settings["size"] == "tiny" else CorpusSpec()
+        spec = CorpusSpec(**{**spec.__dict__, "seed": settings["seed"]})
+        print(f"generating the synthetic demo corpus in {root} ...")
+        generate_corpus(root, spec, progress=progress)
+    return root

@@ -1,0 +1,51 @@
+"""SASV scores of the dev and eval trials with a joint checkpoint, and SASV-EER, SV-EER, SPF-EER, min a-DCF.
+
+Writes to --comment (default Exp-SASV):
+  score_SASV_{part}.txt   "SPK UTT KEY score" in trial order (higher = target bona fide)
+  metrics_{part}.json     sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions)
+Each test utterance and each speaker's enrollment goes through the networks once.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine import io as result_io
+from engine.builder import resolve_device
+from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
+from engine.evaluation import SASVScorer
+from engine.experiment import scoring_inputs
+from engine.trainer import score_metrics, write_trial_scores
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, config_required=False)
+    add_model_args(parser, asv=False, cm=False)
+    parser.add_argument("--comment", default="Exp-SASV", help="output folder")
+    parser.add_argument("--partitions", nargs="+", default=["dev", "eval"], choices=["dev", "eval"])
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    config = config_from_args(args)
+    model, loss, _ = model_from_args(config, args, need=("asv", "cm", "backend"))
+    device = resolve_device(config["device"])
+    scorer = SASVScorer(model, loss, device, batch_size=config["eval_batch_size"],
+                        num_workers=config["loader"]["n_workers"],
+                        sample_rate=config["sample_rate"], resample=config["resample"])
+    out = Path(args.comment)
+    for part in args.partitions:
+        inputs = scoring_inputs(config, part)
+        scores = scorer.score(inputs)
+        write_trial_scores(out / f"score_SASV_{part}.txt", inputs, scores)
+        result = score_metrics(scores, [t.key for t in inputs.trials])
+        result_io.write_json(out / f"metrics_{part}.json", result)
+        print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
+              f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
+              f"({len(inputs.trials)} trials) -> {out / f'score_SASV_{part}.txt'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
