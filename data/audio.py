@@ -1,0 +1,266 @@
+"""Audio reading that reproduces the reference `soundfile.read` decode, plus pad / crop rules.
+
+Most files are read with soundfile (float64, like the reference). FLAC files
+that current soundfile refuses (samples outside the declared bit depth, which
+libFLAC >= 1.4 rejects) are decoded with libFLAC 1.3.x (`data.flac_fallback`)
+and scaled exactly as libsndfile did: `int * 2**-(bits-1)`, no clipping.
+Fallback decodes are cached in memory and on disk (`SASV_AUDIO_CACHE`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_module
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import soundfile
+import torch
+
+from data import flac_fallback
+
+DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
+DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process
+_CACHE_FORMAT = "sasv-flac-int32-v1"  # bump to invalidate old disk entries
+
+
+class AudioError(ValueError):
+    """An audio file cannot be used; the message names the file."""
+
+
+class _Decoded(NamedTuple):
+    samples: np.ndarray  # int32, [n] or [n, channels], read-only
+    sample_rate: int
+    bits_per_sample: int
+
+
+class _SampleLRU:
+    """Least-recently-used cache of fallback decodes, bounded by the total sample count."""
+
+    def __init__(self, max_samples: int) -> None:
+        self.max_samples = max_samples
+        self._entries: OrderedDict[tuple, _Decoded] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> _Decoded | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple, entry: _Decoded) -> None:
+        size = entry.samples.size
+        with self._lock:
+            if size > self.max_samples or key in self._entries:
+                return
+            self._entries[key] = entry
+            self._total += size
+            while self._total > self.max_samples:
+                _, evicted = self._entries.popitem(last=False)
+                self._total -= evicted.samples.size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._total = 0
+
+
+_memory_cache = _SampleLRU(DEFAULT_MEMORY_CACHE_SAMPLES)
+
+
+def clear_memory_cache() -> None:
+    """Forget every in-process fallback decode."""
+    _memory_cache.clear()
+
+
+def set_memory_cache_limit(max_samples: int) -> None:
+    """Bound the in-process cache to `max_samples` int32 samples (0 disables it)."""
+    _memory_cache.clear()
+    _memory_cache.max_samples = max_samples
+
+
+def disk_cache_dir() -> Path | None:
+    """Folder of the on-disk fallback cache; None when `SASV_AUDIO_CACHE` is set to ''."""
+    configured = os.environ.get("SASV_AUDIO_CACHE", DEFAULT_DISK_CACHE)
+    return Path(configured).expanduser() if configured else None
+
+
+def _disk_cache_file(key: tuple) -> Path | None:
+    folder = disk_cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.sha256("\0".join(map(str, (_CACHE_FORMAT, *key))).encode()).hexdigest()
+    return folder / f"{digest}.npz"
+
+
+def _read_disk_cache(key: tuple) -> _Decoded | None:
+    cache_file = _disk_cache_file(key)
+    if cache_file is None or not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as archive:
+            samples = archive["samples"]
+            sample_rate = int(archive["sample_rate"])
+            bits = int(archive["bits_per_sample"])
+    except Exception:  # unreadable or foreign entry: decode again
+        return None
+    if samples.dtype != np.int32 or samples.ndim not in (1, 2):
+        return None
+    samples.flags.writeable = False
+    return _Decoded(samples, sample_rate, bits)
+
+
+def _write_disk_cache(key: tuple, entry: _Decoded) -> None:
+    cache_file = _disk_cache_file(key)
+    if cache_file is None:
+        return
+    temp_name = None
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Same-folder temp file + os.replace: readers never see a partial entry.
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as handle:
+            temp_name = handle.name
+            np.savez(handle, samples=entry.samples, sample_rate=np.int64(entry.sample_rate),
+                     bits_per_sample=np.int64(entry.bits_per_sample))
+        os.replace(temp_name, cache_file)
+    except OSError:  # read-only or full cache folder: the cache is optional
+        if temp_name is not None:
+            try:
+                os.remove(temp_name)
+            except OSError:
+                pass
+
+
+def _cached_decode(key: tuple) -> _Decoded | None:
+    entry = _memory_cache.get(key)
+    if entry is None:
+        entry = _read_disk_cache(key)
+        if entry is not None:
+            _memory_cache.put(key, entry)
+    return entry
+
+
+def _decode_flac_fallback(path: str, key: tuple, soundfile_error: Exception) -> _Decoded:
+    try:
+        samples, sample_rate, bits = flac_fallback.decode_flac_int32(path)
+    except flac_fallback.FlacFallbackUnavailable as error:
+        raise AudioError(f"soundfile cannot read {path} ({soundfile_error}) and the libFLAC 1.3 "
+                         f"fallback is unavailable: {error}") from error
+    except flac_fallback.FlacDecodeError as error:
+        raise AudioError(f"cannot decode {path}: soundfile: {soundfile_error}; libFLAC 1.3: {error.reason}") from error
+    samples.flags.writeable = False
+    entry = _Decoded(samples, sample_rate, bits)
+    _write_disk_cache(key, entry)
+    _memory_cache.put(key, entry)
+    return entry
+
+
+def _decode(path: str, file_stat: os.stat_result) -> tuple[np.ndarray, int]:
+    """float64 samples ([n] or [n, channels]) and the sample rate, as the reference read them."""
+    is_flac = Path(path).suffix.lower() == ".flac"
+    key = (os.path.realpath(path), file_stat.st_size, file_stat.st_mtime_ns)
+    # Only files soundfile refused are cached, so a hit skips a failing soundfile attempt.
+    entry = _cached_decode(key) if is_flac else None
+    if entry is None:
+        try:
+            waveform, sample_rate = soundfile.read(path)
+            return waveform, int(sample_rate)
+        except (RuntimeError, soundfile.SoundFileError) as error:
+            if not is_flac:
+                raise AudioError(f"cannot read audio file {path}: {error}") from error
+            entry = _decode_flac_fallback(path, key, error)
+    scale = 1.0 / (1 << (entry.bits_per_sample - 1))  # libsndfile's FLAC -> double rule
+    return entry.samples.astype(np.float64) * scale, entry.sample_rate
+
+
+def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: bool = False) -> np.ndarray:
+    """Read a mono waveform as float64, like the reference `soundfile.read(path)[0]`.
+
+    Files at another sample rate or with several channels are refused; with
+    `resample=True` the same flag enables both conversions (torchaudio
+    resampling to `sample_rate` and averaging the channels).
+    """
+    path = os.fspath(path)
+    try:
+        file_stat = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(f"audio file not found: {path}") from None
+    except OSError as error:
+        raise AudioError(f"cannot access audio file {path}: {error.strerror}") from None
+    if not stat_module.S_ISREG(file_stat.st_mode):
+        raise AudioError(f"not a regular file: {path}")
+    if file_stat.st_size == 0:
+        raise AudioError(f"empty audio file (0 bytes): {path}")
+
+    waveform, file_rate = _decode(path, file_stat)
+    if waveform.ndim == 2:
+        channels = waveform.shape[1]
+        if channels > 1 and not resample:
+            raise AudioError(f"{path} has {channels} channels, expected mono (resample=True averages them)")
+        waveform = waveform.mean(axis=1) if channels > 1 else waveform[:, 0]
+    if waveform.size == 0:
+        raise AudioError(f"no audio samples in {path}")
+    finite = np.isfinite(waveform)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise AudioError(f"{path} has {int((~finite).sum())} NaN/inf samples (first at index {first})")
+    if file_rate != sample_rate:
+        if not resample:
+            raise AudioError(f"{path} is {file_rate} Hz, expected {sample_rate} Hz (resample=True converts it)")
+        import torchaudio.functional  # only needed for this conversion
+
+        waveform = torchaudio.functional.resample(torch.from_numpy(waveform), file_rate, sample_rate).numpy()
+    return waveform
+
+
+def pad_or_tile(x: np.ndarray, max_len: int) -> np.ndarray:
+    """The reference `pad`: the first `max_len` samples, or the signal repeated from its start."""
+    _check_crop_args(x, max_len)
+    if len(x) >= max_len:
+        return x[:max_len]
+    repeats = int(max_len / len(x)) + 1
+    return np.tile(x, repeats)[:max_len]
+
+
+def random_crop(x: np.ndarray, max_len: int, rng: np.random.Generator) -> np.ndarray:
+    """The reference `pad_random`: a random window when longer, tiling when shorter.
+
+    As in the reference the start is drawn from [0, len - max_len) (the last
+    possible start is never drawn); a signal of exactly `max_len` is returned whole.
+    """
+    _check_crop_args(x, max_len)
+    if len(x) > max_len:
+        start = int(rng.integers(0, len(x) - max_len))
+        return x[start:start + max_len]
+    return pad_or_tile(x, max_len)
+
+
+def _check_crop_args(x: np.ndarray, max_len: int) -> None:
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"expected a non-empty 1-D waveform, got shape {x.shape}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+
+
+def load_waveform(path: str | os.PathLike, max_len: int | None, *, crop: str = "first",
+                  rng: np.random.Generator | None = None, sample_rate: int = 16000,
+                  resample: bool = False) -> torch.Tensor:
+    """float32 tensor of `read_audio(path)` cut/tiled to `max_len` (None: the whole file).
+
+    crop="first" is the reference evaluation rule (`pad_or_tile`); crop="random"
+    is `random_crop` and needs `rng`.
+    """
+    if crop not in ("first", "random"):
+        raise ValueError(f"crop must be 'first' or 'random', got {crop!r}")
+    if crop == "random" and rng is None and max_len is not None:
+        raise ValueError("crop='random' needs an rng (np.random.Generator)")
+    waveform = read_audio(path, sample_rate=sample_rate, resample=resample)
+    if max_len is not None:
+        waveform = pad_or_tile(waveform, max_len) if crop == "first" else random_crop(waveform, max_len, rng)
+    return torch.from_numpy(waveform.astype(np.float32))
