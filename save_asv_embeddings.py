@@ -50,7 +50,7 @@ def main() -> None:
         entries = read_cm_protocol(config["dirs"][PARTITIONS[part]])
         folder = partition_audio_dir(database, part)
         utterances = [entry.utterance for entry in entries]
-        embeddings = extract([folder / f"{u}.flac" for u in utterances], config["test_samples"], networks,
+        embeddings = extract([folder / f"{u}.{config['audio_ext']}" for u in utterances], config["test_samples"], networks,
                              desc=f"{part} utterances", **options)
         for name, matrix in embeddings.items():
             path = out / f"{name}_embd_{part}.pk"
@@ -60,7 +60,7 @@ def main() -> None:
             continue
         speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
         pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
-        enrollment = extract([folder / f"{utt}.flac" for _, utt in pairs], config["test_samples"],
+        enrollment = extract([folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs], config["test_samples"],
                              {"asv": model.asv_embedding}, desc=f"{part} enrollment", **options)["asv"].numpy()
         models = {speaker: np.mean([enrollment[i] for i, (s, _) in enumerate(pairs) if s == speaker], axis=0)
                   for speaker in speakers}

@@ -62,7 +62,7 @@ def main() -> None:
     for part in args.partitions:
         entries = read_cm_protocol(config["dirs"][f"cm_{part}_list"])
         folder = partition_audio_dir(database, part)
-        logits = extract([folder / f"{e.utterance}.flac" for e in entries], config["test_samples"],
+        logits = extract([folder / f"{e.utterance}.{config['audio_ext']}" for e in entries], config["test_samples"],
                          {"logits": lambda wave: model.cm_embedding(wave)[1]}, device=device,
                          batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
                          sample_rate=config["sample_rate"], resample=config["resample"],

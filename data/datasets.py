@@ -24,7 +24,7 @@ class TrainTrialDataset(Dataset):
     """Item `(epoch, index)` -> (enrollment wave, test wave, label); trials from a TrialSampler."""
 
     def __init__(self, sampler: TrialSampler, audio_dir: str | Path, *, samples: int, crop: str, seed: int,
-                 sample_rate: int = 16000, resample: bool = False) -> None:
+                 sample_rate: int = 16000, resample: bool = False, audio_ext: str = "flac") -> None:
         self.sampler = sampler
         self.audio_dir = Path(audio_dir)
         self.samples = samples
@@ -32,6 +32,7 @@ class TrainTrialDataset(Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.resample = resample
+        self.audio_ext = audio_ext
 
     def trial(self, epoch: int, index: int):
         return self.sampler.draw(trial_rng(self.seed, epoch, index))
@@ -40,7 +41,7 @@ class TrainTrialDataset(Dataset):
         epoch, index = item
         trial = self.trial(epoch, index)
         crop_rng = np.random.default_rng([self.seed, epoch, index, 1]) if self.crop == "random" else None
-        waves = [load_waveform(self.audio_dir / f"{utt}.flac", self.samples, crop=self.crop, rng=crop_rng,
+        waves = [load_waveform(self.audio_dir / f"{utt}.{self.audio_ext}", self.samples, crop=self.crop, rng=crop_rng,
                                sample_rate=self.sample_rate, resample=self.resample)
                  for utt in (trial.enrollment, trial.test)]
         return waves[0], waves[1], trial.label

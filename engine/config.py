@@ -63,6 +63,7 @@ SCHEMA: dict = _section(
         eval=Field(int, 1440000, "enrollment waveform length for eval scoring (original read_waveform_eval_2)"),
     ),
     sample_rate=Field(int, 16000, "expected sampling rate"),
+    audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/", choices=("flac", "wav")),
     resample=Field(bool, False, "resample / down-mix audio that is not 16 kHz mono instead of refusing it"),
     device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
     amp=Field(str, "auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",

@@ -33,9 +33,10 @@ class ScoringInputs:
     enrollment_paths: dict[str, Path]  # speaker -> concatenated enrollment file
     test_samples: int
     enrollment_samples: int
+    audio_ext: str = "flac"
 
     def test_path(self, utterance: str) -> Path:
-        return self.test_dir / f"{utterance}.flac"
+        return self.test_dir / f"{utterance}.{self.audio_ext}"
 
 
 @dataclass

@@ -31,7 +31,7 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=partition_audio_dir(database, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],
-                         enrollment_samples=samples)
+                         enrollment_samples=samples, audio_ext=config["audio_ext"])
 
 
 def training_sampler(config: Config) -> tuple[TrialSampler, int]:

@@ -99,7 +99,8 @@ class Trainer:
         sampler, n_utterances = training_sampler(config)
         dataset = TrainTrialDataset(sampler, partition_audio_dir(config["dirs"]["database"], "train"),
                                     samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
-                                    sample_rate=config["sample_rate"], resample=config["resample"])
+                                    sample_rate=config["sample_rate"], resample=config["resample"],
+                                    audio_ext=config["audio_ext"])
         epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
         workers = config["loader"]["n_workers"]
         loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=epoch_sampler, drop_last=True,

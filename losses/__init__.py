@@ -1,0 +1,21 @@
+"""Loss functions, built by name from the config."""
+from __future__ import annotations
+
+from torch import nn
+
+from losses.oc_softmax import OCSoftmax
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "ocsoftmax": OCSoftmax,
+}
+
+
+def build_loss(name: str, **kwargs) -> nn.Module:
+    """Instantiate the loss registered as `name` (case-insensitive) with the given keyword arguments."""
+    key = name.lower()
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[key](**kwargs)
+
+
+__all__ = ["LOSSES", "OCSoftmax", "build_loss"]
