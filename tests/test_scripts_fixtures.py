@@ -1,0 +1,166 @@
+"""The four save_*.py scripts on real fixture audio with the published / reference-format weights.
+
+A miniature ASVspoof-layout database is built from the joint-model golden trials:
+test segments become dev utterances, the real enrollment FLAC files (which need the
+libFLAC 1.3 fallback) become enr_audio/dev, and every script's output is compared
+with the goldens produced by the original implementation.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from metrics.eer import compute_eer, sasv_eers
+from metrics.tdcf import min_tdcf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_script(name: str, *args: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, str(REPO / name), *args, "--device", "cpu"], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def golden(fixtures):
+    arrays = np.load(fixtures / "golden" / "joint_fidelity.npz")
+    with open(fixtures / "golden" / "joint_fidelity.json") as handle:
+        meta = json.load(handle)
+    return arrays, meta
+
+
+def speaker_of(file_name: str) -> str:
+    return "_".join(Path(file_name).stem.split("_")[:2])
+
+
+@pytest.fixture(scope="module")
+def mini(fixtures, golden, tmp_path_factory):
+    """(work dir, config path, utterance ids, claimed speakers)."""
+    arrays, meta = golden
+    work = tmp_path_factory.mktemp("mini_la")
+    flac = work / "LA" / "ASVspoof2019_LA_dev" / "flac"
+    enrollment = work / "enr_audio" / "dev"
+    protocols = work / "protocols"
+    for folder in (flac, enrollment, protocols):
+        folder.mkdir(parents=True)
+    trials, cm_lines, gi_trl, claimed = meta["trials"], [], [], []
+    utterances = [f"LA_D_{9000001 + t['trial']}" for t in trials]
+    stems = {}
+    for trial, utt in zip(trials, utterances):
+        index = trial["trial"]
+        # float WAV keeps the stored test segments bit-exact
+        sf.write(flac / f"{utt}.wav", arrays["test_wave"][index], 16000, subtype="FLOAT")
+        enrolled = meta["enrollment"][trial["enrollment_index"]]["file"]
+        speaker = speaker_of(enrolled)
+        stems[speaker] = Path(enrolled).stem
+        claimed.append(speaker)
+        source = "A17" if trial["key"] == "spoof" else "bonafide"
+        gi_trl.append(f"{speaker} {utt} {source} {trial['key']}")
+        owner = speaker if trial["key"] != "nontarget" else speaker_of(trial["test_file"])
+        cm_lines.append(f"{owner} {utt} - {'A17 spoof' if trial['key'] == 'spoof' else '- bonafide'}")
+    for speaker, stem in stems.items():
+        shutil.copy(fixtures / "audio" / f"{stem}.flac", enrollment / f"{stem}.flac")
+    bona_utts = {s: [u for u, t, c in zip(utterances, trials, claimed) if c == s and t["key"] == "target"]
+                 for s in stems}
+    (protocols / "dev.gi.trl.txt").write_text("\n".join(gi_trl) + "\n")
+    (protocols / "dev.gi.trn.txt").write_text("".join(f"{s} {stem}\n" for s, stem in stems.items()))
+    (protocols / "cm.dev.txt").write_text("\n".join(cm_lines) + "\n")
+    (protocols / "dev.enroll.txt").write_text("".join(f"{s} {','.join(u)}\n" for s, u in bona_utts.items()))
+    config = work / "mini.conf"
+    config.write_text(json.dumps({
+        "audio_ext": "wav", "eval_batch_size": 2, "loader": {"n_workers": 0},
+        "dirs": {"database": str(work / "LA"), "enrollment_dir": str(work / "enr_audio"),
+                 "sasv_dev_trial": str(protocols / "dev.gi.trl.txt"),
+                 "sasv_dev_trn_trial": str(protocols / "dev.gi.trn.txt"),
+                 "cm_dev_list": str(protocols / "cm.dev.txt"),
+                 "asv_dev_enrollment_lists": [str(protocols / "dev.enroll.txt")]},
+    }))
+    return work, config, utterances, claimed, bona_utts
+
+
+def read_score_file(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def test_save_sasv_score_matches_golden(fixtures, golden, mini):
+    arrays, meta = golden
+    work, config, utterances, claimed, _ = mini
+    stdout = run_script("save_sasv_score.py", "--config", str(config), "--model",
+                        str(fixtures / "golden" / "joint_seed_format.ckpt"), "--comment", "sasv", "--partitions", "dev",
+                        cwd=work)
+    rows = read_score_file(work / "sasv" / "score_SASV_dev.txt")
+    assert [r[:3] for r in rows] == [[s, u, t["key"]] for s, u, t in zip(claimed, utterances, meta["trials"])]
+    scores = np.array([float(r[3]) for r in rows])
+    np.testing.assert_allclose(scores, arrays["score"], atol=1e-5, rtol=0)
+    saved = json.loads((work / "sasv" / "metrics_dev.json").read_text())
+    expected = sasv_eers(scores, [r[2] for r in rows])
+    for name, value in expected.items():
+        assert saved[name] == pytest.approx(value, abs=1e-12)
+    assert "SASV-EER" in stdout and "score_SASV_dev.txt" in stdout
+
+
+def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
+    arrays, meta = golden
+    work, config, utterances, claimed, bona_utts = mini
+    run_script("save_asv_embeddings.py", "--config", str(config), "--comment", "sub",
+               "--asv_model", str(fixtures / "golden" / "resnetse34v2_vox_format.model"),
+               "--cm_model", str(fixtures / "weights" / "AASIST.pth"), "--partitions", "dev", cwd=work)
+    with open(work / "sub" / "asv_embd_dev.pk", "rb") as handle:
+        asv = pickle.load(handle)
+    with open(work / "sub" / "cm_embd_dev.pk", "rb") as handle:
+        cm = pickle.load(handle)
+    with open(work / "sub" / "spk_model_dev.pk", "rb") as handle:
+        speaker_models = pickle.load(handle)
+    np.testing.assert_allclose(np.stack([asv[u] for u in utterances]), arrays["asv_tst_emb"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.stack([cm[u] for u in utterances]), arrays["cm_emb"], atol=1e-4, rtol=1e-4)
+    row = {u: i for i, u in enumerate(utterances)}
+    for speaker, utts in bona_utts.items():
+        expected = arrays["asv_tst_emb"][[row[u] for u in utts]].mean(axis=0)
+        np.testing.assert_allclose(speaker_models[speaker], expected, atol=1e-4, rtol=1e-4)
+
+    run_script("save_asv_score.py", "--config", str(config), "--comment", "sub", "--partitions", "dev", cwd=work)
+    rows = read_score_file(work / "sub" / "score_ASV_dev.txt")
+    assert [r[0] for r in rows] == utterances
+    enrolled = np.stack([speaker_models[s] for s in claimed])
+    tests = arrays["asv_tst_emb"]
+    cosine = (enrolled * tests).sum(1) / np.linalg.norm(enrolled, axis=1) / np.linalg.norm(tests, axis=1)
+    np.testing.assert_allclose([float(r[1]) for r in rows], cosine, atol=1e-5)
+
+    run_script("save_cm_score.py", "--config", str(config), "--comment", "sub", "--partitions", "dev",
+               "--cm_model", str(fixtures / "weights" / "AASIST.pth"), cwd=work)
+    logits = arrays["cm_logits"]
+    no_softmax = read_score_file(work / "sub" / "score_CM_dev_no_softmax.txt")
+    probability = read_score_file(work / "sub" / "score_CM_dev.txt")
+    assert [r[0] for r in no_softmax] == utterances == [r[0] for r in probability]
+    np.testing.assert_allclose([float(r[1]) for r in no_softmax], logits[:, 1], atol=1e-4, rtol=1e-4)
+    softmax = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+    np.testing.assert_allclose([float(r[1]) for r in probability], softmax, atol=1e-5)
+    saved = json.loads((work / "sub" / "metrics_CM_dev.json").read_text())
+    cm_scores = np.array([float(r[1]) for r in no_softmax])
+    is_spoof = np.array([t["key"] == "spoof" for t in meta["trials"]])
+    assert saved["cm_eer"] == pytest.approx(compute_eer(cm_scores[~is_spoof], cm_scores[is_spoof])[0], abs=1e-12)
+    asv_scores = np.array([float(r[1]) for r in rows])
+    keys = np.array([t["key"] for t in meta["trials"]])
+    expected_tdcf = min_tdcf(asv_scores[keys == "target"], asv_scores[keys == "nontarget"], asv_scores[keys == "spoof"],
+                             cm_scores[~is_spoof], cm_scores[is_spoof])
+    assert saved["min_tdcf"] == pytest.approx(expected_tdcf, rel=1e-9)
+
+
+def test_scripts_refuse_bad_input_with_one_line(fixtures, mini, tmp_path):
+    work, config, *_ = mini
+    result = subprocess.run([sys.executable, str(REPO / "save_sasv_score.py"), "--config", str(config), "--model",
+                             str(fixtures / "weights" / "AASIST.pth"), "--partitions", "dev", "--device", "cpu",
+                             "--comment", str(tmp_path / "out")], cwd=work, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
+    assert not (tmp_path / "out" / "score_SASV_dev.txt").exists()
