@@ -7,7 +7,14 @@ class MetricError(ValueError):
 
 
 # Imported after MetricError: the submodules import it from this package.
-from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, ADCFCostModel, ADCFResult, adcf_curve, min_adcf  # noqa: E402
+from metrics.adcf import (  # noqa: E402
+    ADCF_ASVSPOOF5,
+    ADCF_DEFAULT,
+    ADCFCostModel,
+    ADCFResult,
+    adcf_curve,
+    min_adcf,
+)
 from metrics.eer import compute_eer, roc_eer, sasv_eers  # noqa: E402
 from metrics.tdcf import LEGACY_2019_COST, TDCFCostModel, TDCFResult, min_tdcf, tdcf_curve  # noqa: E402
 
