@@ -82,7 +82,7 @@ class Trainer:
         self.loss.to(device)
         optim = config["optim"]
         self.optimizer = torch.optim.Adam(
-            [{"params": self.model.trainable_parameters(), "name": "model"},
+            [{"params": list(self.model.trainable_parameters()), "name": "model"},
              {"params": list(self.loss.parameters()), "name": "oc_center"}],
             lr=optim["lr"], weight_decay=optim["wd"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=optim["gamma"])
@@ -182,7 +182,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if clip:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters() + list(self.loss.parameters()), clip)
+                torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + list(self.loss.parameters()), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.state.step += 1

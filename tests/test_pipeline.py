@@ -1,0 +1,140 @@
+"""main.py end to end on a tiny synthetic corpus: outputs, trial coverage, metrics, cached scoring."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.protocols import read_sasv_trials
+from data.synthetic import CorpusSpec, generate_corpus
+from engine.builder import build_sasv_model
+from engine.config import load_config
+from engine.evaluation import SASVScorer
+from engine.experiment import scoring_inputs
+from metrics.adcf import min_adcf
+from metrics.eer import sasv_eers
+from models.checkpoint import load_sasv_weights
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(root: Path, **overrides) -> dict:
+    protocols = root / "protocols"
+    config = {
+        "dirs": {
+            "database": str(root / "LA"), "enrollment_dir": str(root / "enr_audio"),
+            "cm_trn_list": str(protocols / "ASVspoof2019.LA.cm.train.trn.txt"),
+            "cm_dev_list": str(protocols / "ASVspoof2019.LA.cm.dev.trl.txt"),
+            "cm_eval_list": str(protocols / "ASVspoof2019.LA.cm.eval.trl.txt"),
+            "sasv_dev_trial": str(protocols / "ASVspoof2019.LA.asv.dev.gi.trl.txt"),
+            "sasv_eval_trial": str(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.txt"),
+            "sasv_dev_trn_trial": str(protocols / "ASVspoof2019.LA.asv.dev.gi.trn.txt"),
+            "sasv_eval_trn_trial": str(protocols / "ASVspoof2019.LA.asv.eval.gi.trn.txt"),
+            "asv_dev_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.dev.{g}.trn.txt") for g in ("female", "male")],
+            "asv_eval_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.eval.{g}.trn.txt") for g in ("female", "male")],
+        },
+        "device": "cpu", "seed": 7, "epoch": 2, "trials_per_epoch": 24, "batch_size": 8, "eval_batch_size": 16,
+        "train_samples": 8000, "test_samples": 8000, "enrollment_samples": {"dev": 16000, "eval": 24000},
+        "save_top_k": 1, "loader": {"n_workers": 0},
+        "asv_model": {"n_out": 32, "n_mels": 24, "num_filters": [4, 8, 8, 16], "layers": [1, 1, 1, 1]},
+        "cm_model": {"architecture": "AASIST", "nb_samp": 8000, "first_conv": 32,
+                     "filts": [12, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 8],
+                     "pool_ratios": [0.5, 0.5, 0.5, 0.5], "temperatures": [2.0, 2.0, 100.0, 100.0]},
+        "backend": {"conv_channels": [8, 8, 16], "hidden_dims": [32, 16]},
+        "optim": {"lr": 0.001, "oc_dim": 16, "scheduler_interval": 2},
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(root, CorpusSpec.tiny(), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    config_path = work / "tiny.conf"
+    config_path.write_text(json.dumps(tiny_config(corpus)))
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(config_path), "--output_dir",
+                             str(work / "exp"), "--no_progress"], capture_output=True, text=True, timeout=600, cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return work, config_path, work / "exp" / "tiny", result.stdout
+
+
+def parse_scores(path: Path) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert all(len(row) == 4 for row in rows), f"{path}: every line is 'SPK UTT KEY score'"
+    return [tuple(row[:3]) for row in rows], np.array([float(row[3]) for row in rows])
+
+
+def test_outputs_exist_and_parse(trained):
+    _, config_path, experiment, stdout = trained
+    assert (experiment / "config.conf").read_text() == config_path.read_text()
+    with open(experiment / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert all(0.0 <= float(row["dev_sasv_eer"]) <= 1.0 and np.isfinite(float(row["train_loss"])) for row in rows)
+    assert int(rows[-1]["step"]) == 2 * (24 // 8)
+    assert (experiment / "weights" / "last.ckpt").is_file()
+    assert len(list((experiment / "weights").glob("epoch=*.ckpt"))) == 1  # save_top_k = 1
+    assert "eval SASV-EER" in stdout
+
+
+@pytest.mark.parametrize("partition, name", [("dev", "scores/dev_epoch_001.txt"), ("dev", "scores/dev_epoch_002.txt"),
+                                              ("eval", "scores/eval.txt")])
+def test_each_trial_scored_exactly_once(trained, corpus, partition, name):
+    _, _, experiment, _ = trained
+    trials = read_sasv_trials(corpus / "protocols" / f"ASVspoof2019.LA.asv.{partition}.gi.trl.txt")
+    rows, scores = parse_scores(experiment / name)
+    assert rows == [(t.speaker, t.utterance, t.key) for t in trials]
+    assert np.isfinite(scores).all() and np.all(np.abs(scores) <= 1.0 + 1e-6)  # cosine scores
+
+
+def test_eval_metrics_match_score_file(trained):
+    _, _, experiment, _ = trained
+    summary = json.loads((experiment / "metrics_eval.json").read_text())
+    rows, scores = parse_scores(experiment / "scores" / "eval.txt")
+    keys = [row[2] for row in rows]
+    expected = sasv_eers(scores, keys)
+    for name in ("sasv_eer", "sv_eer", "spf_eer"):
+        assert 0.0 <= summary[name] <= 1.0
+        assert summary[name] == pytest.approx(expected[name], abs=1e-9)
+    assert summary["min_a_dcf"] == pytest.approx(min_adcf(scores, keys)[0], abs=1e-9)
+    assert summary["n_trials"] == len(rows)
+
+
+def test_cached_scoring_equals_per_trial_path(trained):
+    _, config_path, experiment, _ = trained
+    config = load_config(config_path)
+    model, loss = build_sasv_model(config, load_weights=False)
+    load_sasv_weights(model, loss, experiment / "weights" / "last.ckpt")
+    torch.set_num_threads(2)
+    scorer = SASVScorer(model, loss, torch.device("cpu"), batch_size=8, progress=False)
+    inputs = scoring_inputs(config, "dev")
+    cached = scorer.score(inputs)
+    literal = scorer.score_per_trial(inputs, batch_size=4)
+    assert cached.shape == (len(inputs.trials),)
+    np.testing.assert_allclose(cached, literal, atol=1e-5, rtol=0)
+    # a wrong enrollment (rolled speakers) would be caught by that tolerance
+    speakers, enrollment, utterances, test_asv, test_cm = scorer.embeddings(inputs)
+    rolled = scorer.score_from_embeddings(inputs.trials, speakers, enrollment.roll(1, 0), utterances, test_asv, test_cm)
+    assert np.abs(rolled - literal).max() > 1e-3
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(trained):
+    work, config_path, experiment, _ = trained
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(config_path), "--output_dir",
+                             str(work / "exp"), "--no_progress"], capture_output=True, text=True, timeout=300, cwd=work)
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr and "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert (experiment / "metrics_eval.json").is_file()
