@@ -1,0 +1,307 @@
+"""AASIST / AASIST-L spoofing countermeasure (CM branch), compatible with clovaai/aasist checkpoints.
+
+One class serves both variants; the sizes come from the `model_config` dict of AASIST.conf or
+AASIST-L.conf. Attribute names that appear in the state dict match the original so that the
+released .pth files load with strict=True. Behaviour kept on purpose (it changes the numbers):
+fixed sinc filters built with numpy-2 promotion rules, the unused pre-activation BatchNorm in the
+residual blocks, master nodes passed unexpanded, and all four heterogeneous pools using
+pool_ratios[2].
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REQUIRED_CONFIG_KEYS = ("filts", "gat_dims", "pool_ratios", "temperatures", "first_conv")
+
+
+def sinc_band_pass(out_channels: int, kernel_size: int, sample_rate: int = 16000) -> Tensor:
+    """Hamming-windowed ideal band-pass filters on mel-spaced band edges, [out_channels, kernel_size].
+
+    The mixed torch-float32 / numpy-float64 arithmetic is deliberate: under numpy >= 2 the sinc is
+    evaluated in float32 and then scaled in float64, which is what the released models ran with.
+    """
+    n_fft = 512
+    freqs_hz = int(sample_rate / 2) * np.linspace(0, 1, int(n_fft / 2) + 1)
+    freqs_mel = 2595 * np.log10(1 + freqs_hz / 700)
+    edges_mel = np.linspace(np.min(freqs_mel), np.max(freqs_mel), out_channels + 1)
+    edges_hz = 700 * (10 ** (edges_mel / 2595) - 1)
+
+    taps = torch.arange(-(kernel_size - 1) / 2, (kernel_size - 1) / 2 + 1)  # float32
+    window = torch.tensor(np.hamming(kernel_size), dtype=torch.float32)
+    filters = torch.zeros(out_channels, kernel_size)
+    for band in range(out_channels):
+        low, high = edges_hz[band], edges_hz[band + 1]  # numpy float64 scalars
+        # (np.float64 * float32 tensor) stays a float32 tensor; np.sinc then runs in float32,
+        # and the float64 gain promotes the product to float64 (numpy-2 rules).
+        high_pass = (2 * high / sample_rate) * np.sinc(2 * high * taps / sample_rate)
+        low_pass = (2 * low / sample_rate) * np.sinc(2 * low * taps / sample_rate)
+        filters[band, :] = window * torch.tensor(high_pass - low_pass, dtype=torch.float32)
+    return filters
+
+
+class SincFilterBank(nn.Module):
+    """Fixed (non-trainable) sinc band-pass convolution on raw audio, no padding."""
+
+    def __init__(self, out_channels: int, kernel_size: int, sample_rate: int = 16000) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size + 1 if kernel_size % 2 == 0 else kernel_size  # symmetric filters
+        self.sample_rate = sample_rate
+        # Not persistent: the released checkpoints do not contain it.
+        self.register_buffer("band_pass", sinc_band_pass(out_channels, self.kernel_size, sample_rate),
+                             persistent=False)
+
+    def forward(self, x: Tensor, mask: bool = False) -> Tensor:
+        filters = self.band_pass
+        if mask:
+            # Frequency augmentation: zero a random run of 0..19 adjacent bands.
+            filters = filters.clone()
+            width = int(torch.randint(0, 20, ()).item())
+            start = int(torch.randint(0, self.out_channels - width + 1, ()).item())
+            filters[start:start + width, :] = 0
+        return F.conv1d(x, filters.view(self.out_channels, 1, self.kernel_size))
+
+
+class ResidualBlock(nn.Module):
+    """2-D residual block of the AASIST encoder; max-pools the time axis by 3."""
+
+    def __init__(self, nb_filts: tuple[int, int], first: bool = False) -> None:
+        super().__init__()
+        in_channels, out_channels = nb_filts
+        self.first = first
+        if not first:
+            self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=(2, 3), padding=(1, 1), stride=1)
+        self.selu = nn.SELU(inplace=True)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=(2, 3), padding=(0, 1), stride=1)
+        self.downsample = in_channels != out_channels
+        if self.downsample:
+            self.conv_downsample = nn.Conv2d(in_channels, out_channels, kernel_size=(1, 3), padding=(0, 1),
+                                             stride=1)
+        self.mp = nn.MaxPool2d((1, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.first and self.training:
+            # The original normalises the input here but then convolves the raw input; the result is
+            # discarded. Running it in training keeps bn1's running statistics evolving as they did.
+            self.bn1(x)
+        out = self.selu(self.bn2(self.conv1(x)))
+        out = self.conv2(out)
+        identity = self.conv_downsample(x) if self.downsample else x
+        return self.mp(out + identity)
+
+
+def _pairwise_products(x: Tensor) -> Tensor:
+    """[B, N, D] -> [B, N, N, D] with entry (i, j) = x_i * x_j."""
+    n_nodes = x.size(1)
+    expanded = x.unsqueeze(2).expand(-1, -1, n_nodes, -1)
+    return expanded * expanded.transpose(1, 2)
+
+
+def _xavier_parameter(*size: int) -> nn.Parameter:
+    weight = nn.Parameter(torch.empty(*size))
+    nn.init.xavier_normal_(weight)
+    return weight
+
+
+def _batch_norm_nodes(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """BatchNorm1d over every node of every graph (features on the last axis)."""
+    return bn(x.reshape(-1, x.size(-1))).view(x.shape)
+
+
+class GraphAttentionLayer(nn.Module):
+    """Homogeneous graph attention (GAT-S / GAT-T)."""
+
+    def __init__(self, in_dim: int, out_dim: int, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.att_proj = nn.Linear(in_dim, out_dim)
+        self.att_weight = _xavier_parameter(out_dim, 1)
+        self.proj_with_att = nn.Linear(in_dim, out_dim)
+        self.proj_without_att = nn.Linear(in_dim, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim)
+        self.input_drop = nn.Dropout(p=0.2)
+        self.act = nn.SELU(inplace=True)
+        self.temp = temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_drop(x)
+        scores = torch.matmul(torch.tanh(self.att_proj(_pairwise_products(x))), self.att_weight)
+        attention = F.softmax(scores / self.temp, dim=-2).squeeze(-1)  # [B, N, N], rows sum to 1
+        x = self.proj_with_att(torch.matmul(attention, x)) + self.proj_without_att(x)
+        return self.act(_batch_norm_nodes(self.bn, x))
+
+
+class HeteroGraphAttentionLayer(nn.Module):
+    """Heterogeneous stacking graph attention (HS-GAL) over two node types plus a master node."""
+
+    def __init__(self, in_dim: int, out_dim: int, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.proj_type1 = nn.Linear(in_dim, in_dim)
+        self.proj_type2 = nn.Linear(in_dim, in_dim)
+        self.att_proj = nn.Linear(in_dim, out_dim)
+        self.att_projM = nn.Linear(in_dim, out_dim)
+        self.att_weight11 = _xavier_parameter(out_dim, 1)
+        self.att_weight22 = _xavier_parameter(out_dim, 1)
+        self.att_weight12 = _xavier_parameter(out_dim, 1)  # used for both cross-type directions
+        self.att_weightM = _xavier_parameter(out_dim, 1)
+        self.proj_with_att = nn.Linear(in_dim, out_dim)
+        self.proj_without_att = nn.Linear(in_dim, out_dim)
+        self.proj_with_attM = nn.Linear(in_dim, out_dim)
+        self.proj_without_attM = nn.Linear(in_dim, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim)
+        self.input_drop = nn.Dropout(p=0.2)
+        self.act = nn.SELU(inplace=True)
+        self.temp = temperature
+
+    def forward(self, x1: Tensor, x2: Tensor, master: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        n_type1, n_type2 = x1.size(1), x2.size(1)
+        x = torch.cat([self.proj_type1(x1), self.proj_type2(x2)], dim=1)
+        if master is None:
+            master = torch.mean(x, dim=1, keepdim=True)
+        x = self.input_drop(x)
+
+        attention = self._node_attention(x, n_type1)
+        master = self._update_master(x, master)
+        x = self.proj_with_att(torch.matmul(attention, x)) + self.proj_without_att(x)
+        x = self.act(_batch_norm_nodes(self.bn, x))
+        return x.narrow(1, 0, n_type1), x.narrow(1, n_type1, n_type2), master
+
+    def _node_attention(self, x: Tensor, n_type1: int) -> Tensor:
+        hidden = torch.tanh(self.att_proj(_pairwise_products(x)))  # [B, N, N, out_dim]
+        # One attention vector per (type, type) block of the node-pair grid.
+        top = torch.cat([torch.matmul(hidden[:, :n_type1, :n_type1], self.att_weight11),
+                         torch.matmul(hidden[:, :n_type1, n_type1:], self.att_weight12)], dim=2)
+        bottom = torch.cat([torch.matmul(hidden[:, n_type1:, :n_type1], self.att_weight12),
+                            torch.matmul(hidden[:, n_type1:, n_type1:], self.att_weight22)], dim=2)
+        scores = torch.cat([top, bottom], dim=1)
+        return F.softmax(scores / self.temp, dim=-2).squeeze(-1)
+
+    def _update_master(self, x: Tensor, master: Tensor) -> Tensor:
+        # master may be [1, 1, D] (the raw parameter) and broadcasts against the batch.
+        scores = torch.matmul(torch.tanh(self.att_projM(x * master)), self.att_weightM)  # [B, N, 1]
+        attention = F.softmax(scores / self.temp, dim=-2)
+        pooled = torch.matmul(attention.squeeze(-1).unsqueeze(1), x)  # [B, 1, D]
+        return self.proj_with_attM(pooled) + self.proj_without_attM(master)
+
+
+class GraphPool(nn.Module):
+    """Keep the max(int(N * k), 1) highest-scoring nodes, scaled by their sigmoid scores."""
+
+    def __init__(self, k: float, in_dim: int, p: float) -> None:
+        super().__init__()
+        self.k = k
+        self.sigmoid = nn.Sigmoid()
+        self.proj = nn.Linear(in_dim, 1)
+        self.drop = nn.Dropout(p=p) if p > 0 else nn.Identity()
+        self.in_dim = in_dim
+
+    def forward(self, h: Tensor) -> Tensor:
+        scores = self.sigmoid(self.proj(self.drop(h)))  # [B, N, 1]
+        n_keep = max(int(h.size(1) * self.k), 1)
+        _, index = torch.topk(scores, n_keep, dim=1)
+        return torch.gather(h * scores, 1, index.expand(-1, -1, h.size(2)))
+
+
+class AASIST(nn.Module):
+    """Raw-waveform anti-spoofing model.
+
+    forward(waveform [B, T], freq_aug=False) -> (embedding [B, 5 * gat_dims[1]], logits [B, 2]);
+    logit index 1 is bona fide. In training mode the returned embedding is the one after dropout,
+    as in the original.
+    """
+
+    def __init__(self, model_config: Mapping) -> None:
+        super().__init__()
+        missing = [key for key in REQUIRED_CONFIG_KEYS if key not in model_config]
+        if missing:
+            raise KeyError(f"AASIST model_config lacks keys {missing}")
+        architecture = model_config.get("architecture", "AASIST")
+        if architecture != "AASIST":
+            raise ValueError(f"AASIST model_config: architecture must be 'AASIST', got {architecture!r}")
+        filts = model_config["filts"]
+        gat_dims = model_config["gat_dims"]
+        pool_ratios = model_config["pool_ratios"]
+        temperatures = model_config["temperatures"]
+        self.d_args = dict(model_config)
+
+        self.conv_time = SincFilterBank(out_channels=filts[0], kernel_size=model_config["first_conv"])
+        self.first_bn = nn.BatchNorm2d(num_features=1)
+        self.drop = nn.Dropout(0.5)
+        self.drop_way = nn.Dropout(0.2)
+        self.selu = nn.SELU(inplace=True)
+        self.encoder = nn.Sequential(
+            nn.Sequential(ResidualBlock(filts[1], first=True)),
+            nn.Sequential(ResidualBlock(filts[2])),
+            nn.Sequential(ResidualBlock(filts[3])),
+            nn.Sequential(ResidualBlock(filts[4])),
+            nn.Sequential(ResidualBlock(filts[4])),
+            nn.Sequential(ResidualBlock(filts[4])),
+        )
+
+        encoder_dim = filts[-1][-1]
+        # The front max-pool divides the sinc channels by 3 (70 -> 23 spectral nodes).
+        self.pos_S = nn.Parameter(torch.randn(1, filts[0] // 3, encoder_dim))
+        self.master1 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
+        self.master2 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
+
+        self.GAT_layer_S = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[0])
+        self.GAT_layer_T = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[1])
+        self.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=temperatures[2])
+        self.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=temperatures[2])
+        self.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=temperatures[2])
+        self.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=temperatures[2])
+
+        self.pool_S = GraphPool(pool_ratios[0], gat_dims[0], 0.3)
+        self.pool_T = GraphPool(pool_ratios[1], gat_dims[0], 0.3)
+        # The original uses pool_ratios[2] for all four heterogeneous pools (pool_ratios[3] is unused).
+        self.pool_hS1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+        self.pool_hT1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+        self.pool_hS2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+        self.pool_hT2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+
+        self.out_layer = nn.Linear(5 * gat_dims[1], 2)
+
+    def _heterogeneous_branch(self, first: HeteroGraphAttentionLayer, second: HeteroGraphAttentionLayer,
+                              pool_s: GraphPool, pool_t: GraphPool, master: Tensor,
+                              out_t: Tensor, out_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        nodes_t, nodes_s, master = first(out_t, out_s, master=master)
+        nodes_s = pool_s(nodes_s)
+        nodes_t = pool_t(nodes_t)
+        aug_t, aug_s, aug_master = second(nodes_t, nodes_s, master=master)
+        return nodes_t + aug_t, nodes_s + aug_s, master + aug_master
+
+    def forward(self, waveform: Tensor, freq_aug: bool = False) -> tuple[Tensor, Tensor]:
+        x = self.conv_time(waveform.unsqueeze(1), mask=freq_aug)  # [B, filters, T - kernel + 1]
+        x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))
+        x = self.selu(self.first_bn(x))
+        encoded = self.encoder(x)  # [B, C, spectral nodes, frames]
+
+        spectral = torch.max(torch.abs(encoded), dim=3)[0].transpose(1, 2) + self.pos_S
+        out_s = self.pool_S(self.GAT_layer_S(spectral))
+        temporal = torch.max(torch.abs(encoded), dim=2)[0].transpose(1, 2)
+        out_t = self.pool_T(self.GAT_layer_T(temporal))
+
+        # Master nodes go in unexpanded ([1, 1, D]) and broadcast, as in the original.
+        t1, s1, m1 = self._heterogeneous_branch(self.HtrgGAT_layer_ST11, self.HtrgGAT_layer_ST12,
+                                                self.pool_hS1, self.pool_hT1, self.master1, out_t, out_s)
+        t2, s2, m2 = self._heterogeneous_branch(self.HtrgGAT_layer_ST21, self.HtrgGAT_layer_ST22,
+                                                self.pool_hS2, self.pool_hT2, self.master2, out_t, out_s)
+        # Dropout order (T1, T2, S1, S2, M1, M2) matches the original's RNG consumption.
+        t1, t2, s1, s2, m1, m2 = (self.drop_way(nodes) for nodes in (t1, t2, s1, s2, m1, m2))
+        out_t = torch.max(t1, t2)
+        out_s = torch.max(s1, s2)
+        master = torch.max(m1, m2)
+
+        embedding = torch.cat([
+            torch.max(torch.abs(out_t), dim=1)[0], torch.mean(out_t, dim=1),
+            torch.max(torch.abs(out_s), dim=1)[0], torch.mean(out_s, dim=1),
+            master.squeeze(1),
+        ], dim=1)
+        embedding = self.drop(embedding)
+        return embedding, self.out_layer(embedding)
