@@ -252,10 +252,12 @@ class AASIST(nn.Module):
 
         self.GAT_layer_S = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[0])
         self.GAT_layer_T = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[1])
-        self.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=temperatures[2])
-        self.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=temperatures[2])
-        self.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=temperatures[2])
-        self.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=temperatures[2])
+        # temperatures[2] serves all four heterogeneous layers (temperatures[3] is unused, as in the original).
+        hetero_temp = temperatures[2]
+        self.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
+        self.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
+        self.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
+        self.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
 
         self.pool_S = GraphPool(pool_ratios[0], gat_dims[0], 0.3)
         self.pool_T = GraphPool(pool_ratios[1], gat_dims[0], 0.3)

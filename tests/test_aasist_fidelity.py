@@ -54,9 +54,17 @@ def _run(model: AASIST, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return embedding.numpy(), logits.numpy()
 
 
+@pytest.fixture(scope="module")
+def primary_tag(golden) -> str:
+    """The full AASIST entry of the golden JSON (used for the single-model checks)."""
+    meta, _ = golden
+    return next(tag for tag, paths in meta["models"].items() if paths["weights"].endswith("/AASIST.pth"))
+
+
 def test_golden_covers_both_variants(golden):
     meta, _ = golden
-    assert {"aasist", "aasistL"} <= set(meta["models"])
+    assert sorted(paths["weights"].rsplit("/", 1)[-1] for paths in meta["models"].values()) == [
+        "AASIST-L.pth", "AASIST.pth"]
 
 
 def test_state_dict_matches_release(models, checkpoints):
@@ -102,62 +110,63 @@ def test_other_lengths(models, golden):
         for name in others:
             suffix = name[len("wave_"):]
             embedding, logits = _run(model, arrays[name][None])
-            np.testing.assert_allclose(embedding[0], arrays[f"{tag}_emb_{suffix}"], **OUT_TOL, err_msg=f"{tag} {name}")
-            np.testing.assert_allclose(logits[0], arrays[f"{tag}_logits_{suffix}"], **OUT_TOL, err_msg=f"{tag} {name}")
+            label = f"{tag} {name}"
+            np.testing.assert_allclose(embedding[0], arrays[f"{tag}_emb_{suffix}"], **OUT_TOL, err_msg=label)
+            np.testing.assert_allclose(logits[0], arrays[f"{tag}_logits_{suffix}"], **OUT_TOL, err_msg=label)
 
 
-def test_numpy1_filters_reproduce_numpy1_outputs(models, golden):
+def test_numpy1_filters_reproduce_numpy1_outputs(models, golden, primary_tag):
     # Proves the forward pass really uses the band_pass buffer.
     _, arrays = golden
-    model = models["aasist"]
+    model = models[primary_tag]
     original = model.conv_time.band_pass.clone()
     try:
         model.conv_time.band_pass.copy_(torch.from_numpy(arrays["sinc_band_pass_numpy1"]))
         embedding, logits = _run(model, arrays["wave_64600"][:1])
     finally:
         model.conv_time.band_pass.copy_(original)
-    np.testing.assert_allclose(embedding[0], arrays["aasist_emb_64600_numpy1sinc"][0], **OUT_TOL)
-    np.testing.assert_allclose(logits[0], arrays["aasist_logits_64600_numpy1sinc"][0], **OUT_TOL)
+    np.testing.assert_allclose(embedding[0], arrays[f"{primary_tag}_emb_64600_numpy1sinc"][0], **OUT_TOL)
+    np.testing.assert_allclose(logits[0], arrays[f"{primary_tag}_logits_64600_numpy1sinc"][0], **OUT_TOL)
 
 
-def _logit_shift(model: AASIST, arrays) -> float:
+def _logit_shift(model: AASIST, arrays, tag: str) -> float:
     _, logits = _run(model, arrays["wave_64600"][:1])
-    return float(np.abs(logits[0] - arrays["aasist_logits_64600"][0]).max())
+    return float(np.abs(logits[0] - arrays[f"{tag}_logits_64600"][0]).max())
 
 
-def test_reset_batchnorm_statistics_breaks_fidelity(checkpoints, golden):
+def test_reset_batchnorm_statistics_breaks_fidelity(checkpoints, golden, primary_tag):
     _, arrays = golden
-    config, state = checkpoints["aasist"]
+    config, state = checkpoints[primary_tag]
     state = dict(state)
     for key in state:
         if key.endswith("running_mean"):
             state[key] = torch.zeros_like(state[key])
         elif key.endswith("running_var"):
             state[key] = torch.ones_like(state[key])
-    assert _logit_shift(_build(config, state), arrays) > 100 * OUT_TOL["atol"]
+    assert _logit_shift(_build(config, state), arrays, primary_tag) > 100 * OUT_TOL["atol"]
 
 
-def test_swapped_same_shape_layers_break_fidelity(checkpoints, golden):
+def test_swapped_same_shape_layers_break_fidelity(checkpoints, golden, primary_tag):
     _, arrays = golden
-    config, state = checkpoints["aasist"]
+    config, state = checkpoints[primary_tag]
     state = dict(state)
     first, second = "encoder.4.0.conv1.weight", "encoder.5.0.conv1.weight"
     assert state[first].shape == state[second].shape
     state[first], state[second] = state[second], state[first]
-    assert _logit_shift(_build(config, state), arrays) > 100 * OUT_TOL["atol"]
+    assert _logit_shift(_build(config, state), arrays, primary_tag) > 100 * OUT_TOL["atol"]
 
 
-def test_pre_activation_bn1_is_unused_but_bn2_is(checkpoints, golden):
+def test_pre_activation_bn1_is_unused_but_bn2_is(checkpoints, golden, primary_tag):
     _, arrays = golden
-    config, state = checkpoints["aasist"]
+    config, state = checkpoints[primary_tag]
     scrambled_bn1 = dict(state, **{"encoder.2.0.bn1.running_mean": state["encoder.2.0.bn1.running_mean"] + 5.0})
-    assert _logit_shift(_build(config, scrambled_bn1), arrays) <= OUT_TOL["atol"]
+    assert _logit_shift(_build(config, scrambled_bn1), arrays, primary_tag) <= OUT_TOL["atol"]
     scrambled_bn2 = dict(state, **{"encoder.2.0.bn2.running_mean": state["encoder.2.0.bn2.running_mean"] + 5.0})
-    assert _logit_shift(_build(config, scrambled_bn2), arrays) > 100 * OUT_TOL["atol"]
+    assert _logit_shift(_build(config, scrambled_bn2), arrays, primary_tag) > 100 * OUT_TOL["atol"]
 
 
-def test_band_pass_follows_dtype_and_stays_out_of_state_dict(checkpoints):
-    config, _ = checkpoints["aasistL"]
+def test_band_pass_follows_dtype_and_stays_out_of_state_dict(checkpoints, primary_tag):
+    config, _ = checkpoints[primary_tag]
     model = AASIST(config).to(torch.float64)
     assert model.conv_time.band_pass.dtype == torch.float64
     assert not any(name.startswith("conv_time") for name, _ in model.named_parameters())
@@ -179,7 +188,7 @@ def test_frequency_mask_zeroes_a_contiguous_band_run():
 
 
 def test_training_forward_shapes_and_gradients(checkpoints):
-    config, _ = checkpoints["aasistL"]
+    config = min((config for config, _ in checkpoints.values()), key=lambda c: c["gat_dims"][0])  # the light one
     torch.manual_seed(0)
     model = AASIST(config).train()
     embedding, logits = model(torch.randn(2, 16000), freq_aug=True)

@@ -130,7 +130,8 @@ def test_unknown_encoder_type_is_rejected():
 
 
 def test_main_model_factory_ignores_trainer_options():
-    model = MainModel(nOut=32, num_filters=(8, 16, 32, 64), encoder_type="SAP", nPerSpeaker=2, trainfunc="aamsoftmax")
+    model = MainModel(nOut=32, num_filters=(8, 16, 32, 64), encoder_type="SAP",
+                      nPerSpeaker=2, trainfunc="aamsoftmax")
     assert model.fc.out_features == 32 and model.encoder_type == "SAP"
 
 
