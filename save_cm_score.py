@@ -22,6 +22,7 @@ from engine.builder import resolve_device
 from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
 from engine.config import require_database
 from engine.evaluation import extract
+from metrics import MetricError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
 
@@ -76,12 +77,17 @@ def main() -> None:
         eer, threshold = compute_eer(bonafide_logit[is_bona], bonafide_logit[~is_bona])
         result = {"cm_eer": float(eer), "cm_threshold": float(threshold), "min_tdcf": None}
         asv = read_asv_scores(out / f"score_ASV_{part}.txt", config["dirs"][f"sasv_{part}_trial"])
-        if asv is not None:
-            result["min_tdcf"] = float(min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
-                                                bonafide_logit[is_bona], bonafide_logit[~is_bona]))
+        if asv is None:
+            result["min_tdcf_note"] = f"no {out / f'score_ASV_{part}.txt'}; run save_asv_score.py first"
+        else:
+            try:
+                result["min_tdcf"] = float(min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
+                                                    bonafide_logit[is_bona], bonafide_logit[~is_bona]))
+            except MetricError as error:
+                result["min_tdcf_note"] = str(error)
         result_io.write_json(out / f"metrics_CM_{part}.json", result)
-        tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if asv is not None else \
-            f"min t-DCF skipped (no {out / f'score_ASV_{part}.txt'}; run save_asv_score.py first)"
+        tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if result["min_tdcf"] is not None else \
+            f"min t-DCF skipped: {result['min_tdcf_note']}"
         print(f"{part}: CM EER {100 * eer:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")
 
 

@@ -133,7 +133,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         checkpoint = load_sasv_weights(self.model, self.loss, path)
-        extra = checkpoint.extra or {}
+        extra = checkpoint.meta
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.scaler.load_state_dict(extra["scaler"])

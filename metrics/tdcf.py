@@ -108,6 +108,10 @@ def tdcf_curve(
     c2 = cost.Cfa_cm * cost.Pspoof * (1 - pmiss_spoof_asv)
     if c1 < 0 or c2 < 0:
         raise MetricError(f"t-DCF weights are negative (C1={c1}, C2={c2}); check the ASV error rates")
+    if c1 == 0 or c2 == 0:
+        # The normalisation min(C1, C2) vanishes; the reference would return inf/nan here.
+        raise MetricError(f"t-DCF is undefined: C1={c1}, C2={c2} (C2 = 0 means the ASV rejects every spoof "
+                          f"at its EER threshold)")
     curve = (c1 * pmiss_cm + c2 * pfa_cm) / np.minimum(c1, c2)
     index = int(np.argmin(curve))
     eer_cm, cm_eer_threshold = eer_from_det(pmiss_cm, pfa_cm, cm_thresholds)

@@ -376,3 +376,9 @@ def test_other_invalid_inputs():
             Pspoof=0.1, Ptar=0.9405, Pnon=0.0095, Cmiss_asv=1, Cfa_asv=10, Cmiss_cm=1, Cfa_cm=10
         )
     assert issubclass(MetricError, ValueError)
+
+
+def test_tdcf_undefined_when_asv_rejects_every_spoof():
+    # spoofs all score below the ASV EER threshold -> C2 = 0 and min(C1, C2) = 0
+    with pytest.raises(MetricError, match=r"t-DCF is undefined: .*C2=0"):
+        min_tdcf([2.0, 3.0], [0.0, 1.0], [-5.0], [1.0, 2.0, 3.0], [0.0, -1.0])
