@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint
 from models.resnet_se34v2 import MainModel, ResNetSE34V2
 
 EMB_TOL = dict(atol=1e-4, rtol=1e-4)
@@ -24,8 +25,10 @@ def vox_state(fixtures, golden):
     meta, _ = golden
     raw = torch.load(fixtures / meta["weights"]["file"], map_location="cpu", weights_only=True)
     assert len(raw) == meta["weights"]["n_keys"]
-    # voxceleb_trainer layout: "__S__." = speaker model, "__L__." = loss head (not part of the model).
-    return {key[len("__S__."):]: value for key, value in raw.items() if key.startswith("__S__.")}
+    # The project's loader detects the voxceleb_trainer layout ("__S__." model, "__L__." loss head).
+    checkpoint = load_checkpoint(fixtures / meta["weights"]["file"])
+    assert checkpoint.format == "voxceleb" and set(checkpoint.asv_loss_state) == {"w", "b"}
+    return checkpoint.asv_state
 
 
 def _model_with(state: dict) -> ResNetSE34V2:
