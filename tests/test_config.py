@@ -140,3 +140,7 @@ def test_missing_database_says_where_to_get_it(tmp_path):
 def test_schema_table_lists_ignored_keys():
     table = describe_schema()
     assert "| `ecapa_weight` |" in table and "ignored." in table
+
+
+def test_readme_documents_every_key():
+    assert describe_schema() in (REPO / "README.md").read_text(), "regenerate the README table with describe_schema()"
