@@ -1,17 +1,22 @@
-"""Train a SASV system (ResNetSE34V2 + AASIST + fusion back-end, OC-softmax) from a .conf file.
+"""Train a SASV system (ResNetSE34V2 + AASIST + fusion back-end, OC-softmax), or one sub-system, from a .conf file.
 
     python main.py --config configs/ResNetSE34V2_AASIST_OC.conf [--output_dir exp_result] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from engine.asv_trainer import ASVTrainer
 from engine.builder import resolve_device
-from engine.cli import add_config_args, config_from_args, run_cli
+from engine.cli import add_config_args, config_from_args, resume_command, run_cli
+from engine.cm_trainer import CMTrainer
 from engine.demo import ensure_demo_corpus
 from engine.experiment import check_data_layout
 from engine.trainer import Trainer, prepare_experiment_dir
+
+TRAINERS = {"sasv": Trainer, "asv": ASVTrainer, "cm": CMTrainer}  # config key `system`
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,20 +30,36 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def resume_run(trainer, experiment_dir: Path) -> Path | None:
+    """Restore the newest complete checkpoint; None when the run has none yet."""
+    if hasattr(trainer, "resume_latest"):  # the SASV trainer also considers the best-k copies
+        return trainer.resume_latest()
+    last = experiment_dir / "weights" / "last.ckpt"
+    if not last.is_file():
+        return None
+    trainer.resume(last)
+    return last
+
+
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
     ensure_demo_corpus(config)
-    check_data_layout(config)
+    if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
+        check_data_layout(config)
     device = resolve_device(config["device"])
     experiment_dir = Path(args.output_dir) / Path(args.config).stem
     prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
-    trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
-    last = experiment_dir / "weights" / "last.ckpt"
-    if args.resume and last.is_file():
-        trainer.resume(last)
-        print(f"resumed from {last} (epoch {trainer.state.epoch}, step {trainer.state.step})")
+    trainer = TRAINERS[config["system"]](config, experiment_dir, device, progress=not args.no_progress)
+    trainer.resume_hint = resume_command(sys.argv)  # printed when SIGINT/SIGTERM stops the run
+    if args.resume:
+        resumed = resume_run(trainer, experiment_dir)
+        print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed else
+              f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
     summary = trainer.fit()
+    if config["system"] != "sasv":
+        print(f"done: {experiment_dir} | {trainer.summary_text(summary)}")
+        return
     print(f"done: {experiment_dir} | eval SASV-EER {100 * summary['sasv_eer']:.2f}% "
           f"SV-EER {100 * summary['sv_eer']:.2f}% SPF-EER {100 * summary['spf_eer']:.2f}% "
           f"min a-DCF {summary['min_a_dcf']:.4f}")

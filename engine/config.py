@@ -37,14 +37,28 @@ ASVSPOOF_URL = "https://datashare.ed.ac.uk/handle/10283/3336"
 
 SCHEMA: dict = _section(
     config_name=Field(str, None, "experiment name; defaults to the config file stem"),
-    system=Field(str, "sasv", "what main.py trains", choices=("sasv",)),
+    system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
+                 "speaker model, see asv_train) or cm (AASIST countermeasure, see cm_train); asv and cm write "
+                 "weights/best.ckpt, which asv_weight / aasist_weight accept", choices=("sasv", "asv", "cm")),
     seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
-    batch_size=Field(int, 20, "training trials per optimisation step"),
+    batch_size=Field(int, 20, "per optimisation step: training trials (sasv), speakers (asv; "
+                              "asv_train.n_per_speaker utterances each) or utterances (cm)"),
     eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
     epoch=Field(int, 20, "number of training epochs"),
     trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM protocol (as the original)"),
-    save_top_k=Field(int, 3, "keep this many best checkpoints by dev SASV-EER (plus last.ckpt)"),
+    save_top_k=Field(int, 3, "keep this many best checkpoints by the dev metric (plus last.ckpt): SASV-EER; "
+                              "asv: EER; cm: cm_train.select_by"),
     val_interval_epoch=Field(int, 1, "validate on the dev trials every N epochs"),
+    checkpoint_interval_steps=Field(int, 0, "also save a resumable weights/last.ckpt every N optimisation steps, so "
+                                    "that a hard kill loses at most N steps; 0: only at the end of each epoch and "
+                                    "on SIGINT/SIGTERM"),
+    nonfinite_loss=Field(str, "error", "NaN/inf training loss: error stops, naming the step (weights/last.ckpt keeps "
+                         "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
+                         "(skipped_batches)", choices=("error", "skip")),
+    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf, or wrong-rate/multi-channel (unless resample) "
+                       "audio: error stops with one line naming the file; skip draws another training trial instead "
+                       "and, in scoring, marks the trials that need the file (score nan, left out of the EERs, "
+                       "counted as n_skipped_trials)", choices=("error", "skip")),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
     model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",
                      choices=("ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC_fixed")),
@@ -98,6 +112,57 @@ SCHEMA: dict = _section(
     ),
     loader=_section(
         n_workers=Field(int, 4, "DataLoader worker processes"),
+    ),
+    asv_train=_section(
+        loss=Field(str, "aamsoftmax", "system asv: speaker loss, aamsoftmax (additive angular margin) or angleproto "
+                   "(angular prototypical, as voxceleb_trainer's baseline_v2_ap)", choices=("aamsoftmax", "angleproto")),
+        margin=Field(float, 0.2, "aamsoftmax angular margin (radians)"),
+        scale=Field(float, 30.0, "aamsoftmax logit scale"),
+        init_w=Field(float, 10.0, "angleproto initial scale w; the __L__.w of a voxceleb_trainer asv_weight file replaces it"),
+        init_b=Field(float, -5.0, "angleproto initial bias b; the __L__.b of a voxceleb_trainer asv_weight file replaces it"),
+        n_per_speaker=Field(int, None, "utterances per speaker in a batch; default 1 (aamsoftmax), 2 (angleproto, "
+                            "which needs >= 2; a batch then never holds a speaker twice)"),
+        max_per_speaker=Field(int, 500, "at most this many utterances of a speaker per epoch (voxceleb_trainer's max_seg_per_spk)"),
+        samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled"),
+        train_list=Field(str, None, "VoxCeleb-style training list, 'speaker_id relative/path.wav' per line; default: "
+                         "the bona fide utterances of dirs.cm_trn_list"),
+        train_root=Field(str, None, "folder the train_list paths are relative to"),
+        trial_list=Field(str, None, "VoxCeleb-style dev trials, 'label enrol/path.wav test/path.wav' (label 1 = "
+                         "same speaker); default: the bona fide trials (target, nontarget) of dirs.sasv_dev_trial"),
+        eval_trial_list=Field(str, None, "VoxCeleb-style trials scored with the best checkpoint at the end; default: "
+                              "the bona fide trials of dirs.sasv_eval_trial, or none when trial_list is set"),
+        trial_root=Field(str, None, "folder the trial_list / eval_trial_list paths are relative to"),
+        enrollment=Field(str, "utterances", "ASVspoof trials: the speaker model is the mean embedding of its "
+                         "asv.*.{female,male}.trn.txt utterances (utterances, as save_asv_embeddings.py) or the "
+                         "embedding of its dirs.enrollment_dir file cut to enrollment_samples (file, as the SASV model)",
+                         choices=("utterances", "file")),
+        musan_dir=Field(str, None, "MUSAN folder with noise/, speech/, music/ (e.g. musan_split); enables noise augmentation"),
+        rir_dir=Field(str, None, "room impulse responses folder (e.g. RIRS_NOISES/simulated_rirs); enables reverberation"),
+        lr=Field(float, 0.001, "Adam learning rate (voxceleb_trainer)"),
+        wd=Field(float, 0.0, "Adam weight decay"),
+        lr_decay=Field(float, 0.95, "multiply the learning rate by this every lr_decay_epochs epochs (StepLR)"),
+        lr_decay_epochs=Field(int, 10, "epochs between learning-rate decays"),
+    ),
+    cm_train=_section(
+        lr=Field(float, 0.0001, "system cm: Adam base learning rate (aasist optim_config base_lr)"),
+        lr_min=Field(float, 0.000005, "final learning rate of the cosine schedule (aasist lr_min)"),
+        betas=Field(list, [0.9, 0.999], "Adam betas"),
+        wd=Field(float, 0.0001, "Adam weight decay"),
+        amsgrad=Field(bool, False, "AMSGrad variant of Adam"),
+        scheduler=Field(str, "cosine", "cosine: per-step cosine decay from lr to lr_min over all epochs (aasist); "
+                        "constant: no decay", choices=("cosine", "constant")),
+        class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [spoof, bona fide] (aasist)"),
+        samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled"),
+        freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch (aasist)"),
+        select_by=Field(str, "eer", "dev metric that ranks checkpoints: eer (as aasist) or min_tdcf (needs ASV scores)",
+                        choices=("eer", "min_tdcf")),
+        asv_scores=_section(
+            dev=Field(str, None, "ASV scores of dirs.sasv_dev_trial for the dev min t-DCF: 'SRC KEY score' "
+                      "(organisers' asv.dev.gi.trl.scores.txt), 'SPK UTT KEY score' or 'UTT score' in trial order"),
+            eval=Field(str, None, "ASV scores of dirs.sasv_eval_trial for the eval min t-DCF (same formats)"),
+        ),
+        asv_model=Field(str, None, "ASV weights (any asv_weight format; architecture from asv_model) used to score "
+                        "the dev/eval trials for the min t-DCF when asv_scores.dev/eval is not given"),
     ),
     dirs=_section(
         database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/"),
@@ -290,6 +355,32 @@ def _derive(config: Config, stem: str | None) -> None:
     for key in ("batch_size", "eval_batch_size", "epoch", "train_samples", "test_samples", "save_top_k"):
         if config[key] <= 0:
             raise ConfigError(f"{config.source}: key '{key}' must be positive, got {config[key]}")
+    _derive_subsystem_training(config)
+
+
+def _derive_subsystem_training(config: Config) -> None:
+    """Defaults and consistency of the asv_train / cm_train sections (systems asv and cm)."""
+    asv, cm, source = config["asv_train"], config["cm_train"], config.source
+    if asv["n_per_speaker"] is None:
+        asv["n_per_speaker"] = 2 if asv["loss"] == "angleproto" else 1
+    if asv["loss"] == "angleproto" and asv["n_per_speaker"] < 2:
+        raise ConfigError(f"{source}: asv_train.n_per_speaker must be >= 2 for angleproto, got {asv['n_per_speaker']}")
+    for key in ("n_per_speaker", "max_per_speaker", "samples", "lr_decay_epochs"):
+        if asv[key] <= 0:
+            raise ConfigError(f"{source}: key 'asv_train.{key}' must be positive, got {asv[key]}")
+    for key, root in (("train_list", "train_root"), ("trial_list", "trial_root"), ("eval_trial_list", "trial_root")):
+        if asv[key] is not None and asv[root] is None:
+            raise ConfigError(f"{source}: asv_train.{key} is set, so asv_train.{root} (the folder its paths are "
+                              f"relative to) must be set too")
+    if cm["samples"] <= 0:
+        raise ConfigError(f"{source}: key 'cm_train.samples' must be positive, got {cm['samples']}")
+    for key in ("betas", "class_weights"):
+        values = cm[key]
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ConfigError(f"{source}: cm_train.{key} must be two non-negative numbers, got {values!r}")
+    if config["system"] == "cm" and cm["select_by"] == "min_tdcf" and not (cm["asv_scores"]["dev"] or cm["asv_model"]):
+        raise ConfigError(f"{source}: cm_train.select_by is min_tdcf, which needs dev ASV scores: set "
+                          f"cm_train.asv_scores.dev or cm_train.asv_model")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from losses.aam_softmax import AAMSoftmax
+from losses.angle_proto import AngleProto
 from losses.oc_softmax import OCSoftmax
 
 LOSSES: dict[str, type[nn.Module]] = {
     "ocsoftmax": OCSoftmax,
+    "aamsoftmax": AAMSoftmax,
+    "angleproto": AngleProto,
 }
 
 
@@ -18,4 +22,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     return LOSSES[key](**kwargs)
 
 
-__all__ = ["LOSSES", "OCSoftmax", "build_loss"]
+__all__ = ["LOSSES", "AAMSoftmax", "AngleProto", "OCSoftmax", "build_loss"]

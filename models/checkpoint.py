@@ -41,7 +41,7 @@ _LIGHTNING_PARTS = (
 _WRAPPER_PREFIXES = ("module.", "speaker_encoder.")  # DataParallel/DDP and speaker-encoder wrappers
 _SHOWN_KEYS = 5
 _FORMAT_NAMES = {"voxceleb": "voxceleb_trainer (ASV)", "aasist": "AASIST (CM)", "lightning": "Lightning (joint)",
-                 "sasv": f"{OUR_FORMAT} (joint)"}
+                 "sasv": OUR_FORMAT}
 
 
 class CheckpointError(Exception):
@@ -263,7 +263,8 @@ def _from_ours(raw: Mapping, path: Path) -> Checkpoint:
     extra = dict(extra) if isinstance(extra, Mapping) else {"extra": extra}
     return Checkpoint(source=path, format="sasv", asv_state=raw.get("asv_state"), cm_state=raw.get("cm_state"),
                       backend_state=raw.get("backend_state"), oc_center=raw.get("oc_center"),
-                      config=raw.get("config"), meta={"version": raw["version"], **extra})
+                      config=raw.get("config"), asv_loss_state=raw.get("asv_loss_state"),
+                      meta={"version": raw["version"], **extra})
 
 
 # --------------------------------------------------------------------------- applying weights
@@ -356,7 +357,33 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, loss: nn.Modul
     payload = {"format": OUR_FORMAT, "version": OUR_VERSION, "asv_state": _cpu_state(model.asv_model),
                "cm_state": _cpu_state(model.cm_model), "backend_state": _cpu_state(model.backend),
                "oc_center": center, "config": config, "extra": extra}
+    return _write_atomically(path, payload)
 
+
+def save_subsystem_checkpoint(path: str | os.PathLike, *, asv_model: nn.Module | None = None,
+                              cm_model: nn.Module | None = None, asv_loss: nn.Module | None = None,
+                              config: dict | None = None, extra: dict | None = None) -> Path:
+    """Write an ASV-only (+ its training loss) or CM-only checkpoint atomically in this toolkit's format.
+
+    `load_asv_weights` / `load_cm_weights` (config keys asv_weight / aasist_weight) read it;
+    the loss parameters come back as `Checkpoint.asv_loss_state`.
+    """
+    if (asv_model is None) == (cm_model is None):
+        raise TypeError("save_subsystem_checkpoint: give exactly one of asv_model and cm_model")
+    if asv_loss is not None and asv_model is None:
+        raise TypeError("save_subsystem_checkpoint: asv_loss goes with asv_model")
+    _check_plain(config, "config")
+    _check_plain(extra, "extra")
+    payload = {"format": OUR_FORMAT, "version": OUR_VERSION,
+               "asv_state": _cpu_state(asv_model) if asv_model is not None else None,
+               "cm_state": _cpu_state(cm_model) if cm_model is not None else None,
+               "backend_state": None, "oc_center": None,
+               "asv_loss_state": _cpu_state(asv_loss) if asv_loss is not None else None,
+               "config": config, "extra": extra}
+    return _write_atomically(Path(path), payload)
+
+
+def _write_atomically(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:

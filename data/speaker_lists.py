@@ -1,0 +1,209 @@
+"""Speaker-labelled training lists, verification trial lists, and the batches built from them.
+
+Training lists:
+  * VoxCeleb style: `speaker_id relative/path.wav` per line, paths relative to a root folder;
+  * ASVspoof style: the bona fide utterances of a CM protocol (`SPK UTT - - bonafide`).
+Trial lists (VoxCeleb style): `label enrol/path.wav test/path.wav`, label 1 = same speaker.
+
+Random draws are pure functions of (seed, epoch, ...), so resuming a run or changing the
+number of DataLoader workers gives the same batches, crops and augmentations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from data.audio import read_audio, random_crop
+from data.protocols import ProtocolError, read_cm_protocol
+
+
+@dataclass(frozen=True)
+class LabelledUtterance:
+    speaker: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class VerificationPair:
+    target: bool  # True: same speaker
+    enrollment: str  # path relative to the trial root
+    test: str
+
+
+def _read_lines(path: str | Path) -> list[tuple[int, list[str]]]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: list file not found") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: not a text list (invalid UTF-8)") from None
+    except OSError as error:
+        raise ProtocolError(f"{path}: cannot read list file ({error.strerror})") from None
+    return [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_voxceleb_train_list(path: str | Path, root: str | Path) -> list[LabelledUtterance]:
+    """`speaker_id relative/path.wav` lines -> utterances with paths under `root`."""
+    utterances = []
+    for number, fields in _read_lines(path):
+        if len(fields) != 2:
+            raise ProtocolError(f"{path}:{number}: expected 'speaker_id relative/path.wav', got {' '.join(fields)!r}")
+        utterances.append(LabelledUtterance(fields[0], Path(root) / fields[1]))
+    if not utterances:
+        raise ProtocolError(f"{path}: training list is empty")
+    return utterances
+
+
+def asvspoof_bonafide_utterances(protocol: str | Path, audio_dir: str | Path, audio_ext: str = "flac"
+                                 ) -> list[LabelledUtterance]:
+    """The bona fide utterances of a CM protocol, labelled by speaker, in protocol order."""
+    entries = [entry for entry in read_cm_protocol(protocol) if entry.key == "bonafide"]
+    if not entries:
+        raise ProtocolError(f"{protocol}: no bona fide utterance to train a speaker model on")
+    return [LabelledUtterance(entry.speaker, Path(audio_dir) / f"{entry.utterance}.{audio_ext}") for entry in entries]
+
+
+def speaker_classes(utterances: Sequence[LabelledUtterance]) -> dict[str, int]:
+    """Speaker id -> class index, in sorted id order (as voxceleb_trainer)."""
+    return {speaker: index for index, speaker in enumerate(sorted({u.speaker for u in utterances}))}
+
+
+def read_voxceleb_trials(path: str | Path) -> list[VerificationPair]:
+    """`label enrol test` lines (VoxCeleb1 veri_test.txt style), label 1 = target, 0 = nontarget."""
+    pairs = []
+    for number, fields in _read_lines(path):
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise ProtocolError(f"{path}:{number}: expected '1|0 enrol/path.wav test/path.wav', got {' '.join(fields)!r}")
+        pairs.append(VerificationPair(fields[0] == "1", fields[1], fields[2]))
+    if not pairs:
+        raise ProtocolError(f"{path}: trial list is empty")
+    if all(p.target for p in pairs) or not any(p.target for p in pairs):
+        raise ProtocolError(f"{path}: the trial list needs both target (1) and nontarget (0) trials")
+    return pairs
+
+
+def plan_speaker_batches(labels: Sequence[int], *, per_speaker: int, batch_size: int, max_per_speaker: int,
+                         seed: int, epoch: int, distinct_speakers: bool) -> list[list[list[int]]]:
+    """One epoch of batches: each batch holds `batch_size` groups of `per_speaker` utterance indices of one speaker.
+
+    Each speaker's utterances are shuffled, capped at `max_per_speaker` and cut into groups
+    (a remainder shorter than a group is left out this epoch); the groups are shuffled. With
+    `distinct_speakers` a group whose speaker is already in the batch being filled waits
+    for the next batch instead of being dropped. An incomplete last batch is dropped.
+    """
+    rng = np.random.default_rng([seed, epoch, 7])
+    by_speaker: dict[int, list[int]] = {}
+    for index in rng.permutation(len(labels)):
+        by_speaker.setdefault(int(labels[index]), []).append(int(index))
+    groups: list[list[int]] = []
+    for speaker in sorted(by_speaker):
+        indices = by_speaker[speaker][:max_per_speaker]
+        usable = len(indices) - len(indices) % per_speaker
+        groups += [indices[start:start + per_speaker] for start in range(0, usable, per_speaker)]
+    order = rng.permutation(len(groups))
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    waiting: list[list[int]] = []
+    for position in order:
+        group = groups[position]
+        candidates = waiting + [group]
+        waiting = []
+        for candidate in candidates:
+            speaker = labels[candidate[0]]
+            if distinct_speakers and any(labels[g[0]] == speaker for g in current):
+                waiting.append(candidate)
+                continue
+            current.append(candidate)
+            if len(current) == batch_size:
+                batches.append(current)
+                current = []
+    return batches
+
+
+class SpeakerBatchSampler(Sampler):
+    """Yields each batch of `plan_speaker_batches` as a flat list of (epoch, utterance index), group-major."""
+
+    def __init__(self, labels: Sequence[int], *, per_speaker: int, batch_size: int, max_per_speaker: int,
+                 seed: int) -> None:
+        self.labels = list(labels)
+        self.per_speaker = per_speaker
+        self.batch_size = batch_size
+        self.max_per_speaker = max_per_speaker
+        self.seed = seed
+        self.epoch = 0
+        self._batches = self._plan()
+
+    def _plan(self) -> list[list[list[int]]]:
+        return plan_speaker_batches(self.labels, per_speaker=self.per_speaker, batch_size=self.batch_size,
+                                    max_per_speaker=self.max_per_speaker, seed=self.seed, epoch=self.epoch,
+                                    distinct_speakers=self.per_speaker > 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._batches = self._plan()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self._batches:
+            yield [(self.epoch, index) for group in batch for index in group]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+class ShuffledEpochSampler(Sampler):
+    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch)."""
+
+    def __init__(self, n_items: int, seed: int) -> None:
+        self.n_items = n_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n_items)
+        return ((self.epoch, int(index)) for index in order)
+
+    def __len__(self) -> int:
+        return self.n_items
+
+
+class CroppedUtteranceDataset(Dataset):
+    """Item (epoch, index) -> (random crop of paths[index] as float32 [samples], labels[index]).
+
+    The crop, and the optional `augment(waveform, rng)`, draw from a generator seeded with
+    (seed, epoch, index): an utterance gets a fresh crop every epoch, reproducibly.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], *, samples: int, seed: int,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 sample_rate: int = 16000, resample: bool = False) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"CroppedUtteranceDataset: {len(paths)} paths but {len(labels)} labels")
+        self.paths = [Path(p) for p in paths]
+        self.labels = list(labels)
+        self.samples = samples
+        self.seed = seed
+        self.augment = augment
+        self.sample_rate = sample_rate
+        self.resample = resample
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = item
+        rng = np.random.default_rng([self.seed, epoch, index, 3])
+        waveform = random_crop(read_audio(self.paths[index], sample_rate=self.sample_rate, resample=self.resample),
+                               self.samples, rng)
+        if self.augment is not None:
+            waveform = self.augment(waveform, rng)
+        return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), self.labels[index]
