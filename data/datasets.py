@@ -1,15 +1,29 @@
-"""PyTorch datasets over ASVspoof 2019 LA audio: training trials and utterance batches."""
+"""PyTorch datasets over ASVspoof 2019 LA audio: training trials and utterance batches.
+
+Bad audio (`data.audio.AudioError`: missing, corrupt, empty, wrong rate or channels,
+NaN/inf) either stops the run (`on_bad_audio="error"`) or is skipped: a training trial
+is drawn again from the same per-trial generator, and a scoring item comes back as
+zeros together with the reason, so that the caller can mark what depends on it.
+"""
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import load_waveform
+from data.audio import AudioError, load_waveform
 from data.trials import TrialSampler, trial_rng
+
+BAD_AUDIO_MODES = ("error", "skip")
+MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving up
+_WORKER_PREFIX = "Caught {name} in DataLoader worker process"
+
+Item = TypeVar("Item")
 
 PARTITION_FOLDERS = {"train": "ASVspoof2019_LA_train", "trn": "ASVspoof2019_LA_train",
                      "dev": "ASVspoof2019_LA_dev", "eval": "ASVspoof2019_LA_eval"}
@@ -21,10 +35,17 @@ def partition_audio_dir(database: str | Path, partition: str) -> Path:
 
 
 class TrainTrialDataset(Dataset):
-    """Item `(epoch, index)` -> (enrollment wave, test wave, label); trials from a TrialSampler."""
+    """Item `(epoch, index)` -> (enrollment wave, test wave, label, redraws); trials from a TrialSampler.
+
+    `redraws` counts the draws replaced because their audio was bad (always 0 with
+    on_bad_audio="error", which raises the AudioError instead).
+    """
 
     def __init__(self, sampler: TrialSampler, audio_dir: str | Path, *, samples: int, crop: str, seed: int,
-                 sample_rate: int = 16000, resample: bool = False, audio_ext: str = "flac") -> None:
+                 sample_rate: int = 16000, resample: bool = False, audio_ext: str = "flac",
+                 on_bad_audio: str = "error") -> None:
+        if on_bad_audio not in BAD_AUDIO_MODES:
+            raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
         self.sampler = sampler
         self.audio_dir = Path(audio_dir)
         self.samples = samples
@@ -33,53 +54,148 @@ class TrainTrialDataset(Dataset):
         self.sample_rate = sample_rate
         self.resample = resample
         self.audio_ext = audio_ext
+        self.on_bad_audio = on_bad_audio
+        self._reported: set[str] = set()  # bad files already warned about in this process
 
     def trial(self, epoch: int, index: int):
         return self.sampler.draw(trial_rng(self.seed, epoch, index))
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _waves(self, trial, epoch: int, index: int, attempt: int) -> list[torch.Tensor]:
+        # The first attempt keeps the original crop stream, so runs without bad audio are unchanged.
+        stream = [self.seed, epoch, index, 1] if attempt == 0 else [self.seed, epoch, index, 1, attempt]
+        crop_rng = np.random.default_rng(stream) if self.crop == "random" else None
+        return [load_waveform(self.audio_dir / f"{utt}.{self.audio_ext}", self.samples, crop=self.crop, rng=crop_rng,
+                              sample_rate=self.sample_rate, resample=self.resample)
+                for utt in (trial.enrollment, trial.test)]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         epoch, index = item
-        trial = self.trial(epoch, index)
-        crop_rng = np.random.default_rng([self.seed, epoch, index, 1]) if self.crop == "random" else None
-        waves = [load_waveform(self.audio_dir / f"{utt}.{self.audio_ext}", self.samples, crop=self.crop, rng=crop_rng,
-                               sample_rate=self.sample_rate, resample=self.resample)
-                 for utt in (trial.enrollment, trial.test)]
-        return waves[0], waves[1], trial.label
+        rng = trial_rng(self.seed, epoch, index)
+        for attempt in range(MAX_REDRAWS + 1):
+            trial = self.sampler.draw(rng)  # a redraw continues the same generator: deterministic
+            try:
+                enrollment, test = self._waves(trial, epoch, index, attempt)
+                return enrollment, test, trial.label, attempt
+            except AudioError as error:
+                if self.on_bad_audio == "error":
+                    raise
+                self._warn(str(error))
+        raise AudioError(f"training trial (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} draws in a row "
+                         f"hit bad audio under {self.audio_dir}; check the training files")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._reported:
+            self._reported.add(message)
+            print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)
 
 
 class EpochSampler(Sampler):
-    """Yields `(epoch, index)` for this rank's share of an epoch's trials."""
+    """Yields `(epoch, index)` for this rank's share of an epoch's trials, from position `start` on.
+
+    `start` counts this rank's items already consumed, so a run resumed mid-epoch
+    continues with exactly the trials it has not trained on yet.
+    """
 
     def __init__(self, trials_per_epoch: int, *, rank: int = 0, world_size: int = 1) -> None:
         self.trials_per_epoch = trials_per_epoch
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.epoch_length:
+            raise ValueError(f"start {start} is outside the epoch's {self.epoch_length} items")
         self.epoch = epoch
+        self.start = start
+
+    @property
+    def epoch_length(self) -> int:
+        """This rank's items in a whole epoch."""
+        return len(range(self.rank, self.trials_per_epoch, self.world_size))
+
+    def _indices(self) -> range:
+        return range(self.rank, self.trials_per_epoch, self.world_size)[self.start:]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in range(self.rank, self.trials_per_epoch, self.world_size))
+        return ((self.epoch, index) for index in self._indices())
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.trials_per_epoch, self.world_size))
+        return len(self._indices())
 
 
 class WaveformDataset(Dataset):
-    """Item i -> (i, waveform of paths[i] cut or tiled to `samples`)."""
+    """Item i -> (i, waveform of paths[i] cut or tiled to `samples`, problem).
+
+    `problem` is "" for a good file. With on_bad_audio="skip" a bad file gives zeros
+    and the AudioError's message instead of raising it.
+    """
 
     def __init__(self, paths: Sequence[str | Path], samples: int | None, *, sample_rate: int = 16000,
-                 resample: bool = False) -> None:
+                 resample: bool = False, on_bad_audio: str = "error") -> None:
+        if on_bad_audio not in BAD_AUDIO_MODES:
+            raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
         self.paths = [Path(p) for p in paths]
         self.samples = samples
         self.sample_rate = sample_rate
         self.resample = resample
+        self.on_bad_audio = on_bad_audio
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        wave = load_waveform(self.paths[index], self.samples, crop="first",
-                             sample_rate=self.sample_rate, resample=self.resample)
-        return index, wave
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
+        try:
+            wave = load_waveform(self.paths[index], self.samples, crop="first",
+                                 sample_rate=self.sample_rate, resample=self.resample)
+        except AudioError as error:
+            if self.on_bad_audio == "error":
+                raise
+            return index, torch.zeros(self.samples or 1), str(error)
+        return index, wave, ""
+
+
+def unwrap_worker_error(error: BaseException) -> BaseException:
+    """The project's exception as raised inside a DataLoader worker, without the worker traceback.
+
+    DataLoader re-raises a worker's exception as the same type whose message is
+    "Caught X in DataLoader worker process N." plus the whole traceback; the
+    original one-line message is the last `module.X: ...` line of that traceback.
+    """
+    kind = type(error)
+    text = str(error)
+    if not text.startswith(_WORKER_PREFIX.format(name=kind.__name__)):
+        return error
+    module = kind.__module__
+    name = kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    marker = f"\n{name}: "
+    position = text.rfind(marker)
+    if position < 0:
+        return error
+    message = text[position + len(marker):].strip()
+    try:
+        return kind(message)
+    except Exception:  # an exception type that takes other arguments: keep the original
+        return error
+
+
+def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], ...] = (AudioError,)) -> Iterator[Item]:
+    """Iterate a DataLoader; `errors` raised in its workers come out as their original one-line message."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except errors as error:
+            raise unwrap_worker_error(error) from None
+        yield batch
+
+
+def ignore_interrupts_in_worker(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: Ctrl-C and SIGTERM are for the main process, which saves and stops.
+
+    Workers exit by themselves when the main process is gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -9,14 +10,21 @@ from typing import Callable
 import torch
 
 from data.audio import AudioError
+from data.datasets import unwrap_worker_error
 from data.protocols import ProtocolError
 from engine.builder import build_sasv_model, resolve_device
 from engine.config import Config, ConfigError, build_config, load_config
+from engine.evaluation import ScoringError
+from engine.signals import RunInterrupted
+from engine.trainer import TrainingError
 from metrics import MetricError
 from models.checkpoint import CheckpointError, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVModel
 
+# Bad input: one line on stderr, exit status 2.
 USER_ERRORS = (ConfigError, ProtocolError, AudioError, CheckpointError, MetricError, FileExistsError)
+# A run that could not finish (non-finite loss, out of memory for a single item): one line, exit status 1.
+RUN_FAILURES = (TrainingError, ScoringError)
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool) -> None:
@@ -69,13 +77,27 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
     return model, loss, loaded
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same arguments with --resume instead of --overwrite."""
+    kept = [arg for arg in argv[1:] if arg not in ("--overwrite", "--resume")]
+    return shlex.join(["python", argv[0], *kept, "--resume"])
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Run `main`; user errors become one line on stderr and exit status 2."""
+    """Run `main`; bad input becomes one line on stderr and exit status 2, a failed run one line and 1,
+    a run stopped by SIGINT/SIGTERM its message and 128 + the signal number."""
     try:
         code = main()
+    except RunInterrupted as interruption:
+        print(str(interruption), file=sys.stderr)
+        sys.exit(interruption.exit_status)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        # Errors raised in DataLoader workers arrive wrapped in the worker's traceback.
+        print(f"error: {unwrap_worker_error(error)}", file=sys.stderr)
         sys.exit(2)
+    except RUN_FAILURES as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

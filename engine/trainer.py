@@ -1,34 +1,53 @@
-"""The SASV training loop: one forward pass per batch, best-k checkpoints, dev/eval scoring.
+"""The SASV training loop: one forward pass per batch, best-k checkpoints, dev/eval scoring, resume.
 
 Outputs in the experiment folder (see README, "Output files"):
   config.conf, metrics.csv, scores/dev_epoch_NNN.txt, scores/eval.txt,
   metrics_eval.json, weights/last.ckpt, weights/epoch=NNN-sasv_eer_dev=X.ckpt
+
+Resuming: every checkpoint holds the whole training state (weights, optimiser, scheduler,
+grad scaler, RNG states, best-k list, metrics log, and the position inside the epoch with
+its partial loss sums). Training trials are a pure function of (seed, epoch, index) and the
+DataLoader draws its worker seeds from its own generator, so a run resumed from any
+checkpoint trains on the same batches with the same random numbers as one never stopped.
+`weights/last.ckpt` is written at the end of each epoch, every `checkpoint_interval_steps`
+steps, and on SIGINT/SIGTERM at the next batch boundary.
 """
 from __future__ import annotations
 
+import math
 import random
+import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import EpochSampler, TrainTrialDataset, partition_audio_dir
+from data.datasets import (EpochSampler, TrainTrialDataset, ignore_interrupts_in_worker, iterate_batches,
+                           partition_audio_dir)
 from engine.builder import build_sasv_model
-from engine.config import Config
-from engine.evaluation import EmbeddingCache, SASVScorer, ScoringInputs, autocast_context
+from engine.config import SCHEMA, Config, ConfigError, Field
+from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores, autocast_context
 from engine.experiment import scoring_inputs, training_sampler
 from engine import io as result_io
+from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
-from models.checkpoint import load_sasv_weights, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, load_sasv_weights, save_checkpoint
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_eer", "dev_spf_eer",
-                  "dev_min_a_dcf", "seconds")
+                  "dev_min_a_dcf", "dev_skipped_trials", "skipped_batches", "redrawn_trials", "seconds")
+_BEST_K_NAME = re.compile(r"epoch=(\d+)-sasv_eer_dev=.*\.ckpt")
+_DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
+# Keys that may differ between a run and its resumption without changing what is trained.
+RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
+                     "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
+                     "dirs.enrollment_dir", "demo_corpus")
 
 
 class TrainingError(RuntimeError):
@@ -51,22 +70,98 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 class TrainState:
     """Everything a resumed run needs besides the weights and optimiser."""
 
-    epoch: int = 0  # epochs completed
-    step: int = 0
+    epoch: int = 0  # epochs completed (trained and, when due, validated)
+    step: int = 0  # optimisation steps taken
     best: list[dict] = field(default_factory=list)  # [{"sasv_eer", "epoch", "path"}], best first
     metrics: list[dict] = field(default_factory=list)
+    # Position inside epoch `epoch` (0-based), for a checkpoint taken mid-epoch:
+    batch: int = 0  # batches consumed (trained or skipped); all of them: trained, validation pending
+    loss_sum: float = 0.0  # sum of this epoch's finite batch losses so far
+    loss_count: int = 0
+    skipped_batches: int = 0  # this epoch: batches left out for a non-finite loss
+    redrawn_trials: int = 0  # this epoch: training trials drawn again because of bad audio
+    seconds: float = 0.0  # wall-clock seconds spent on this epoch up to the checkpoint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.batch
 
 
-def score_metrics(scores: np.ndarray, keys: list[str]) -> dict[str, float]:
-    result = sasv_eers(scores, keys)
-    result["min_a_dcf"] = float(min_adcf(scores, keys)[0])
+def score_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None = None) -> dict[str, float]:
+    """SASV-EER, SV-EER, SPF-EER and min a-DCF over the trials not `skipped` (bad audio)."""
+    scores = np.asarray(scores)
+    keep = np.ones(len(scores), dtype=bool) if skipped is None else ~np.asarray(skipped, dtype=bool)
+    kept_scores = scores[keep]
+    kept_keys = [key for key, use in zip(keys, keep) if use]
+    bad = int((~np.isfinite(kept_scores)).sum())
+    if bad:
+        raise ScoringError(f"{bad} of {len(kept_scores)} trial scores are NaN/inf: the model's output is not finite")
+    result = sasv_eers(kept_scores, kept_keys)
+    result["min_a_dcf"] = float(min_adcf(kept_scores, kept_keys)[0])
     return result
+
+
+def skipped_summary(trial_scores: TrialScores, what: str, shown: int = 3) -> str:
+    """One line saying how many trials were skipped and because of which files."""
+    files = sorted(trial_scores.bad_audio)
+    listed = "; ".join(f"{path}: {trial_scores.bad_audio[path]}" for path in files[:shown])
+    more = f"; and {len(files) - shown} more" if len(files) > shown else ""
+    return (f"warning: {what}: {trial_scores.n_skipped} of {len(trial_scores.scores)} trials skipped "
+            f"(on_bad_audio: skip; score nan, left out of the EERs) because of {len(files)} bad audio "
+            f"file(s): {listed}{more}")
 
 
 def write_trial_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) -> None:
     trials = inputs.trials
     result_io.write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials],
                                   [t.key for t in trials]), scores)
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict) and not (prefix and _is_field(prefix[:-1])):
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: values}
+
+
+def _is_field(dotted: str) -> bool:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, Field)
+
+
+def _ignored(dotted: str) -> bool:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, Field) and node.ignored
+
+
+def config_changes(stored: dict, current: dict) -> list[str]:
+    """Keys whose value differs between a run's stored config and the current one (RESUME_MAY_CHANGE aside)."""
+    before, after = _flatten(stored), _flatten(current)
+    changed = []
+    for key in sorted(set(before) & set(after)):
+        if any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE) or _ignored(key):
+            continue
+        if before[key] != after[key]:
+            changed.append(f"{key} (run: {before[key]!r}, now: {after[key]!r})")
+    return changed
 
 
 class Trainer:
@@ -91,7 +186,12 @@ class Trainer:
         self.embedding_cache = EmbeddingCache()
         self.scorer = SASVScorer(self.model, self.loss, device, batch_size=config["eval_batch_size"],
                                  num_workers=config["loader"]["n_workers"], amp="off",
-                                 sample_rate=config["sample_rate"], resample=config["resample"], progress=progress)
+                                 sample_rate=config["sample_rate"], resample=config["resample"], progress=progress,
+                                 on_bad_audio=config["on_bad_audio"])
+        self.stop = StopRequest()
+        self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
+        self._saved: TrainState | None = None  # state of the newest resumable checkpoint written or read
+        self._clock = time.time()
 
     # ----------------------------------------------------------------- data
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
@@ -100,27 +200,28 @@ class Trainer:
         dataset = TrainTrialDataset(sampler, partition_audio_dir(config["dirs"]["database"], "train"),
                                     samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
                                     sample_rate=config["sample_rate"], resample=config["resample"],
-                                    audio_ext=config["audio_ext"])
+                                    audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"])
         epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
         workers = config["loader"]["n_workers"]
+        # Its own generator: creating a loader iterator must not consume the global torch RNG
+        # (dropout), or a resumed run would draw different random numbers.
         loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=epoch_sampler, drop_last=True,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=workers > 0)
-        if len(loader) == 0:
-            raise TrainingError(f"{config.source}: trials_per_epoch ({len(epoch_sampler)}) is smaller than batch_size "
-                                f"({config['batch_size']}); no training step would run")
+                            persistent_workers=workers > 0,
+                            worker_init_fn=ignore_interrupts_in_worker if workers else None,
+                            generator=torch.Generator().manual_seed(config["seed"]))
+        if epoch_sampler.epoch_length < config["batch_size"]:
+            raise TrainingError(f"{config.source}: trials_per_epoch ({epoch_sampler.epoch_length}) is smaller than "
+                                f"batch_size ({config['batch_size']}); no training step would run")
         return loader, epoch_sampler
 
     # --------------------------------------------------------------- checkpoints
     def _extra_state(self) -> dict:
         return {
+            **self.state.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "best": list(self.state.best),
-            "metrics": list(self.state.metrics),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": _numpy_state(),
@@ -131,97 +232,226 @@ class Trainer:
         save_checkpoint(path, model=self.model, loss=self.loss, config=self.config.to_dict(),
                         extra=self._extra_state())
 
-    def resume(self, path: Path) -> None:
-        checkpoint = load_sasv_weights(self.model, self.loss, path)
+    def _account_time(self) -> None:
+        now = time.time()
+        self.state.seconds += now - self._clock
+        self._clock = now
+
+    def _check_finite_parameters(self) -> None:
+        tensors = [p.detach() for p in (*self.model.parameters(), *self.loss.parameters())]
+        if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
+                                f"checkpoint. {self._last_good()}")
+
+    def save_resumable(self, path: Path | None = None) -> Path:
+        """Checkpoint the whole training state (default weights/last.ckpt); refuses non-finite weights."""
+        path = path or self.dir / "weights" / "last.ckpt"
+        self._account_time()
+        self._check_finite_parameters()
+        self.save(path)
+        self._saved = TrainState.from_dict(self.state.to_dict())
+        return path
+
+    def _last_good(self) -> str:
+        last = self.dir / "weights" / "last.ckpt"
+        if self._saved is None or not last.is_file():
+            return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
+                    "fix the cause and start again with --overwrite")
+        return (f"The last good checkpoint is {last} ({self.describe(self._saved)}); fix the cause and continue "
+                f"with --resume")
+
+    def describe(self, state: TrainState | None = None) -> str:
+        state = state or self.state
+        if state.batch == 0:
+            return f"end of epoch {state.epoch}, step {state.step}"
+        return f"epoch {state.epoch + 1}, batch {state.batch}, step {state.step}"
+
+    def resume(self, path: Path, checkpoint=None) -> None:
+        """Restore the full training state from one of our checkpoints."""
+        checkpoint = checkpoint or load_checkpoint(path)
         extra = checkpoint.meta
+        if checkpoint.format != "sasv" or "optimizer" not in extra:
+            raise CheckpointError(f"{path}: not a resumable training checkpoint of main.py (no optimiser state)")
+        if checkpoint.config is not None:
+            changes = config_changes(checkpoint.config, self.config.to_dict())
+            if changes:
+                raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
+                                  f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
+        load_sasv_weights(self.model, self.loss, path)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.scaler.load_state_dict(extra["scaler"])
-        self.state = TrainState(epoch=extra["epoch"], step=extra["step"], best=list(extra["best"]),
-                                metrics=list(extra["metrics"]))
+        self.state = TrainState.from_dict(extra)
         torch.set_rng_state(extra["torch_rng"])
         if torch.cuda.is_available() and extra["cuda_rng"]:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
         _set_numpy_state(extra["numpy_rng"])
         _set_python_state(extra["python_rng"])
+        self._saved = TrainState.from_dict(self.state.to_dict())
+        self._clock = time.time()
 
-    def _update_best(self, epoch: int, sasv_eer: float) -> None:
-        weights = self.dir / "weights"
-        entry = {"sasv_eer": float(sasv_eer), "epoch": epoch,
-                 "path": f"weights/epoch={epoch:03d}-sasv_eer_dev={sasv_eer:.5f}.ckpt"}
-        ranked = sorted(self.state.best + [entry], key=lambda e: (e["sasv_eer"], e["epoch"]))
-        keep, drop = ranked[:self.config["save_top_k"]], ranked[self.config["save_top_k"]:]
-        self.state.best = keep
-        if entry in keep:
-            self.save(self.dir / entry["path"])
-        for old in drop:
-            if old is not entry:
-                (self.dir / old["path"]).unlink(missing_ok=True)
-        weights.mkdir(parents=True, exist_ok=True)
+    def resume_latest(self) -> Path | None:
+        """Restore the newest complete checkpoint under weights/ (None: there is none) and tidy the folder."""
+        newest, newest_position, newest_checkpoint = None, None, None
+        for path in sorted((self.dir / "weights").glob("*.ckpt")):
+            try:
+                checkpoint = load_checkpoint(path)
+            except CheckpointError as error:
+                self._log(f"warning: skipping unreadable checkpoint: {error}")
+                continue
+            if checkpoint.format != "sasv" or "optimizer" not in checkpoint.meta:
+                continue
+            position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
+            # On a tie prefer last.ckpt: a best-k copy never holds a newer state than the last.ckpt written after it.
+            if newest_position is None or position > newest_position or \
+                    (position == newest_position and path.name == "last.ckpt"):
+                newest, newest_position, newest_checkpoint = path, position, checkpoint
+        if newest is None:
+            return None
+        self.resume(newest, newest_checkpoint)
+        self._tidy_after_resume()
+        return newest
+
+    def _tidy_after_resume(self) -> None:
+        """Remove what a killed run may have left beyond the restored state, and rewrite metrics.csv."""
+        result_io.remove_stale_temporaries(self.dir)
+        kept = {entry["path"] for entry in self.state.best}
+        for path in (self.dir / "weights").glob("epoch=*.ckpt"):
+            if _BEST_K_NAME.fullmatch(path.name) and f"weights/{path.name}" not in kept:
+                path.unlink()
+        for path in (self.dir / "scores").glob("dev_epoch_*.txt"):
+            match = _DEV_SCORES_NAME.fullmatch(path.name)
+            if match and int(match.group(1)) > self.state.epoch:
+                path.unlink()
+        if self.state.epoch < self.config["epoch"]:  # eval results of a shorter run would be stale
+            (self.dir / "metrics_eval.json").unlink(missing_ok=True)
+            (self.dir / "scores" / "eval.txt").unlink(missing_ok=True)
+        if self.state.metrics:
+            result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, self.state.metrics)
 
     # --------------------------------------------------------------- loop
-    def train_epoch(self, loader: DataLoader, epoch_sampler: EpochSampler, epoch: int) -> float:
+    def _optimise(self, loss: torch.Tensor) -> None:
+        clip = self.config["gradient_clip"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + list(self.loss.parameters()), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        if self.state.step % self.config["optim"]["scheduler_interval"] == 0:
+            self.scheduler.step()
+
+    def train_epoch(self, loader: DataLoader, epoch_sampler: EpochSampler, epoch: int) -> None:
+        """Train on epoch `epoch` from batch `self.state.batch` on (0 unless resumed mid-epoch)."""
+        batch_size = self.config["batch_size"]
+        n_batches = epoch_sampler.epoch_length // batch_size
+        if self.state.batch >= n_batches:
+            return  # trained before a restart; only the validation is pending
         self.model.train()
         self.loss.train()
-        epoch_sampler.set_epoch(epoch)
-        interval = self.config["optim"]["scheduler_interval"]
-        clip = self.config["gradient_clip"]
-        total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config['epoch']}", unit="batch", disable=not self.progress)
-        for enrollment, test, labels in bar:
+        epoch_sampler.set_epoch(epoch, start=self.state.batch * batch_size)
+        interval = self.config["checkpoint_interval_steps"]
+        bar = tqdm(iterate_batches(loader), total=n_batches, initial=self.state.batch,
+                   desc=f"epoch {epoch + 1}/{self.config['epoch']}", unit="batch", disable=not self.progress)
+        for enrollment, test, labels, redraws in bar:
+            self.state.redrawn_trials += int(redraws.sum())
             enrollment = enrollment.to(self.device, non_blocking=True)
             test = test.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with autocast_context(self.device, self.amp):
                 feats = self.model(enrollment, test)
             loss, _ = self.loss(feats.float(), labels)
-            if not torch.isfinite(loss):
+            stepped = bool(torch.isfinite(loss))
+            if stepped:
+                self._optimise(loss)
+                self.state.loss_sum += loss.item()
+                self.state.loss_count += 1
+            elif self.config["nonfinite_loss"] == "skip":
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.skipped_batches += 1
+                self._log(f"warning: non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch "
+                          f"{self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
+            else:
                 raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
-                                    f"{self.state.step + 1}; the last good checkpoint is {self.dir / 'weights' / 'last.ckpt'}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + list(self.loss.parameters()), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.state.step += 1
-            if self.state.step % interval == 0:
-                self.scheduler.step()
-            total += loss.item()
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1)
+                                    f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training "
+                                    f"stopped. {self._last_good()}, or set nonfinite_loss: skip to leave such "
+                                    f"batches out")
+            self.state.batch += 1
+            if self.state.loss_count:
+                bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
+            if self.stop.requested is not None:
+                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+            elif stepped and interval and self.state.step % interval == 0:
+                self.save_resumable()
 
-    def evaluate(self, inputs: ScoringInputs) -> np.ndarray:
+    def _interrupted(self, where: str, cause: RunInterrupted | None = None) -> None:
+        signum = cause.signum if cause is not None else self.stop.requested
+        path = self.save_resumable()
+        raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
+                             f"{path}; resume with: {self.resume_hint}", signum)
+
+    def evaluate(self, inputs: ScoringInputs) -> TrialScores:
         cache = self.embedding_cache if not (self.model.train_asv and self.model.train_cm) else None
-        return self.scorer.score(inputs, cache=cache)
+        return self.scorer.score_trials(inputs, cache=cache)
 
     def fit(self) -> dict:
         config = self.config
-        loader, epoch_sampler = self._train_loader()
-        dev_inputs = scoring_inputs(config, "dev")
-        (self.dir / "weights").mkdir(parents=True, exist_ok=True)
-        for epoch in range(self.state.epoch, config["epoch"]):
-            started = time.time()
-            train_loss = self.train_epoch(loader, epoch_sampler, epoch)
-            row = {"epoch": epoch + 1, "step": self.state.step, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": train_loss}
-            if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:
-                scores = self.evaluate(dev_inputs)
-                dev = score_metrics(scores, [t.key for t in dev_inputs.trials])
-                write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, scores)
-                row.update({f"dev_{name}": value for name, value in dev.items()})
-                self.state.epoch = epoch + 1
-                self._update_best(epoch + 1, dev["sasv_eer"])
-                self._log(f"epoch {epoch + 1}: loss {train_loss:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
-                          f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
-            self.state.epoch = epoch + 1
-            row["seconds"] = round(time.time() - started, 3)
-            self.state.metrics.append({name: row.get(name, "") for name in METRIC_COLUMNS})
-            result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, self.state.metrics)
-            self.save(self.dir / "weights" / "last.ckpt")
-        return self.test()
+        with self.stop:
+            self.scorer.poll = lambda: self.stop.check("scoring")
+            loader, epoch_sampler = self._train_loader()
+            dev_inputs = scoring_inputs(config, "dev")
+            (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+            self._clock = time.time()
+            for epoch in range(self.state.epoch, config["epoch"]):
+                self.train_epoch(loader, epoch_sampler, epoch)
+                self._finish_epoch(epoch, dev_inputs)
+            return self.test()
+
+    def _finish_epoch(self, epoch: int, dev_inputs: ScoringInputs) -> None:
+        """Validate when due, log the epoch, and checkpoint: best-k copy first, then last.ckpt."""
+        config, state = self.config, self.state
+        self._check_finite_parameters()
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"],
+                               "train_loss": state.loss_sum / state.loss_count if state.loss_count else math.nan,
+                               "skipped_batches": state.skipped_batches, "redrawn_trials": state.redrawn_trials}
+        due = (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]
+        if due:
+            try:
+                result = self.evaluate(dev_inputs)
+            except RunInterrupted as interruption:
+                self._interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)", interruption)
+            dev = score_metrics(result.scores, [t.key for t in dev_inputs.trials], result.skipped)
+            write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, result.scores)
+            row.update({f"dev_{name}": value for name, value in dev.items()})
+            row["dev_skipped_trials"] = result.n_skipped
+            if result.n_skipped:
+                self._log(skipped_summary(result, f"dev epoch {epoch + 1}"))
+            self._log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
+                      f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
+        if state.skipped_batches or state.redrawn_trials:
+            self._log(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
+                      f"{state.redrawn_trials} training trial(s) drawn again because of bad audio")
+        self._account_time()
+        row["seconds"] = round(state.seconds, 3)
+        state.metrics.append({name: row.get(name, "") for name in METRIC_COLUMNS})
+        self.state = state = TrainState(epoch=epoch + 1, step=state.step, best=list(state.best),
+                                        metrics=state.metrics)
+        dropped: list[dict] = []
+        if due:
+            entry = {"sasv_eer": float(row["dev_sasv_eer"]), "epoch": epoch + 1,
+                     "path": f"weights/epoch={epoch + 1:03d}-sasv_eer_dev={row['dev_sasv_eer']:.5f}.ckpt"}
+            ranked = sorted(state.best + [entry], key=lambda e: (e["sasv_eer"], e["epoch"]))
+            state.best, dropped = ranked[:config["save_top_k"]], ranked[config["save_top_k"]:]
+            if entry in state.best:
+                self.save_resumable(self.dir / entry["path"])
+                result_io.atomic_copy(self.dir / entry["path"], self.dir / "weights" / "last.ckpt")
+        if not any(entry["epoch"] == epoch + 1 for entry in state.best):
+            self.save_resumable()
+        for old in dropped:
+            (self.dir / old["path"]).unlink(missing_ok=True)
+        result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, state.metrics)
 
     def test(self) -> dict:
         """Score the eval trials with the best dev checkpoint (or the last one when none was validated)."""
@@ -230,15 +460,22 @@ class Trainer:
         load_sasv_weights(self.model, self.loss, path)
         self.embedding_cache = EmbeddingCache()
         inputs = scoring_inputs(self.config, "eval")
-        scores = self.scorer.score(inputs)
-        write_trial_scores(self.dir / "scores" / "eval.txt", inputs, scores)
-        result = score_metrics(scores, [t.key for t in inputs.trials])
-        summary = {**result, "checkpoint": str(path.relative_to(self.dir)), "n_trials": len(inputs.trials),
+        try:
+            result = self.scorer.score_trials(inputs)
+        except RunInterrupted as interruption:
+            raise RunInterrupted(f"{interruption} of the eval trials; training is complete and saved; score them "
+                                 f"with: {self.resume_hint}", interruption.signum) from None
+        write_trial_scores(self.dir / "scores" / "eval.txt", inputs, result.scores)
+        metrics = score_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
+        if result.n_skipped:
+            self._log(skipped_summary(result, "eval"))
+        summary = {**metrics, "checkpoint": str(path.relative_to(self.dir)), "n_trials": len(inputs.trials),
+                   "n_skipped_trials": result.n_skipped, "skipped_audio": dict(sorted(result.bad_audio.items())),
                    "epoch": best["epoch"] if best else self.state.epoch}
         result_io.write_json(self.dir / "metrics_eval.json", summary)
-        self._log(f"eval ({summary['checkpoint']}): SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER "
-                  f"{100 * result['sv_eer']:.2f}%  SPF-EER {100 * result['spf_eer']:.2f}%  "
-                  f"min a-DCF {result['min_a_dcf']:.4f}")
+        self._log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
+                  f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
+                  f"min a-DCF {metrics['min_a_dcf']:.4f}")
         return summary
 
     def _log(self, message: str) -> None:

@@ -1,0 +1,192 @@
+"""Resume: a run killed at a random moment (SIGKILL) or stopped by a signal and resumed ends exactly
+like a run that was never stopped: same weights (bit for bit), same metrics.csv, same scores."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import build_config
+from engine.signals import RunInterrupted, StopRequest
+from engine.trainer import Trainer, prepare_experiment_dir
+from models.checkpoint import CheckpointError, load_checkpoint
+from tiny_run import run_main, start_main, temporaries, tiny_corpus, write_config
+
+RUN = dict(epoch=2, trials_per_epoch=48, batch_size=8)  # 6 batches per epoch
+BATCHES = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return tiny_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """The uninterrupted run (no intermediate checkpoints, no DataLoader workers)."""
+    work = tmp_path_factory.mktemp("reference")
+    config = write_config(work / "run.conf", corpus, **RUN)
+    result = run_main(config, work / "exp")
+    assert result.returncode == 0, result.stderr
+    return work / "exp" / "run"
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    checkpoint = load_checkpoint(path)
+    tensors = {"oc_center": checkpoint.oc_center}
+    for part in ("asv_state", "cm_state", "backend_state"):
+        tensors.update({f"{part}.{key}": value for key, value in getattr(checkpoint, part).items()})
+    for index, state in checkpoint.meta["optimizer"]["state"].items():
+        tensors.update({f"adam.{index}.{key}": value for key, value in state.items() if torch.is_tensor(value)})
+    return tensors
+
+
+def metrics_rows(folder: Path) -> list[dict]:
+    with open(folder / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert float(row.pop("seconds")) >= 0  # wall-clock: the only column allowed to differ
+    return rows
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    ours, theirs = checkpoint_tensors(run / "weights" / "last.ckpt"), checkpoint_tensors(reference / "weights" / "last.ckpt")
+    assert ours.keys() == theirs.keys()
+    different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
+    assert not different, f"tensors differ from the uninterrupted run: {different[:5]}"
+    assert metrics_rows(run) == metrics_rows(reference)
+    assert sorted(p.name for p in (run / "weights").iterdir()) == sorted(p.name for p in (reference / "weights").iterdir())
+    assert (run / "scores" / "eval.txt").read_bytes() == (reference / "scores" / "eval.txt").read_bytes()
+    assert json.loads((run / "metrics_eval.json").read_text()) == json.loads((reference / "metrics_eval.json").read_text())
+    assert not temporaries(run)
+
+
+def position(path: Path) -> tuple[int, int, int]:
+    """(completed epochs, batch inside the next epoch, step) of a checkpoint."""
+    meta = load_checkpoint(path).meta
+    return meta["epoch"], meta["batch"], meta["step"]
+
+
+def test_sigkill_at_a_random_moment_mid_epoch_then_resume_equals_uninterrupted(corpus, reference, tmp_path):
+    rng = random.Random()  # deliberately unseeded: each run kills somewhere else
+    config = write_config(tmp_path / "run.conf", corpus, checkpoint_interval_steps=1, **RUN)
+    last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
+    target_step = rng.choice([1, 2, 3, 4, 7, 8, 9, 10])  # then some way into the next step
+    process = start_main(config, tmp_path / "exp")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if last.is_file() and position(last)[2] >= target_step:
+                    break
+            except CheckpointError:  # cannot happen with atomic writes; let the assertion below say so
+                raise
+            time.sleep(0.01)
+        assert process.poll() is None, f"the run ended before the kill: {process.communicate()[1]}"
+        time.sleep(rng.uniform(0.0, 0.15))
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate()
+    epoch, batch, step = position(last)  # whatever the moment, last.ckpt is complete
+    assert 0 < batch < BATCHES, f"killed at epoch {epoch} batch {batch}: not mid-epoch"
+    assert not (tmp_path / "exp" / "run" / "metrics_eval.json").exists()
+
+    resumed = run_main(config, tmp_path / "exp", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {last}" in resumed.stdout and f"step {step}" in resumed.stdout
+    assert_same_run(tmp_path / "exp" / "run", reference)
+
+
+def test_sigterm_to_the_process_group_saves_and_resume_equals_uninterrupted(corpus, reference, tmp_path):
+    """No step-interval checkpoints, a DataLoader worker, SIGTERM to every process as a scheduler sends it."""
+    config = write_config(tmp_path / "run.conf", corpus, loader={"n_workers": 1}, **RUN)
+    process = start_main(config, tmp_path / "exp", progress=True, start_new_session=True)
+    process.stdout.close()
+    # The progress bars on stderr tell when training is inside epoch 1.
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not re.search(r"\| [1-4]/6 \[", "".join(seen)):
+        time.sleep(0.02)
+    assert process.poll() is None, "".join(seen)
+    os.killpg(process.pid, signal.SIGTERM)
+    status = process.wait(timeout=300)
+    reader.join(timeout=10)
+    message = "".join(seen).replace("\r", "\n").strip().splitlines()[-1]
+    assert status == 128 + signal.SIGTERM, "".join(seen)
+    assert message.startswith("interrupted by SIGTERM at epoch 1, batch ") and "--resume" in message, message
+    last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
+    assert f"saved {last}" in message
+    epoch, batch, _ = position(last)
+    assert epoch == 0 and 0 < batch <= BATCHES
+
+    resumed = run_main(config, tmp_path / "exp", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "exp" / "run", reference)
+
+
+def test_sigint_in_process_saves_a_resumable_checkpoint(corpus, tmp_path):
+    """Ctrl-C during training: the loop saves at the next batch boundary and raises RunInterrupted."""
+    torch.set_num_threads(1)
+    values = json.loads(write_config(tmp_path / "run.conf", corpus, **RUN).read_text())
+    config = build_config(values, source="run.conf")
+    folder = tmp_path / "exp"
+    prepare_experiment_dir(folder, None, resume=False, overwrite=False)
+    trainer = Trainer(config, folder, torch.device("cpu"), progress=False)
+    original = trainer._optimise
+    calls = []
+
+    def optimise_then_interrupt(loss):
+        original(loss)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside batch 2
+
+    trainer._optimise = optimise_then_interrupt
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunInterrupted) as caught:
+        trainer.fit()
+    assert caught.value.exit_status == 130
+    assert "interrupted by SIGINT at epoch 1, batch 2/6 (step 2)" in str(caught.value)
+    assert position(folder / "weights" / "last.ckpt") == (0, 2, 2)
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+
+
+def test_a_second_signal_aborts_at_once():
+    handler = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes; never reached
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_resume_refuses_a_changed_config_and_allows_more_epochs(corpus, reference, tmp_path):
+    run = tmp_path / "exp" / "run"
+    shutil.copytree(reference, run)
+    config = write_config(tmp_path / "run.conf", corpus, **RUN)
+    refused = run_main(config, tmp_path / "exp", "--resume", "--set", "optim.lr=0.01")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0
+    assert "cannot resume" in refused.stderr and "optim.lr (run: 0.001, now: 0.01)" in refused.stderr
+
+    longer = run_main(config, tmp_path / "exp", "--resume", "--set", "epoch=3")
+    assert longer.returncode == 0, longer.stderr
+    assert "resumed from" in longer.stdout and "epoch 2, step 12" in longer.stdout
+    rows = metrics_rows(run)
+    assert rows[:2] == metrics_rows(reference) and [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert rows[2]["step"] == "18"

@@ -1,0 +1,83 @@
+"""Helpers for the tests that run main.py and the scripts on the tiny synthetic corpus."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tqdm
+
+from data.synthetic import CorpusSpec, generate_corpus
+from test_pipeline import tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+# One thread per process: on a busy 2-core machine OpenMP threads that wait on each other
+# make the tiny runs several times slower, and the results do not depend on it.
+QUIET_ENV = {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus, generated once per test session and shared by the modules that ask for it."""
+    root = tmp_path_factory.getbasetemp() / "tiny_corpus_shared"
+    generate_corpus(root, CorpusSpec.tiny(), progress=False)  # a no-op when already complete
+    return root
+
+
+def write_config(path: Path, corpus: Path, **overrides) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tiny_config(corpus, **overrides), indent=1))
+    return path
+
+
+def main_command(config: Path, output_dir: Path, *extra: str, progress: bool = False) -> list[str]:
+    return [sys.executable, str(REPO / "main.py"), "--config", str(config), "--output_dir", str(output_dir),
+            *([] if progress else ["--no_progress"]), *extra]
+
+
+def _environment(progress: bool) -> dict[str, str]:
+    environment = {**os.environ, **QUIET_ENV}
+    if progress:
+        del environment["TQDM_DISABLE"]
+    return environment
+
+
+def run_main(config: Path, output_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command(config, output_dir, *extra), capture_output=True, text=True,
+                          timeout=timeout, cwd=output_dir.parent, env=_environment(False))
+
+
+def start_main(config: Path, output_dir: Path, *extra: str, progress: bool = False, **options) -> subprocess.Popen:
+    """Start main.py; with `progress` its tqdm bars go to stderr (to watch where training is)."""
+    return subprocess.Popen(main_command(config, output_dir, *extra, progress=progress), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=output_dir.parent,
+                            env=_environment(progress), **options)
+
+
+def run_script(script: str, argv: list[str], capsys: pytest.CaptureFixture,
+               monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run a top-level script in this process, as `python script argv...`; returns (status, stdout, stderr)."""
+    original_init = tqdm.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm.tqdm, "__init__", quiet_init)
+    monkeypatch.setattr(sys, "argv", [str(REPO / script), *argv])
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def temporaries(folder: Path) -> list[Path]:
+    """Hidden temporary files that an interrupted atomic write would leave."""
+    return sorted(p for pattern in (".*.tmp", ".*.partial") for p in folder.rglob(pattern))
