@@ -33,6 +33,8 @@ from metrics.tdcf import min_tdcf
 from models.aasist import AASIST
 from models.checkpoint import load_asv_weights, load_cm_weights
 
+FREQ_AUG_MAX_BANDS = 20  # models.aasist.SincFilterBank masks a run of 0..19 bands
+
 
 def cosine_factor(total_steps: int, final_ratio: float):
     """lr multiplier at `step`: from 1 down to `final_ratio` along half a cosine (aasist's schedule)."""
@@ -114,6 +116,10 @@ class CMTrainer(StageTrainer):
             model = AASIST(aasist_model_config(config))
         except (KeyError, IndexError, TypeError, ValueError) as error:
             raise ConfigError(f"{config.source}: invalid AASIST model_config ({error!r})") from None
+        if config["cm_train"]["freq_aug"] and model.conv_time.out_channels < FREQ_AUG_MAX_BANDS:
+            raise ConfigError(f"{config.source}: cm_train.freq_aug masks up to {FREQ_AUG_MAX_BANDS - 1} sinc bands, "
+                              f"so it needs at least {FREQ_AUG_MAX_BANDS} (model_config filts[0] is "
+                              f"{model.conv_time.out_channels})")
         if config["aasist_weight"]:
             path = Path(config["aasist_weight"])
             if not path.is_file():

@@ -1,0 +1,298 @@
+"""system asv on the tiny synthetic corpus: training, metrics against metrics/, resume, augmentation,
+VoxCeleb-style lists, and the checkpoint loading into system sasv (asv_weight)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from data.augment import Augmenter
+from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
+from data.speaker_lists import plan_speaker_batches, read_voxceleb_train_list, read_voxceleb_trials
+from data.synthetic import CorpusSpec, generate_corpus
+from engine.asv_trainer import ASVTrainer
+from engine.builder import build_sasv_model
+from engine.config import ConfigError, build_config
+from metrics import MetricError
+from metrics.dcf import min_dcf
+from metrics.eer import roc_eer
+from models.checkpoint import load_asv_weights, load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from test_pipeline import tiny_config  # noqa: E402  (the tiny widths shared by the pipeline tests)
+
+torch.set_num_threads(2)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(root, CorpusSpec.tiny(), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def noise_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """A miniature MUSAN (noise/, speech/, music/) and RIR folder."""
+    root = tmp_path_factory.mktemp("augment")
+    rng = np.random.default_rng(0)
+    for category, count in (("noise", 2), ("speech", 4), ("music", 1)):
+        for index in range(count):
+            path = root / "musan" / category / "set" / f"{category}{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, 0.3 * rng.standard_normal(12000), 16000, subtype="FLOAT")
+    rir = np.zeros(800)
+    rir[[0, 200, 500]] = [1.0, 0.5, 0.25]
+    (root / "rirs" / "room").mkdir(parents=True)
+    sf.write(root / "rirs" / "room" / "rir0.wav", rir, 16000, subtype="FLOAT")
+    return root / "musan", root / "rirs"
+
+
+def asv_config(corpus: Path, **overrides) -> dict:
+    config = tiny_config(corpus, system="asv", epoch=2, batch_size=3, save_top_k=2)
+    # max_per_speaker 2: 6 speakers x 2 utterances = 2 batches of 3 speakers per epoch (keeps the test fast).
+    config["asv_train"] = {"loss": "angleproto", "samples": 8000, "lr": 0.002, "lr_decay_epochs": 1, "lr_decay": 0.5,
+                           "max_per_speaker": 2}
+    config.update(overrides)
+    return config
+
+
+def run_main(work: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    path = work / "asv.conf"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(path), "--output_dir",
+                             str(work / "exp"), "--no_progress", *extra], capture_output=True, text=True,
+                            timeout=600, cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def read_metrics(experiment: Path) -> list[dict]:
+    with open(experiment / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, noise_folders, tmp_path_factory):
+    """main.py: AP training for 1 epoch with MUSAN/RIR augmentation, then resumed for a 2nd epoch."""
+    work = tmp_path_factory.mktemp("asv_run")
+    config = asv_config(corpus, epoch=1)
+    config["asv_train"].update(musan_dir=str(noise_folders[0]), rir_dir=str(noise_folders[1]))
+    first = run_main(work, config)
+    one_epoch = read_metrics(work / "exp" / "asv")
+    resumed = run_main(work, config, "--resume", "--set", "epoch=2")
+    return work, {**config, "epoch": 2}, work / "exp" / "asv", first.stdout, one_epoch, resumed.stdout
+
+
+def test_outputs_and_dev_metrics_match_metrics_functions(trained, corpus):
+    _, _, experiment, stdout, _, _ = trained
+    rows = read_metrics(experiment)
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "train_accuracy", "dev_eer", "dev_min_dcf_p01",
+                             "dev_min_dcf_p05", "seconds"]
+    bona_fide = [t for t in read_sasv_trials(corpus / "protocols" / "ASVspoof2019.LA.asv.dev.gi.trl.txt")
+                 if t.key != "spoof"]
+    for row in rows:
+        lines = (experiment / "scores" / f"dev_epoch_{int(row['epoch']):03d}.txt").read_text().splitlines()
+        fields = [line.split() for line in lines]
+        assert [f[:3] for f in fields] == [[t.speaker, t.utterance, t.key] for t in bona_fide]
+        scores = np.array([float(f[3]) for f in fields])
+        is_target = np.array([f[2] == "target" for f in fields])
+        assert float(row["dev_eer"]) == pytest.approx(roc_eer(scores[is_target], scores[~is_target]), abs=1e-12)
+        for column, prior in (("dev_min_dcf_p01", 0.01), ("dev_min_dcf_p05", 0.05)):
+            assert float(row[column]) == pytest.approx(min_dcf(scores, is_target.astype(int), prior)[0], abs=1e-12)
+    summary = json.loads((experiment / "metrics_eval.json").read_text())
+    eval_lines = [line.split() for line in (experiment / "scores" / "eval.txt").read_text().splitlines()]
+    eval_scores = np.array([float(f[3]) for f in eval_lines])
+    eval_target = np.array([f[2] == "target" for f in eval_lines])
+    assert summary["eer"] == pytest.approx(roc_eer(eval_scores[eval_target], eval_scores[~eval_target]), abs=1e-12)
+    assert summary["n_trials"] == len(eval_lines) and "spoof" not in {f[2] for f in eval_lines}
+    best_epoch = min(rows, key=lambda row: (float(row["dev_eer"]), int(row["epoch"])))["epoch"]
+    assert summary["epoch"] == int(best_epoch) and summary["best_dev"]["eer"] == min(float(r["dev_eer"]) for r in rows)
+    assert "eval EER" in stdout and "weights/best.ckpt" in stdout
+
+
+def test_learning_rate_steps_per_epoch_and_batches_cover_the_plan(trained, corpus):
+    _, config, experiment, _, _, _ = trained
+    rows = read_metrics(experiment)
+    assert [float(row["lr"]) for row in rows] == pytest.approx([0.002, 0.001])  # StepLR, decay 0.5 per epoch
+    labels = _speaker_labels(corpus)
+    steps = [len(plan_speaker_batches(labels, per_speaker=2, batch_size=3, max_per_speaker=2, seed=7, epoch=epoch,
+                                      distinct_speakers=True)) for epoch in range(2)]
+    assert steps == [2, 2]
+    assert [int(row["step"]) for row in rows] == list(np.cumsum(steps))
+
+
+def test_resume_continues_exactly(trained, corpus, tmp_path):
+    _, config, experiment, _, one_epoch, resumed_stdout = trained
+    assert "resumed from" in resumed_stdout
+    rows = read_metrics(experiment)
+    assert {k: v for k, v in one_epoch[0].items() if k != "seconds"} == {k: v for k, v in rows[0].items() if k != "seconds"}
+    # An uninterrupted 2-epoch run ends with the same weights as the 1 + 1 resumed one.
+    ASVTrainer(build_config(config), tmp_path, CPU, progress=False).fit()
+    resumed_state = load_checkpoint(experiment / "weights" / "last.ckpt")
+    straight_state = load_checkpoint(tmp_path / "weights" / "last.ckpt")
+    assert [row["train_loss"] for row in rows] == [str(row["train_loss"]) for row in straight_state.meta["metrics"]]
+    for key, value in straight_state.asv_state.items():
+        assert torch.equal(value, resumed_state.asv_state[key]), key
+    assert torch.equal(straight_state.asv_loss_state["w"], resumed_state.asv_loss_state["w"])
+
+
+def test_best_checkpoint_initialises_the_sasv_model(trained, corpus):
+    work, _, experiment, _, _, _ = trained
+    best = experiment / "weights" / "best.ckpt"
+    checkpoint = load_checkpoint(best)
+    assert checkpoint.cm_state is None and checkpoint.backend_state is None and set(checkpoint.asv_loss_state) == {"w", "b"}
+    assert "optimizer" not in checkpoint.meta and checkpoint.meta["epoch"] == json.loads(
+        (experiment / "metrics_eval.json").read_text())["epoch"]
+    sasv = build_config(tiny_config(corpus, asv_weight=str(best)))
+    model, _ = build_sasv_model(sasv)
+    for key, value in checkpoint.asv_state.items():
+        assert torch.equal(model.asv_model.state_dict()[key], value), key
+    kept = sorted(path.name for path in (experiment / "weights").glob("epoch=*.ckpt"))
+    assert len(kept) == 2 and all("-eer_dev=" in name for name in kept)  # save_top_k = 2
+
+
+def _speaker_labels(corpus: Path) -> list[int]:
+    entries = [e for e in read_cm_protocol(corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt")
+               if e.key == "bonafide"]
+    speakers = sorted({e.speaker for e in entries})
+    return [speakers.index(e.speaker) for e in entries]
+
+
+def test_speaker_batches_hold_distinct_speakers_and_vary_by_epoch():
+    labels = [speaker for speaker in range(7) for _ in range(5 + speaker)]
+    plan = plan_speaker_batches(labels, per_speaker=2, batch_size=4, max_per_speaker=6, seed=3, epoch=0,
+                                distinct_speakers=True)
+    used = [index for batch in plan for group in batch for index in group]
+    assert len(used) == len(set(used))  # no utterance twice in an epoch
+    for batch in plan:
+        assert len(batch) == 4 and all(len(group) == 2 for group in batch)
+        assert all(len({labels[i] for i in group}) == 1 for group in batch)  # a group is one speaker
+        assert len({labels[group[0]] for group in batch}) == 4  # speakers differ within a batch
+    per_speaker = np.bincount([labels[i] for i in used], minlength=7)
+    assert per_speaker.max() <= 6  # max_per_speaker
+    again = plan_speaker_batches(labels, per_speaker=2, batch_size=4, max_per_speaker=6, seed=3, epoch=0,
+                                 distinct_speakers=True)
+    other = plan_speaker_batches(labels, per_speaker=2, batch_size=4, max_per_speaker=6, seed=3, epoch=1,
+                                 distinct_speakers=True)
+    assert again == plan and other != plan
+
+
+def test_augmenter_snr_reverb_and_choices(noise_folders):
+    musan, rirs = noise_folders
+    augment = Augmenter(musan, rirs)
+    assert augment.choices == ["none", "reverb", "noise", "speech", "music"]
+    clean = 0.5 * np.sin(np.linspace(0, 400 * np.pi, 8000))
+    rng = np.random.default_rng(1)
+    noisy = augment.add_noise(clean, "noise", rng)
+    snr = 10 * np.log10(np.mean(clean ** 2) / np.mean((noisy - clean) ** 2))
+    assert 0.0 - 0.05 <= snr <= 15.0 + 0.05  # MUSAN noise: one file at 0-15 dB
+    babble = augment.add_noise(clean, "speech", np.random.default_rng(2))
+    assert babble.shape == clean.shape and not np.allclose(babble, clean)
+    reverberant = augment.reverberate(clean, rng)
+    rir = np.array([1.0, 0.5, 0.25]) / np.sqrt(1.3125)
+    expected = rir[0] * clean
+    expected[200:] += rir[1] * clean[:-200]
+    expected[500:] += rir[2] * clean[:-500]
+    np.testing.assert_allclose(reverberant, expected, atol=1e-9)
+    only_rir = Augmenter(None, rirs)
+    assert only_rir.choices == ["none", "reverb"]
+
+
+def test_voxceleb_lists_train_with_aam_softmax(corpus, tmp_path):
+    """A VoxCeleb-style train list and trial list (paths relative to a root) with AAM-softmax."""
+    entries = read_cm_protocol(corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt")
+    train_list = tmp_path / "train_list.txt"
+    train_list.write_text("".join(f"id{e.speaker[-4:]} ASVspoof2019_LA_train/flac/{e.utterance}.flac\n"
+                                  for e in entries if e.key == "bonafide"))
+    dev = [t for t in read_sasv_trials(corpus / "protocols" / "ASVspoof2019.LA.asv.dev.gi.trl.txt") if t.key != "spoof"]
+    enrol = {line.split()[0]: line.split()[1].split(",")[0] for name in ("female", "male") for line in
+             (corpus / "protocols" / f"ASVspoof2019.LA.asv.dev.{name}.trn.txt").read_text().splitlines()}
+    trial_list = tmp_path / "veri_test.txt"
+    trial_list.write_text("".join(f"{int(t.key == 'target')} ASVspoof2019_LA_dev/flac/{enrol[t.speaker]}.flac "
+                                  f"ASVspoof2019_LA_dev/flac/{t.utterance}.flac\n" for t in dev))
+    root = corpus / "LA"
+    config = build_config(asv_config(corpus, epoch=1, batch_size=8, asv_train={
+        "loss": "aamsoftmax", "margin": 0.2, "scale": 30.0, "samples": 8000, "max_per_speaker": 2,
+        "train_list": str(train_list), "train_root": str(root), "trial_list": str(trial_list), "trial_root": str(root)}))
+    trainer = ASVTrainer(config, tmp_path / "exp", CPU, progress=False)
+    assert trainer.loss.weight.shape == (6, 32) and len(trainer.utterances) == 36
+    summary = trainer.fit()
+    lines = [line.split() for line in (tmp_path / "exp" / "scores" / "dev_epoch_001.txt").read_text().splitlines()]
+    assert [line[:3] for line in lines] == [line.split() for line in trial_list.read_text().splitlines()]
+    scores = np.array([float(line[3]) for line in lines])
+    target = np.array([line[0] == "1" for line in lines])
+    assert summary["best_dev"]["eer"] == pytest.approx(roc_eer(scores[target], scores[~target]), abs=1e-12)
+    assert "eer" not in summary and not (tmp_path / "exp" / "metrics_eval.json").exists()  # no eval trial list
+    assert load_checkpoint(tmp_path / "exp" / "weights" / "best.ckpt").asv_loss_state["weight"].shape == (6, 32)
+
+
+def test_list_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "train.txt"
+    bad.write_text("id1 a.wav\nid2\n")
+    with pytest.raises(ProtocolError, match=r"train.txt:2: expected 'speaker_id relative/path.wav'"):
+        read_voxceleb_train_list(bad, tmp_path)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a.wav b.wav\n2 a.wav c.wav\n")
+    with pytest.raises(ProtocolError, match=r"trials.txt:2: expected '1\|0 enrol/path.wav test/path.wav'"):
+        read_voxceleb_trials(trials)
+    trials.write_text("1 a.wav b.wav\n")
+    with pytest.raises(ProtocolError, match="needs both target"):
+        read_voxceleb_trials(trials)
+    with pytest.raises(ConfigError, match="n_per_speaker must be >= 2 for angleproto"):
+        build_config({"system": "asv", "asv_train": {"loss": "angleproto", "n_per_speaker": 1}})
+    with pytest.raises(ConfigError, match="asv_train.train_root"):
+        build_config({"system": "asv", "asv_train": {"train_list": "list.txt"}})
+
+
+def test_min_dcf_hand_computed_and_against_a_literal_sweep():
+    # Sorted: 0.1 n, 0.3 t, 0.35 n, 0.8 t. Rejecting up to index i: (P_miss, P_fa) =
+    # (0, 1/2), (1/2, 1/2), (1/2, 0), (1, 0). p = 0.05: costs / 0.05 = 9.5, 10, 0.5, 1 -> 0.5 at 0.35.
+    scores, labels = [0.8, 0.1, 0.35, 0.3], [1, 0, 0, 1]
+    assert min_dcf(scores, labels, 0.05) == pytest.approx((0.5, 0.35))
+    # p = 0.5: costs / 0.5 = 0.5, 1, 0.5, 1 -> the first minimum, 0.5 at 0.1.
+    assert min_dcf(scores, labels, 0.5) == pytest.approx((0.5, 0.1))
+    rng = np.random.default_rng(4)
+    values = np.round(rng.normal(size=400), 1)  # many ties: the stable order matters
+    truth = (rng.random(400) < 0.3).astype(int)
+    for prior, c_miss, c_fa in ((0.01, 1, 1), (0.05, 1, 1), (0.2, 2, 0.5)):
+        best, threshold = np.inf, None
+        order = sorted(range(400), key=lambda i: values[i])  # Python's sort is stable
+        misses, false_alarms_left = 0, int((truth == 0).sum())
+        for i in order:
+            misses += truth[i]
+            false_alarms_left -= 1 - truth[i]
+            cost = c_miss * misses / truth.sum() * prior + c_fa * false_alarms_left / (truth == 0).sum() * (1 - prior)
+            if cost < best:
+                best, threshold = cost, values[i]
+        normalised = best / min(c_miss * prior, c_fa * (1 - prior))
+        assert min_dcf(values, truth, prior, c_miss, c_fa) == pytest.approx((normalised, threshold), rel=1e-12)
+    with pytest.raises(MetricError, match="target and nontarget"):
+        min_dcf([0.1, 0.2], [1, 1], 0.05)
+
+
+def test_ap_parameters_load_from_voxceleb_file_through_asv_weight(fixtures, corpus, tmp_path):
+    golden = fixtures / "golden" / "resnetse34v2_vox_format.model"
+    config = asv_config(corpus, asv_weight=str(golden))
+    config["asv_model"] = {}  # the golden file is the full-size ResNetSE34V2
+    config["asv_train"].update(init_w=1.0, init_b=0.0)
+    trainer = ASVTrainer(build_config(config), tmp_path / "exp", CPU, progress=False)
+    assert (trainer.loss.w.item(), trainer.loss.b.item()) == (10.0, -5.0)
+    reference = build_sasv_model(build_config(tiny_config(corpus, asv_model={})), load_weights=False)[0].asv_model
+    load_asv_weights(reference, golden)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+    # With AAM-softmax the AP entries do not fit: the network still loads, the loss starts afresh.
+    config["asv_train"] = {"loss": "aamsoftmax", "samples": 8000}
+    trainer = ASVTrainer(build_config(config), tmp_path / "exp2", CPU, progress=False)
+    assert torch.equal(trainer.model.state_dict()["fc.weight"], reference.state_dict()["fc.weight"])
