@@ -79,7 +79,8 @@ def read_voxceleb_trials(path: str | Path) -> list[VerificationPair]:
     pairs = []
     for number, fields in _read_lines(path):
         if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise ProtocolError(f"{path}:{number}: expected '1|0 enrol/path.wav test/path.wav', got {' '.join(fields)!r}")
+            raise ProtocolError(f"{path}:{number}: expected '1|0 enrol/path.wav test/path.wav', "
+                                f"got {' '.join(fields)!r}")
         pairs.append(VerificationPair(fields[0] == "1", fields[1], fields[2]))
     if not pairs:
         raise ProtocolError(f"{path}: trial list is empty")
@@ -109,20 +110,21 @@ def plan_speaker_batches(labels: Sequence[int], *, per_speaker: int, batch_size:
     order = rng.permutation(len(groups))
     batches: list[list[list[int]]] = []
     current: list[list[int]] = []
+    in_current: set[int] = set()  # speakers of the batch being filled
     waiting: list[list[int]] = []
     for position in order:
-        group = groups[position]
-        candidates = waiting + [group]
+        candidates = waiting + [groups[position]]
         waiting = []
         for candidate in candidates:
-            speaker = labels[candidate[0]]
-            if distinct_speakers and any(labels[g[0]] == speaker for g in current):
+            speaker = int(labels[candidate[0]])
+            if distinct_speakers and speaker in in_current:
                 waiting.append(candidate)
                 continue
             current.append(candidate)
+            in_current.add(speaker)
             if len(current) == batch_size:
                 batches.append(current)
-                current = []
+                current, in_current = [], set()
     return batches
 
 

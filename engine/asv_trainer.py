@@ -110,7 +110,8 @@ def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("ta
         enrollment_samples = config["enrollment_samples"][partition]
     check_trials_enrolled(trials, enrollment, trial_path, listing)
     return VerificationTrials(
-        enrollment_ids=[t.speaker for t in trials], test_ids=[t.utterance for t in trials], keys=[t.key for t in trials],
+        enrollment_ids=[t.speaker for t in trials], test_ids=[t.utterance for t in trials],
+        keys=[t.key for t in trials],
         enrollment_files={speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})},
         enrollment_samples=enrollment_samples,
         test_files={t.utterance: audio / f"{t.utterance}.{ext}" for t in trials}, test_samples=config["test_samples"],
@@ -186,11 +187,13 @@ class ASVTrainer(StageTrainer):
         self.dev_trials = self._trials(settings["trial_list"], "dev")
         self.eval_trials = self._trials(settings["eval_trial_list"], "eval") \
             if settings["eval_trial_list"] or not settings["trial_list"] else None
-        try:
-            self.augment = Augmenter(settings["musan_dir"], settings["rir_dir"], sample_rate=config["sample_rate"],
-                                     resample=config["resample"]) if settings["musan_dir"] or settings["rir_dir"] else None
-        except AugmentError as error:
-            raise ConfigError(f"{config.source}: {error}") from None
+        self.augment = None
+        if settings["musan_dir"] or settings["rir_dir"]:
+            try:
+                self.augment = Augmenter(settings["musan_dir"], settings["rir_dir"], sample_rate=config["sample_rate"],
+                                         resample=config["resample"])
+            except AugmentError as error:
+                raise ConfigError(f"{config.source}: {error}") from None
         self.loader, self.batch_sampler = self._train_loader()
 
     def _initialise(self, path: Path) -> None:
@@ -200,7 +203,8 @@ class ASVTrainer(StageTrainer):
         if checkpoint.asv_loss_state is None:
             return
         try:
-            apply_state(self.loss, checkpoint.asv_loss_state, what=f"{self.config['asv_train']['loss']} loss", source=path)
+            apply_state(self.loss, checkpoint.asv_loss_state, what=f"{self.config['asv_train']['loss']} loss",
+                        source=path)
             self._log(f"{path}: loss parameters loaded ({', '.join(sorted(checkpoint.asv_loss_state))})")
         except CheckpointError as error:
             # e.g. an AAM-softmax over other speakers, or the other loss: the network still fine-tunes.

@@ -146,7 +146,7 @@ class CMTrainer(StageTrainer):
 
     # ------------------------------------------------------------- ASV scores for the t-DCF
     def asv_scores(self, partition: str) -> dict[str, np.ndarray] | None:
-        """ASV scores of the SASV trials of `partition`: from cm_train.asv_scores, or computed with cm_train.asv_model."""
+        """ASV scores of the SASV trials of `partition`: cm_train.asv_scores, or computed with cm_train.asv_model."""
         if partition not in self._asv_scores:
             self._asv_scores[partition] = self._load_asv_scores(partition)
         return self._asv_scores[partition]

@@ -75,7 +75,8 @@ class StageTrainer:
         """Backward and optimiser step; refuses a non-finite loss, naming the last good checkpoint."""
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
-                                f"{self.state.step + 1}; the last good checkpoint is {self.dir / 'weights' / 'last.ckpt'}")
+                                f"{self.state.step + 1}; the last good checkpoint is "
+                                f"{self.dir / 'weights' / 'last.ckpt'}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config["gradient_clip"]:

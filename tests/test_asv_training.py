@@ -136,7 +136,10 @@ def test_resume_continues_exactly(trained, corpus, tmp_path):
     _, config, experiment, _, one_epoch, resumed_stdout = trained
     assert "resumed from" in resumed_stdout
     rows = read_metrics(experiment)
-    assert {k: v for k, v in one_epoch[0].items() if k != "seconds"} == {k: v for k, v in rows[0].items() if k != "seconds"}
+    def without_time(row: dict) -> dict:
+        return {key: value for key, value in row.items() if key != "seconds"}
+
+    assert without_time(one_epoch[0]) == without_time(rows[0])
     # An uninterrupted 2-epoch run ends with the same weights as the 1 + 1 resumed one.
     ASVTrainer(build_config(config), tmp_path, CPU, progress=False).fit()
     resumed_state = load_checkpoint(experiment / "weights" / "last.ckpt")
@@ -151,7 +154,8 @@ def test_best_checkpoint_initialises_the_sasv_model(trained, corpus):
     work, _, experiment, _, _, _ = trained
     best = experiment / "weights" / "best.ckpt"
     checkpoint = load_checkpoint(best)
-    assert checkpoint.cm_state is None and checkpoint.backend_state is None and set(checkpoint.asv_loss_state) == {"w", "b"}
+    assert checkpoint.cm_state is None and checkpoint.backend_state is None
+    assert set(checkpoint.asv_loss_state) == {"w", "b"}
     assert "optimizer" not in checkpoint.meta and checkpoint.meta["epoch"] == json.loads(
         (experiment / "metrics_eval.json").read_text())["epoch"]
     sasv = build_config(tiny_config(corpus, asv_weight=str(best)))
@@ -224,7 +228,8 @@ def test_voxceleb_lists_train_with_aam_softmax(corpus, tmp_path):
     root = corpus / "LA"
     config = build_config(asv_config(corpus, epoch=1, batch_size=8, asv_train={
         "loss": "aamsoftmax", "margin": 0.2, "scale": 30.0, "samples": 8000, "max_per_speaker": 2,
-        "train_list": str(train_list), "train_root": str(root), "trial_list": str(trial_list), "trial_root": str(root)}))
+        "train_list": str(train_list), "train_root": str(root), "trial_list": str(trial_list),
+        "trial_root": str(root)}))
     trainer = ASVTrainer(config, tmp_path / "exp", CPU, progress=False)
     assert trainer.loss.weight.shape == (6, 32) and len(trainer.utterances) == 36
     summary = trainer.fit()
@@ -296,3 +301,59 @@ def test_ap_parameters_load_from_voxceleb_file_through_asv_weight(fixtures, corp
     config["asv_train"] = {"loss": "aamsoftmax", "samples": 8000}
     trainer = ASVTrainer(build_config(config), tmp_path / "exp2", CPU, progress=False)
     assert torch.equal(trainer.model.state_dict()["fc.weight"], reference.state_dict()["fc.weight"])
+
+
+def test_demo_sequence_configs_agree_with_demo_conf():
+    """demo_asv -> demo_cm -> demo_sasv_pretrained must train what demo.conf trains, from the stages' outputs."""
+    from engine.config import load_config
+
+    demo = load_config(REPO / "configs" / "demo.conf")
+    stages = {name: load_config(REPO / "configs" / f"{name}.conf")
+              for name in ("demo_asv", "demo_cm", "demo_sasv_pretrained")}
+    pretrained = stages["demo_sasv_pretrained"]
+    differing = {key for key in demo if demo[key] != pretrained[key]}
+    assert differing == {"config_name", "asv_weight", "aasist_weight"}
+    asv_best, cm_best = "exp_result/demo_asv/weights/best.ckpt", "exp_result/demo_cm/weights/best.ckpt"
+    assert (pretrained["asv_weight"], pretrained["aasist_weight"]) == (asv_best, cm_best)
+    assert stages["demo_cm"]["cm_train"]["asv_model"] == asv_best
+    for name, system in (("demo_asv", "asv"), ("demo_cm", "cm")):
+        stage = stages[name]
+        assert stage["system"] == system
+        for key in ("dirs", "demo_corpus", "asv_model", "seed", "device", "test_samples", "sample_rate"):
+            assert stage[key] == demo[key], (name, key)
+    assert stages["demo_cm"]["cm_model"] == demo["cm_model"]
+
+
+@pytest.mark.parametrize("enrollment", ["utterances", "file"])
+def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
+    from data.audio import load_waveform
+    from data.protocols import read_enrollment_files, read_enrollment_utterances
+    from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
+
+    config = build_config(asv_config(corpus, asv_train={"enrollment": enrollment}))
+    trials = asvspoof_trials(config, "dev")
+    protocols = corpus / "protocols"
+    expected_trials = [t for t in read_sasv_trials(protocols / "ASVspoof2019.LA.asv.dev.gi.trl.txt")
+                       if t.key != "spoof"]
+    assert trials.keys == [t.key for t in expected_trials]
+    torch.manual_seed(0)
+    network = build_asv_network(config).eval()
+    scores = score_trials(network, trials, CPU, batch_size=5)
+    audio = corpus / "LA" / "ASVspoof2019_LA_dev" / "flac"
+    if enrollment == "utterances":
+        files = read_enrollment_utterances([protocols / f"ASVspoof2019.LA.asv.dev.{gender}.trn.txt"
+                                            for gender in ("female", "male")])
+        paths = {speaker: [audio / f"{u}.flac" for u in utts] for speaker, utts in files.items()}
+        samples = config["test_samples"]
+    else:
+        stems = read_enrollment_files(protocols / "ASVspoof2019.LA.asv.dev.gi.trn.txt")
+        paths = {speaker: [corpus / "enr_audio" / "dev" / f"{stem}.flac"] for speaker, stem in stems.items()}
+        samples = config["enrollment_samples"]["dev"]
+    with torch.no_grad():
+        def embed(path, length):
+            return network(load_waveform(path, length)[None]).double()[0]
+
+        for trial, score in zip(expected_trials, scores):
+            model = torch.stack([embed(p, samples) for p in paths[trial.speaker]]).mean(0)
+            test = embed(audio / f"{trial.utterance}.flac", config["test_samples"])
+            assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
