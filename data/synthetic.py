@@ -9,24 +9,27 @@ Signal model
 Every speaker is a source-filter voice (``Voice``): f0 range, vocal-tract length
 (formant scaling), per-vowel formant offsets, formant bandwidths, spectral tilt,
 a fixed timbre peak and notch, jitter, shimmer, breathiness and speaking rate.
-An utterance is a random sequence of syllables built from vowels, nasals,
-fricatives, stops and pauses, with formant transitions, intonation and stress.
-It is rendered in the STFT domain (glottal pulse train and noise through
-time-varying resonators) and "recorded" through a session channel (high-pass,
-tilt, pink noise floor, level).
+Within a partition and gender, f0 and vocal-tract length are spread out (Latin
+hypercube) so that a few speakers are never near-duplicates. An utterance is a
+random sequence of syllables (vowels, nasals, fricatives, stops, pauses) with
+formant transitions, intonation and stress, rendered in the STFT domain
+(Rosenberg glottal pulses and noise through time-varying resonators) and
+"recorded" through a session channel (high-pass, tilt, pink noise floor, level).
 
 Spoofing attacks claim a target speaker. Each one has an acoustic model (how
 the target's voice and prosody are imitated) and a waveform generator (which
 leaves the artefacts). Acoustic models:
 
-* ``tts``: the target's voice estimated with a small fixed error, regular
-  durations, flattened intonation, no jitter or shimmer, less breath noise;
-* ``vc``: another speaker's utterance (timing, phones) re-rendered with a
-  voice blended 85 % towards the target;
+* ``tts``: the target's voice with a small fixed estimation error per system,
+  over-smoothed formants, regular durations, flattened intonation, no jitter or
+  shimmer, less breath noise, a cleaner noise floor than the recordings;
+* ``vc``: another (same-gender) speaker's utterance, timing and prosody,
+  re-rendered with a voice blended 85 % towards the target;
 * ``concat``: units of natural target speech from different sessions, spliced;
-* ``filter``: another speaker's natural speech with f0 moved to the target's
-  range and its spectrum filtered towards the target's envelope;
-* ``concat_filter``: spliced units of another speaker, then filtered.
+* ``filter``: another speaker's natural speech, pitch-shifted to the target's
+  median f0 (phase vocoder + resampling, so the envelope moves too), then
+  filtered towards the target's envelope;
+* ``concat_filter``: spliced units of another speaker, pitch-shifted, filtered.
 
 =====  ======  =============  ====================================================
 id     type    acoustic       waveform generator / artefacts
@@ -36,15 +39,15 @@ A02    TTS     tts            envelope vocoder, cepstral order 24, pulse+noise (
 A03    TTS     tts            envelope vocoder, order 40, envelope held for 40 ms
 A04    TTS     concat         unit selection: natural units spliced with 3 ms joins
 A05    VC      vc             envelope vocoder, order 30, noise excitation > 3 kHz
-A06    VC      filter         spectral filtering (smooth STFT-domain conversion filter)
+A06    VC      filter         frame-wise conversion filter (order 20) in the STFT domain
 A07    TTS     tts            envelope vocoder + GAN-like post-filter (sharpened formants,
                               high-band texture noise)
 A08    TTS     tts            neural source-filter: sine excitation below 4 kHz, noise above
-A09    TTS     tts            STFT magnitude kept, phase randomised above 1.5 kHz
+A09    TTS     tts            STFT magnitude kept, phase randomised above 1 kHz
 A10    TTS     tts            WaveRNN-like: 10-bit mu-law, band-limited to 7 kHz
 A11    TTS     tts            Griffin-Lim (16 iterations) from an 80-band mel magnitude
 A12    TTS     tts            WaveNet-like: 8-bit mu-law, strongly flattened prosody
-A13    TTS_VC  concat_filter  spliced units of another speaker, filtered in 10 ms blocks
+A13    TTS_VC  concat_filter  long-term conversion filter in 10 ms blocks (circular wrap)
 A14    TTS_VC  vc             STRAIGHT-like: order-60 envelope smoothed over 5 frames
 A15    TTS_VC  vc             WaveNet-like: 8-bit mu-law with sampling noise
 A16    TTS     concat         = A04
