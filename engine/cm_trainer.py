@@ -226,6 +226,9 @@ class CMTrainer(StageTrainer):
         scores = self._score("eval", self.eval_entries)
         return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores)}
 
+    def fixed_on_resume(self) -> tuple[str, ...]:
+        return ("epoch",) if self.config["cm_train"]["scheduler"] == "cosine" else ()  # the cosine spans all epochs
+
     def fit(self) -> dict:
         if self.asv_scores("dev") is None:
             self._log("no dev ASV scores (cm_train.asv_scores.dev or cm_train.asv_model): the dev min t-DCF is skipped")

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from engine import io as result_io
 from engine.config import Config, ConfigError
+from engine.signals import RunInterrupted, StopRequest, signal_name
 from engine.trainer import (TrainState, TrainingError, _numpy_state, _python_state, _set_numpy_state,
-                            _set_python_state, resolve_amp, seed_everything)
+                            _set_python_state, config_changes, resolve_amp, seed_everything)
 from models.checkpoint import CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -51,6 +52,8 @@ class StageTrainer:
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.stop = StopRequest()
+        self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
 
     # ------------------------------------------------------------- subclass API
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -85,6 +88,14 @@ class StageTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
+        self.check_stop(f"{self.part} epoch {epoch + 1} (step {self.state.step})")
+
+    def check_stop(self, where: str) -> None:
+        """After SIGINT/SIGTERM: stop here. Checkpoints are taken at epoch ends, so a partial epoch is redone."""
+        if self.stop.requested is not None:
+            raise RunInterrupted(f"interrupted by {signal_name(self.stop.requested)} in {where}; "
+                                 f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
+                                 f"{self.state.epoch}; resume with: {self.resume_hint}", self.stop.requested)
 
     def progress_bar(self, iterable, epoch: int):
         return tqdm(iterable, desc=f"{self.part} epoch {epoch + 1}/{self.config['epoch']}", unit="batch",
@@ -130,10 +141,23 @@ class StageTrainer:
             apply_state(self.loss, checkpoint.asv_loss_state, what="ASV loss", source=path)
         return checkpoint
 
+    def fixed_on_resume(self) -> tuple[str, ...]:
+        """Keys that resuming may not change even though the SASV trainer lets them (e.g. a schedule's length)."""
+        return ()
+
     def resume(self, path: Path) -> None:
-        extra = self.load_weights(path).meta
+        checkpoint = self.load_weights(path)
+        extra = checkpoint.meta
         if "optimizer" not in extra:
             raise CheckpointError(f"{path}: holds weights only (no optimiser state); resume from weights/last.ckpt")
+        if checkpoint.config is not None:
+            current = self.config.to_dict()
+            changes = config_changes(checkpoint.config, current) + [
+                f"{key} (run: {checkpoint.config.get(key)!r}, now: {current[key]!r})"
+                for key in self.fixed_on_resume() if checkpoint.config.get(key) != current[key]]
+            if changes:
+                raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
+                                  f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.scaler.load_state_dict(extra["scaler"])
@@ -170,9 +194,14 @@ class StageTrainer:
 
     # ------------------------------------------------------------- loop
     def fit(self) -> dict:
+        with self.stop:
+            return self._fit()
+
+    def _fit(self) -> dict:
         config = self.config
         (self.dir / "weights").mkdir(parents=True, exist_ok=True)
         for epoch in range(self.state.epoch, config["epoch"]):
+            self.check_stop(f"{self.part} epoch {epoch + 1} (before it started)")
             started = time.time()
             row: dict = {"epoch": epoch + 1, **self.train_epoch(epoch), "step": self.state.step}
             if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:

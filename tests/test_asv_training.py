@@ -357,3 +357,28 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
             model = torch.stack([embed(p, samples) for p in paths[trial.speaker]]).mean(0)
             test = embed(audio / f"{trial.utterance}.flac", config["test_samples"])
             assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
+
+
+def test_signal_stops_at_a_step_and_resume_refuses_a_changed_recipe(corpus, tmp_path):
+    import signal
+
+    from engine.signals import RunInterrupted
+
+    config = asv_config(corpus, epoch=2)
+    trainer = ASVTrainer(build_config(config), tmp_path, CPU, progress=False)
+    original = trainer.optimise
+
+    def optimise_then_signal(loss, epoch):
+        original(loss, epoch)
+        if epoch == 1:
+            trainer.stop.requested = signal.SIGTERM  # what StopRequest records when the signal arrives
+
+    trainer.optimise = optimise_then_signal
+    with pytest.raises(RunInterrupted, match=r"SIGTERM in asv epoch 2 \(step 4\); .*last.ckpt holds the state "
+                                             r"after epoch 1; resume with") as stopped:
+        trainer.fit()
+    assert stopped.value.exit_status == 128 + signal.SIGTERM
+    changed = asv_config(corpus, epoch=2)
+    changed["asv_train"]["lr"] = 0.01
+    with pytest.raises(ConfigError, match=r"config differs from the run's in asv_train.lr \(run: 0.002, now: 0.01\)"):
+        ASVTrainer(build_config(changed), tmp_path, CPU, progress=False).resume(tmp_path / "weights" / "last.ckpt")

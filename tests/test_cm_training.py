@@ -188,6 +188,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
     monkeypatch.setattr(crashing, "train_epoch", crash_in_second_epoch)
     with pytest.raises(Crash):
         crashing.fit()
+    longer = CMTrainer(build_config({**config, "epoch": 3}), tmp_path / "resumed", CPU, progress=False)
+    with pytest.raises(ConfigError, match=r"cannot resume .* epoch \(run: 2, now: 3\)"):
+        longer.resume(tmp_path / "resumed" / "weights" / "last.ckpt")  # the cosine spans all epochs
     resumed = CMTrainer(build_config(config), tmp_path / "resumed", CPU, progress=False)
     resumed.resume(tmp_path / "resumed" / "weights" / "last.ckpt")
     assert resumed.state.epoch == 1 and resumed.state.step == STEPS_PER_EPOCH
