@@ -24,6 +24,8 @@ from engine.trainer import (TrainState, TrainingError, _numpy_state, _python_sta
 from models.checkpoint import CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
+# Robustness options of the SASV trainer that these stages do not implement (key -> inactive value).
+SASV_ONLY_KEYS = {"checkpoint_interval_steps": 0, "nonfinite_loss": "error", "on_bad_audio": "error"}
 
 
 class StageTrainer:
@@ -54,6 +56,10 @@ class StageTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.stop = StopRequest()
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
+        for key, default in SASV_ONLY_KEYS.items():
+            if config.get(key, default) != default:
+                self._log(f"warning: {key}={config[key]!r} applies to system sasv only; the {self.part} stage "
+                          f"ignores it")
 
     # ------------------------------------------------------------- subclass API
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -231,7 +237,6 @@ class StageTrainer:
         if result is not None:
             summary.update(result)
             result_io.write_json(self.dir / "metrics_eval.json", summary)
-        self._log(f"{self.part} done: {self.summary_text(summary)}")
         return summary
 
     def _dev_row(self, epoch: int) -> dict[str, float]:
