@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.datasets import partition_audio_dir
-from data.protocols import SASV_KEYS, ProtocolError, read_cm_protocol, read_sasv_trials
+from data.protocols import SASV_KEYS, CMEntry, ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from engine import io as result_io
 from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
@@ -36,7 +37,7 @@ from models.checkpoint import load_asv_weights, load_cm_weights
 FREQ_AUG_MAX_BANDS = 20  # models.aasist.SincFilterBank masks a run of 0..19 bands
 
 
-def cosine_factor(total_steps: int, final_ratio: float):
+def cosine_factor(total_steps: int, final_ratio: float) -> Callable[[int], float]:
     """lr multiplier at `step`: from 1 down to `final_ratio` along half a cosine (aasist's schedule)."""
     def factor(step: int) -> float:
         return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(step / total_steps * math.pi))
@@ -193,7 +194,7 @@ class CMTrainer(StageTrainer):
             bar.set_postfix(loss=f"{total / count:.4f}")
         return {"lr": lr, "train_loss": total / max(count, 1)}
 
-    def _score(self, partition: str, entries) -> np.ndarray:
+    def _score(self, partition: str, entries: Sequence[CMEntry]) -> np.ndarray:
         config = self.config
         audio = partition_audio_dir(self.database, partition)
         self.model.eval()
@@ -204,7 +205,8 @@ class CMTrainer(StageTrainer):
                          progress=self.progress)["logits"]
         return logits[:, 1].numpy()  # bona fide logit: higher = bona fide
 
-    def _metrics(self, partition: str, entries, scores: np.ndarray, name: str) -> dict[str, float | None]:
+    def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
+                 ) -> dict[str, float | None]:
         result_io.write_scores(self.dir / "scores" / name, ([e.utterance for e in entries], [e.attack for e in entries],
                                                             [e.key for e in entries]), scores)
         is_bona = np.array([e.key == "bonafide" for e in entries])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from engine.trainer import (TrainState, TrainingError, _numpy_state, _python_state, _set_numpy_state,
                             _set_python_state, config_changes, resolve_amp, seed_everything)
-from models.checkpoint import CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
 # Robustness options of the SASV trainer that these stages do not implement (key -> inactive value).
@@ -103,7 +104,7 @@ class StageTrainer:
                                  f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
                                  f"{self.state.epoch}; resume with: {self.resume_hint}", self.stop.requested)
 
-    def progress_bar(self, iterable, epoch: int):
+    def progress_bar(self, iterable: Iterable, epoch: int) -> tqdm:
         return tqdm(iterable, desc=f"{self.part} epoch {epoch + 1}/{self.config['epoch']}", unit="batch",
                     disable=not self.progress)
 
@@ -134,7 +135,7 @@ class StageTrainer:
         """A resumable checkpoint: weights, loss parameters, optimiser, scheduler, counters, RNG states."""
         self._save(path, self._extra_state())
 
-    def load_weights(self, path: Path):
+    def load_weights(self, path: Path) -> Checkpoint:
         """Load the network (and ASV loss) weights of one of this stage's checkpoints."""
         checkpoint = load_checkpoint(path)
         state = checkpoint.asv_state if self.part == "asv" else checkpoint.cm_state
