@@ -3,10 +3,12 @@
 Writes to --comment (default Exp-SASV):
   asv_embd_{trn,dev,eval}.pk, cm_embd_{trn,dev,eval}.pk   utterance id -> float32 vector
   spk_model_{dev,eval}.pk                                  speaker -> mean ASV embedding of its enrollment utterances
+With on_bad_audio: skip, unreadable utterances are left out (and listed on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,29 +46,40 @@ def main() -> None:
     if "cm" in loaded:
         networks["cm"] = lambda wave: model.cm_embedding(wave)[0]
     options = dict(device=device, batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                   sample_rate=config["sample_rate"], resample=config["resample"])
+                   sample_rate=config["sample_rate"], resample=config["resample"], on_bad_audio=config["on_bad_audio"])
     written = []
     for part in args.partitions:
         entries = read_cm_protocol(config["dirs"][PARTITIONS[part]])
         folder = partition_audio_dir(database, part)
         utterances = [entry.utterance for entry in entries]
-        embeddings = extract([folder / f"{u}.{config['audio_ext']}" for u in utterances], config["test_samples"], networks,
-                             desc=f"{part} utterances", **options)
+        bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
+        paths = [folder / f"{u}.{config['audio_ext']}" for u in utterances]
+        embeddings = extract(paths, config["test_samples"], networks, desc=f"{part} utterances", bad_audio=bad_audio,
+                             **options)
+        good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
         for name, matrix in embeddings.items():
             path = out / f"{name}_embd_{part}.pk"
-            result_io.write_pickle(path, dict(zip(utterances, matrix.numpy())))
+            result_io.write_pickle(path, {utterances[i]: matrix[i].numpy() for i in good})
             written.append(path.name)
-        if part == "trn" or "asv" not in loaded:
-            continue
-        speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
-        pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
-        enrollment = extract([folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs], config["test_samples"],
-                             {"asv": model.asv_embedding}, desc=f"{part} enrollment", **options)["asv"].numpy()
-        models = {speaker: np.mean([enrollment[i] for i, (s, _) in enumerate(pairs) if s == speaker], axis=0)
-                  for speaker in speakers}
-        path = out / f"spk_model_{part}.pk"
-        result_io.write_pickle(path, models)
-        written.append(path.name)
+        if part != "trn" and "asv" in loaded:
+            speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
+            pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
+            enrollment_paths = [folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs]
+            enrollment = extract(enrollment_paths, config["test_samples"], {"asv": model.asv_embedding},
+                                 desc=f"{part} enrollment", bad_audio=bad_audio, **options)["asv"].numpy()
+            usable = [str(path) not in bad_audio for path in enrollment_paths]
+            models = {}
+            for speaker in speakers:
+                rows = [i for i, (owner, _) in enumerate(pairs) if owner == speaker and usable[i]]
+                if rows:  # a speaker without any readable enrollment gets no model (its trials are then skipped)
+                    models[speaker] = np.mean([enrollment[i] for i in rows], axis=0)
+            path = out / f"spk_model_{part}.pk"
+            result_io.write_pickle(path, models)
+            written.append(path.name)
+        if bad_audio:
+            shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])
+            print(f"warning: {part}: {len(bad_audio)} audio file(s) skipped (on_bad_audio: skip), left out of the "
+                  f"embeddings and speaker models: {shown}", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
 
 

@@ -2,12 +2,14 @@
 
 Reads asv_embd_{part}.pk and spk_model_{part}.pk from --comment and writes there:
   score_ASV_{part}.txt      "UTT score" per line, in the order of asv.{part}.gi.trl.txt
-  metrics_ASV_{part}.json   sv_eer (and sasv_eer, spf_eer of the ASV score alone), fractions
+  metrics_ASV_{part}.json   sv_eer (and sasv_eer, spf_eer of the ASV score alone), fractions; n_trials,
+                            n_skipped_trials (on_bad_audio: skip: trials without embedding or speaker model, score nan)
 """
 from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +32,35 @@ def parse_args() -> argparse.Namespace:
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} not found; run save_asv_embeddings.py --comment {path.parent} first")
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
+    try:
+        with open(path, "rb") as handle:
+            value = pickle.load(handle)
+    except Exception as error:  # truncated or foreign file: say which, not where pickle failed
+        raise ConfigError(f"{path}: not a readable embeddings pickle ({type(error).__name__}: {error}); "
+                          f"rerun save_asv_embeddings.py --comment {path.parent}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a dict of id -> embedding, got a {type(value).__name__}")
+    return value
 
 
-def cosine_scores(speaker_models: dict, embeddings: dict, trials, trial_path) -> np.ndarray:
+def cosine_scores(speaker_models: dict, embeddings: dict, trials, trial_path, *, skip_missing: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine score per trial, and which trials were skipped (no speaker model or embedding; skip_missing only)."""
+    skipped = np.zeros(len(trials), dtype=bool)
     for index, trial in enumerate(trials, start=1):
-        if trial.speaker not in speaker_models:
-            raise ConfigError(f"{trial_path}:{index}: no speaker model for {trial.speaker}")
-        if trial.utterance not in embeddings:
-            raise ConfigError(f"{trial_path}:{index}: no ASV embedding for {trial.utterance}")
-    enrolled = np.stack([speaker_models[t.speaker] for t in trials]).astype(np.float64)
-    tests = np.stack([embeddings[t.utterance] for t in trials]).astype(np.float64)
-    return np.einsum("ij,ij->i", enrolled, tests) / (np.linalg.norm(enrolled, axis=1) * np.linalg.norm(tests, axis=1))
+        missing = (f"no speaker model for {trial.speaker}" if trial.speaker not in speaker_models else
+                   f"no ASV embedding for {trial.utterance}" if trial.utterance not in embeddings else None)
+        if missing and not skip_missing:
+            raise ConfigError(f"{trial_path}:{index}: {missing}")
+        skipped[index - 1] = missing is not None
+    scores = np.full(len(trials), np.nan)
+    kept = [t for t, skip in zip(trials, skipped) if not skip]
+    if kept:
+        enrolled = np.stack([speaker_models[t.speaker] for t in kept]).astype(np.float64)
+        tests = np.stack([embeddings[t.utterance] for t in kept]).astype(np.float64)
+        scores[~skipped] = np.einsum("ij,ij->i", enrolled, tests) / (np.linalg.norm(enrolled, axis=1) *
+                                                                     np.linalg.norm(tests, axis=1))
+    return scores, skipped
 
 
 def main() -> None:
@@ -52,11 +70,17 @@ def main() -> None:
     for part in args.partitions:
         trial_path = config["dirs"][f"sasv_{part}_trial"]
         trials = read_sasv_trials(trial_path)
-        scores = cosine_scores(_load(out / f"spk_model_{part}.pk"), _load(out / f"asv_embd_{part}.pk"), trials, trial_path)
+        scores, skipped = cosine_scores(_load(out / f"spk_model_{part}.pk"), _load(out / f"asv_embd_{part}.pk"),
+                                        trials, trial_path, skip_missing=config["on_bad_audio"] == "skip")
+        result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
         result_io.write_scores(out / f"score_ASV_{part}.txt", ([t.utterance for t in trials],), scores)
-        result = sasv_eers(scores, [t.key for t in trials])
+        result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))
         result_io.write_json(out / f"metrics_ASV_{part}.json", result)
-        print(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {len(trials)} trials -> {out / f'score_ASV_{part}.txt'}")
+        if skipped.any():
+            print(f"warning: {part}: {int(skipped.sum())} of {len(trials)} trials skipped (on_bad_audio: skip; their "
+                  f"audio was left out by save_asv_embeddings.py): score nan, left out of the EERs", file=sys.stderr)
+        print(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {len(trials) - int(skipped.sum())} trials -> "
+              f"{out / f'score_ASV_{part}.txt'}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Writes to --comment (default Exp-SASV), for dev and eval:
   score_CM_{part}.txt             "UTT score": softmax probability of bona fide
   score_CM_{part}_no_softmax.txt  "UTT score": bona fide logit (used for the metrics, as aasist does)
-  metrics_CM_{part}.json          cm_eer, cm_threshold and min_tdcf (fractions)
+  metrics_CM_{part}.json          cm_eer, cm_threshold and min_tdcf (fractions), n_utterances, n_skipped_utterances
+                                  and skipped_audio (on_bad_audio: skip gives a bad file the score nan)
 The min t-DCF (ASVspoof 2019 legacy costs) needs ASV scores: score_ASV_{part}.txt in the
 same folder (from save_asv_score.py); without it the t-DCF is skipped and the summary says so.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,12 @@ def read_asv_scores(path: Path, trial_path: str) -> dict[str, np.ndarray] | None
     for number, (fields, trial) in enumerate(zip(rows, trials), start=1):
         if len(fields) != 2 or fields[0] != trial.utterance:
             raise ProtocolError(f"{path}:{number}: expected '{trial.utterance} <score>', got {' '.join(fields)!r}")
-        by_key[trial.key].append(float(fields[1]))
+        try:
+            score = float(fields[1])
+        except ValueError:
+            raise ProtocolError(f"{path}:{number}: score {fields[1]!r} is not a number") from None
+        if np.isfinite(score):  # nan: a trial save_asv_score.py skipped (on_bad_audio: skip)
+            by_key[trial.key].append(score)
     return {key: np.asarray(values) for key, values in by_key.items()}
 
 
@@ -63,26 +70,35 @@ def main() -> None:
     for part in args.partitions:
         entries = read_cm_protocol(config["dirs"][f"cm_{part}_list"])
         folder = partition_audio_dir(database, part)
-        logits = extract([folder / f"{e.utterance}.{config['audio_ext']}" for e in entries], config["test_samples"],
+        bad_audio: dict[str, str] = {}
+        paths = [folder / f"{e.utterance}.{config['audio_ext']}" for e in entries]
+        logits = extract(paths, config["test_samples"],
                          {"logits": lambda wave: model.cm_embedding(wave)[1]}, device=device,
                          batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
                          sample_rate=config["sample_rate"], resample=config["resample"],
-                         desc=f"{part} CM")["logits"]
-        bonafide_logit = logits[:, 1].numpy()
+                         desc=f"{part} CM", on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)["logits"]
+        bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)
         bonafide_probability = torch.softmax(logits, dim=1)[:, 1].numpy()
         names = ([e.utterance for e in entries],)
         result_io.write_scores(out / f"score_CM_{part}.txt", names, bonafide_probability)
         result_io.write_scores(out / f"score_CM_{part}_no_softmax.txt", names, bonafide_logit)
+        scored = np.array([str(path) not in bad_audio for path in paths])
+        if bad_audio:
+            print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
+                  f"score nan, left out of the EER and t-DCF): {'; '.join(f'{p}: {r}' for p, r in sorted(bad_audio.items())[:3])}",
+                  file=sys.stderr)
         is_bona = np.array([e.key == "bonafide" for e in entries])
-        eer, threshold = compute_eer(bonafide_logit[is_bona], bonafide_logit[~is_bona])
-        result = {"cm_eer": float(eer), "cm_threshold": float(threshold), "min_tdcf": None}
+        eer, threshold = compute_eer(bonafide_logit[is_bona & scored], bonafide_logit[~is_bona & scored])
+        result = {"cm_eer": float(eer), "cm_threshold": float(threshold), "min_tdcf": None,
+                  "n_utterances": len(entries), "n_skipped_utterances": len(bad_audio),
+                  "skipped_audio": dict(sorted(bad_audio.items()))}
         asv = read_asv_scores(out / f"score_ASV_{part}.txt", config["dirs"][f"sasv_{part}_trial"])
         if asv is None:
             result["min_tdcf_note"] = f"no {out / f'score_ASV_{part}.txt'}; run save_asv_score.py first"
         else:
             try:
                 result["min_tdcf"] = float(min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
-                                                    bonafide_logit[is_bona], bonafide_logit[~is_bona]))
+                                                    bonafide_logit[is_bona & scored], bonafide_logit[~is_bona & scored]))
             except MetricError as error:
                 result["min_tdcf_note"] = str(error)
         result_io.write_json(out / f"metrics_CM_{part}.json", result)

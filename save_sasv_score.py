@@ -2,12 +2,14 @@
 
 Writes to --comment (default Exp-SASV):
   score_SASV_{part}.txt   "SPK UTT KEY score" in trial order (higher = target bona fide)
-  metrics_{part}.json     sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions)
+  metrics_{part}.json     sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions), n_trials, n_skipped_trials,
+                          skipped_audio (on_bad_audio: skip; skipped trials have the score nan)
 Each test utterance and each speaker's enrollment goes through the networks once.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine import io as result_io
@@ -15,7 +17,7 @@ from engine.builder import resolve_device
 from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
 from engine.evaluation import SASVScorer
 from engine.experiment import scoring_inputs
-from engine.trainer import score_metrics, write_trial_scores
+from engine.trainer import score_metrics, skipped_summary, write_trial_scores
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,17 +36,22 @@ def main() -> None:
     device = resolve_device(config["device"])
     scorer = SASVScorer(model, loss, device, batch_size=config["eval_batch_size"],
                         num_workers=config["loader"]["n_workers"],
-                        sample_rate=config["sample_rate"], resample=config["resample"])
+                        sample_rate=config["sample_rate"], resample=config["resample"],
+                        on_bad_audio=config["on_bad_audio"])
     out = Path(args.comment)
     for part in args.partitions:
         inputs = scoring_inputs(config, part)
-        scores = scorer.score(inputs)
-        write_trial_scores(out / f"score_SASV_{part}.txt", inputs, scores)
-        result = score_metrics(scores, [t.key for t in inputs.trials])
+        scored = scorer.score_trials(inputs)
+        result = score_metrics(scored.scores, [t.key for t in inputs.trials], scored.skipped)
+        write_trial_scores(out / f"score_SASV_{part}.txt", inputs, scored.scores)
+        if scored.n_skipped:  # on_bad_audio: skip; the skipped trials keep their line with score nan
+            print(skipped_summary(scored, part), file=sys.stderr)
+        result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,
+                      skipped_audio=dict(sorted(scored.bad_audio.items())))
         result_io.write_json(out / f"metrics_{part}.json", result)
         print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
               f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
-              f"({len(inputs.trials)} trials) -> {out / f'score_SASV_{part}.txt'}")
+              f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")
 
 
 if __name__ == "__main__":

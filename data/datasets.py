@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
 
@@ -180,7 +181,12 @@ def unwrap_worker_error(error: BaseException) -> BaseException:
 
 
 def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], ...] = (AudioError,)) -> Iterator[Item]:
-    """Iterate a DataLoader; `errors` raised in its workers come out as their original one-line message."""
+    """Iterate a DataLoader; `errors` raised in its workers come out as their original one-line message.
+
+    On such an error the iterator is dropped before re-raising, and the raised exception
+    carries no reference to it, so its worker processes are shut down now rather than
+    whenever a traceback that references them happens to be collected.
+    """
     iterator = iter(loader)
     while True:
         try:
@@ -188,14 +194,29 @@ def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], .
         except StopIteration:
             return
         except errors as error:
-            raise unwrap_worker_error(error) from None
-        yield batch
+            # DataLoader's re-raise leaves a reference cycle through its frames that keeps the
+            # iterator (and its workers) alive until a garbage collection; clear those frames.
+            traceback.clear_frames(error.__traceback__)
+            failure = unwrap_worker_error(error).with_traceback(None)
+            failure.__context__ = None
+        else:
+            yield batch
+            continue
+        del iterator
+        raise failure
 
 
 def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: Ctrl-C and SIGTERM are for the main process, which saves and stops.
+    """DataLoader `worker_init_fn`: leave SIGINT/SIGTERM handling to the main process, which saves and stops.
 
-    Workers exit by themselves when the main process is gone.
+    Ctrl-C reaches every process of the terminal's group: workers ignore it and keep
+    serving batches. SIGTERM (also what DataLoader uses to stop a worker) ends a worker
+    with exit status 0, which the main process does not take for a worker failure; a
+    scheduler that signals the whole job thus leaves the main process free to checkpoint.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_worker)
+
+
+def _exit_worker(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # unwinds normally, so a batch being sent to the main process is sent whole

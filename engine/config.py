@@ -237,7 +237,8 @@ def _coerce(value: Any, field: Field, key: str, source: str) -> Any:
         value = float(value) if kinds == (float,) else value
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
-        raise ConfigError(f"{source}: key '{key}' must be a {_type_name(field.kind)}, got {value!r}")
+        name = _type_name(field.kind)
+        raise ConfigError(f"{source}: key '{key}' must be {'an' if name[0] in 'aeiou' else 'a'} {name}, got {value!r}")
     if field.choices is not None and value not in field.choices:
         valid = ", ".join(str(c) for c in field.choices if c is not None)
         raise ConfigError(f"{source}: key '{key}' is {value!r}; valid values: {valid}")

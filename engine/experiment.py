@@ -25,9 +25,10 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     trials = read_sasv_trials(trial_path)
     enrollment = enrollment_paths(config, partition)
     check_trials_enrolled(trials, enrollment, trial_path, config["dirs"][f"sasv_{partition}_trn_trial"])
-    for speaker in sorted({t.speaker for t in trials}):
-        if not enrollment[speaker].is_file():
-            raise ProtocolError(f"{enrollment[speaker]}: enrollment file of speaker {speaker} is missing")
+    if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead
+        for speaker in sorted({t.speaker for t in trials}):
+            if not enrollment[speaker].is_file():
+                raise ProtocolError(f"{enrollment[speaker]}: enrollment file of speaker {speaker} is missing")
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=partition_audio_dir(database, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],

@@ -353,9 +353,19 @@ class Trainer:
         self.loss.train()
         epoch_sampler.set_epoch(epoch, start=self.state.batch * batch_size)
         interval = self.config["checkpoint_interval_steps"]
-        bar = tqdm(iterate_batches(loader), total=n_batches, initial=self.state.batch,
-                   desc=f"epoch {epoch + 1}/{self.config['epoch']}", unit="batch", disable=not self.progress)
-        for enrollment, test, labels, redraws in bar:
+        bar = tqdm(total=n_batches, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.config['epoch']}",
+                   unit="batch", disable=not self.progress)
+        batches = iterate_batches(loader)
+        while True:
+            try:
+                enrollment, test, labels, redraws = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError:
+                if self.stop.requested is None:
+                    raise
+                # The signal also ended the DataLoader workers; nothing of this batch was used yet.
+                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
             self.state.redrawn_trials += int(redraws.sum())
             enrollment = enrollment.to(self.device, non_blocking=True)
             test = test.to(self.device, non_blocking=True)
@@ -379,12 +389,14 @@ class Trainer:
                                     f"stopped. {self._last_good()}, or set nonfinite_loss: skip to leave such "
                                     f"batches out")
             self.state.batch += 1
+            bar.update()
             if self.state.loss_count:
                 bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
             if self.stop.requested is not None:
                 self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
             elif stepped and interval and self.state.step % interval == 0:
                 self.save_resumable()
+        bar.close()
 
     def _interrupted(self, where: str, cause: RunInterrupted | None = None) -> None:
         signum = cause.signum if cause is not None else self.stop.requested

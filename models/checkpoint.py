@@ -142,7 +142,13 @@ def _safe_torch_load(path: Path) -> Any:
             raise CheckpointError(
                 f"{path}: refused to load: unpickling it would import {', '.join(refused)}, which could "
                 f"execute code; only tensors, plain Python data and omegaconf configs are accepted") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        # torch's message advises loading with weights_only=False; give the reason, not that advice.
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", str(error), re.DOTALL)
+        with open(path, "rb") as handle:
+            start = handle.read(16)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save zip archive, and "
+                              f"unpickling failed: {reason.group(1) if reason else _first_line(error)}; the file "
+                              f"starts with {start!r})") from None
     except Exception as error:  # truncated zip, text, random bytes, ...
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
                               f"({type(error).__name__}: {_first_line(error)})") from None
