@@ -12,6 +12,7 @@ every trial that needs it is marked as skipped (`TrialScores`) instead of stoppi
 """
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ class AdaptiveBatch:
                 torch.cuda.empty_cache()
             if self.progress:
                 tqdm.write(f"warning: out of {self.device.type.upper()} memory with a batch of {size} ({self.what}); "
-                           f"retrying with {self.size}")
+                           f"retrying with {self.size}", file=sys.stderr)
         return {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]} if pieces else {}
 
 

@@ -18,6 +18,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -297,7 +298,7 @@ class Trainer:
             try:
                 checkpoint = load_checkpoint(path)
             except CheckpointError as error:
-                self._log(f"warning: skipping unreadable checkpoint: {error}")
+                self._warn(f"warning: skipping unreadable checkpoint: {error}")
                 continue
             if checkpoint.format != "sasv" or "optimizer" not in checkpoint.meta:
                 continue
@@ -381,7 +382,7 @@ class Trainer:
             elif self.config["nonfinite_loss"] == "skip":
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.skipped_batches += 1
-                self._log(f"warning: non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch "
+                self._warn(f"warning: non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch "
                           f"{self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
             else:
                 raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
@@ -424,6 +425,9 @@ class Trainer:
     def _finish_epoch(self, epoch: int, dev_inputs: ScoringInputs) -> None:
         """Validate when due, log the epoch, and checkpoint: best-k copy first, then last.ckpt."""
         config, state = self.config, self.state
+        if state.skipped_batches and not state.loss_count:
+            raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss ({state.skipped_batches} "
+                                f"left out); training has diverged. {self._last_good()}")
         self._check_finite_parameters()
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"],
                                "train_loss": state.loss_sum / state.loss_count if state.loss_count else math.nan,
@@ -434,16 +438,23 @@ class Trainer:
                 result = self.evaluate(dev_inputs)
             except RunInterrupted as interruption:
                 self._interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)", interruption)
-            dev = score_metrics(result.scores, [t.key for t in dev_inputs.trials], result.skipped)
+            try:
+                dev = score_metrics(result.scores, [t.key for t in dev_inputs.trials], result.skipped)
+            except ScoringError as error:
+                if not state.skipped_batches:
+                    raise
+                raise TrainingError(f"{error} after epoch {epoch + 1}, in which {state.skipped_batches} of "
+                                    f"{state.batch} batches had a non-finite loss: training has diverged. "
+                                    f"{self._last_good()}") from None
             write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, result.scores)
             row.update({f"dev_{name}": value for name, value in dev.items()})
             row["dev_skipped_trials"] = result.n_skipped
             if result.n_skipped:
-                self._log(skipped_summary(result, f"dev epoch {epoch + 1}"))
+                self._warn(skipped_summary(result, f"dev epoch {epoch + 1}"))
             self._log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
                       f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
         if state.skipped_batches or state.redrawn_trials:
-            self._log(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
+            self._warn(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
                       f"{state.redrawn_trials} training trial(s) drawn again because of bad audio")
         self._account_time()
         row["seconds"] = round(state.seconds, 3)
@@ -480,7 +491,7 @@ class Trainer:
         write_trial_scores(self.dir / "scores" / "eval.txt", inputs, result.scores)
         metrics = score_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if result.n_skipped:
-            self._log(skipped_summary(result, "eval"))
+            self._warn(skipped_summary(result, "eval"))
         summary = {**metrics, "checkpoint": str(path.relative_to(self.dir)), "n_trials": len(inputs.trials),
                    "n_skipped_trials": result.n_skipped, "skipped_audio": dict(sorted(result.bad_audio.items())),
                    "epoch": best["epoch"] if best else self.state.epoch}
@@ -492,6 +503,9 @@ class Trainer:
 
     def _log(self, message: str) -> None:
         tqdm.write(message)
+
+    def _warn(self, message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
 
 
 def _numpy_state() -> list:
