@@ -226,7 +226,9 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 def _coerce(value: Any, field: Field, key: str, source: str) -> Any:
     if value is None:
-        return None
+        if field.default is None or field.ignored:
+            return None
+        raise ConfigError(f"{source}: key '{key}' must be set (default {field.default!r}), got null")
     kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
     if float in kinds and isinstance(value, str):
         try:  # PyYAML reads 5e-5 (no dot) as a string
@@ -350,13 +352,41 @@ def _derive(config: Config, stem: str | None) -> None:
         config["dirs"]["extra_trn_use"] = "full"
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
+    _check_ranges(config)
     if config["optim"]["oc_dim"] != config["backend"]["hidden_dims"][-1]:
         raise ConfigError(f"{config.source}: optim.oc_dim ({config['optim']['oc_dim']}) must equal "
                           f"backend.hidden_dims[-1] ({config['backend']['hidden_dims'][-1]})")
-    for key in ("batch_size", "eval_batch_size", "epoch", "train_samples", "test_samples", "save_top_k"):
-        if config[key] <= 0:
-            raise ConfigError(f"{config.source}: key '{key}' must be positive, got {config[key]}")
     _derive_subsystem_training(config)
+
+
+# Network shapes: (key, required length or None for any non-empty list).
+_WIDTH_LISTS = (("asv_model.layers", 4), ("asv_model.num_filters", 4), ("backend.conv_channels", 3),
+                ("backend.hidden_dims", None))
+_POSITIVE = ("batch_size", "eval_batch_size", "epoch", "train_samples", "test_samples", "save_top_k",
+             "val_interval_epoch", "sample_rate", "trials_per_epoch", "optim.scheduler_interval",
+             "enrollment_samples.dev", "enrollment_samples.eval", "asv_model.n_out", "asv_model.n_mels",
+             "optim.oc_dim")
+_NOT_NEGATIVE = ("checkpoint_interval_steps", "loader.n_workers", "gradient_clip")
+
+
+def _check_ranges(config: Config) -> None:
+    """Values that would otherwise fail deep inside training (division by zero, bad shapes) are refused here."""
+    source = config.source
+    for key in _POSITIVE + _NOT_NEGATIVE:
+        value = config.get_path(key)
+        if value is not None and (value <= 0 if key in _POSITIVE else value < 0):
+            bound = "positive" if key in _POSITIVE else "zero or more"
+            raise ConfigError(f"{source}: key '{key}' must be {bound}, got {value}")
+    for key, length in _WIDTH_LISTS:
+        value = config.get_path(key)
+        if not value or (length is not None and len(value) != length) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            size = f"{length} positive integers" if length else "one or more positive integers"
+            raise ConfigError(f"{source}: key '{key}' must be a list of {size}, got {value!r}")
+    for section in SCHEMA["dirs"]:
+        value = config["dirs"][section]
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: key 'dirs.{section}' must be a list of paths, got {value!r}")
 
 
 def _derive_subsystem_training(config: Config) -> None:
@@ -388,11 +418,15 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Read and validate a `.conf` file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text config (invalid UTF-8 at byte {error.start})") from None
     try:
         values = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
