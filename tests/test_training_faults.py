@@ -182,3 +182,25 @@ def test_sasv_scoring_survives_out_of_memory_with_the_same_scores(corpus, tmp_pa
     big = SASVScorer(model, loss, torch.device("cpu"), batch_size=16, progress=False).score(inputs, backend_batch=64)
     np.testing.assert_allclose(big, small, atol=1e-6, rtol=0)  # chunks of 4 (enrollments: 3 vs 2 + 1)
 
+
+
+def test_weights_that_became_nonfinite_are_never_checkpointed(corpus, tmp_path, capsys, monkeypatch):
+    from engine.trainer import Trainer
+
+    config = write_config(tmp_path / "run.conf", corpus, checkpoint_interval_steps=1, **RUN)
+    original = Trainer._optimise
+
+    def optimise_then_poison(self, loss):
+        original(self, loss)
+        if self.state.step == 2:  # an update that leaves an infinite weight behind a finite loss
+            with torch.no_grad():
+                next(self.model.backend.parameters()).view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(Trainer, "_optimise", optimise_then_poison)
+    status, _, err = train(config, tmp_path, capsys, monkeypatch)
+    assert status == 1, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: the parameters became NaN/inf by step 2; not overwriting the checkpoint")
+    last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
+    assert f"{last} (epoch 1, batch 1, step 1)" in line
+    assert load_checkpoint(last).meta["step"] == 1
