@@ -294,11 +294,13 @@ class Trainer:
     def resume_latest(self) -> Path | None:
         """Restore the newest complete checkpoint under weights/ (None: there is none) and tidy the folder."""
         newest, newest_position, newest_checkpoint = None, None, None
+        unreadable: set[str] = set()
         for path in sorted((self.dir / "weights").glob("*.ckpt")):
             try:
                 checkpoint = load_checkpoint(path)
             except CheckpointError as error:
                 self._warn(f"warning: skipping unreadable checkpoint: {error}")
+                unreadable.add(f"weights/{path.name}")
                 continue
             if checkpoint.format != "sasv" or "optimizer" not in checkpoint.meta:
                 continue
@@ -310,6 +312,14 @@ class Trainer:
         if newest is None:
             return None
         self.resume(newest, newest_checkpoint)
+        last = self.dir / "weights" / "last.ckpt"
+        if newest != last:  # last.ckpt is missing, damaged or older: make it the restored state again
+            result_io.atomic_copy(newest, last)
+        lost = [entry for entry in self.state.best if entry["path"] in unreadable]
+        if lost:
+            self._warn(f"warning: dropping unreadable best-k checkpoint(s) from the ranking: "
+                       f"{', '.join(entry['path'] for entry in lost)}")
+            self.state.best = [entry for entry in self.state.best if entry not in lost]
         self._tidy_after_resume()
         return newest
 
@@ -354,50 +364,57 @@ class Trainer:
         self.loss.train()
         epoch_sampler.set_epoch(epoch, start=self.state.batch * batch_size)
         interval = self.config["checkpoint_interval_steps"]
-        bar = tqdm(total=n_batches, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.config['epoch']}",
-                   unit="batch", disable=not self.progress)
         batches = iterate_batches(loader)
-        while True:
-            try:
-                enrollment, test, labels, redraws = next(batches)
-            except StopIteration:
-                break
-            except RuntimeError:
-                if self.stop.requested is None:
-                    raise
-                # The signal also ended the DataLoader workers; nothing of this batch was used yet.
-                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
-            self.state.redrawn_trials += int(redraws.sum())
-            enrollment = enrollment.to(self.device, non_blocking=True)
-            test = test.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            with autocast_context(self.device, self.amp):
-                feats = self.model(enrollment, test)
-            loss, _ = self.loss(feats.float(), labels)
-            stepped = bool(torch.isfinite(loss))
-            if stepped:
-                self._optimise(loss)
-                self.state.loss_sum += loss.item()
-                self.state.loss_count += 1
-            elif self.config["nonfinite_loss"] == "skip":
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.skipped_batches += 1
-                self._warn(f"warning: non-finite training loss ({loss.item()}) at epoch {epoch + 1}, batch "
-                          f"{self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
-            else:
-                raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
-                                    f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training "
-                                    f"stopped. {self._last_good()}, or set nonfinite_loss: skip to leave such "
-                                    f"batches out")
-            self.state.batch += 1
-            bar.update()
-            if self.state.loss_count:
-                bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
-            if self.stop.requested is not None:
-                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
-            elif stepped and interval and self.state.step % interval == 0:
-                self.save_resumable()
-        bar.close()
+        with tqdm(total=n_batches, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.config['epoch']}",
+                  unit="batch", disable=not self.progress) as bar:  # closed before any message below
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception:  # noqa: BLE001 - re-raised unless a stop was requested
+                    if self.stop.requested is None:
+                        raise
+                    # The signal also ended the DataLoader workers (fetching then fails in various ways:
+                    # worker gone, shared-memory handle lost); nothing of this batch was used yet.
+                    bar.close()
+                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+                stepped = self._train_step(*batch, epoch=epoch, n_batches=n_batches)
+                self.state.batch += 1
+                bar.update()
+                if self.state.loss_count:
+                    bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
+                if self.stop.requested is not None:
+                    bar.close()
+                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+                elif stepped and interval and self.state.step % interval == 0:
+                    self.save_resumable()
+
+    def _train_step(self, enrollment: torch.Tensor, test: torch.Tensor, labels: torch.Tensor, redraws: torch.Tensor,
+                    *, epoch: int, n_batches: int) -> bool:
+        """One batch: forward, loss, and an optimisation step unless the loss is not finite (then False)."""
+        self.state.redrawn_trials += int(redraws.sum())
+        enrollment = enrollment.to(self.device, non_blocking=True)
+        test = test.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.amp):
+            feats = self.model(enrollment, test)
+        loss, _ = self.loss(feats.float(), labels)
+        if bool(torch.isfinite(loss)):
+            self._optimise(loss)
+            self.state.loss_sum += loss.item()
+            self.state.loss_count += 1
+            return True
+        where = f"epoch {epoch + 1}, batch {self.state.batch + 1}/{n_batches}"
+        if self.config["nonfinite_loss"] == "skip":
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.skipped_batches += 1
+            self._warn(f"warning: non-finite training loss ({loss.item()}) at {where}; batch left out "
+                       f"(nonfinite_loss: skip)")
+            return False
+        raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {self.state.step + 1} "
+                            f"(batch {self.state.batch + 1}/{n_batches}); training stopped. {self._last_good()}, or "
+                            f"set nonfinite_loss: skip to leave such batches out")
 
     def _interrupted(self, where: str, cause: RunInterrupted | None = None) -> None:
         signum = cause.signum if cause is not None else self.stop.requested

@@ -190,3 +190,18 @@ def test_resume_refuses_a_changed_config_and_allows_more_epochs(corpus, referenc
     rows = metrics_rows(run)
     assert rows[:2] == metrics_rows(reference) and [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert rows[2]["step"] == "18"
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_best_k_copy(corpus, reference, tmp_path):
+    run = tmp_path / "exp" / "run"
+    shutil.copytree(reference, run)
+    last = run / "weights" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # e.g. a disk fault; atomic writes never leave this
+    (run / ".metrics.csv.x1y2.tmp").write_text("partial")  # what a killed writer leaves
+    config = write_config(tmp_path / "run.conf", corpus, **RUN)
+    resumed = run_main(config, tmp_path / "exp", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: skipping unreadable checkpoint: {last}" in resumed.stderr
+    best = next((run / "weights").glob("epoch=*.ckpt"))
+    assert f"resumed from {best}" in resumed.stdout
+    assert_same_run(run, reference)
