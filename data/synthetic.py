@@ -226,7 +226,7 @@ class Voice:
 def sample_voice(rng: np.random.Generator, gender: str, f0_quantile: float, scale_quantile: float) -> Voice:
     """A random voice; f0 and vocal-tract length sit at the given quantiles of the gender's range."""
     female = gender == "female"
-    f0_range, scale_range = ((165.0, 260.0), (1.08, 1.26)) if female else ((85.0, 150.0), (0.88, 1.06))
+    f0_range, scale_range = ((165.0, 260.0), (1.04, 1.32)) if female else ((85.0, 150.0), (0.84, 1.08))
     per_formant = np.exp(rng.normal(0.0, 0.07, 4))
     return Voice(
         gender=gender,
@@ -234,7 +234,7 @@ def sample_voice(rng: np.random.Generator, gender: str, f0_quantile: float, scal
         f0_spread=float(rng.uniform(1.0, 2.8)),
         formant_scale=float(scale_range[0] + (scale_range[1] - scale_range[0]) * scale_quantile),
         formant_warp=per_formant * np.exp(rng.normal(0.0, 0.06, (len(_TARGET_FORMANTS), 4))),
-        bandwidth_scale=float(rng.uniform(0.8, 1.5)),
+        bandwidth_scale=float(rng.uniform(0.7, 1.8)),
         tilt_db_per_octave=float(rng.uniform(1.0, 5.0)),
         peak_hz=float(rng.uniform(2500, 4800)),
         peak_db=float(rng.uniform(4, 10)),
