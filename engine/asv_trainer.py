@@ -32,16 +32,9 @@ from losses import build_loss
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
 from models.checkpoint import CheckpointError, apply_state, load_asv_weights
-from models.resnet_se34v2 import ResNetSE34V2
+from engine.builder import build_asv_network
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
-
-
-def build_asv_network(config: Config) -> ResNetSE34V2:
-    asv = config["asv_model"]
-    return ResNetSE34V2(n_out=asv["n_out"], encoder_type=asv["encoder_type"], n_mels=asv["n_mels"],
-                        layers=tuple(asv["layers"]), num_filters=tuple(asv["num_filters"]),
-                        sample_rate=config["sample_rate"])
 
 
 def build_speaker_loss(config: Config, n_speakers: int) -> nn.Module:

@@ -49,12 +49,18 @@ def cm_embedding_dim(model_config: dict) -> int:
     return 5 * int(model_config["gat_dims"][1])
 
 
+def build_asv_network(config: Config) -> ResNetSE34V2:
+    """The ResNetSE34V2 described by `config["asv_model"]` (initial weights)."""
+    asv = config["asv_model"]
+    return ResNetSE34V2(n_out=asv["n_out"], encoder_type=asv["encoder_type"], n_mels=asv["n_mels"],
+                        layers=tuple(asv["layers"]), num_filters=tuple(asv["num_filters"]),
+                        sample_rate=config["sample_rate"], feature_norm=asv["feature_norm"])
+
+
 def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASVModel, torch.nn.Module]:
     """The SASV model and OC-softmax loss described by `config`, initialised from its weight files."""
     asv = config["asv_model"]
-    asv_model = ResNetSE34V2(n_out=asv["n_out"], encoder_type=asv["encoder_type"], n_mels=asv["n_mels"],
-                             layers=tuple(asv["layers"]), num_filters=tuple(asv["num_filters"]),
-                             sample_rate=config["sample_rate"])
+    asv_model = build_asv_network(config)
     cm_config = aasist_model_config(config)
     try:
         cm_model = AASIST(cm_config)

@@ -90,6 +90,8 @@ SCHEMA: dict = _section(
         n_out=Field(int, 512, "speaker embedding size"),
         encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling", choices=("ASP", "SAP")),
         n_mels=Field(int, 64, "mel bands"),
+        feature_norm=Field(str, "instance", "log-mel normalisation: instance (the original: per band over time) or utterance (one mean/std per utterance, keeps the long-term spectrum)",
+                           choices=("instance", "utterance")),
         layers=Field(list, [3, 4, 6, 3], "SE basic blocks per stage"),
         num_filters=Field(list, [32, 64, 128, 256], "channels per stage"),
     ),

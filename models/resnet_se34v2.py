@@ -83,8 +83,10 @@ class ResNetSE34V2(nn.Module):
     def __init__(self, n_out: int = 512, encoder_type: str = "ASP", n_mels: int = 64,
                  layers: Sequence[int] = (3, 4, 6, 3), num_filters: Sequence[int] = (32, 64, 128, 256),
                  log_input: bool = True, sample_rate: int = 16000, n_fft: int = 512,
-                 win_length: int = 400, hop_length: int = 160) -> None:
+                 win_length: int = 400, hop_length: int = 160, feature_norm: str = "instance") -> None:
         super().__init__()
+        if feature_norm not in ("instance", "utterance"):
+            raise ValueError(f"ResNetSE34V2: feature_norm must be 'instance' or 'utterance', got {feature_norm!r}")
         if encoder_type not in ("ASP", "SAP"):
             raise ValueError(f"ResNetSE34V2: encoder_type must be 'ASP' or 'SAP', got {encoder_type!r}")
         if len(layers) != 4 or len(num_filters) != 4:
@@ -92,6 +94,7 @@ class ResNetSE34V2(nn.Module):
         self.encoder_type = encoder_type
         self.n_mels = n_mels
         self.log_input = log_input
+        self.feature_norm = feature_norm
         self._in_channels = num_filters[0]
 
         # Attribute creation order matches the original so state_dict() lists keys in the same order.
@@ -154,6 +157,12 @@ class ResNetSE34V2(nn.Module):
             features = self.torchfb(waveform.float()) + 1e-6
             if self.log_input:
                 features = features.log()
+            if self.feature_norm == "utterance":
+                # One mean/std per utterance keeps the long-term spectral shape that per-band
+                # instance normalisation removes (useful for small models and synthetic voices).
+                mean = features.mean(dim=(1, 2), keepdim=True)
+                std = features.std(dim=(1, 2), keepdim=True)
+                return (features - mean) / (std + 1e-5)
             return self.instancenorm(features)
 
     def forward(self, waveform: Tensor) -> Tensor:

@@ -157,3 +157,25 @@ def test_training_step_produces_gradients():
     model = ResNetSE34V2(n_out=16, layers=(1, 1, 1, 1), num_filters=(8, 16, 32, 64)).train()
     model(torch.randn(2, 8000)).pow(2).sum().backward()
     assert all(param.grad is not None for param in model.parameters())
+
+
+def test_utterance_feature_norm_keeps_the_long_term_spectrum():
+    torch.manual_seed(0)
+    wave = torch.randn(1, 16000)
+    tilted = torchaudio_lowpass(wave)
+    instance = ResNetSE34V2(n_mels=40, num_filters=(8, 8, 16, 16))
+    utterance = ResNetSE34V2(n_mels=40, num_filters=(8, 8, 16, 16), feature_norm="utterance")
+    # per-band instance norm gives every band zero mean over time: the spectral tilt is gone
+    assert instance.frontend_features(tilted).mean(dim=2).abs().max() < 1e-4
+    band_means = utterance.frontend_features(tilted).mean(dim=2)
+    assert band_means[0, :5].mean() - band_means[0, -5:].mean() > 0.5  # low-passed: high bands stay quieter
+    features = utterance.frontend_features(tilted)
+    assert abs(features.mean().item()) < 1e-4 and abs(features.std().item() - 1) < 1e-3
+    with pytest.raises(ValueError, match="feature_norm"):
+        ResNetSE34V2(feature_norm="cmvn")
+
+
+def torchaudio_lowpass(wave: torch.Tensor) -> torch.Tensor:
+    import torchaudio
+
+    return torchaudio.functional.lowpass_biquad(wave, 16000, 1000.0)
