@@ -84,9 +84,9 @@ def main() -> None:
         result_io.write_scores(out / f"score_CM_{part}_no_softmax.txt", names, bonafide_logit)
         scored = np.array([str(path) not in bad_audio for path in paths])
         if bad_audio:
+            shown = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:3])
             print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
-                  f"score nan, left out of the EER and t-DCF): {'; '.join(f'{p}: {r}' for p, r in sorted(bad_audio.items())[:3])}",
-                  file=sys.stderr)
+                  f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
         is_bona = np.array([e.key == "bonafide" for e in entries])
         eer, threshold = compute_eer(bonafide_logit[is_bona & scored], bonafide_logit[~is_bona & scored])
         result = {"cm_eer": float(eer), "cm_threshold": float(threshold), "min_tdcf": None,
@@ -98,7 +98,8 @@ def main() -> None:
         else:
             try:
                 result["min_tdcf"] = float(min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
-                                                    bonafide_logit[is_bona & scored], bonafide_logit[~is_bona & scored]))
+                                                    bonafide_logit[is_bona & scored],
+                                                    bonafide_logit[~is_bona & scored]))
             except MetricError as error:
                 result["min_tdcf_note"] = str(error)
         result_io.write_json(out / f"metrics_CM_{part}.json", result)

@@ -91,10 +91,6 @@ class TrainState:
         known = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
-    @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.batch
-
 
 def score_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None = None) -> dict[str, float]:
     """SASV-EER, SV-EER, SPF-EER and min a-DCF over the trials not `skipped` (bad audio)."""
@@ -126,8 +122,18 @@ def write_trial_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) ->
                                   [t.key for t in trials]), scores)
 
 
+def _schema_field(dotted: str) -> Field | None:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, Field) else None
+
+
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict) and not (prefix and _is_field(prefix[:-1])):
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; mapping-valued keys (cm_model) stay whole."""
+    if isinstance(values, dict) and not (prefix and _schema_field(prefix[:-1])):
         flat: dict[str, Any] = {}
         for key, value in values.items():
             flat.update(_flatten(value, f"{prefix}{key}."))
@@ -135,30 +141,14 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: values}
 
 
-def _is_field(dotted: str) -> bool:
-    node: Any = SCHEMA
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return isinstance(node, Field)
-
-
-def _ignored(dotted: str) -> bool:
-    node: Any = SCHEMA
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return isinstance(node, Field) and node.ignored
-
-
 def config_changes(stored: dict, current: dict) -> list[str]:
     """Keys whose value differs between a run's stored config and the current one (RESUME_MAY_CHANGE aside)."""
     before, after = _flatten(stored), _flatten(current)
     changed = []
     for key in sorted(set(before) & set(after)):
-        if any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE) or _ignored(key):
+        declared = _schema_field(key)
+        free = any(key == name or key.startswith(f"{name}.") for name in RESUME_MAY_CHANGE)
+        if free or (declared is not None and declared.ignored):
             continue
         if before[key] != after[key]:
             changed.append(f"{key} (run: {before[key]!r}, now: {after[key]!r})")
@@ -304,8 +294,9 @@ class Trainer:
                 continue
             if checkpoint.format != "sasv" or "optimizer" not in checkpoint.meta:
                 continue
+            # Checkpoints written before mid-epoch resumption existed have no "batch": an epoch end.
             position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
-            # On a tie prefer last.ckpt: a best-k copy never holds a newer state than the last.ckpt written after it.
+            # On a tie prefer last.ckpt: a best-k copy never holds a newer state than the last.ckpt after it.
             if newest_position is None or position > newest_position or \
                     (position == newest_position and path.name == "last.ckpt"):
                 newest, newest_position, newest_checkpoint = path, position, checkpoint
@@ -412,9 +403,9 @@ class Trainer:
             self._warn(f"warning: non-finite training loss ({loss.item()}) at {where}; batch left out "
                        f"(nonfinite_loss: skip)")
             return False
-        raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {self.state.step + 1} "
-                            f"(batch {self.state.batch + 1}/{n_batches}); training stopped. {self._last_good()}, or "
-                            f"set nonfinite_loss: skip to leave such batches out")
+        raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
+                            f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
+                            f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
 
     def _interrupted(self, where: str, cause: RunInterrupted | None = None) -> None:
         signum = cause.signum if cause is not None else self.stop.requested

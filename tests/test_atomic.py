@@ -47,9 +47,11 @@ while True:
     result_io.atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
     result_io.write_scores(folder / "scores.txt", (["LA_0001"] * lines, ["LA_E_1"] * lines, ["target"] * lines),
                            np.full(lines, float(version)))
-    result_io.write_pickle(folder / "embeddings.pk", {f"utt{i}": np.full(512, version, np.float32) for i in range(2000)})
+    result_io.write_pickle(folder / "embeddings.pk",
+                           {f"utt{i}": np.full(512, version, np.float32) for i in range(2000)})
     result_io.write_json(folder / "metrics.json", {"version": version, "values": [version] * 20000})
-    result_io.write_csv(folder / "metrics.csv", ["epoch", "version"], [{"epoch": i, "version": version} for i in range(20000)])
+    result_io.write_csv(folder / "metrics.csv", ["epoch", "version"],
+                        [{"epoch": i, "version": version} for i in range(20000)])
     print(version, flush=True)
 """
 FILES = ("last.ckpt", "best.ckpt", "scores.txt", "embeddings.pk", "metrics.json", "metrics.csv")

@@ -332,7 +332,8 @@ def test_skip_in_training_and_dev_scoring(work, capsys, monkeypatch):
     bad_dev = work.first_dev_trial().utterance
     work.dev_audio(bad_dev).unlink()
     # In this process a worker's warnings would go to its own copy of the captured stderr: no workers.
-    status, out, err = train(work, capsys, monkeypatch, config=work.config(on_bad_audio="skip", loader={"n_workers": 0}))
+    config = work.config(on_bad_audio="skip", loader={"n_workers": 0})
+    status, out, err = train(work, capsys, monkeypatch, config=config)
     assert status == 0, err
     experiment = work.folder / "exp" / "run"
     with open(experiment / "metrics.csv") as handle:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from data.protocols import (ProtocolError, read_cm_protocol, read_enrollment_files, read_enrollment_utterances,
                             read_sasv_trials)
-from engine.config import SCHEMA, Config, ConfigError, Field, build_config, load_config
+from engine.config import SCHEMA, Config, ConfigError, build_config, load_config
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SCRATCH = Path(tempfile.mkdtemp(prefix="sasv_fuzz_"))  # hypothesis reruns examples: no function-scoped tmp_path
@@ -128,7 +128,8 @@ def test_command_line_overrides(pairs):
 
 
 def test_pathological_yaml_is_a_config_error():
-    for text in ("[" * 5000 + "]" * 5000, "a: &a [*a]", "? [a, b]\n: c", "!!python/object:os.system x", "a: !!binary %%%"):
+    for text in ("[" * 5000 + "]" * 5000, "a: &a [*a]", "? [a, b]\n: c", "!!python/object:os.system x",
+                 "a: !!binary %%%"):
         _load_or_config_error(_write("pathological.conf", text))
 
 

@@ -60,14 +60,16 @@ def metrics_rows(folder: Path) -> list[dict]:
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    ours, theirs = checkpoint_tensors(run / "weights" / "last.ckpt"), checkpoint_tensors(reference / "weights" / "last.ckpt")
+    ours = checkpoint_tensors(run / "weights" / "last.ckpt")
+    theirs = checkpoint_tensors(reference / "weights" / "last.ckpt")
     assert ours.keys() == theirs.keys()
     different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
     assert not different, f"tensors differ from the uninterrupted run: {different[:5]}"
     assert metrics_rows(run) == metrics_rows(reference)
-    assert sorted(p.name for p in (run / "weights").iterdir()) == sorted(p.name for p in (reference / "weights").iterdir())
-    assert (run / "scores" / "eval.txt").read_bytes() == (reference / "scores" / "eval.txt").read_bytes()
-    assert json.loads((run / "metrics_eval.json").read_text()) == json.loads((reference / "metrics_eval.json").read_text())
+    names = [sorted(p.name for p in (folder / "weights").iterdir()) for folder in (run, reference)]
+    assert names[0] == names[1]
+    for name in ("scores/eval.txt", "metrics_eval.json"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes()
     assert not temporaries(run)
 
 
