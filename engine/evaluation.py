@@ -82,11 +82,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 class AdaptiveBatch:
     """Runs a function over a batch in chunks; on out-of-memory halves the chunk, keeps it, and retries."""
 
-    def __init__(self, size: int, device: torch.device, what: str, *, progress: bool = True) -> None:
+    def __init__(self, size: int, device: torch.device, what: str) -> None:
         self.size = max(1, size)
         self.device = device
         self.what = what
-        self.progress = progress
 
     def run(self, function: Callable[..., dict[str, torch.Tensor]], *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         total = len(tensors[0])
@@ -109,9 +108,8 @@ class AdaptiveBatch:
             self.size = max(1, size // 2)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if self.progress:
-                tqdm.write(f"warning: out of {self.device.type.upper()} memory with a batch of {size} ({self.what}); "
-                           f"retrying with {self.size}", file=sys.stderr)
+            tqdm.write(f"warning: out of {self.device.type.upper()} memory with a batch of {size} ({self.what}); "
+                       f"retrying with {self.size}", file=sys.stderr)
         return {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]} if pieces else {}
 
 
@@ -149,7 +147,7 @@ def extract(paths: list[Path], samples: int, networks: dict[str, Callable[[torch
         return {name: torch.empty(0) for name in networks}
     loader = _loader(paths, samples, batch_size, num_workers, sample_rate, resample, device.type == "cuda",
                      on_bad_audio)
-    chunked = AdaptiveBatch(batch_size, device, desc, progress=progress)
+    chunked = AdaptiveBatch(batch_size, device, desc)
 
     def run_networks(waves: torch.Tensor) -> dict[str, torch.Tensor]:
         waves = waves.to(device, non_blocking=True)
@@ -280,7 +278,7 @@ class SASVScorer:
                                                 test_cm[rows].to(self.device))
             return {"score": self.loss.score(feats).float().cpu()}
 
-        chunked = AdaptiveBatch(backend_batch, self.device, "back-end scores", progress=self.progress)
+        chunked = AdaptiveBatch(backend_batch, self.device, "back-end scores")
         return chunked.run(backend, enr_rows, test_rows)["score"].numpy()
 
     @torch.no_grad()

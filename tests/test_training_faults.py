@@ -139,7 +139,7 @@ OOM_ERRORS = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00
 def test_out_of_memory_halves_the_batch_and_retries(corpus, error, capsys):
     paths = sorted((corpus / "LA" / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))[:13]
     network = lambda batch: torch.stack([batch.mean(1), batch.std(1)], dim=1)  # noqa: E731
-    options = dict(device=torch.device("cpu"), batch_size=8, progress=True)
+    options = dict(device=torch.device("cpu"), batch_size=8, progress=False)  # warnings are shown regardless
     expected = extract(paths, 4000, {"stats": network}, **options)["stats"]
     calls: list[int] = []
     result = extract(paths, 4000, {"stats": failing_above(3, error, network, calls)}, **options)["stats"]
@@ -152,14 +152,14 @@ def test_out_of_memory_halves_the_batch_and_retries(corpus, error, capsys):
 
 
 def test_out_of_memory_for_a_single_item_fails_clearly():
-    chunked = AdaptiveBatch(4, torch.device("cpu"), "test CM", progress=False)
+    chunked = AdaptiveBatch(4, torch.device("cpu"), "test CM")
     always = failing_above(0, torch.OutOfMemoryError("CUDA out of memory"), lambda batch: batch)
     with pytest.raises(ScoringError, match="out of CPU memory for a single item while computing test CM"):
         chunked.run(lambda batch: {"x": always(batch)}, torch.zeros(5, 3))
 
 
 def test_other_errors_are_not_retried():
-    chunked = AdaptiveBatch(4, torch.device("cpu"), "x", progress=False)
+    chunked = AdaptiveBatch(4, torch.device("cpu"), "x")
     calls: list[int] = []
     broken = failing_above(0, RuntimeError("shape mismatch"), lambda batch: batch, calls)
     with pytest.raises(RuntimeError, match="shape mismatch"):
