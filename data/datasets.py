@@ -206,7 +206,7 @@ def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], .
         raise failure
 
 
-def ignore_interrupts_in_worker(_worker_id: int) -> None:
+def leave_signals_to_main_process(_worker_id: int) -> None:
     """DataLoader `worker_init_fn`: leave SIGINT/SIGTERM handling to the main process, which saves and stops.
 
     Ctrl-C reaches every process of the terminal's group: workers ignore it and keep

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.audio import load_waveform
-from data.datasets import WaveformDataset, ignore_interrupts_in_worker, iterate_batches
+from data.datasets import WaveformDataset, leave_signals_to_main_process, iterate_batches
 from data.protocols import SASVTrial
 from models.sasv import SASVModel
 
@@ -127,7 +127,7 @@ def _loader(paths: list[Path], samples: int, batch_size: int, num_workers: int, 
     # Its own generator: scoring must not consume the global torch RNG that training (dropout) uses.
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=False,
-                      worker_init_fn=ignore_interrupts_in_worker if num_workers else None,
+                      worker_init_fn=leave_signals_to_main_process if num_workers else None,
                       generator=torch.Generator())
 
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import (EpochSampler, TrainTrialDataset, ignore_interrupts_in_worker, iterate_batches,
+from data.datasets import (EpochSampler, TrainTrialDataset, leave_signals_to_main_process, iterate_batches,
                            partition_audio_dir)
 from engine.builder import build_sasv_model
 from engine.config import SCHEMA, Config, ConfigError, Field
@@ -199,7 +199,7 @@ class Trainer:
         loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=epoch_sampler, drop_last=True,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=workers > 0,
-                            worker_init_fn=ignore_interrupts_in_worker if workers else None,
+                            worker_init_fn=leave_signals_to_main_process if workers else None,
                             generator=torch.Generator().manual_seed(config["seed"]))
         if epoch_sampler.epoch_length < config["batch_size"]:
             raise TrainingError(f"{config.source}: trials_per_epoch ({epoch_sampler.epoch_length}) is smaller than "
