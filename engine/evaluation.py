@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.audio import load_waveform
-from data.datasets import WaveformDataset, leave_signals_to_main_process, iterate_batches
+from data.datasets import WaveformDataset, iterate_batches, leave_signals_to_main_process
 from data.protocols import SASVTrial
 from models.sasv import SASVModel
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import (EpochSampler, TrainTrialDataset, leave_signals_to_main_process, iterate_batches,
+from data.datasets import (EpochSampler, TrainTrialDataset, iterate_batches, leave_signals_to_main_process,
                            partition_audio_dir)
 from engine.builder import build_sasv_model
 from engine.config import SCHEMA, Config, ConfigError, Field
