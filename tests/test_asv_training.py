@@ -349,14 +349,18 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
         stems = read_enrollment_files(protocols / "ASVspoof2019.LA.asv.dev.gi.trn.txt")
         paths = {speaker: [corpus / "enr_audio" / "dev" / f"{stem}.flac"] for speaker, stem in stems.items()}
         samples = config["enrollment_samples"]["dev"]
-    with torch.no_grad():
-        def embed(path, length):
-            return network(load_waveform(path, length)[None]).double()[0]
+    embedded: dict = {}
 
-        for trial, score in zip(expected_trials, scores):
-            model = torch.stack([embed(p, samples) for p in paths[trial.speaker]]).mean(0)
-            test = embed(audio / f"{trial.utterance}.flac", config["test_samples"])
-            assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
+    def embed(path: Path, length: int) -> torch.Tensor:
+        if (path, length) not in embedded:
+            with torch.no_grad():
+                embedded[(path, length)] = network(load_waveform(path, length)[None]).double()[0]
+        return embedded[(path, length)]
+
+    for trial, score in zip(expected_trials, scores):
+        model = torch.stack([embed(p, samples) for p in paths[trial.speaker]]).mean(0)
+        test = embed(audio / f"{trial.utterance}.flac", config["test_samples"])
+        assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
 
 
 def test_signal_stops_at_a_step_and_resume_refuses_a_changed_recipe(corpus, tmp_path):
