@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
@@ -207,14 +207,16 @@ def sweep_eer(target, nontarget) -> tuple[float, float]:
     return best[1], best[2]
 
 
-def sweep_adcf(scores, keys, cost: ADCFCostModel) -> tuple[float, float]:
+def sweep_adcf(scores, keys, cost: ADCFCostModel) -> tuple[float, set[float]]:
+    """Min a-DCF by explicit counting, and every threshold whose cost ties with the minimum
+    (equal costs at different points may differ in the last bit, so either may be the argmin)."""
     order = {"target": 0, "nontarget": 1, "spoof": 2}
     trials = sorted(zip(scores, keys), key=lambda trial: order[trial[1]])  # class-grouped, stable
     trials = sorted(trials, key=lambda trial: trial[0])
     counts = {key: keys.count(key) for key in order}
     norm = min(cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf, cost.Cmiss * cost.Ptrg)
     misses, accepted_non, accepted_spf = 0, counts["nontarget"], counts["spoof"]
-    best = None
+    points = []
     for k in range(len(trials) + 1):
         if k:
             key = trials[k - 1][1]
@@ -226,10 +228,9 @@ def sweep_adcf(scores, keys, cost: ADCFCostModel) -> tuple[float, float]:
             + cost.Cfa_asv * cost.Pnontrg * accepted_non / counts["nontarget"]
             + cost.Cfa_cm * cost.Pspf * accepted_spf / counts["spoof"]
         ) / norm
-        threshold = trials[0][0] - 1e-8 if k == 0 else trials[k - 1][0]
-        if best is None or value < best[0] - 1e-12:
-            best = (value, threshold)
-    return best
+        points.append((value, trials[0][0] - 1e-8 if k == 0 else trials[k - 1][0]))
+    best = min(value for value, _ in points)
+    return best, {threshold for value, threshold in points if value <= best + 1e-12}
 
 
 tie_heavy_scores = st.lists(st.integers(-4, 4).map(lambda v: v / 2), min_size=1, max_size=25)
@@ -256,6 +257,8 @@ def test_compute_eer_matches_counting_sweep(target, nontarget):
 
 @settings(max_examples=60, deadline=None)
 @given(tie_heavy_scores, tie_heavy_scores, tie_heavy_scores, st.sampled_from([ADCF_DEFAULT, ADCF_ASVSPOOF5]))
+@example(target=[0.0, 0.5, 1.0], nontarget=[0.0, 0.0, 0.0, 0.5, 1.0], spoof=[0.0, 0.0, 0.0, 0.5, 1.0],
+         cost=ADCF_DEFAULT)  # two sweep points tie at the minimum
 def test_adcf_matches_counting_sweep(target, nontarget, spoof, cost):
     scores = target + nontarget + spoof
     keys = ["target"] * len(target) + ["nontarget"] * len(nontarget) + ["spoof"] * len(spoof)
@@ -263,9 +266,9 @@ def test_adcf_matches_counting_sweep(target, nontarget, spoof, cost):
     scores = [scores[i] for i in permutation]
     keys = [keys[i] for i in permutation]
     value, threshold = min_adcf(scores, keys, cost)
-    want_value, want_threshold = sweep_adcf(scores, keys, cost)
+    want_value, tied_thresholds = sweep_adcf(scores, keys, cost)
     assert math.isclose(value, want_value, rel_tol=1e-9, abs_tol=1e-12)
-    assert threshold == want_threshold
+    assert threshold in tied_thresholds
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
