@@ -324,6 +324,29 @@ def _nest(dotted: str, value: Any) -> dict:
     return result
 
 
+def _into_mapping_field(config: Config, dotted: str, value: Any) -> tuple[str, Any]:
+    """`cm_model.filts=...` changes one entry of the free-form `cm_model` mapping, not all of it."""
+    parts = dotted.split(".")
+    schema: Any = SCHEMA
+    for depth, part in enumerate(parts[:-1]):
+        item = schema.get(part) if isinstance(schema, dict) else None
+        if isinstance(item, Field) and item.kind is dict:
+            field_key = ".".join(parts[:depth + 1])
+            current = config.get_path(field_key)
+            updated = copy.deepcopy(current) if isinstance(current, dict) else {}
+            node = updated
+            for inner in parts[depth + 1:-1]:
+                node = node.setdefault(inner, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {dotted}: '{inner}' inside '{field_key}' is not a mapping")
+            node[parts[-1]] = value
+            return field_key, updated
+        if not isinstance(item, dict):
+            break
+        schema = item
+    return dotted, value
+
+
 def build_config(values: Mapping | None = None, *, source: str = "<dict>",
                  overrides: Iterable[str] = (), stem: str | None = None) -> Config:
     """Validate `values` (+ `--set` overrides) against SCHEMA and fill defaults."""
@@ -332,6 +355,7 @@ def build_config(values: Mapping | None = None, *, source: str = "<dict>",
     _merge(config, values or {}, SCHEMA, source)
     for text in overrides:
         key, value = parse_override(text)
+        key, value = _into_mapping_field(config, key, value)
         _merge(config, _nest(key, value), SCHEMA, f"--set {text}")
     _derive(config, stem)
     return config

@@ -126,6 +126,16 @@ def test_overrides():
         parse_override("batch_size")
 
 
+def test_override_inside_a_free_form_mapping_keeps_its_other_entries():
+    base = {"cm_model": {"architecture": "AASIST", "first_conv": 128, "filts": [70, [1, 32]]}}
+    config = build_config(base, overrides=["cm_model.filts=[16, [1, 8]]"])
+    assert config["cm_model"]["filts"] == [16, [1, 8]]
+    assert config["cm_model"]["first_conv"] == 128 and config["cm_model"]["architecture"] == "AASIST"
+    assert base["cm_model"]["filts"] == [70, [1, 32]]  # the caller's mapping is not modified
+    with pytest.raises(ConfigError, match="'first_conv' inside 'cm_model' is not a mapping"):
+        build_config(base, overrides=["cm_model.first_conv.x=1"])
+
+
 def test_oc_dim_must_match_backend():
     with pytest.raises(ConfigError, match="oc_dim"):
         build_config({"optim": {"oc_dim": 128}})
