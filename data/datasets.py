@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -36,15 +36,17 @@ def partition_audio_dir(database: str | Path, partition: str) -> Path:
 
 
 class TrainTrialDataset(Dataset):
-    """Item `(epoch, index)` -> (enrollment wave, test wave, label, redraws); trials from a TrialSampler.
+    """Item `(epoch, index)` -> (enrollment wave, test wave, label, redraws, speakers); trials from a TrialSampler.
 
     `redraws` counts the draws replaced because their audio was bad (always 0 with
-    on_bad_audio="error", which raises the AudioError instead).
+    on_bad_audio="error", which raises the AudioError instead). `speakers` holds the class
+    indices (in `speaker_index`) of the enrollment and test speakers, -1 for a spoofed test or
+    when no index is given.
     """
 
     def __init__(self, sampler: TrialSampler, audio_dir: str | Path, *, samples: int, crop: str, seed: int,
                  sample_rate: int = 16000, resample: bool = False, audio_ext: str = "flac",
-                 on_bad_audio: str = "error") -> None:
+                 on_bad_audio: str = "error", speaker_index: Mapping[str, int] | None = None) -> None:
         if on_bad_audio not in BAD_AUDIO_MODES:
             raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
         self.sampler = sampler
@@ -56,6 +58,7 @@ class TrainTrialDataset(Dataset):
         self.resample = resample
         self.audio_ext = audio_ext
         self.on_bad_audio = on_bad_audio
+        self.speaker_index = dict(speaker_index or {})
         self._reported: set[str] = set()  # bad files already warned about in this process
 
     def trial(self, epoch: int, index: int):
@@ -69,14 +72,16 @@ class TrainTrialDataset(Dataset):
                               sample_rate=self.sample_rate, resample=self.resample)
                 for utt in (trial.enrollment, trial.test)]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor]:
         epoch, index = item
         rng = trial_rng(self.seed, epoch, index)
         for attempt in range(MAX_REDRAWS + 1):
             trial = self.sampler.draw(rng)  # a redraw continues the same generator: deterministic
             try:
                 enrollment, test = self._waves(trial, epoch, index, attempt)
-                return enrollment, test, trial.label, attempt
+                speakers = torch.tensor([self.speaker_index.get(trial.enrollment_speaker, -1),
+                                         self.speaker_index.get(trial.test_speaker, -1)])
+                return enrollment, test, trial.label, attempt, speakers
             except AudioError as error:
                 if self.on_bad_audio == "error":
                     raise

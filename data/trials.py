@@ -20,6 +20,8 @@ class TrainTrial:
     test: str
     label: int  # 0 = target bona fide, 1 = any other trial
     kind: int
+    enrollment_speaker: str = ""
+    test_speaker: str = ""  # "" when the test utterance is spoofed
 
 
 class TrialSampler:
@@ -63,19 +65,27 @@ class TrialSampler:
             speaker = self._enrollable[rng.integers(len(self._enrollable))]
             first, second = rng.choice(len(self._bonafide[speaker]), size=2, replace=False)
             utts = self._bonafide[speaker]
-            return TrainTrial(utts[first], utts[second], 0, kind)
+            return TrainTrial(utts[first], utts[second], 0, kind, speaker, speaker)
         if kind in (NONTARGET_BONAFIDE, ZERO_EFFORT):
             first, second = rng.choice(len(self._bona_speakers), size=2, replace=False)
             enrolled, other = self._bona_speakers[first], self._bona_speakers[second]
-            return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._bonafide[other], rng), 1, kind)
+            return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._bonafide[other], rng), 1, kind,
+                              enrolled, other)
         if kind == TARGET_SPOOF:
             speaker = self._spoof_speakers[rng.integers(len(self._spoof_speakers))]
-            return TrainTrial(self._pick(self._spoof_owner_bona[speaker], rng), self._pick(self._spoof[speaker], rng), 1, kind)
+            return TrainTrial(self._pick(self._spoof_owner_bona[speaker], rng), self._pick(self._spoof[speaker], rng), 1, kind,
+                              speaker)
         # nontarget spoof: spoof of another speaker than the enrolled one
         attacker = self._spoof_speakers[rng.integers(len(self._spoof_speakers))]
         others = [s for s in self._bona_speakers if s != attacker]
         enrolled = others[rng.integers(len(others))]
-        return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._spoof[attacker], rng), 1, kind)
+        return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._spoof[attacker], rng), 1, kind,
+                          enrolled)
+
+    @property
+    def speakers(self) -> list[str]:
+        """Every speaker with bona fide training speech, sorted: the classes of a speaker loss."""
+        return list(self._bona_speakers)
 
     @staticmethod
     def _pick(items: list[str], rng: np.random.Generator) -> str:

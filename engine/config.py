@@ -115,6 +115,13 @@ SCHEMA: dict = _section(
     loader=_section(
         n_workers=Field(int, 4, "DataLoader worker processes"),
     ),
+    speaker_loss=_section(
+        weight=Field(float, 0.0, "system sasv: weight of an auxiliary AAM-softmax speaker-classification loss on "
+                     "the ASV embeddings of the bona fide training utterances, added to the SASV loss (0 = off, the "
+                     "original recipe; needs a trainable ASV sub-system)"),
+        margin=Field(float, 0.2, "its angular margin (radians)"),
+        scale=Field(float, 30.0, "its logit scale"),
+    ),
     asv_train=_section(
         loss=Field(str, "aamsoftmax", "system asv: speaker loss, aamsoftmax (additive angular margin) or angleproto "
                    "(angular prototypical, as voxceleb_trainer's baseline_v2_ap)", choices=("aamsoftmax", "angleproto")),
@@ -379,6 +386,11 @@ def _derive(config: Config, stem: str | None) -> None:
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
     _check_ranges(config)
+    if config["speaker_loss"]["weight"] < 0:
+        raise ConfigError(f"{config.source}: key 'speaker_loss.weight' must be >= 0, got {config['speaker_loss']['weight']}")
+    if config["speaker_loss"]["weight"] > 0 and not config["train_asv"]:
+        raise ConfigError(f"{config.source}: speaker_loss.weight > 0 needs a trainable ASV sub-system "
+                          f"(train_asv is false for {config['model_arch']})")
     if config["optim"]["oc_dim"] != config["backend"]["hidden_dims"][-1]:
         raise ConfigError(f"{config.source}: optim.oc_dim ({config['optim']['oc_dim']}) must equal "
                           f"backend.hidden_dims[-1] ({config['backend']['hidden_dims'][-1]})")

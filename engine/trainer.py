@@ -36,6 +36,7 @@ from engine.config import SCHEMA, Config, ConfigError, Field
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores, autocast_context
 from engine.experiment import scoring_inputs, training_sampler
 from engine import io as result_io
+from losses import build_loss
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
@@ -90,6 +91,25 @@ class TrainState:
     def from_dict(cls, values: dict) -> "TrainState":
         known = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def build_speaker_loss(config: Config) -> torch.nn.Module | None:
+    """The auxiliary speaker-classification loss over the training speakers (None when its weight is 0)."""
+    settings = config["speaker_loss"]
+    if settings["weight"] == 0:
+        return None
+    sampler, _ = training_sampler(config)
+    return build_loss("aamsoftmax", embedding_dim=config["asv_model"]["n_out"], n_classes=len(sampler.speakers),
+                      margin=settings["margin"], scale=settings["scale"])
+
+
+def speaker_classification_loss(loss: torch.nn.Module, embeddings: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
+    """Loss over the rows with a known bona fide speaker (index >= 0); 0 when there are none."""
+    known = speakers >= 0
+    if not bool(known.any()):
+        return embeddings.sum() * 0.0  # keeps the graph (and DDP) consistent
+    value, _ = loss(embeddings[known], speakers[known])
+    return value
 
 
 def score_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None = None) -> dict[str, float]:
@@ -166,11 +186,14 @@ class Trainer:
         self.model, self.loss = build_sasv_model(config)
         self.model.to(device)
         self.loss.to(device)
+        self.speaker_loss = build_speaker_loss(config)
         optim = config["optim"]
-        self.optimizer = torch.optim.Adam(
-            [{"params": list(self.model.trainable_parameters()), "name": "model"},
-             {"params": list(self.loss.parameters()), "name": "oc_center"}],
-            lr=optim["lr"], weight_decay=optim["wd"])
+        groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
+                  {"params": list(self.loss.parameters()), "name": "oc_center"}]
+        if self.speaker_loss is not None:
+            self.speaker_loss.to(device)
+            groups.append({"params": list(self.speaker_loss.parameters()), "name": "speaker_loss"})
+        self.optimizer = torch.optim.Adam(groups, lr=optim["lr"], weight_decay=optim["wd"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=optim["gamma"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.state = TrainState()
@@ -188,10 +211,12 @@ class Trainer:
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
         config = self.config
         sampler, n_utterances = training_sampler(config)
+        speaker_index = {name: index for index, name in enumerate(sampler.speakers)}
         dataset = TrainTrialDataset(sampler, partition_audio_dir(config["dirs"]["database"], "train"),
                                     samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
                                     sample_rate=config["sample_rate"], resample=config["resample"],
-                                    audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"])
+                                    audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"],
+                                    speaker_index=speaker_index)
         epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
         workers = config["loader"]["n_workers"]
         # Its own generator: creating a loader iterator must not consume the global torch RNG
@@ -220,8 +245,10 @@ class Trainer:
         }
 
     def save(self, path: Path) -> None:
-        save_checkpoint(path, model=self.model, loss=self.loss, config=self.config.to_dict(),
-                        extra=self._extra_state())
+        extra = self._extra_state()
+        if self.speaker_loss is not None:
+            extra["speaker_loss"] = self.speaker_loss.state_dict()
+        save_checkpoint(path, model=self.model, loss=self.loss, config=self.config.to_dict(), extra=extra)
 
     def _account_time(self) -> None:
         now = time.time()
@@ -229,7 +256,7 @@ class Trainer:
         self._clock = now
 
     def _check_finite_parameters(self) -> None:
-        tensors = [p.detach() for p in (*self.model.parameters(), *self.loss.parameters())]
+        tensors = [p.detach() for p in (*self.model.parameters(), *self._loss_parameters())]
         if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
             raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
                                 f"checkpoint. {self._last_good()}")
@@ -269,6 +296,8 @@ class Trainer:
                 raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
                                   f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
         load_sasv_weights(self.model, self.loss, path)
+        if self.speaker_loss is not None:
+            self.speaker_loss.load_state_dict(extra["speaker_loss"])
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.scaler.load_state_dict(extra["scaler"])
@@ -338,7 +367,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + list(self.loss.parameters()), clip)
+            torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + self._loss_parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
@@ -381,16 +410,27 @@ class Trainer:
                 elif stepped and interval and self.state.step % interval == 0:
                     self.save_resumable()
 
+    def _loss_parameters(self) -> list[torch.nn.Parameter]:
+        extra = list(self.speaker_loss.parameters()) if self.speaker_loss is not None else []
+        return list(self.loss.parameters()) + extra
+
     def _train_step(self, enrollment: torch.Tensor, test: torch.Tensor, labels: torch.Tensor, redraws: torch.Tensor,
-                    *, epoch: int, n_batches: int) -> bool:
+                    speakers: torch.Tensor, *, epoch: int, n_batches: int) -> bool:
         """One batch: forward, loss, and an optimisation step unless the loss is not finite (then False)."""
         self.state.redrawn_trials += int(redraws.sum())
         enrollment = enrollment.to(self.device, non_blocking=True)
         test = test.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.amp):
-            feats = self.model(enrollment, test)
+            if self.speaker_loss is None:
+                feats = self.model(enrollment, test)
+            else:
+                feats, asv_enrollment, asv_test = self.model(enrollment, test, return_asv_embeddings=True)
         loss, _ = self.loss(feats.float(), labels)
+        if self.speaker_loss is not None:
+            loss = loss + self.config["speaker_loss"]["weight"] * speaker_classification_loss(
+                self.speaker_loss, torch.cat([asv_enrollment, asv_test]).float(),
+                speakers.to(self.device).t().reshape(-1))
         if bool(torch.isfinite(loss)):
             self._optimise(loss)
             self.state.loss_sum += loss.item()

@@ -139,8 +139,11 @@ class SASVModel(nn.Module):
         """Back-end only, for precomputed (cached) embeddings -> feats [B, feat_dim]."""
         return self.backend(asv_enrollment, asv_test, cm_embedding)
 
-    def forward(self, enrollment_wave: Tensor, test_wave: Tensor) -> Tensor:
+    def forward(self, enrollment_wave: Tensor, test_wave: Tensor,
+                return_asv_embeddings: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """feats [B, feat_dim]; with return_asv_embeddings also the enrollment and test ASV embeddings."""
         asv_enrollment = self.asv_embedding(enrollment_wave)
         asv_test = self.asv_embedding(test_wave)
         cm_embedding, _ = self.cm_embedding(test_wave)
-        return self.backend(asv_enrollment, asv_test, cm_embedding)
+        feats = self.backend(asv_enrollment, asv_test, cm_embedding)
+        return (feats, asv_enrollment, asv_test) if return_asv_embeddings else feats

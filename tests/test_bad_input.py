@@ -281,7 +281,7 @@ def test_skip_redraws_training_trials_deterministically(work):
     with pytest.raises(AudioError, match=first.test):
         TrainTrialDataset(sampler, folder, **options)[0, 0]
     skipping = TrainTrialDataset(sampler, folder, on_bad_audio="skip", **options)
-    enrollment, test, label, redraws = skipping[0, 0]
+    enrollment, test, label, redraws, _ = skipping[0, 0]
     assert redraws >= 1 and enrollment.shape == test.shape == (8000,)
     again = skipping[0, 0]
     assert again[3] == redraws and torch.equal(again[0], enrollment) and torch.equal(again[1], test)

@@ -1,0 +1,104 @@
+"""The auxiliary speaker-classification loss of system sasv (speaker_loss.weight > 0)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data.protocols import read_cm_protocol
+from data.trials import TARGET_BONAFIDE, TrainTrial, trial_rng
+from engine.config import ConfigError, build_config
+from engine.experiment import training_sampler
+from engine.trainer import speaker_classification_loss
+from losses import build_loss
+from models.checkpoint import load_checkpoint
+from test_pipeline import tiny_config
+from test_resume import checkpoint_tensors
+from tiny_run import run_main, tiny_corpus, write_config
+
+RUN = dict(epoch=2, trials_per_epoch=32, batch_size=8, speaker_loss={"weight": 0.5})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory)
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="speaker_loss.weight > 0 needs a trainable ASV"):
+        build_config({"model_arch": "ResNetSE34V2_AASIST_OC_fixed", "speaker_loss": {"weight": 1.0}})
+    with pytest.raises(ConfigError, match="'speaker_loss.weight' must be >= 0"):
+        build_config({"speaker_loss": {"weight": -1.0}})
+    assert build_config({})["speaker_loss"]["weight"] == 0.0  # off: the original recipe
+
+
+def test_trials_name_the_bona_fide_speakers_of_their_utterances(corpus):
+    config = build_config(tiny_config(corpus))
+    sampler, _ = training_sampler(config)
+    owner = {entry.utterance: entry.speaker for entry in read_cm_protocol(config["dirs"]["cm_trn_list"])}
+    bona_fide = {entry.utterance for entry in read_cm_protocol(config["dirs"]["cm_trn_list"])
+                 if entry.key == "bonafide"}
+    kinds = set()
+    for index in range(400):
+        trial: TrainTrial = sampler.draw(trial_rng(3, 0, index))
+        kinds.add(trial.kind)
+        assert trial.enrollment in bona_fide and trial.enrollment_speaker == owner[trial.enrollment]
+        expected_test = owner[trial.test] if trial.test in bona_fide else ""
+        assert trial.test_speaker == expected_test
+        assert (trial.kind == TARGET_BONAFIDE) == (trial.label == 0 and trial.test_speaker == trial.enrollment_speaker)
+    assert kinds == {0, 1, 2, 3}
+    assert sampler.speakers == sorted({owner[u] for u in bona_fide})
+
+
+def test_spoofed_rows_are_left_out_of_the_speaker_loss():
+    torch.manual_seed(0)
+    loss = build_loss("aamsoftmax", embedding_dim=4, n_classes=3)
+    embeddings = torch.randn(5, 4)
+    speakers = torch.tensor([0, -1, 2, -1, 1])
+    known = speakers >= 0
+    expected, _ = loss(embeddings[known], speakers[known])
+    assert torch.equal(speaker_classification_loss(loss, embeddings, speakers), expected)
+    none = speaker_classification_loss(loss, embeddings.requires_grad_(), torch.full((5,), -1))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_training_updates_the_speaker_classes_and_resumes_exactly(corpus, tmp_path):
+    straight = write_config(tmp_path / "straight" / "run.conf", corpus, **RUN)
+    result = run_main(straight, tmp_path / "straight" / "exp")
+    assert result.returncode == 0, result.stderr
+    split = write_config(tmp_path / "split" / "run.conf", corpus, **RUN)
+    first = run_main(split, tmp_path / "split" / "exp", "--set", "epoch=1")
+    assert first.returncode == 0, first.stderr
+    after_one = load_checkpoint(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
+    second = run_main(split, tmp_path / "split" / "exp", "--resume")
+    assert second.returncode == 0, second.stderr
+
+    final = load_checkpoint(tmp_path / "straight" / "exp" / "run" / "weights" / "last.ckpt")
+    classes = final.meta["speaker_loss"]["weight"]
+    n_speakers = len(training_sampler(build_config(tiny_config(corpus)))[0].speakers)
+    assert classes.shape == (n_speakers, 32)  # one row per training speaker, asv_model.n_out wide
+    assert not torch.equal(classes, after_one.meta["speaker_loss"]["weight"])  # it is trained
+    assert len(final.meta["optimizer"]["param_groups"]) == 3
+
+    resumed = load_checkpoint(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
+    assert torch.equal(resumed.meta["speaker_loss"]["weight"], classes)
+    reference = checkpoint_tensors(tmp_path / "straight" / "exp" / "run" / "weights" / "last.ckpt")
+    again = checkpoint_tensors(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
+    assert reference.keys() == again.keys()
+    for key, value in reference.items():
+        assert torch.equal(value, again[key]), key
+
+
+def test_the_speaker_loss_changes_what_the_asv_network_learns(corpus, tmp_path):
+    """Same seed and trials, weight 0 vs 0.5: only the added loss differs, so the ASV weights must."""
+    runs = {}
+    for weight in (0.0, 0.5):
+        config = write_config(tmp_path / f"w{weight}" / "run.conf", corpus, **{**RUN, "epoch": 1,
+                                                                                  "speaker_loss": {"weight": weight}})
+        result = run_main(config, tmp_path / f"w{weight}" / "exp")
+        assert result.returncode == 0, result.stderr
+        runs[weight] = load_checkpoint(tmp_path / f"w{weight}" / "exp" / "run" / "weights" / "last.ckpt")
+    assert "speaker_loss" not in runs[0.0].meta
+    differs = [key for key, value in runs[0.0].asv_state.items()
+               if value.is_floating_point() and not np.allclose(value, runs[0.5].asv_state[key])]
+    assert differs
