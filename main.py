@@ -44,7 +44,7 @@ def resume_run(trainer, experiment_dir: Path) -> Path | None:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    ensure_demo_corpus(config)
+    ensure_demo_corpus(config, progress=not args.no_progress)
     if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
         check_data_layout(config)
     device = resolve_device(config["device"])

@@ -58,7 +58,10 @@ A19    VC      filter         = A06
 
 Train and dev use A01-A06, eval A07-A19: A16 and A19 repeat A04 and A06, A12
 and A15 share A01's waveform model with other acoustic models, the others are
-unseen, as in ASVspoof 2019 LA.
+unseen, as in ASVspoof 2019 LA. One artefact is common to every system: a fixed
+per-system roll-off of the top band (8-18 dB above 5.8-7.2 kHz), so that, as on
+the real database, a countermeasure trained on the known attacks can detect
+unseen ones.
 
 Protocols follow the real database: CM lists ``SPK UTT - ATTACK KEY``; for dev
 and eval, enrolled speakers have bona fide and spoofed utterances, extra
@@ -96,7 +99,7 @@ FRAME = 512  # STFT frame (32 ms at 16 kHz)
 HOP = 128  # 75 % overlap: sqrt-Hann analysis x synthesis windows sum to 2
 COMPLETE_MARKER = "synthetic_corpus_complete.json"
 IN_PROGRESS_MARKER = "synthetic_corpus_in_progress.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: stronger speaker timbre, 48 training speakers, shared top-band roll-off
 PARTITIONS = ("train", "dev", "eval")
 _PARTITION_LETTER = {"train": "T", "dev": "D", "eval": "E"}
 _PROTOCOL_SUFFIX = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
@@ -141,13 +144,13 @@ class CorpusSpec:
 
     seed: int = 0
     sample_rate: int = 16000
-    n_train_speakers: int = 20
+    n_train_speakers: int = 48
     n_dev_speakers: int = 8  # enrolled: bona fide, spoofs, enrolment
     n_eval_speakers: int = 8
     n_dev_nontarget_speakers: int = 4  # bona fide only, zero-effort impostors
     n_eval_nontarget_speakers: int = 4
-    bonafide_per_speaker: int = 16
-    spoof_per_speaker_per_attack: int = 3
+    bonafide_per_speaker: int = 10
+    spoof_per_speaker_per_attack: int = 2
     enrollment_per_speaker: int = 4
     min_seconds: float = 1.0
     max_seconds: float = 3.0
@@ -235,11 +238,11 @@ def sample_voice(rng: np.random.Generator, gender: str, f0_quantile: float, scal
         formant_scale=float(scale_range[0] + (scale_range[1] - scale_range[0]) * scale_quantile),
         formant_warp=per_formant * np.exp(rng.normal(0.0, 0.06, (len(_TARGET_FORMANTS), 4))),
         bandwidth_scale=float(rng.uniform(0.7, 1.8)),
-        tilt_db_per_octave=float(rng.uniform(1.0, 5.0)),
-        peak_hz=float(rng.uniform(2500, 4800)),
-        peak_db=float(rng.uniform(4, 10)),
-        notch_hz=float(rng.uniform(900, 2600)),
-        notch_db=float(rng.uniform(4, 12)),
+        tilt_db_per_octave=float(rng.uniform(0.0, 7.0)),
+        peak_hz=float(rng.uniform(2200, 5200)),
+        peak_db=float(rng.uniform(6, 14)),
+        notch_hz=float(rng.uniform(800, 2800)),
+        notch_db=float(rng.uniform(6, 16)),
         open_quotient=float(rng.uniform(0.45, 0.75)),
         jitter=float(rng.uniform(0.003, 0.015)),
         shimmer=float(rng.uniform(0.02, 0.08)),
@@ -514,7 +517,7 @@ class Session:
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "Session":
-        return Session(float(rng.uniform(50, 120)), float(rng.normal(0, 0.5)),
+        return Session(float(rng.uniform(50, 120)), float(rng.normal(0, 0.3)),
                        float(rng.uniform(38, 52)), float(rng.uniform(-22, -16)))
 
     def log_response(self, freqs: np.ndarray) -> np.ndarray:
@@ -727,6 +730,23 @@ def _pitch_shift(signal: np.ndarray, ratio: float) -> np.ndarray:
     return resample(stretched, len(signal))
 
 
+# A16 and A19 are the same systems as A04 and A06 (as in ASVspoof 2019 LA).
+_SAME_SYSTEM = {"A16": "A04", "A19": "A06"}
+
+
+def _top_band_rolloff(signal: np.ndarray, seed: int, attack: str, sample_rate: int) -> np.ndarray:
+    """Every system under-produces the top band: a fixed per-system roll-off above 5.8-7.2 kHz.
+
+    This is the artefact shared by all attacks (real LA countermeasures find the highest
+    sub-band the most telling), so a CM trained on A01-A06 can detect the unseen systems.
+    """
+    system_rng = np.random.default_rng([seed, 11, int(_SAME_SYSTEM.get(attack, attack)[1:])])
+    cutoff_hz, depth_db = system_rng.uniform(5800, 7200), system_rng.uniform(8, 18)
+    freqs = _frequencies(sample_rate)
+    gain_db = -depth_db / (1.0 + np.exp(-(freqs - cutoff_hz) / 250.0))
+    return _istft(_stft(signal) * (10 ** (gain_db / 20))[None], len(signal))
+
+
 def _identity(signal: np.ndarray, context: dict, rng: np.random.Generator) -> np.ndarray:
     return signal
 
@@ -819,6 +839,7 @@ def _synthesise(job: _Job, voices: list[Voice], seed: int, sample_rate: int) -> 
     context.setdefault("plan", plan)
     context.update(f0=f0, voice_gain=plan.voice_gain)
     waveform = _WAVEFORM_GENERATORS[recipe.waveform](signal, context, rng, **options)
+    waveform = _top_band_rolloff(waveform, seed, job.attack, sample_rate)
     return _set_level(waveform, float(rng.uniform(-22, -16)))
 
 

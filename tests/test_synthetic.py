@@ -308,3 +308,21 @@ def test_speakers_are_verifiable_by_simple_features(corpus):
     is_target = np.array(is_target)
     assert equal_error_rate(is_target, np.array(f0_scores)) < 0.3  # chance: 0.5
     assert equal_error_rate(is_target, np.array(cosine_scores)) < 0.35
+
+
+def test_every_system_rolls_off_the_top_band_and_repeated_systems_share_it():
+    noise = np.random.default_rng(0).standard_normal(32000)
+
+    def band_db(signal, low, high):
+        spectrum = np.abs(np.fft.rfft(signal)) ** 2
+        freqs = np.fft.rfftfreq(len(signal), 1 / 16000)
+        return 10 * np.log10(spectrum[(freqs >= low) & (freqs < high)].mean())
+
+    outputs = {}
+    for attack in ATTACKS:
+        out = synthetic._top_band_rolloff(noise, 0, attack, 16000)
+        outputs[attack] = out
+        assert abs(band_db(out, 300, 4000) - band_db(noise, 300, 4000)) < 0.3, attack  # speech band kept
+        assert band_db(noise, 7600, 8000) - band_db(out, 7600, 8000) > 6.0, attack  # top band attenuated
+    assert np.array_equal(outputs["A16"], outputs["A04"]) and np.array_equal(outputs["A19"], outputs["A06"])
+    assert not np.array_equal(outputs["A07"], outputs["A08"])  # cut-off and depth differ between systems
