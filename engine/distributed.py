@@ -217,4 +217,5 @@ def launcher_prefix() -> list[str]:
     nodes = launched_world_size() // max(per_node, 1)
     if nodes == 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={per_node}"]
-    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}", "<your --node_rank/--rdzv_* options>"]
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}", "--rdzv_backend=c10d",
+            "--rdzv_endpoint=HOST:PORT"]

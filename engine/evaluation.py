@@ -6,6 +6,9 @@ embeddings and each speaker's enrollment embedding are computed once, then only
 the back-end runs per trial. `SASVScorer.score_per_trial` keeps the literal path
 for tests and benchmarks.
 
+Under torchrun each process embeds every N-th unique file and scores every N-th trial; the
+rows are gathered (engine.distributed.gather_shards), so every process ends with all scores.
+
 Robustness: out of GPU memory, a batch is split in halves (and the smaller size kept)
 until it fits; with on_bad_audio="skip" an unreadable file yields NaN embeddings and
 every trial that needs it is marked as skipped (`TrialScores`) instead of stopping.
