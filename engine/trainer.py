@@ -11,6 +11,9 @@ DataLoader draws its worker seeds from its own generator, so a run resumed from 
 checkpoint trains on the same batches with the same random numbers as one never stopped.
 `weights/last.ckpt` is written at the end of each epoch, every `checkpoint_interval_steps`
 steps, and on SIGINT/SIGTERM at the next batch boundary.
+
+Under torchrun (engine/distributed.py) every rank runs this loop on its share of each global
+batch and keeps the same state; rank 0 alone writes files and logs.
 """
 from __future__ import annotations
 
