@@ -1,6 +1,7 @@
 """Train a SASV system (ResNetSE34V2 + AASIST + fusion back-end, OC-softmax), or one sub-system, from a .conf file.
 
     python main.py --config configs/ResNetSE34V2_AASIST_OC.conf [--output_dir exp_result] [--device cuda]
+    torchrun --standalone --nproc_per_node=4 main.py --config ...   (system sasv: one process per GPU)
 """
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from engine import distributed
 from engine.asv_trainer import ASVTrainer
 from engine.builder import resolve_device
 from engine.cli import add_config_args, config_from_args, resume_command, run_cli
 from engine.cm_trainer import CMTrainer
+from engine.config import Config, ConfigError
 from engine.demo import ensure_demo_corpus
 from engine.experiment import check_data_layout
 from engine.trainer import Trainer, prepare_experiment_dir
@@ -31,9 +36,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def resume_run(trainer, experiment_dir: Path) -> Path | None:
-    """Restore the newest complete checkpoint; None when the run has none yet."""
+    """Restore the newest complete checkpoint; None when the run has none yet.
+
+    Under torchrun rank 0 chooses it and tidies the folder; the other ranks then read the same file.
+    """
     if hasattr(trainer, "resume_latest"):  # the SASV trainer also considers the best-k copies
-        return trainer.resume_latest()
+        chosen = trainer.resume_latest() if distributed.is_main() else None
+        chosen, best = distributed.broadcast_object((chosen, trainer.state.best))
+        if not distributed.is_main() and chosen is not None:
+            trainer.resume(chosen)
+            trainer.state.best = best  # rank 0 leaves out best-k copies it could not read
+        return chosen
     last = experiment_dir / "weights" / "last.ckpt"
     if not last.is_file():
         return None
@@ -44,19 +57,36 @@ def resume_run(trainer, experiment_dir: Path) -> Path | None:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    ensure_demo_corpus(config, progress=not args.no_progress)
+    if distributed.launched_world_size() > 1 and config["system"] != "sasv":
+        raise ConfigError(f"{config.source}: system {config['system']} trains in one process; under torchrun "
+                          f"with several processes only system sasv is supported")
+    with distributed.process_group(resolve_device(config["device"])) as device:
+        train(args, config, device)
+
+
+def train(args: argparse.Namespace, config: Config, device: torch.device) -> None:
+    """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
+    main_rank = distributed.is_main()
+    if main_rank:
+        ensure_demo_corpus(config, progress=not args.no_progress)
+    distributed.barrier()
     if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
         check_data_layout(config)
-    device = resolve_device(config["device"])
     experiment_dir = Path(args.output_dir) / Path(args.config).stem
-    prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
+    if main_rank:
+        prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
+    distributed.barrier()
     trainer = TRAINERS[config["system"]](config, experiment_dir, device, progress=not args.no_progress)
-    trainer.resume_hint = resume_command(sys.argv)  # printed when SIGINT/SIGTERM stops the run
+    # printed when SIGINT/SIGTERM stops the run
+    trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
     if args.resume:
         resumed = resume_run(trainer, experiment_dir)
-        print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed else
-              f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
+        if main_rank:
+            print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed
+                  else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
     summary = trainer.fit()
+    if not main_rank:
+        return
     if config["system"] != "sasv":
         print(f"done: {experiment_dir} | {trainer.summary_text(summary)}")
         return

@@ -5,13 +5,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from data.audio import AudioError
 from data.datasets import unwrap_worker_error
 from data.protocols import ProtocolError
+from engine import distributed
 from engine.builder import build_sasv_model, resolve_device
 from engine.config import Config, ConfigError, build_config, load_config
 from engine.evaluation import ScoringError
@@ -77,10 +78,12 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
     return model, loss, loaded
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that continues this run: the same arguments with --resume instead of --overwrite."""
+def resume_command(argv: list[str], launcher: Sequence[str] = ()) -> str:
+    """The command line that continues this run: the same arguments with --resume instead of --overwrite.
+
+    `launcher` replaces `python` (e.g. the torchrun options, see engine.distributed.launcher_prefix)."""
     kept = [arg for arg in argv[1:] if arg not in ("--overwrite", "--resume")]
-    return shlex.join(["python", argv[0], *kept, "--resume"])
+    return shlex.join([*(launcher or ["python"]), argv[0], *kept, "--resume"])
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
@@ -89,7 +92,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except RunInterrupted as interruption:
-        print(str(interruption), file=sys.stderr)
+        if distributed.is_main():  # under torchrun every rank stops at the same point; one message is enough
+            print(str(interruption), file=sys.stderr)
         sys.exit(interruption.exit_status)
     except USER_ERRORS as error:
         # Errors raised in DataLoader workers arrive wrapped in the worker's traceback.

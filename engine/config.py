@@ -41,7 +41,8 @@ SCHEMA: dict = _section(
                  "speaker model, see asv_train) or cm (AASIST countermeasure, see cm_train); asv and cm write "
                  "weights/best.ckpt, which asv_weight / aasist_weight accept", choices=("sasv", "asv", "cm")),
     seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
-    batch_size=Field(int, 20, "per optimisation step: training trials (sasv), speakers (asv; "
+    batch_size=Field(int, 20, "per optimisation step: training trials (sasv; under torchrun all processes "
+                              "together, batch_size / N each), speakers (asv; "
                               "asv_train.n_per_speaker utterances each) or utterances (cm)"),
     eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
     epoch=Field(int, 20, "number of training epochs"),

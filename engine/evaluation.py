@@ -6,6 +6,9 @@ embeddings and each speaker's enrollment embedding are computed once, then only
 the back-end runs per trial. `SASVScorer.score_per_trial` keeps the literal path
 for tests and benchmarks.
 
+Under torchrun each process embeds every N-th unique file and scores every N-th trial; the
+rows are gathered (engine.distributed.gather_shards), so every process ends with all scores.
+
 Robustness: out of GPU memory, a batch is split in halves (and the smaller size kept)
 until it fits; with on_bad_audio="skip" an unreadable file yields NaN embeddings and
 every trial that needs it is marked as skipped (`TrialScores`) instead of stopping.
@@ -26,6 +29,7 @@ from tqdm import tqdm
 from data.audio import load_waveform
 from data.datasets import WaveformDataset, iterate_batches, leave_signals_to_main_process
 from data.protocols import SASVTrial
+from engine import distributed
 from models.sasv import SASVModel
 
 Poll = Callable[[], None]  # called between batches; may raise to abort (e.g. on a signal)
@@ -132,12 +136,15 @@ def _loader(paths: list[Path], samples: int, batch_size: int, num_workers: int, 
 
 
 @torch.no_grad()
-def extract(paths: list[Path], samples: int, networks: dict[str, Callable[[torch.Tensor], torch.Tensor]], *,
+def extract(paths: list[Path], samples: int | None, networks: dict[str, Callable[[torch.Tensor], torch.Tensor]], *,
             device: torch.device, batch_size: int, num_workers: int = 0, amp: str = "off",
             sample_rate: int = 16000, resample: bool = False, desc: str = "embeddings",
             progress: bool = True, on_bad_audio: str = "error", bad_audio: dict[str, str] | None = None,
             poll: Poll | None = None) -> dict[str, torch.Tensor]:
     """Run each network in `networks` over every file once; returns name -> [len(paths), dim] on CPU.
+
+    Every file is cut or tiled to `samples`, so a batch never mixes lengths (enrollments and test
+    utterances are extracted in separate calls); `samples=None` embeds whole files one at a time.
 
     on_bad_audio="error" raises the file's AudioError; "skip" gives that file NaN rows and
     records `bad_audio[str(path)] = reason` (pass a dict to receive them).
@@ -145,6 +152,8 @@ def extract(paths: list[Path], samples: int, networks: dict[str, Callable[[torch
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in networks}
     if not paths:
         return {name: torch.empty(0) for name in networks}
+    if samples is None:  # whole files differ in length: one per batch, so that nothing is ever padded
+        batch_size = 1
     loader = _loader(paths, samples, batch_size, num_workers, sample_rate, resample, device.type == "cuda",
                      on_bad_audio)
     chunked = AdaptiveBatch(batch_size, device, desc)
@@ -191,10 +200,20 @@ class SASVScorer:
         self._bad_audio: dict[str, str] = {}  # filled by the current scoring call
 
     def _extract(self, paths: list[Path], samples: int, networks: dict, batch_size: int, desc: str) -> dict:
-        return extract(paths, samples, networks, device=self.device, batch_size=batch_size,
-                       num_workers=self.num_workers, amp=self.amp, sample_rate=self.sample_rate,
-                       resample=self.resample, desc=desc, progress=self.progress, on_bad_audio=self.on_bad_audio,
-                       bad_audio=self._bad_audio, poll=self.poll)
+        """`extract`; under torchrun each rank embeds its share of `paths` and every rank gets all rows."""
+        def embed_share(share: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+            bad_audio: dict[str, str] = {}
+            rows = extract([paths[i] for i in share], samples, networks, device=self.device, batch_size=batch_size,
+                           num_workers=self.num_workers, amp=self.amp, sample_rate=self.sample_rate,
+                           resample=self.resample, desc=desc, progress=self.progress,
+                           on_bad_audio=self.on_bad_audio, bad_audio=bad_audio, poll=self.poll)
+            return rows, bad_audio
+
+        pieces = distributed.gather_shards(len(paths), embed_share)
+        for _, (_, bad_audio) in pieces:
+            self._bad_audio.update(bad_audio)
+        return {name: distributed.assemble_rows([(share, rows[name]) for share, (rows, _) in pieces])
+                for name in networks}
 
     def _cached_extract(self, paths: list[Path], samples: int, networks: dict, batch_size: int, desc: str,
                         cache: dict | None, bad_cache: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
@@ -253,8 +272,10 @@ class SASVScorer:
         """Scores plus which trials were skipped because their enrollment or test audio was bad."""
         self._bad_audio = {}
         speaker_index, enrollment, utterance_index, test_asv, test_cm = self.embeddings(inputs, cache)
-        scores = self.score_from_embeddings(inputs.trials, speaker_index, enrollment, utterance_index,
-                                            test_asv, test_cm, backend_batch)
+        trials = inputs.trials
+        pieces = distributed.gather_shards(len(trials), lambda share: self.score_from_embeddings(
+            [trials[i] for i in share], speaker_index, enrollment, utterance_index, test_asv, test_cm, backend_batch))
+        scores = distributed.assemble_rows(pieces)
         bad = set(self._bad_audio)
         skipped = np.array([str(inputs.enrollment_paths[t.speaker]) in bad or str(inputs.test_path(t.utterance)) in bad
                             for t in inputs.trials], dtype=bool)

@@ -3,7 +3,9 @@
 Inside `StopRequest`, the first signal only records itself; the training loop polls
 `stop.requested` at batch boundaries, saves a resumable checkpoint and raises
 `RunInterrupted`. A second signal aborts at once (KeyboardInterrupt); files are written
-atomically, so the last checkpoint stays intact either way.
+atomically, so the last checkpoint stays intact either way. With `second_aborts=False` (under
+torchrun, which forwards a signal that the workers may also have received directly, and kills
+them itself after its shutdown timeout) later signals are ignored.
 """
 from __future__ import annotations
 
@@ -36,12 +38,15 @@ def signal_name(signum: int) -> str:
 class StopRequest:
     """Context manager that turns SIGINT/SIGTERM into a flag (only in the main thread; elsewhere a no-op)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, second_aborts: bool = True) -> None:
         self.requested: int | None = None
+        self.second_aborts = second_aborts
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.requested is not None:
+            if not self.second_aborts:
+                return
             raise KeyboardInterrupt(f"second {signal_name(signum)}: stopping without saving")
         self.requested = signum
 

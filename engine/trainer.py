@@ -11,6 +11,9 @@ DataLoader draws its worker seeds from its own generator, so a run resumed from 
 checkpoint trains on the same batches with the same random numbers as one never stopped.
 `weights/last.ckpt` is written at the end of each epoch, every `checkpoint_interval_steps`
 steps, and on SIGINT/SIGTERM at the next batch boundary.
+
+Under torchrun (engine/distributed.py) every rank runs this loop on its share of each global
+batch and keeps the same state; rank 0 alone writes files and logs.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from tqdm import tqdm
 
 from data.datasets import (EpochSampler, TrainTrialDataset, iterate_batches, leave_signals_to_main_process,
                            partition_audio_dir)
+from engine import distributed
 from engine.builder import build_sasv_model
 from engine.config import SCHEMA, Config, ConfigError, Field
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores, autocast_context
@@ -175,23 +179,58 @@ def config_changes(stored: dict, current: dict) -> list[str]:
     return changed
 
 
+class TrainingForward(torch.nn.Module):
+    """(enrollment waves, test waves, labels, speakers) -> OC-softmax loss (+ speaker_loss): the module that DDP
+    wraps under torchrun, so that the OC centre's gradient is averaged over the ranks with the networks'."""
+
+    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, device: torch.device, amp: str, *,
+                 speaker_loss: torch.nn.Module | None = None, speaker_weight: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.speaker_loss = speaker_loss
+        self.speaker_weight = speaker_weight
+        self.device = device
+        self.amp = amp
+
+    def forward(self, enrollment: torch.Tensor, test: torch.Tensor, labels: torch.Tensor,
+                speakers: torch.Tensor) -> torch.Tensor:
+        """`speakers` [B, 2]: class indices of the enrollment and test speakers (-1: spoof), for speaker_loss."""
+        with autocast_context(self.device, self.amp):
+            if self.speaker_loss is None:
+                feats = self.model(enrollment, test)
+            else:
+                feats, asv_enrollment, asv_test = self.model(enrollment, test, return_asv_embeddings=True)
+        loss, _ = self.loss(feats.float(), labels)
+        if self.speaker_loss is not None:
+            loss = loss + self.speaker_weight * speaker_classification_loss(
+                self.speaker_loss, torch.cat([asv_enrollment, asv_test]).float(), speakers.t().reshape(-1))
+        return loss
+
+
 class Trainer:
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         self.config = config
         self.dir = experiment_dir
         self.device = device
-        self.progress = progress
+        self.is_main = distributed.is_main()  # under torchrun only rank 0 writes files, logs and shows progress
+        self.progress = progress = progress and self.is_main
         self.amp = resolve_amp(config["amp"], device)
         seed_everything(config["seed"])
         self.model, self.loss = build_sasv_model(config)
         self.model.to(device)
         self.loss.to(device)
         self.speaker_loss = build_speaker_loss(config)
+        if self.speaker_loss is not None:
+            self.speaker_loss.to(device)
+        forward = TrainingForward(self.model, self.loss, device, self.amp, speaker_loss=self.speaker_loss,
+                                  speaker_weight=config["speaker_loss"]["weight"])
+        self.train_forward = distributed.wrap_for_training(forward, device)
+        distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
         groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
                   {"params": list(self.loss.parameters()), "name": "oc_center"}]
         if self.speaker_loss is not None:
-            self.speaker_loss.to(device)
             groups.append({"params": list(self.speaker_loss.parameters()), "name": "speaker_loss"})
         self.optimizer = torch.optim.Adam(groups, lr=optim["lr"], weight_decay=optim["wd"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=optim["gamma"])
@@ -202,7 +241,9 @@ class Trainer:
                                  num_workers=config["loader"]["n_workers"], amp="off",
                                  sample_rate=config["sample_rate"], resample=config["resample"], progress=progress,
                                  on_bad_audio=config["on_bad_audio"])
-        self.stop = StopRequest()
+        # Under torchrun a second signal is ignored: torchrun forwards the scheduler's signal that the workers
+        # may also get directly, and kills them itself after its --shutdown-timeout.
+        self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
         self._saved: TrainState | None = None  # state of the newest resumable checkpoint written or read
         self._clock = time.time()
@@ -217,18 +258,22 @@ class Trainer:
                                     sample_rate=config["sample_rate"], resample=config["resample"],
                                     audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"],
                                     speaker_index=speaker_index)
-        epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
+        trials = config["trials_per_epoch"] or n_utterances
+        if trials < config["batch_size"]:
+            raise TrainingError(f"{config.source}: trials_per_epoch ({trials}) is smaller than "
+                                f"batch_size ({config['batch_size']}); no training step would run")
+        # Whole global batches only (the last partial one is dropped), each rank every world_size-th trial.
+        epoch_sampler = EpochSampler(trials - trials % config["batch_size"], rank=distributed.rank(),
+                                     world_size=distributed.world_size())
+        rank_batch = distributed.per_rank_batch(config["batch_size"], config.source)
         workers = config["loader"]["n_workers"]
         # Its own generator: creating a loader iterator must not consume the global torch RNG
         # (dropout), or a resumed run would draw different random numbers.
-        loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=epoch_sampler, drop_last=True,
+        loader = DataLoader(dataset, batch_size=rank_batch, sampler=epoch_sampler, drop_last=True,
                             num_workers=workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=workers > 0,
                             worker_init_fn=leave_signals_to_main_process if workers else None,
                             generator=torch.Generator().manual_seed(config["seed"]))
-        if epoch_sampler.epoch_length < config["batch_size"]:
-            raise TrainingError(f"{config.source}: trials_per_epoch ({epoch_sampler.epoch_length}) is smaller than "
-                                f"batch_size ({config['batch_size']}); no training step would run")
         return loader, epoch_sampler
 
     # --------------------------------------------------------------- checkpoints
@@ -245,6 +290,8 @@ class Trainer:
         }
 
     def save(self, path: Path) -> None:
+        if not self.is_main:
+            return
         extra = self._extra_state()
         if self.speaker_loss is not None:
             extra["speaker_loss"] = self.speaker_loss.state_dict()
@@ -307,6 +354,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
         _set_numpy_state(extra["numpy_rng"])
         _set_python_state(extra["python_rng"])
+        distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
 
@@ -376,7 +424,7 @@ class Trainer:
 
     def train_epoch(self, loader: DataLoader, epoch_sampler: EpochSampler, epoch: int) -> None:
         """Train on epoch `epoch` from batch `self.state.batch` on (0 unless resumed mid-epoch)."""
-        batch_size = self.config["batch_size"]
+        batch_size = loader.batch_size  # this rank's share of the step's batch_size trials
         n_batches = epoch_sampler.epoch_length // batch_size
         if self.state.batch >= n_batches:
             return  # trained before a restart; only the validation is pending
@@ -397,18 +445,23 @@ class Trainer:
                         raise
                     # The signal also ended the DataLoader workers (fetching then fails in various ways:
                     # worker gone, shared-memory handle lost); nothing of this batch was used yet.
+                    batch = None
+                # Checked before the step, so that all ranks stop at the same batch (a collective under torchrun).
+                signum = distributed.agreed_signal(self.stop.requested)
+                if signum is not None:
                     bar.close()
-                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
                 stepped = self._train_step(*batch, epoch=epoch, n_batches=n_batches)
                 self.state.batch += 1
                 bar.update()
                 if self.state.loss_count:
                     bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
-                if self.stop.requested is not None:
-                    bar.close()
-                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
-                elif stepped and interval and self.state.step % interval == 0:
+                if stepped and interval and self.state.step % interval == 0:
                     self.save_resumable()
+            signum = distributed.agreed_signal(self.stop.requested)
+            if signum is not None:  # during the last batch: the training is saved, validation pending
+                bar.close()
+                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
 
     def _loss_parameters(self) -> list[torch.nn.Parameter]:
         extra = list(self.speaker_loss.parameters()) if self.speaker_loss is not None else []
@@ -417,43 +470,37 @@ class Trainer:
     def _train_step(self, enrollment: torch.Tensor, test: torch.Tensor, labels: torch.Tensor, redraws: torch.Tensor,
                     speakers: torch.Tensor, *, epoch: int, n_batches: int) -> bool:
         """One batch: forward, loss, and an optimisation step unless the loss is not finite (then False)."""
-        self.state.redrawn_trials += int(redraws.sum())
         enrollment = enrollment.to(self.device, non_blocking=True)
         test = test.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        with autocast_context(self.device, self.amp):
-            if self.speaker_loss is None:
-                feats = self.model(enrollment, test)
-            else:
-                feats, asv_enrollment, asv_test = self.model(enrollment, test, return_asv_embeddings=True)
-        loss, _ = self.loss(feats.float(), labels)
-        if self.speaker_loss is not None:
-            loss = loss + self.config["speaker_loss"]["weight"] * speaker_classification_loss(
-                self.speaker_loss, torch.cat([asv_enrollment, asv_test]).float(),
-                speakers.to(self.device).t().reshape(-1))
-        if bool(torch.isfinite(loss)):
+        loss = self.train_forward(enrollment, test, labels, speakers.to(self.device, non_blocking=True))
+        # Totals over the ranks, so that every rank keeps the same state and takes the same decision.
+        step_loss, redrawn = distributed.sum_over_ranks(loss.detach() / distributed.world_size(), redraws.sum())
+        self.state.redrawn_trials += int(redrawn)
+        if bool(torch.isfinite(step_loss)):
             self._optimise(loss)
-            self.state.loss_sum += loss.item()
+            self.state.loss_sum += step_loss.item()
             self.state.loss_count += 1
             return True
         where = f"epoch {epoch + 1}, batch {self.state.batch + 1}/{n_batches}"
         if self.config["nonfinite_loss"] == "skip":
             self.optimizer.zero_grad(set_to_none=True)
             self.state.skipped_batches += 1
-            self._warn(f"warning: non-finite training loss ({loss.item()}) at {where}; batch left out "
+            self._warn(f"warning: non-finite training loss ({step_loss.item()}) at {where}; batch left out "
                        f"(nonfinite_loss: skip)")
             return False
-        raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
+        raise TrainingError(f"non-finite training loss ({step_loss.item()}) at epoch {epoch + 1}, step "
                             f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
                             f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
 
-    def _interrupted(self, where: str, cause: RunInterrupted | None = None) -> None:
-        signum = cause.signum if cause is not None else self.stop.requested
+    def _interrupted(self, where: str, signum: int) -> None:
         path = self.save_resumable()
+        distributed.barrier()  # the others wait for rank 0's checkpoint: torchrun ends them all once one exits
         raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
                              f"{path}; resume with: {self.resume_hint}", signum)
 
     def evaluate(self, inputs: ScoringInputs) -> TrialScores:
+        distributed.broadcast_states(self.model, self.loss)  # every rank scores its share with rank 0's weights
         cache = self.embedding_cache if not (self.model.train_asv and self.model.train_cm) else None
         return self.scorer.score_trials(inputs, cache=cache)
 
@@ -463,7 +510,8 @@ class Trainer:
             self.scorer.poll = lambda: self.stop.check("scoring")
             loader, epoch_sampler = self._train_loader()
             dev_inputs = scoring_inputs(config, "dev")
-            (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                (self.dir / "weights").mkdir(parents=True, exist_ok=True)
             self._clock = time.time()
             for epoch in range(self.state.epoch, config["epoch"]):
                 self.train_epoch(loader, epoch_sampler, epoch)
@@ -485,7 +533,8 @@ class Trainer:
             try:
                 result = self.evaluate(dev_inputs)
             except RunInterrupted as interruption:
-                self._interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)", interruption)
+                self._interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)",
+                                  interruption.signum)
             try:
                 dev = score_metrics(result.scores, [t.key for t in dev_inputs.trials], result.skipped)
             except ScoringError as error:
@@ -494,7 +543,8 @@ class Trainer:
                 raise TrainingError(f"{error} after epoch {epoch + 1}, in which {state.skipped_batches} of "
                                     f"{state.batch} batches had a non-finite loss: training has diverged. "
                                     f"{self._last_good()}") from None
-            write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, result.scores)
+            if self.is_main:
+                write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, result.scores)
             row.update({f"dev_{name}": value for name, value in dev.items()})
             row["dev_skipped_trials"] = result.n_skipped
             if result.n_skipped:
@@ -517,18 +567,22 @@ class Trainer:
             state.best, dropped = ranked[:config["save_top_k"]], ranked[config["save_top_k"]:]
             if entry in state.best:
                 self.save_resumable(self.dir / entry["path"])
-                result_io.atomic_copy(self.dir / entry["path"], self.dir / "weights" / "last.ckpt")
+                if self.is_main:
+                    result_io.atomic_copy(self.dir / entry["path"], self.dir / "weights" / "last.ckpt")
         if not any(entry["epoch"] == epoch + 1 for entry in state.best):
             self.save_resumable()
-        for old in dropped:
-            (self.dir / old["path"]).unlink(missing_ok=True)
-        result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, state.metrics)
+        if self.is_main:
+            for old in dropped:
+                (self.dir / old["path"]).unlink(missing_ok=True)
+            result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, state.metrics)
 
     def test(self) -> dict:
         """Score the eval trials with the best dev checkpoint (or the last one when none was validated)."""
         best = self.state.best[0] if self.state.best else None
         path = self.dir / best["path"] if best else self.dir / "weights" / "last.ckpt"
-        load_sasv_weights(self.model, self.loss, path)
+        if self.is_main:  # under torchrun rank 0 reads it and the others get its weights
+            load_sasv_weights(self.model, self.loss, path)
+        distributed.broadcast_states(self.model, self.loss)
         self.embedding_cache = EmbeddingCache()
         inputs = scoring_inputs(self.config, "eval")
         try:
@@ -536,24 +590,28 @@ class Trainer:
         except RunInterrupted as interruption:
             raise RunInterrupted(f"{interruption} of the eval trials; training is complete and saved; score them "
                                  f"with: {self.resume_hint}", interruption.signum) from None
-        write_trial_scores(self.dir / "scores" / "eval.txt", inputs, result.scores)
+        if self.is_main:
+            write_trial_scores(self.dir / "scores" / "eval.txt", inputs, result.scores)
         metrics = score_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if result.n_skipped:
             self._warn(skipped_summary(result, "eval"))
         summary = {**metrics, "checkpoint": str(path.relative_to(self.dir)), "n_trials": len(inputs.trials),
                    "n_skipped_trials": result.n_skipped, "skipped_audio": dict(sorted(result.bad_audio.items())),
                    "epoch": best["epoch"] if best else self.state.epoch}
-        result_io.write_json(self.dir / "metrics_eval.json", summary)
+        if self.is_main:
+            result_io.write_json(self.dir / "metrics_eval.json", summary)
         self._log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
                   f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
                   f"min a-DCF {metrics['min_a_dcf']:.4f}")
         return summary
 
     def _log(self, message: str) -> None:
-        tqdm.write(message)
+        if self.is_main:
+            tqdm.write(message)
 
     def _warn(self, message: str) -> None:
-        tqdm.write(message, file=sys.stderr)
+        if self.is_main:
+            tqdm.write(message, file=sys.stderr)
 
 
 def _numpy_state() -> list:

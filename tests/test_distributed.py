@@ -1,0 +1,191 @@
+"""torchrun: 2 gloo processes train the tiny system; rank 0 writes every output once; the gathered dev and
+eval scores equal single-process scoring of the same weights; SIGTERM saves and --resume goes on.
+Plus the pieces: disjoint per-rank trial shares covering the global batches, and shard reassembly."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from data.datasets import EpochSampler
+from data.protocols import read_sasv_trials
+from engine import distributed
+from engine.builder import build_sasv_model
+from engine.config import ConfigError, load_config
+from engine.evaluation import SASVScorer, extract
+from engine.experiment import scoring_inputs
+from models.checkpoint import load_checkpoint, load_sasv_weights
+from tiny_run import REPO, QUIET_ENV, tiny_corpus, write_config
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+# ----------------------------------------------------------------------------- pieces, one process
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_rank_shares_are_disjoint_and_each_step_holds_the_single_process_batch(world):
+    batch, trials = 12, 50  # 4 whole global batches; the last 2 trials are dropped, as with one process
+    used = trials - trials % batch
+    shares = [list(EpochSampler(used, rank=r, world_size=world)) for r in range(world)]
+    items = [item for share in shares for item in share]
+    assert len(items) == len(set(items)) == used and {index for _, index in items} == set(range(used))
+    rank_batch = batch // world
+    assert {len(share) for share in shares} == {used // world}  # every rank runs the same number of steps
+    for step in range(used // batch):
+        step_items = {index for share in shares for _, index in share[step * rank_batch:(step + 1) * rank_batch]}
+        assert step_items == set(range(step * batch, (step + 1) * batch))
+    # Resumed after 2 steps: each rank continues with exactly the trials no rank trained on yet.
+    resumed = []
+    for r in range(world):
+        sampler = EpochSampler(used, rank=r, world_size=world)
+        sampler.set_epoch(3, start=2 * rank_batch)
+        resumed += list(sampler)
+    assert sorted(index for _, index in resumed) == list(range(2 * batch, used))
+    assert {epoch for epoch, _ in resumed} == {3}
+
+
+def test_one_process_runs_the_whole_share_and_keeps_its_rows():
+    calls = []
+    pieces = distributed.gather_shards(5, lambda share: calls.append(share) or torch.arange(len(share)))
+    assert calls == [[0, 1, 2, 3, 4]]
+    assert distributed.assemble_rows(pieces) is pieces[0][1]  # no copy, no reordering
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_shards_are_put_back_in_item_order(kind):
+    rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    shares = [[0, 3, 6], [1, 4], [2, 5], []]  # a rank may get no item at all
+    convert = torch.from_numpy if kind == "tensor" else np.asarray
+    pieces = [(share, convert(rows[share]) if share else convert(np.empty(0, dtype=np.float32)))
+              for share in shares]
+    assembled = distributed.assemble_rows(pieces)
+    assert type(assembled) is type(pieces[0][1])
+    np.testing.assert_array_equal(np.asarray(assembled), rows)
+
+
+def test_batch_size_is_global_and_must_split_evenly(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    assert distributed.per_rank_batch(20, "x.conf") == 5
+    with pytest.raises(ConfigError, match=r"x.conf: batch_size \(18\) .* over all 4 processes .* multiple of 4"):
+        distributed.per_rank_batch(18, "x.conf")
+
+
+def test_whole_files_of_different_lengths_are_embedded_unpadded(tmp_path_factory):
+    corpus = tiny_corpus(tmp_path_factory)
+    paths = sorted((corpus / "enr_audio" / "dev").glob("*.flac"))[:2] + \
+        sorted((corpus / "LA" / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))[:3]
+    length = lambda wave: wave.new_full((len(wave), 1), wave.shape[-1])  # noqa: E731 - a "network": input length
+    rows = extract(paths, None, {"length": length}, device=torch.device("cpu"), batch_size=4, progress=False)
+    assert rows["length"][:, 0].tolist() == [soundfile.info(str(path)).frames for path in paths]
+    assert len(set(rows["length"][:, 0].tolist())) > 1
+
+
+# ----------------------------------------------------------------------------- torchrun, 2 processes
+def torchrun(config: Path, output_dir: Path, *extra: str, progress: bool = False, **options):
+    command = [*TORCHRUN, str(REPO / "main.py"), "--config", str(config), "--output_dir", str(output_dir),
+               *([] if progress else ["--no_progress"]), *extra]
+    environment = {**os.environ, **QUIET_ENV}
+    if progress:
+        del environment["TQDM_DISABLE"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=output_dir.parent, env=environment, **options)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def score_file(path: Path) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [tuple(row[:3]) for row in rows], np.array([float(row[3]) for row in rows])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return tiny_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ddp")
+    config = write_config(work / "tiny.conf", corpus)  # 2 epochs of 3 steps of batch 8 (4 per process)
+    status, out, err = finish(torchrun(config, work / "exp"))
+    assert status == 0, out + err
+    return config, work / "exp" / "tiny", out
+
+
+def test_two_processes_write_every_output_once(two_process_run, corpus):
+    config, run, out = two_process_run
+    assert out.count("done: ") == 1 and out.count("epoch 1: loss") == 1 and out.count("eval (") == 1  # rank 0 only
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["step"]) for row in rows] == [("1", "3"), ("2", "6")]  # steps of the global batch
+    assert all(np.isfinite(float(row["train_loss"])) for row in rows)
+    best_k = [path.name for path in (run / "weights").glob("epoch=*.ckpt")]
+    assert len(best_k) == 1 and sorted(path.name for path in (run / "weights").iterdir()) == [*best_k, "last.ckpt"]
+    assert sorted(path.name for path in (run / "scores").iterdir()) == \
+        ["dev_epoch_001.txt", "dev_epoch_002.txt", "eval.txt"]
+    summary = json.loads((run / "metrics_eval.json").read_text())
+    assert summary["n_trials"] == len(read_sasv_trials(corpus / "protocols" / "ASVspoof2019.LA.asv.eval.gi.trl.txt"))
+    assert (run / "config.conf").read_text() == config.read_text()
+    assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
+
+
+@pytest.mark.parametrize("partition, scores, weights", [("dev", "dev_epoch_002.txt", "last.ckpt"),
+                                                        ("eval", "eval.txt", "epoch=*.ckpt")])
+def test_gathered_scores_equal_single_process_scoring(two_process_run, partition, scores, weights):
+    """Each trial once, in protocol order, with the score one process gives the same weights."""
+    config_path, run, _ = two_process_run
+    config = load_config(config_path)
+    model, loss = build_sasv_model(config, load_weights=False)
+    load_sasv_weights(model, loss, next((run / "weights").glob(weights)))
+    inputs = scoring_inputs(config, partition)
+    expected = SASVScorer(model, loss, torch.device("cpu"), batch_size=16, progress=False).score(inputs)
+    trials, gathered = score_file(run / "scores" / scores)
+    assert trials == [(t.speaker, t.utterance, t.key) for t in inputs.trials]
+    np.testing.assert_allclose(gathered, expected, atol=1e-5, rtol=0)
+    assert np.abs(gathered - np.roll(expected, 1)).max() > 1e-3  # the tolerance tells trials apart
+
+
+def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(corpus, tmp_path):
+    """Frozen ASV and CM (the _fixed configs): only the back-end is trained through DDP."""
+    config = write_config(tmp_path / "run.conf", corpus, model_arch="ResNetSE34V2_AASIST_OC_fixed",
+                          trials_per_epoch=48, loader={"n_workers": 1})  # 6 steps per epoch
+    process = torchrun(config, tmp_path / "exp", progress=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not re.search(r"\| [1-4]/6 \[", "".join(seen)):
+        time.sleep(0.02)
+    assert process.poll() is None, "".join(seen)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    text = "".join(seen).replace("\r", "\n")
+    assert process.returncode != 0
+    messages = [line for line in text.splitlines() if line.startswith("interrupted by SIGTERM")]
+    assert len(messages) == 1, text  # rank 0 alone prints it
+    last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
+    assert f"saved {last}" in messages[0] and "torchrun --standalone --nproc_per_node=2" in messages[0]
+    meta = load_checkpoint(last).meta
+    assert meta["epoch"] == 0 and 0 < meta["batch"] <= 6 and meta["step"] == meta["batch"]
+
+    status, out, err = finish(torchrun(config, tmp_path / "exp", "--resume"))
+    assert status == 0, out + err
+    assert out.count(f"resumed from {last} (epoch 0, step {meta['step']})") == 1
+    with open(tmp_path / "exp" / "run" / "metrics.csv") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["6", "12"]
+    assert (tmp_path / "exp" / "run" / "metrics_eval.json").is_file()
