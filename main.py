@@ -35,23 +35,20 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def resume_run(trainer, experiment_dir: Path) -> Path | None:
+def resume_run(trainer: Trainer | ASVTrainer | CMTrainer) -> Path | None:
     """Restore the newest complete checkpoint; None when the run has none yet.
 
-    Under torchrun rank 0 chooses it and tidies the folder; the other ranks then read the same file.
+    Under torchrun (system sasv only) rank 0 chooses it and tidies the folder; the other ranks
+    then read the same file.
     """
-    if hasattr(trainer, "resume_latest"):  # the SASV trainer also considers the best-k copies
-        chosen = trainer.resume_latest() if distributed.is_main() else None
-        chosen, best = distributed.broadcast_object((chosen, trainer.state.best))
-        if not distributed.is_main() and chosen is not None:
-            trainer.resume(chosen)
-            trainer.state.best = best  # rank 0 leaves out best-k copies it could not read
-        return chosen
-    last = experiment_dir / "weights" / "last.ckpt"
-    if not last.is_file():
-        return None
-    trainer.resume(last)
-    return last
+    if distributed.world_size() == 1:
+        return trainer.resume_latest()
+    chosen = trainer.resume_latest() if distributed.is_main() else None
+    chosen, best = distributed.broadcast_object((chosen, trainer.state.best))
+    if not distributed.is_main() and chosen is not None:
+        trainer.resume(chosen)
+        trainer.state.best = best  # rank 0 leaves out best-k copies it could not read
+    return chosen
 
 
 def main() -> None:
@@ -80,7 +77,7 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     # printed when SIGINT/SIGTERM stops the run
     trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
     if args.resume:
-        resumed = resume_run(trainer, experiment_dir)
+        resumed = resume_run(trainer)
         if main_rank:
             print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed
                   else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")

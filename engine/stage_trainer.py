@@ -152,6 +152,14 @@ class StageTrainer:
         """Keys that resuming may not change even though the SASV trainer lets them (e.g. a schedule's length)."""
         return ()
 
+    def resume_latest(self) -> Path | None:
+        """Restore weights/last.ckpt (written at every epoch end); None when the run has none yet."""
+        last = self.dir / "weights" / "last.ckpt"
+        if not last.is_file():
+            return None
+        self.resume(last)
+        return last
+
     def resume(self, path: Path) -> None:
         checkpoint = self.load_weights(path)
         extra = checkpoint.meta
