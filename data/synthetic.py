@@ -59,7 +59,7 @@ A19    VC      filter         = A06
 Train and dev use A01-A06, eval A07-A19: A16 and A19 repeat A04 and A06, A12
 and A15 share A01's waveform model with other acoustic models, the others are
 unseen, as in ASVspoof 2019 LA. One artefact is common to every system: a fixed
-per-system roll-off of the top band (8-18 dB above 5.8-7.2 kHz), so that, as on
+per-system roll-off of the top band (12-24 dB above 5.8-7.2 kHz), so that, as on
 the real database, a countermeasure trained on the known attacks can detect
 unseen ones.
 
@@ -99,7 +99,7 @@ FRAME = 512  # STFT frame (32 ms at 16 kHz)
 HOP = 128  # 75 % overlap: sqrt-Hann analysis x synthesis windows sum to 2
 COMPLETE_MARKER = "synthetic_corpus_complete.json"
 IN_PROGRESS_MARKER = "synthetic_corpus_in_progress.json"
-FORMAT_VERSION = 2  # 2: stronger speaker timbre, 48 training speakers, shared top-band roll-off
+FORMAT_VERSION = 3  # 2: stronger speaker timbre, 48 training speakers, top-band roll-off; 3: deeper roll-off
 PARTITIONS = ("train", "dev", "eval")
 _PARTITION_LETTER = {"train": "T", "dev": "D", "eval": "E"}
 _PROTOCOL_SUFFIX = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
@@ -735,13 +735,13 @@ _SAME_SYSTEM = {"A16": "A04", "A19": "A06"}
 
 
 def _top_band_rolloff(signal: np.ndarray, seed: int, attack: str, sample_rate: int) -> np.ndarray:
-    """Every system under-produces the top band: a fixed per-system roll-off above 5.8-7.2 kHz.
+    """Every system under-produces the top band: a fixed per-system roll-off (12-24 dB) above 5.8-7.2 kHz.
 
     This is the artefact shared by all attacks (real LA countermeasures find the highest
     sub-band the most telling), so a CM trained on A01-A06 can detect the unseen systems.
     """
     system_rng = np.random.default_rng([seed, 11, int(_SAME_SYSTEM.get(attack, attack)[1:])])
-    cutoff_hz, depth_db = system_rng.uniform(5800, 7200), system_rng.uniform(8, 18)
+    cutoff_hz, depth_db = system_rng.uniform(5800, 7200), system_rng.uniform(12, 24)
     freqs = _frequencies(sample_rate)
     gain_db = -depth_db / (1.0 + np.exp(-(freqs - cutoff_hz) / 250.0))
     return _istft(_stft(signal) * (10 ** (gain_db / 20))[None], len(signal))
