@@ -77,6 +77,11 @@ class TrialSampler:
         enrolled = others[rng.integers(len(others))]
         return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._spoof[attacker], rng), 1, kind)
 
+    def utterances(self) -> list[str]:
+        """Every utterance that `draw` can return, as enrollment or test, sorted."""
+        pools = [*self._bonafide.values(), *self._spoof.values(), *self._spoof_owner_bona.values()]
+        return sorted({utterance for pool in pools for utterance in pool})
+
     @staticmethod
     def _pick(items: list[str], rng: np.random.Generator) -> str:
         return items[rng.integers(len(items))]

@@ -29,12 +29,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import (EpochSampler, TrainTrialDataset, iterate_batches, leave_signals_to_main_process,
-                           partition_audio_dir)
-from engine.builder import build_sasv_model
+from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
+from engine.builder import apply_kernel_options, build_sasv_model
 from engine.config import SCHEMA, Config, ConfigError, Field
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores, autocast_context
 from engine.experiment import scoring_inputs, training_sampler
+from engine.frozen_cache import training_inputs
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
@@ -48,7 +48,7 @@ _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 # Keys that may differ between a run and its resumption without changing what is trained.
 RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
                      "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
-                     "dirs.enrollment_dir", "demo_corpus")
+                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
 
 
 class TrainingError(RuntimeError):
@@ -166,6 +166,8 @@ class Trainer:
         self.model, self.loss = build_sasv_model(config)
         self.model.to(device)
         self.loss.to(device)
+        apply_kernel_options(self.model, device, compile=config["compile"])
+        self._forward = self.model  # (enrollment, test) batch -> back-end features; set by _train_loader
         optim = config["optim"]
         self.optimizer = torch.optim.Adam(
             [{"params": list(self.model.trainable_parameters()), "name": "model"},
@@ -188,12 +190,11 @@ class Trainer:
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
         config = self.config
         sampler, n_utterances = training_sampler(config)
-        dataset = TrainTrialDataset(sampler, partition_audio_dir(config["dirs"]["database"], "train"),
-                                    samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
-                                    sample_rate=config["sample_rate"], resample=config["resample"],
-                                    audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"])
+        # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
+        inputs = training_inputs(config, self.model, sampler, device=self.device, amp=self.amp,
+                                 experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn)
+        dataset, self._forward, workers = inputs.dataset, inputs.forward, inputs.num_workers
         epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
-        workers = config["loader"]["n_workers"]
         # Its own generator: creating a loader iterator must not consume the global torch RNG
         # (dropout), or a resumed run would draw different random numbers.
         loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=epoch_sampler, drop_last=True,
@@ -389,7 +390,7 @@ class Trainer:
         test = test.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.amp):
-            feats = self.model(enrollment, test)
+            feats = self._forward(enrollment, test)
         loss, _ = self.loss(feats.float(), labels)
         if bool(torch.isfinite(loss)):
             self._optimise(loss)
