@@ -41,6 +41,7 @@ from models.sasv import SASVModel
 
 CACHE_VERSION = 1
 DEFAULT_FOLDER = "frozen_embeddings"  # under the experiment folder when dirs.embedding is not set
+SAVE_EVERY = 2048  # utterances embedded between two saves of the cache file
 
 Log = Callable[[str], None]
 Fingerprint = tuple[int, int] | None  # (size, mtime_ns) of an audio file; None when it cannot be read
@@ -101,6 +102,7 @@ class EmbeddingTable:
 
     @classmethod
     def concatenate(cls, parts: list["EmbeddingTable"]) -> "EmbeddingTable":
+        parts = [part for part in parts if part.utterances]
         if not parts:
             return cls([], [], torch.empty(0, 0), torch.empty(0, 0))
         return cls([u for p in parts for u in p.utterances], [f for p in parts for f in p.fingerprints],
@@ -189,9 +191,12 @@ class TrainingInputs:
 
 
 def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, device: torch.device, amp: str,
-                    folder: Path, progress: bool = True, log: Log = print, warn: Log = print
-                    ) -> tuple[EmbeddingTable, dict[str, str], Path]:
-    """The cached embeddings of `utterances` (computing the missing ones) and the bad files' reasons."""
+                    folder: Path, progress: bool = True, log: Log = print, warn: Log = print,
+                    poll: Callable[[], None] | None = None) -> tuple[EmbeddingTable, dict[str, str], Path]:
+    """The cached embeddings of `utterances` (computing the missing ones) and the bad files' reasons.
+
+    `poll` is called between batches and may raise to stop (a signal); what was embedded is kept.
+    """
     description = cache_description(config, model, amp)
     path = cache_path(folder, description)
     audio_dir = partition_audio_dir(config["dirs"]["database"], "train")
@@ -211,26 +216,26 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
             if recorded is not None and now == recorded:
                 kept[utterance] = row
     missing = [u for u in utterances if u not in kept]
+    old_rows = list(kept.values())
+    table = EmbeddingTable.concatenate([] if stored is None else [EmbeddingTable(
+        list(kept), [stored.fingerprints[r] for r in old_rows], stored.asv[old_rows], stored.cm[old_rows])])
+    if stored is not None and len(kept) < len(stored.utterances):
+        table.save(path, description)  # entries of changed audio files are gone, even if nothing is added
     bad: dict[str, str] = {}
-    table = stored
-    if missing or stored is None or len(kept) < len(stored.utterances):
+    networks = {"asv": model.asv_embedding, "cm": lambda wave: model.cm_embedding(wave)[0]}
+    for start in range(0, len(missing), SAVE_EVERY):  # saved in steps: a stop loses at most one step
+        chunk = missing[start:start + SAVE_EVERY]
         problems: dict[str, str] = {}
-        fresh = extract([audio[u] for u in missing], config["train_samples"],
-                        {"asv": model.asv_embedding, "cm": lambda wave: model.cm_embedding(wave)[0]},
-                        device=device, batch_size=config["eval_batch_size"],
-                        num_workers=config["loader"]["n_workers"], amp=amp, sample_rate=config["sample_rate"],
-                        resample=config["resample"], desc="frozen embeddings", progress=progress,
-                        on_bad_audio="skip", bad_audio=problems) if missing else None
-        bad = {u: problems[str(audio[u])] for u in missing if str(audio[u]) in problems}
-        good = [i for i, u in enumerate(missing) if u not in bad]
-        old_rows = list(kept.values())
-        parts = [] if stored is None else [EmbeddingTable(list(kept), [stored.fingerprints[r] for r in old_rows],
-                                                          stored.asv[old_rows], stored.cm[old_rows])]
-        if good:
-            parts.append(EmbeddingTable([missing[i] for i in good], [current[missing[i]] for i in good],
-                                        fresh["asv"][good], fresh["cm"][good]))
-        table = EmbeddingTable.concatenate(parts)
-        if good or stored is None or len(kept) < len(stored.utterances):  # bad files alone change nothing stored
+        fresh = extract([audio[u] for u in chunk], config["train_samples"], networks, device=device,
+                        batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"], amp=amp,
+                        sample_rate=config["sample_rate"], resample=config["resample"],
+                        desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}", progress=progress,
+                        on_bad_audio="skip", bad_audio=problems, poll=poll)
+        bad.update({u: problems[str(audio[u])] for u in chunk if str(audio[u]) in problems})
+        good = [i for i, u in enumerate(chunk) if u not in bad]
+        if good:  # bad files are not stored: they are tried again next time
+            table = EmbeddingTable.concatenate([table, EmbeddingTable(
+                [chunk[i] for i in good], [current[chunk[i]] for i in good], fresh["asv"][good], fresh["cm"][good])])
             table.save(path, description)
     log(f"frozen sub-systems: training on cached embeddings ({path}; {len(utterances) - len(missing)} of "
         f"{len(utterances)} training utterances reused, {len(missing) - len(bad)} embedded now"
@@ -239,8 +244,8 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
 
 
 def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, device: torch.device, amp: str,
-                    experiment_dir: Path, progress: bool = True, log: Log = print, warn: Log = print
-                    ) -> TrainingInputs:
+                    experiment_dir: Path, progress: bool = True, log: Log = print, warn: Log = print,
+                    poll: Callable[[], None] | None = None) -> TrainingInputs:
     """The training dataset and forward: cached embeddings when the sub-systems allow it, else waveforms."""
     options = dict(audio_dir=partition_audio_dir(config["dirs"]["database"], "train"),
                    samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
@@ -252,7 +257,7 @@ def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, 
         return TrainingInputs(TrainTrialDataset(sampler, **options), model, config["loader"]["n_workers"])
     folder = Path(config["dirs"]["embedding"]) if config["dirs"]["embedding"] else experiment_dir / DEFAULT_FOLDER
     table, bad, path = embedding_table(config, model, sampler.utterances(), device=device, amp=amp, folder=folder,
-                                       progress=progress, log=log, warn=warn)
+                                       progress=progress, log=log, warn=warn, poll=poll)
     rows = {u: i for i, u in enumerate(table.utterances)}
     dataset = CachedTrialDataset(sampler, rows, bad, **options)
     forward = CachedBackend(model, table.asv.to(device), table.cm.to(device))

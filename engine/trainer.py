@@ -192,7 +192,9 @@ class Trainer:
         sampler, n_utterances = training_sampler(config)
         # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
         inputs = training_inputs(config, self.model, sampler, device=self.device, amp=self.amp,
-                                 experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn)
+                                 experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn,
+                                 poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
+                                                              f"is kept); go on with: {self.resume_hint}"))
         dataset, self._forward, workers = inputs.dataset, inputs.forward, inputs.num_workers
         epoch_sampler = EpochSampler(config["trials_per_epoch"] or n_utterances)
         # Its own generator: creating a loader iterator must not consume the global torch RNG

@@ -16,7 +16,9 @@ from data.datasets import TrainTrialDataset, partition_audio_dir
 from engine.builder import apply_kernel_options, build_asv_network, build_sasv_model
 from engine.config import build_config
 from engine.experiment import training_sampler
+from engine import frozen_cache
 from engine.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
+from engine.signals import RunInterrupted
 from engine.trainer import Trainer, seed_everything
 from test_pipeline import tiny_config
 from tiny_run import tiny_corpus
@@ -201,3 +203,24 @@ def test_kernel_options(corpus, monkeypatch):
         network.use_channels_last()
         assert network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(network(wave), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_stopped_build_keeps_what_was_embedded(corpus, tmp_path, monkeypatch):
+    """A signal during the cache build (poll raises) keeps the saved steps; the next run embeds only the rest."""
+    monkeypatch.setattr(frozen_cache, "SAVE_EVERY", 16)
+    config = fixed_config(corpus)  # eval_batch_size 16: one batch per saved step
+    n_utterances = len(training_sampler(config)[0].utterances())
+    calls = []
+
+    def poll() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RunInterrupted("stopped", 2)
+
+    sampler, _ = training_sampler(config)
+    with pytest.raises(RunInterrupted):
+        training_inputs(config, seeded_model(config), sampler, device=torch.device("cpu"), amp="off",
+                        experiment_dir=tmp_path, progress=False, log=Messages(), warn=Messages(), poll=poll)
+    _, log, warn = inputs_for(config, tmp_path)
+    assert not warn.lines
+    assert f"32 of {n_utterances} training utterances reused, {n_utterances - 32} embedded now" in log.lines[0]
