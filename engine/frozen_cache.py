@@ -253,7 +253,8 @@ def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, 
                    on_bad_audio=config["on_bad_audio"])
     reason = why_not_cached(config, model)
     if reason is not None:
-        log(f"training: no frozen-embedding cache ({reason}); the networks run on the waveforms every batch")
+        if not (model.train_asv and model.train_cm):  # a joint run has nothing frozen: nothing to say
+            log(f"training: no frozen-embedding cache ({reason}); the networks run on the waveforms every batch")
         return TrainingInputs(TrainTrialDataset(sampler, **options), model, config["loader"]["n_workers"])
     folder = Path(config["dirs"]["embedding"]) if config["dirs"]["embedding"] else experiment_dir / DEFAULT_FOLDER
     table, bad, path = embedding_table(config, model, sampler.utterances(), device=device, amp=amp, folder=folder,
