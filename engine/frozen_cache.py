@@ -109,7 +109,7 @@ class EmbeddingTable:
                    torch.cat([p.asv for p in parts]), torch.cat([p.cm for p in parts]))
 
     def content_digest(self, description: dict) -> str:
-        digest = hashlib.sha256(json.dumps([description, self.utterances, self.fingerprints]).encode())
+        digest = hashlib.sha256(json.dumps([description, self.utterances, self.fingerprints], sort_keys=True).encode())
         for tensor in (self.asv, self.cm):
             digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             digest.update(tensor.contiguous().numpy().tobytes())
