@@ -93,9 +93,8 @@ def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: boo
     if device.type == "cuda":
         model.asv_model.use_channels_last()
     if compile:
-        trained = [model.backend] + [network for network, trainable in
-                                     ((model.asv_model, model.train_asv), (model.cm_model, model.train_cm)) if trainable]
-        for network in trained:
+        subsystems = ((model.asv_model, model.train_asv), (model.cm_model, model.train_cm))
+        for network in [model.backend] + [network for network, trainable in subsystems if trainable]:
             network.compile()
     return model
 
