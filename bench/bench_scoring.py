@@ -1,5 +1,5 @@
 """Eval trials per second: cached scoring (each utterance and enrollment once) against the
-original's per-trial path, on the same checkpoint and trials.
+original's per-trial path, on the same checkpoint and trials (the eval part of bench_train.py).
 
     python bench/bench_scoring.py --config configs/demo.conf [--model CKPT] [--partition eval]
                                   [--per_trial_trials 64] [--device cpu]
@@ -12,23 +12,19 @@ compared with the cached ones. Ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.builder import build_sasv_model, resolve_device  # noqa: E402
+from bench_train import measure_eval  # noqa: E402
+from engine.builder import resolve_device  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.demo import ensure_demo_corpus  # noqa: E402
-from engine.evaluation import SASVScorer  # noqa: E402
-from engine.experiment import scoring_inputs  # noqa: E402
-from models.checkpoint import load_sasv_weights  # noqa: E402
 
 
 def main() -> None:
@@ -48,42 +44,13 @@ def main() -> None:
     config = load_config(args.config)
     ensure_demo_corpus(config, progress=False)
     device = resolve_device(args.device or config["device"])
-    model, loss = build_sasv_model(config, load_weights=args.model is None)
-    if args.model:
-        load_sasv_weights(model, loss, args.model)
-    model.to(device).eval()
-    loss.to(device).eval()
-    inputs = scoring_inputs(config, args.partition)
-    if args.max_trials:
-        inputs = dataclasses.replace(inputs, trials=inputs.trials[:args.max_trials])
-    scorer = SASVScorer(model, loss, device, batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                        sample_rate=config["sample_rate"], resample=config["resample"], progress=False)
-
-    start = time.perf_counter()
-    cached = scorer.score(inputs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    cached_seconds = time.perf_counter() - start
-
-    prefix = dataclasses.replace(inputs, trials=inputs.trials[:args.per_trial_trials])
-    start = time.perf_counter()
-    literal = scorer.score_per_trial(prefix, batch_size=args.per_trial_batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    literal_seconds = time.perf_counter() - start
-
-    n_trials = len(inputs.trials)
-    cached_rate = n_trials / cached_seconds
-    literal_rate = len(prefix.trials) / literal_seconds
-    max_diff = float(np.abs(cached[:len(prefix.trials)] - literal).max())
-    print(f"trials: {n_trials} ({len({t.utterance for t in inputs.trials})} test utterances, "
-          f"{len({t.speaker for t in inputs.trials})} enrollments) on {device}")
-    print(f"cached:    {cached_seconds:8.2f} s for all trials -> {cached_rate:10.1f} trials/s")
-    print(f"per-trial: {literal_seconds:8.2f} s for {len(prefix.trials)} trials -> {literal_rate:10.1f} trials/s")
-    print(f"speed-up {cached_rate / literal_rate:.1f}x; max |cached - per-trial| = {max_diff:.2e}")
-    print(json.dumps({"eval_trials_per_s": cached_rate, "eval_trials_per_s_reference": literal_rate,
-                      "eval_speedup": cached_rate / literal_rate, "max_abs_diff": max_diff, "n_trials": n_trials,
-                      "device": str(device)}))
+    result = measure_eval(config, device, model_path=args.model, partition=args.partition,
+                          max_trials=args.max_trials, per_trial_trials=args.per_trial_trials,
+                          per_trial_batch=args.per_trial_batch)
+    print(json.dumps({"eval_trials_per_s": result["eval_trials_per_s"],
+                      "eval_trials_per_s_reference": result["eval_trials_per_s_reference"],
+                      "eval_speedup": result["eval_speedup"], "max_abs_diff": result["eval_max_abs_diff"],
+                      "n_trials": result["eval_n_trials"], "device": str(device)}))
 
 
 if __name__ == "__main__":

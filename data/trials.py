@@ -87,6 +87,11 @@ class TrialSampler:
         """Every speaker with bona fide training speech, sorted: the classes of a speaker loss."""
         return list(self._bona_speakers)
 
+    def utterances(self) -> list[str]:
+        """Every utterance that `draw` can return, as enrollment or test, sorted."""
+        pools = [*self._bonafide.values(), *self._spoof.values(), *self._spoof_owner_bona.values()]
+        return sorted({utterance for pool in pools for utterance in pool})
+
     @staticmethod
     def _pick(items: list[str], rng: np.random.Generator) -> str:
         return items[rng.integers(len(items))]

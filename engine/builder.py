@@ -83,6 +83,22 @@ def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASV
     return model, loss
 
 
+def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: bool = False) -> SASVModel:
+    """Device-specific speed-ups that leave the weights and state-dict keys as they are.
+
+    On CUDA the ResNet runs in channels_last (no effect elsewhere). `compile` applies torch.compile, in
+    place (`nn.Module.compile`, so checkpoints keep their keys), to the networks that are trained:
+    the back-end, plus ASV / CM when they are not frozen.
+    """
+    if device.type == "cuda":
+        model.asv_model.use_channels_last()
+    if compile:
+        subsystems = ((model.asv_model, model.train_asv), (model.cm_model, model.train_cm))
+        for network in [model.backend] + [network for network, trainable in subsystems if trainable]:
+            network.compile()
+    return model
+
+
 def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> None:
     staging = SASVModel(asv_model, cm_model, backend)
     load_sasv_weights(staging, loss, _existing(config, key))

@@ -83,6 +83,11 @@ SCHEMA: dict = _section(
     device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
     amp=Field(str, "auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
               choices=("auto", "bf16", "fp16", "off")),
+    compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
+                  "trained (on CUDA the ResNet always runs in channels_last)"),
+    cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
+                                  "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
+                                  "back-end on them; false runs the frozen networks every batch"),
     asv_weight=Field(str, None, "initial ASV weights: voxceleb_trainer .model (e.g. baseline_v2_ap.model) or a joint checkpoint"),
     aasist_config=Field(str, None, "AASIST JSON config; its model_config builds the CM network"),
     aasist_weight=Field(str, None, "initial CM weights: AASIST .pth or a joint checkpoint"),
@@ -194,7 +199,9 @@ SCHEMA: dict = _section(
         extra_trn_use=Field(str, "bonafide", "bonafide: extra speakers add bona fide trials only (FADbona); full: spoof too (FADfull)",
                             choices=("bonafide", "full")),
         spk_meta=Field(str, "spk_meta/", "unused: speaker metadata is built from the protocols in memory", ignored=True),
-        embedding=Field(str, "embeddings/", "unused: no precomputed embeddings are needed", ignored=True),
+        embedding=Field(str, None, "folder of the frozen-embedding cache (cache_frozen_embeddings), shared by runs: "
+                        "entries are keyed by the frozen weights, architecture and crop; default: "
+                        "<experiment>/frozen_embeddings/"),
     ),
     # Keys of the original configs that this implementation never reads.
     fast_dev_run=Field(bool, False, "unused (PyTorch Lightning option)", ignored=True),

@@ -25,20 +25,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import (EpochSampler, TrainTrialDataset, iterate_batches, leave_signals_to_main_process,
-                           partition_audio_dir)
+from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
 from engine import distributed
-from engine.builder import build_sasv_model
+from engine.builder import apply_kernel_options, build_sasv_model
 from engine.config import SCHEMA, Config, ConfigError, Field
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores, autocast_context
 from engine.experiment import scoring_inputs, training_sampler
+from engine.frozen_cache import training_inputs
 from engine import io as result_io
 from losses import build_loss
 from engine.signals import RunInterrupted, StopRequest, signal_name
@@ -53,7 +53,7 @@ _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 # Keys that may differ between a run and its resumption without changing what is trained.
 RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
                      "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
-                     "dirs.enrollment_dir", "demo_corpus")
+                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
 
 
 class TrainingError(RuntimeError):
@@ -184,8 +184,13 @@ class TrainingForward(torch.nn.Module):
     wraps under torchrun, so that the OC centre's gradient is averaged over the ranks with the networks'."""
 
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, device: torch.device, amp: str, *,
+                 features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  speaker_loss: torch.nn.Module | None = None, speaker_weight: float = 0.0) -> None:
         super().__init__()
+        # Cached embedding rows instead of waveforms (engine/frozen_cache.py); None: run the model.
+        self.cached_features = None if features is None or features is model else features
+        if self.cached_features is not None and speaker_loss is not None:
+            raise ValueError("a speaker loss needs the ASV network to run on the waveforms, not cached embeddings")
         self.model = model
         self.loss = loss
         self.speaker_loss = speaker_loss
@@ -197,7 +202,9 @@ class TrainingForward(torch.nn.Module):
                 speakers: torch.Tensor) -> torch.Tensor:
         """`speakers` [B, 2]: class indices of the enrollment and test speakers (-1: spoof), for speaker_loss."""
         with autocast_context(self.device, self.amp):
-            if self.speaker_loss is None:
+            if self.cached_features is not None:
+                feats = self.cached_features(enrollment, test)
+            elif self.speaker_loss is None:
                 feats = self.model(enrollment, test)
             else:
                 feats, asv_enrollment, asv_test = self.model(enrollment, test, return_asv_embeddings=True)
@@ -223,9 +230,8 @@ class Trainer:
         self.speaker_loss = build_speaker_loss(config)
         if self.speaker_loss is not None:
             self.speaker_loss.to(device)
-        forward = TrainingForward(self.model, self.loss, device, self.amp, speaker_loss=self.speaker_loss,
-                                  speaker_weight=config["speaker_loss"]["weight"])
-        self.train_forward = distributed.wrap_for_training(forward, device)
+        apply_kernel_options(self.model, device, compile=config["compile"])  # before DDP wraps the model
+        self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
         groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
@@ -253,11 +259,16 @@ class Trainer:
         config = self.config
         sampler, n_utterances = training_sampler(config)
         speaker_index = {name: index for index, name in enumerate(sampler.speakers)}
-        dataset = TrainTrialDataset(sampler, partition_audio_dir(config["dirs"]["database"], "train"),
-                                    samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
-                                    sample_rate=config["sample_rate"], resample=config["resample"],
-                                    audio_ext=config["audio_ext"], on_bad_audio=config["on_bad_audio"],
-                                    speaker_index=speaker_index)
+        # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
+        inputs = training_inputs(config, self.model, sampler, device=self.device, amp=self.amp,
+                                 experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn,
+                                 speaker_index=speaker_index,
+                                 poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
+                                                              f"is kept); go on with: {self.resume_hint}"))
+        dataset, workers = inputs.dataset, inputs.num_workers
+        forward = TrainingForward(self.model, self.loss, self.device, self.amp, features=inputs.forward,
+                                  speaker_loss=self.speaker_loss, speaker_weight=config["speaker_loss"]["weight"])
+        self.train_forward = distributed.wrap_for_training(forward, self.device)
         trials = config["trials_per_epoch"] or n_utterances
         if trials < config["batch_size"]:
             raise TrainingError(f"{config.source}: trials_per_epoch ({trials}) is smaller than "
@@ -266,7 +277,6 @@ class Trainer:
         epoch_sampler = EpochSampler(trials - trials % config["batch_size"], rank=distributed.rank(),
                                      world_size=distributed.world_size())
         rank_batch = distributed.per_rank_batch(config["batch_size"], config.source)
-        workers = config["loader"]["n_workers"]
         # Its own generator: creating a loader iterator must not consume the global torch RNG
         # (dropout), or a resumed run would draw different random numbers.
         loader = DataLoader(dataset, batch_size=rank_batch, sampler=epoch_sampler, drop_last=True,

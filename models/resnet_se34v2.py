@@ -95,6 +95,7 @@ class ResNetSE34V2(nn.Module):
         self.n_mels = n_mels
         self.log_input = log_input
         self.feature_norm = feature_norm
+        self.channels_last = False  # see use_channels_last
         self._in_channels = num_filters[0]
 
         # Attribute creation order matches the original so state_dict() lists keys in the same order.
@@ -146,6 +147,12 @@ class ResNetSE34V2(nn.Module):
         blocks += [SEBasicBlock(channels, channels) for _ in range(1, n_blocks)]
         return nn.Sequential(*blocks)
 
+    def use_channels_last(self) -> "ResNetSE34V2":
+        """Keep the 2-D convolutions' weights and activations in channels_last (NHWC), the layout that
+        cuDNN's tensor-core kernels run fastest; results equal the default layout up to rounding."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
+
     def mel_power(self, waveform: Tensor) -> Tensor:
         """Pre-emphasised mel power spectrogram [B, n_mels, 1 + T // hop], float32, no gradient."""
         with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
@@ -167,6 +174,8 @@ class ResNetSE34V2(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         x = self.frontend_features(waveform).unsqueeze(1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.bn1(self.relu(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
