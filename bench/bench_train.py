@@ -74,6 +74,8 @@ def variant(values: dict, source: str, **changes) -> Config:
     if "model_arch" in changes:
         for key in ("train_asv", "train_cm", "trial_sampling", "dataloader"):
             merged.pop(key, None)
+        if changes["model_arch"].endswith("_fixed"):
+            merged.pop("speaker_loss", None)  # a frozen ASV network has no speaker loss to learn
     return build_config(merged, source=source)
 
 
@@ -171,7 +173,7 @@ def bench_fixed(values: dict, source: str, device: torch.device, work: Path, *, 
     trainer.progress = False
     first, _ = timed_epoch(trainer, loader, sampler, 0)
     later, _ = timed_epoch(trainer, loader, sampler, 1)
-    n_utterances = len(trainer._forward.asv)
+    n_utterances = len(loader.dataset.rows)  # the cached utterances (CachedTrialDataset)
     cached_peak = peak_memory_mib(device)
     print(f"fixed epoch ({n_batches} batches of {reference_config['batch_size']} trials, {n_utterances} training "
           f"utterances): frozen networks every batch {reference_epoch:.1f} s (timed {timed} batches, "
