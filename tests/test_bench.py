@@ -1,0 +1,34 @@
+"""bench/bench_train.py runs end to end on the tiny corpus and prints its JSON summary (not a timing test)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tiny_run import QUIET_ENV, REPO, tiny_corpus, write_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory)
+
+
+def test_bench_train_prints_every_promised_number(corpus, tmp_path):
+    # speaker_loss on: the bench's frozen variant must still build (a frozen ASV has no speaker loss).
+    config = write_config(tmp_path / "bench.conf", corpus, speaker_loss={"weight": 0.2})
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train.py"), "--config", str(config),
+                             "--train_batches", "1", "--reference_batches", "1", "--per_trial_trials", "4"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, **QUIET_ENV})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("eval_trials_per_s", "eval_trials_per_s_reference", "eval_speedup", "fixed_epoch_speedup",
+                "train_trials_per_s"):
+        assert math.isfinite(summary[key]) and summary[key] > 0, key
+    assert summary["device"] == "cpu"
+    assert summary["eval_max_abs_diff"] < 1e-4  # cached scoring equals the per-trial path
+    assert summary["eval_speedup"] == pytest.approx(summary["eval_trials_per_s"] / summary["eval_trials_per_s_reference"])
