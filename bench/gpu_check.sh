@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU measurements of the README's Speed section, as one run of under 10 minutes on one CUDA GPU:
+#   1. bench_train.py at ASVspoof shape on CUDA (bf16 + channels_last joint training against fp32,
+#      cached frozen embeddings against the frozen networks every batch, eval against per-trial);
+#   2. the demo trained with bf16 (amp: auto) and with fp32 (amp: off), to compare their dev/eval EERs;
+#   3. nvidia-smi utilisation sampled every second throughout, with the phase boundaries logged.
+# Results go to $OUT (or ./gpu_check): bench.txt (its last line is the JSON summary), demo_bf16.txt,
+# demo_fp32.txt, phases.txt, nvidia_smi.csv and utilisation.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu_check}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 \
+    > "$out/nvidia_smi.csv" &
+sampler=$!
+trap 'kill "$sampler" 2>/dev/null || true' EXIT
+phase() { echo "$(date '+%Y/%m/%d %H:%M:%S') $1" | tee -a "$out/phases.txt"; }
+
+phase "bench start"
+python bench/bench_train.py --config configs/demo.conf --asvspoof_shape --device cuda \
+    --train_batches 20 --reference_batches 5 --per_trial_trials 16 2>&1 | tee "$out/bench.txt"
+phase "demo bf16 start"
+python main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
+    --output_dir "$out/runs_bf16" 2>&1 | tee "$out/demo_bf16.txt"
+phase "demo fp32 start"
+python main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
+    --output_dir "$out/runs_fp32" --set amp=off 2>&1 | tee "$out/demo_fp32.txt"
+phase "end"
+
+kill "$sampler" 2>/dev/null || true
+python - "$out" <<'EOF' | tee "$out/utilisation.txt"
+"""Mean / median GPU utilisation per phase, from nvidia_smi.csv and phases.txt."""
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+
+out = Path(sys.argv[1])
+samples = []
+for line in (out / "nvidia_smi.csv").read_text().splitlines():
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) == 4 and fields[2].isdigit():
+        samples.append((datetime.strptime(fields[0].split(".")[0], "%Y/%m/%d %H:%M:%S"), int(fields[2])))
+phases = [(datetime.strptime(" ".join(l.split()[:2]), "%Y/%m/%d %H:%M:%S"), " ".join(l.split()[2:]))
+          for l in (out / "phases.txt").read_text().splitlines()]
+for (start, name), (end, _) in zip(phases, phases[1:]):
+    values = [u for t, u in samples if start <= t < end]
+    if values:
+        print(f"{name.removesuffix(' start')}: GPU utilisation mean {statistics.mean(values):.0f}%, "
+              f"median {statistics.median(values):.0f}% over {len(values)} s")
+EOF
+rm -rf "$out/runs_bf16" "$out/runs_fp32"  # weights and scores: not needed back
