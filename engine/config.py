@@ -211,7 +211,7 @@ SCHEMA: dict = _section(
     pl_system=Field(str, "OC", "unused (PyTorch Lightning system name); dataloader / dirs.extra_trn_use select FAD sampling", ignored=True),
     ecapa_weight=Field(str, None, "unused by the original", ignored=True),
     demo_corpus=_section(
-        root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see data/synthetic.py)"),
+        root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see data/synthetic/)"),
         size=Field(str, "demo", "corpus size", choices=("demo", "tiny")),
         seed=Field(int, 0, "corpus seed"),
     ),

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from data import synthetic
 from data.synthetic import ATTACKS, CorpusSpec, corpus_is_complete, generate_corpus
+from data.synthetic import corpus as corpus_writer
 
 SPEC = CorpusSpec.tiny()
 CM_SUFFIX = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
@@ -212,7 +213,7 @@ def test_completion_marker(corpus, tmp_path):
 
 def test_interrupted_generation_is_detected_and_redone(corpus, tmp_path, monkeypatch):
     root = tmp_path / "interrupted"
-    real_write = synthetic._write_flac
+    real_write = corpus_writer._write_flac
     calls = []
 
     def failing_write(*args, **kwargs):
@@ -221,12 +222,12 @@ def test_interrupted_generation_is_detected_and_redone(corpus, tmp_path, monkeyp
             raise KeyboardInterrupt
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_write_flac", failing_write)
+    monkeypatch.setattr(corpus_writer, "_write_flac", failing_write)
     with pytest.raises(KeyboardInterrupt):
         generate_corpus(root, SPEC, progress=False, workers=1)
     assert not corpus_is_complete(root)
     assert (root / synthetic.IN_PROGRESS_MARKER).exists()
-    monkeypatch.setattr(synthetic, "_write_flac", real_write)
+    monkeypatch.setattr(corpus_writer, "_write_flac", real_write)
     generate_corpus(root, SPEC, progress=False, workers=1)
     assert corpus_is_complete(root, SPEC)
     assert tree_hashes(root) == tree_hashes(corpus)
