@@ -19,7 +19,8 @@ from engine.cm_trainer import CMTrainer
 from engine.config import Config, ConfigError
 from engine.demo import ensure_demo_corpus
 from engine.experiment import check_data_layout
-from engine.trainer import Trainer, prepare_experiment_dir
+from engine.run_state import prepare_experiment_dir
+from engine.trainer import Trainer
 
 TRAINERS = {"sasv": Trainer, "asv": ASVTrainer, "cm": CMTrainer}  # config key `system`
 

@@ -27,7 +27,7 @@ from engine.config import Config, ConfigError, require_database
 from engine.evaluation import autocast_context, extract
 from engine.experiment import enrollment_paths
 from engine.stage_trainer import StageTrainer
-from engine.trainer import TrainingError
+from engine.run_state import TrainingError
 from losses import build_loss
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer

@@ -17,7 +17,7 @@ from engine.builder import build_sasv_model, resolve_device
 from engine.config import Config, ConfigError, build_config, load_config
 from engine.evaluation import ScoringError
 from engine.signals import RunInterrupted
-from engine.trainer import TrainingError
+from engine.run_state import TrainingError
 from metrics import MetricError
 from models.checkpoint import CheckpointError, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVModel

@@ -27,7 +27,7 @@ from engine.builder import aasist_model_config
 from engine.config import Config, ConfigError, require_database
 from engine.evaluation import autocast_context, extract
 from engine.stage_trainer import StageTrainer
-from engine.trainer import TrainingError
+from engine.run_state import TrainingError
 from metrics import MetricError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
-from engine.trainer import (TrainState, TrainingError, _numpy_state, _python_state, _set_numpy_state,
-                            _set_python_state, config_changes, resolve_amp, seed_everything)
+from engine.run_state import (TrainingError, TrainState, config_changes, numpy_rng_state, python_rng_state,
+                              resolve_amp, seed_everything, set_numpy_rng_state, set_python_rng_state)
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -123,8 +123,8 @@ class StageTrainer:
             "metrics": list(self.state.metrics),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": _numpy_state(),
-            "python_rng": _python_state(),
+            "numpy_rng": numpy_rng_state(),
+            "python_rng": python_rng_state(),
         }
 
     def _save(self, path: Path, extra: dict) -> None:
@@ -181,8 +181,8 @@ class StageTrainer:
         torch.set_rng_state(extra["torch_rng"])
         if torch.cuda.is_available() and extra["cuda_rng"]:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        _set_numpy_state(extra["numpy_rng"])
-        _set_python_state(extra["python_rng"])
+        set_numpy_rng_state(extra["numpy_rng"])
+        set_python_rng_state(extra["python_rng"])
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:

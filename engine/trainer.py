@@ -18,12 +18,9 @@ batch and keeps the same state; rank 0 alone writes files and logs.
 from __future__ import annotations
 
 import math
-import random
 import re
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +32,13 @@ from tqdm import tqdm
 from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
 from engine import distributed
 from engine.builder import apply_kernel_options, build_sasv_model
-from engine.config import SCHEMA, Config, ConfigError, Field
+from engine.config import Config, ConfigError
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
 from engine.objective import TrainingForward, build_speaker_loss
+from engine.run_state import (TrainingError, TrainState, config_changes, numpy_rng_state, python_rng_state,
+                              resolve_amp, seed_everything, set_numpy_rng_state, set_python_rng_state)
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
@@ -50,51 +49,6 @@ METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_e
                   "dev_min_a_dcf", "dev_skipped_trials", "skipped_batches", "redrawn_trials", "seconds")
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-sasv_eer_dev=.*\.ckpt")
 _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
-# Keys that may differ between a run and its resumption without changing what is trained.
-RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
-                     "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
-                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (e.g. a non-finite loss)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return amp if device.type == "cuda" else "off"
-
-
-@dataclass
-class TrainState:
-    """Everything a resumed run needs besides the weights and optimiser."""
-
-    epoch: int = 0  # epochs completed (trained and, when due, validated)
-    step: int = 0  # optimisation steps taken
-    best: list[dict] = field(default_factory=list)  # [{"sasv_eer", "epoch", "path"}], best first
-    metrics: list[dict] = field(default_factory=list)
-    # Position inside epoch `epoch` (0-based), for a checkpoint taken mid-epoch:
-    batch: int = 0  # batches consumed (trained or skipped); all of them: trained, validation pending
-    loss_sum: float = 0.0  # sum of this epoch's finite batch losses so far
-    loss_count: int = 0
-    skipped_batches: int = 0  # this epoch: batches left out for a non-finite loss
-    redrawn_trials: int = 0  # this epoch: training trials drawn again because of bad audio
-    seconds: float = 0.0  # wall-clock seconds spent on this epoch up to the checkpoint
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainState":
-        known = {item.name for item in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def score_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None = None) -> dict[str, float]:
@@ -125,39 +79,6 @@ def write_trial_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) ->
     trials = inputs.trials
     result_io.write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials],
                                   [t.key for t in trials]), scores)
-
-
-def _schema_field(dotted: str) -> Field | None:
-    node: Any = SCHEMA
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node if isinstance(node, Field) else None
-
-
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; mapping-valued keys (cm_model) stay whole."""
-    if isinstance(values, dict) and not (prefix and _schema_field(prefix[:-1])):
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: values}
-
-
-def config_changes(stored: dict, current: dict) -> list[str]:
-    """Keys whose value differs between a run's stored config and the current one (RESUME_MAY_CHANGE aside)."""
-    before, after = _flatten(stored), _flatten(current)
-    changed = []
-    for key in sorted(set(before) & set(after)):
-        declared = _schema_field(key)
-        free = any(key == name or key.startswith(f"{name}.") for name in RESUME_MAY_CHANGE)
-        if free or (declared is not None and declared.ignored):
-            continue
-        if before[key] != after[key]:
-            changed.append(f"{key} (run: {before[key]!r}, now: {after[key]!r})")
-    return changed
 
 
 class Trainer:
@@ -240,8 +161,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": _numpy_state(),
-            "python_rng": _python_state(),
+            "numpy_rng": numpy_rng_state(),
+            "python_rng": python_rng_state(),
         }
 
     def save(self, path: Path) -> None:
@@ -307,8 +228,8 @@ class Trainer:
         torch.set_rng_state(extra["torch_rng"])
         if torch.cuda.is_available() and extra["cuda_rng"]:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        _set_numpy_state(extra["numpy_rng"])
-        _set_python_state(extra["python_rng"])
+        set_numpy_rng_state(extra["numpy_rng"])
+        set_python_rng_state(extra["python_rng"])
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
@@ -567,36 +488,3 @@ class Trainer:
     def _warn(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message, file=sys.stderr)
-
-
-def _numpy_state() -> list:
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]
-
-
-def _set_numpy_state(state: list) -> None:
-    name, keys, position, has_gauss, cached = state
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-
-
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_python_state(state: list) -> None:
-    version, internal, gauss = state
-    random.setstate((version, tuple(internal), gauss))
-
-
-def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run needs --resume or --overwrite."""
-    existing = experiment_dir.exists() and any(experiment_dir.iterdir())
-    if existing and not (resume or overwrite):
-        raise FileExistsError(f"{experiment_dir} already holds a run; pass --resume to continue it "
-                              f"or --overwrite to start again")
-    if overwrite and experiment_dir.exists():
-        shutil.rmtree(experiment_dir)
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    if config_path is not None and not (resume and (experiment_dir / "config.conf").exists()):
-        result_io.write_text(experiment_dir / "config.conf", Path(config_path).read_text())

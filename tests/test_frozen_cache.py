@@ -19,7 +19,8 @@ from engine.experiment import training_sampler
 from engine import frozen_cache
 from engine.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
 from engine.signals import RunInterrupted
-from engine.trainer import Trainer, seed_everything
+from engine.run_state import seed_everything
+from engine.trainer import Trainer
 from test_pipeline import tiny_config
 from tiny_run import tiny_corpus
 

@@ -18,7 +18,8 @@ import torch
 
 from engine.config import build_config
 from engine.signals import RunInterrupted, StopRequest
-from engine.trainer import Trainer, prepare_experiment_dir
+from engine.run_state import prepare_experiment_dir
+from engine.trainer import Trainer
 from models.checkpoint import CheckpointError, load_checkpoint
 from tiny_run import run_main, start_main, temporaries, tiny_corpus, write_config
 

@@ -1,0 +1,130 @@
+"""What a training run keeps between steps and across restarts, shared by the SASV and stage trainers.
+
+The training state (position, best-k list, metrics log), RNG state snapshots, the config
+comparison that decides whether a run may be resumed, seeding, and the experiment folder guard.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import io as result_io
+from engine.config import SCHEMA, Field
+
+# Keys that may differ between a run and its resumption without changing what is trained.
+RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
+                     "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
+                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return amp if device.type == "cuda" else "off"
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the weights and optimiser."""
+
+    epoch: int = 0  # epochs completed (trained and, when due, validated)
+    step: int = 0  # optimisation steps taken
+    best: list[dict] = field(default_factory=list)  # [{"sasv_eer", "epoch", "path"}], best first
+    metrics: list[dict] = field(default_factory=list)
+    # Position inside epoch `epoch` (0-based), for a checkpoint taken mid-epoch:
+    batch: int = 0  # batches consumed (trained or skipped); all of them: trained, validation pending
+    loss_sum: float = 0.0  # sum of this epoch's finite batch losses so far
+    loss_count: int = 0
+    skipped_batches: int = 0  # this epoch: batches left out for a non-finite loss
+    redrawn_trials: int = 0  # this epoch: training trials drawn again because of bad audio
+    seconds: float = 0.0  # wall-clock seconds spent on this epoch up to the checkpoint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainState":
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def _schema_field(dotted: str) -> Field | None:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, Field) else None
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; mapping-valued keys (cm_model) stay whole."""
+    if isinstance(values, dict) and not (prefix and _schema_field(prefix[:-1])):
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: values}
+
+
+def config_changes(stored: dict, current: dict) -> list[str]:
+    """Keys whose value differs between a run's stored config and the current one (RESUME_MAY_CHANGE aside)."""
+    before, after = _flatten(stored), _flatten(current)
+    changed = []
+    for key in sorted(set(before) & set(after)):
+        declared = _schema_field(key)
+        free = any(key == name or key.startswith(f"{name}.") for name in RESUME_MAY_CHANGE)
+        if free or (declared is not None and declared.ignored):
+            continue
+        if before[key] != after[key]:
+            changed.append(f"{key} (run: {before[key]!r}, now: {after[key]!r})")
+    return changed
+
+
+def numpy_rng_state() -> list:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]
+
+
+def set_numpy_rng_state(state: list) -> None:
+    name, keys, position, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(state: list) -> None:
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))
+
+
+def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run needs --resume or --overwrite."""
+    existing = experiment_dir.exists() and any(experiment_dir.iterdir())
+    if existing and not (resume or overwrite):
+        raise FileExistsError(f"{experiment_dir} already holds a run; pass --resume to continue it "
+                              f"or --overwrite to start again")
+    if overwrite and experiment_dir.exists():
+        shutil.rmtree(experiment_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    if config_path is not None and not (resume and (experiment_dir / "config.conf").exists()):
+        result_io.write_text(experiment_dir / "config.conf", Path(config_path).read_text())
