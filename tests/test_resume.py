@@ -84,7 +84,7 @@ def test_sigkill_at_a_random_moment_mid_epoch_then_resume_equals_uninterrupted(c
     rng = random.Random()  # deliberately unseeded: each run kills somewhere else
     config = write_config(tmp_path / "run.conf", corpus, checkpoint_interval_steps=1, **RUN)
     last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
-    target_step = rng.choice([1, 2, 3, 4, 7, 8, 9, 10])  # then some way into the next step
+    target_step = rng.choice([1, 2, 3, 7, 8, 9])  # then some way into the next step
     process = start_main(config, tmp_path / "exp")
     try:
         deadline = time.time() + 300
@@ -96,13 +96,15 @@ def test_sigkill_at_a_random_moment_mid_epoch_then_resume_equals_uninterrupted(c
                 raise
             time.sleep(0.01)
         assert process.poll() is None, f"the run ended before the kill: {process.communicate()[1]}"
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.0, 0.1))
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.communicate()
     epoch, batch, step = position(last)  # whatever the moment, last.ckpt is complete
-    assert 0 < batch < BATCHES, f"killed at epoch {epoch} batch {batch}: not mid-epoch"
+    # Usually mid-epoch; on a fast machine the kill can land a few steps later, at the end of an
+    # epoch's batches (validation pending) or just after it: resuming must work from there too.
+    assert (epoch, batch) < (RUN["epoch"], 0) and 0 <= batch <= BATCHES, f"killed at epoch {epoch} batch {batch}"
     assert not (tmp_path / "exp" / "run" / "metrics_eval.json").exists()
 
     resumed = run_main(config, tmp_path / "exp", "--resume")
