@@ -35,7 +35,6 @@ def speaker_classification_loss(loss: torch.nn.Module, embeddings: torch.Tensor,
     return value
 
 
-
 class TrainingForward(torch.nn.Module):
     """(enrollment waves, test waves, labels, speakers) -> OC-softmax loss (+ speaker_loss): the module that DDP
     wraps under torchrun, so that the OC centre's gradient is averaged over the ranks with the networks'."""
