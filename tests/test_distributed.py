@@ -6,12 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from engine.config import ConfigError, load_config
 from engine.evaluation import SASVScorer, extract
 from engine.experiment import scoring_inputs
 from models.checkpoint import load_checkpoint, load_sasv_weights
-from tiny_run import REPO, QUIET_ENV, tiny_corpus, write_config
+from tiny_run import REPO, QUIET_ENV, StderrWatch, tiny_corpus, write_config
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -164,17 +161,11 @@ def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(co
     config = write_config(tmp_path / "run.conf", corpus, model_arch="ResNetSE34V2_AASIST_OC_fixed",
                           trials_per_epoch=48, loader={"n_workers": 1})  # 6 steps per epoch
     process = torchrun(config, tmp_path / "exp", progress=True)
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
-    reader.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not re.search(r"\| [1-4]/6 \[", "".join(seen)):
-        time.sleep(0.02)
-    assert process.poll() is None, "".join(seen)
+    watch = StderrWatch(process)
+    watch.wait_for(r"\| [1-4]/6 \[")
     process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
     process.wait(timeout=120)
-    reader.join(timeout=10)
-    text = "".join(seen).replace("\r", "\n")
+    text = watch.join().replace("\r", "\n")
     assert process.returncode != 0
     messages = [line for line in text.splitlines() if line.startswith("interrupted by SIGTERM")]
     assert len(messages) == 1, text  # rank 0 alone prints it

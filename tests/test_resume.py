@@ -6,10 +6,8 @@ import csv
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from engine.signals import RunInterrupted, StopRequest
 from engine.run_state import prepare_experiment_dir
 from engine.trainer import Trainer
 from models.checkpoint import CheckpointError, load_checkpoint
-from tiny_run import run_main, start_main, temporaries, tiny_corpus, write_config
+from tiny_run import StderrWatch, run_main, start_main, temporaries, tiny_corpus, write_config
 
 RUN = dict(epoch=2, trials_per_epoch=48, batch_size=8)  # 6 batches per epoch
 BATCHES = 6
@@ -119,18 +117,13 @@ def test_sigterm_to_the_process_group_saves_and_resume_equals_uninterrupted(corp
     process = start_main(config, tmp_path / "exp", progress=True, start_new_session=True)
     process.stdout.close()
     # The progress bars on stderr tell when training is inside epoch 1.
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
-    reader.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not re.search(r"\| [1-4]/6 \[", "".join(seen)):
-        time.sleep(0.02)
-    assert process.poll() is None, "".join(seen)
+    watch = StderrWatch(process)
+    watch.wait_for(r"\| [1-4]/6 \[")
     os.killpg(process.pid, signal.SIGTERM)
     status = process.wait(timeout=300)
-    reader.join(timeout=10)
-    message = "".join(seen).replace("\r", "\n").strip().splitlines()[-1]
-    assert status == 128 + signal.SIGTERM, "".join(seen)
+    stderr = watch.join()
+    message = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert status == 128 + signal.SIGTERM, stderr
     assert message.startswith("interrupted by SIGTERM at epoch 1, batch ") and "--resume" in message, message
     last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
     assert f"saved {last}" in message

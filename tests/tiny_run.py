@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,30 @@ def run_script(script: str, argv: list[str], capsys: pytest.CaptureFixture,
 def temporaries(folder: Path) -> list[Path]:
     """Hidden temporary files that an interrupted atomic write would leave."""
     return sorted(p for pattern in (".*.tmp", ".*.partial") for p in folder.rglob(pattern))
+
+
+class StderrWatch:
+    """Collects a started process's stderr in a thread; `wait_for(pattern)` until it appears there."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.seen.extend(iter(lambda: process.stderr.read(1), "")),
+                                       daemon=True)
+        self.reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.seen)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> None:
+        """Return once `pattern` is in stderr; the process must still be running then."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.process.poll() is None and not re.search(pattern, self.text):
+            time.sleep(0.02)
+        assert self.process.poll() is None, self.text
+
+    def join(self) -> str:
+        self.reader.join(timeout=10)
+        return self.text
+
