@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -40,13 +40,13 @@ class TrainTrialDataset(Dataset):
 
     `redraws` counts the draws replaced because their audio was bad (always 0 with
     on_bad_audio="error", which raises the AudioError instead). `speakers` holds the class
-    indices (in `speaker_index`) of the enrollment and test speakers, -1 for a spoofed test or
-    when no index is given.
+    indices (positions in `sampler.speakers`) of the enrollment and test speakers, -1 for a
+    spoofed test.
     """
 
     def __init__(self, sampler: TrialSampler, audio_dir: str | Path, *, samples: int, crop: str, seed: int,
                  sample_rate: int = 16000, resample: bool = False, audio_ext: str = "flac",
-                 on_bad_audio: str = "error", speaker_index: Mapping[str, int] | None = None) -> None:
+                 on_bad_audio: str = "error") -> None:
         if on_bad_audio not in BAD_AUDIO_MODES:
             raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
         self.sampler = sampler
@@ -58,7 +58,7 @@ class TrainTrialDataset(Dataset):
         self.resample = resample
         self.audio_ext = audio_ext
         self.on_bad_audio = on_bad_audio
-        self.speaker_index = dict(speaker_index or {})
+        self.speaker_index = {name: index for index, name in enumerate(sampler.speakers)}
         self._reported: set[str] = set()  # bad files already warned about in this process
 
     def trial(self, epoch: int, index: int):

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -245,13 +245,12 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
 
 def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, device: torch.device, amp: str,
                     experiment_dir: Path, progress: bool = True, log: Log = print, warn: Log = print,
-                    poll: Callable[[], None] | None = None,
-                    speaker_index: Mapping[str, int] | None = None) -> TrainingInputs:
+                    poll: Callable[[], None] | None = None) -> TrainingInputs:
     """The training dataset and forward: cached embeddings when the sub-systems allow it, else waveforms."""
     options = dict(audio_dir=partition_audio_dir(config["dirs"]["database"], "train"),
                    samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
                    sample_rate=config["sample_rate"], resample=config["resample"], audio_ext=config["audio_ext"],
-                   on_bad_audio=config["on_bad_audio"], speaker_index=speaker_index)
+                   on_bad_audio=config["on_bad_audio"])
     reason = why_not_cached(config, model)
     if reason is not None:
         if not (model.train_asv and model.train_cm):  # a joint run has nothing frozen: nothing to say

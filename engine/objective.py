@@ -12,17 +12,13 @@ import torch
 
 from engine.config import Config
 from engine.evaluation import autocast_context
-from engine.experiment import training_sampler
 from losses import build_loss
 
 
-def build_speaker_loss(config: Config) -> torch.nn.Module | None:
-    """The auxiliary speaker-classification loss over the training speakers (None when its weight is 0)."""
+def build_auxiliary_speaker_loss(config: Config, n_speakers: int) -> torch.nn.Module:
+    """The auxiliary speaker-classification loss (config `speaker_loss`) over `n_speakers` training speakers."""
     settings = config["speaker_loss"]
-    if settings["weight"] == 0:
-        return None
-    sampler, _ = training_sampler(config)
-    return build_loss("aamsoftmax", embedding_dim=config["asv_model"]["n_out"], n_classes=len(sampler.speakers),
+    return build_loss("aamsoftmax", embedding_dim=config["asv_model"]["n_out"], n_classes=n_speakers,
                       margin=settings["margin"], scale=settings["scale"])
 
 

@@ -17,6 +17,7 @@ batch and keeps the same state; rank 0 alone writes files and logs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -30,13 +31,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
+from data.trials import TrialSampler
 from engine import distributed
 from engine.builder import apply_kernel_options, build_sasv_model
 from engine.config import Config, ConfigError
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
-from engine.objective import TrainingForward, build_speaker_loss
+from engine.objective import TrainingForward, build_auxiliary_speaker_loss
 from engine.run_state import (TrainingError, TrainState, config_changes, numpy_rng_state, python_rng_state,
                               resolve_amp, seed_everything, set_numpy_rng_state, set_python_rng_state)
 from engine import io as result_io
@@ -93,9 +95,9 @@ class Trainer:
         self.model, self.loss = build_sasv_model(config)
         self.model.to(device)
         self.loss.to(device)
-        self.speaker_loss = build_speaker_loss(config)
-        if self.speaker_loss is not None:
-            self.speaker_loss.to(device)
+        self.speaker_loss: torch.nn.Module | None = None  # speaker_loss.weight 0: the original recipe
+        if config["speaker_loss"]["weight"] > 0:
+            self.speaker_loss = build_auxiliary_speaker_loss(config, len(self._training_trials[0].speakers)).to(device)
         apply_kernel_options(self.model, device, compile=config["compile"])  # before DDP wraps the model
         self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
@@ -121,14 +123,17 @@ class Trainer:
         self._clock = time.time()
 
     # ----------------------------------------------------------------- data
+    @functools.cached_property
+    def _training_trials(self) -> tuple[TrialSampler, int]:
+        """The trial sampler over the training protocol(s) and the default epoch length (read once)."""
+        return training_sampler(self.config)
+
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
         config = self.config
-        sampler, n_utterances = training_sampler(config)
-        speaker_index = {name: index for index, name in enumerate(sampler.speakers)}
+        sampler, n_utterances = self._training_trials
         # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
         inputs = training_inputs(config, self.model, sampler, device=self.device, amp=self.amp,
                                  experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn,
-                                 speaker_index=speaker_index,
                                  poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
                                                               f"is kept); go on with: {self.resume_hint}"))
         dataset, workers = inputs.dataset, inputs.num_workers
