@@ -394,8 +394,6 @@ def _derive(config: Config, stem: str | None) -> None:
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
     _check_ranges(config)
-    if config["speaker_loss"]["weight"] < 0:
-        raise ConfigError(f"{config.source}: key 'speaker_loss.weight' must be >= 0, got {config['speaker_loss']['weight']}")
     if config["speaker_loss"]["weight"] > 0 and not config["train_asv"]:
         raise ConfigError(f"{config.source}: speaker_loss.weight > 0 needs a trainable ASV sub-system "
                           f"(train_asv is false for {config['model_arch']})")
@@ -412,7 +410,7 @@ _POSITIVE = ("batch_size", "eval_batch_size", "epoch", "train_samples", "test_sa
              "val_interval_epoch", "sample_rate", "trials_per_epoch", "optim.scheduler_interval",
              "enrollment_samples.dev", "enrollment_samples.eval", "asv_model.n_out", "asv_model.n_mels",
              "optim.oc_dim")
-_NOT_NEGATIVE = ("checkpoint_interval_steps", "loader.n_workers", "gradient_clip")
+_NOT_NEGATIVE = ("checkpoint_interval_steps", "loader.n_workers", "gradient_clip", "speaker_loss.weight")
 
 
 def _check_ranges(config: Config) -> None:

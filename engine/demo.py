@@ -14,8 +14,8 @@ def ensure_demo_corpus(config: Config, *, progress: bool = True) -> Path | None:
     from data.synthetic import CorpusSpec, corpus_is_complete, generate_corpus
 
     root = Path(settings["root"])
-    spec = CorpusSpec.tiny() if settings["size"] == "tiny" else CorpusSpec()
-    spec = CorpusSpec(**{**spec.__dict__, "seed": settings["seed"]})
+    seed = settings["seed"]
+    spec = CorpusSpec.tiny(seed) if settings["size"] == "tiny" else CorpusSpec(seed=seed)
     # A corpus of another size, seed or generator version is regenerated, not silently reused.
     if not corpus_is_complete(root, spec):
         print(f"generating the synthetic demo corpus in {root} ...")

@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
 def test_config_checks():
     with pytest.raises(ConfigError, match="speaker_loss.weight > 0 needs a trainable ASV"):
         build_config({"model_arch": "ResNetSE34V2_AASIST_OC_fixed", "speaker_loss": {"weight": 1.0}})
-    with pytest.raises(ConfigError, match="'speaker_loss.weight' must be >= 0"):
+    with pytest.raises(ConfigError, match="'speaker_loss.weight' must be zero or more, got -1.0"):
         build_config({"speaker_loss": {"weight": -1.0}})
     assert build_config({})["speaker_loss"]["weight"] == 0.0  # off: the original recipe
 
