@@ -39,7 +39,7 @@ from engine.config import Config
 from engine.evaluation import extract
 from models.sasv import SASVModel
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: content checksum labels each table
 DEFAULT_FOLDER = "frozen_embeddings"  # under the experiment folder when dirs.embedding is not set
 SAVE_EVERY = 2048  # utterances embedded between two saves of the cache file
 
@@ -59,13 +59,18 @@ def why_not_cached(config: Config, model: SASVModel) -> str | None:
     return None
 
 
+def _hash_tensor(digest: "hashlib._Hash", label: str, tensor: Tensor) -> None:
+    """Feed `label`, the dtype, the shape and the raw bytes of `tensor` (any dtype) to `digest`."""
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    digest.update(f"{label}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+
+
 def weights_digest(module: nn.Module) -> str:
     """SHA-256 of a module's state dict: names, dtypes, shapes and the bytes of every tensor."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
+        _hash_tensor(digest, name, tensor)
     return digest.hexdigest()
 
 
@@ -110,9 +115,8 @@ class EmbeddingTable:
 
     def content_digest(self, description: dict) -> str:
         digest = hashlib.sha256(json.dumps([description, self.utterances, self.fingerprints], sort_keys=True).encode())
-        for tensor in (self.asv, self.cm):
-            digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.contiguous().numpy().tobytes())
+        for name, tensor in (("asv", self.asv), ("cm", self.cm)):
+            _hash_tensor(digest, name, tensor)
         return digest.hexdigest()
 
     def save(self, path: Path, description: dict) -> None:
