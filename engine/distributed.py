@@ -191,20 +191,30 @@ def assemble_rows(pieces: Sequence[tuple[list[int], Rows]]) -> Rows:
     return np.concatenate([rows for _, rows in filled])[order]
 
 
+def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Under torchrun on CUDA, `module` with its BatchNorms made SyncBatchNorm (children replaced in place).
+
+    Call it before an optimiser takes the parameters: the conversion creates new parameter
+    tensors. SyncBatchNorm needs CUDA; on CPU, or with one process, `module` is returned as it is
+    and each process normalises its own share.
+    """
+    if not is_distributed() or device.type != "cuda":
+        return module
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def wrap_for_training(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` itself with one process; else DistributedDataParallel with synchronised BatchNorm on CUDA.
+    """`module` itself with one process; else DistributedDataParallel (BatchNorms: `synchronise_batchnorm`).
 
     Frozen sub-systems have requires_grad False, so DDP leaves them out of the gradient
     reduction. Some trainable parameters never get a gradient (the back-end's fc_out kept for
     the checkpoint format, AASIST's logit layer and a few unused BatchNorms), hence
     find_unused_parameters. Buffers are not broadcast every step: SyncBatchNorm keeps the
     running statistics equal on every rank, and scoring starts from rank 0's state anyway
-    (`broadcast_states`). SyncBatchNorm needs CUDA; on CPU each process normalises its own share.
+    (`broadcast_states`).
     """
     if not is_distributed():
         return module
-    if device.type == "cuda":
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
                                    forward_sync_buffers=False, find_unused_parameters=True)
 

@@ -98,7 +98,9 @@ class Trainer:
         self.speaker_loss: torch.nn.Module | None = None  # speaker_loss.weight 0: the original recipe
         if config["speaker_loss"]["weight"] > 0:
             self.speaker_loss = build_auxiliary_speaker_loss(config, len(self._training_trials[0].speakers)).to(device)
-        apply_kernel_options(self.model, device, compile=config["compile"])  # before DDP wraps the model
+        # Both before the optimiser takes the parameters, and before DDP wraps the model (_train_loader).
+        self.model = distributed.synchronise_batchnorm(self.model, device)
+        apply_kernel_options(self.model, device, compile=config["compile"])
         self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
