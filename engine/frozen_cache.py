@@ -186,10 +186,10 @@ class CachedBackend:
 
 @dataclass
 class TrainingInputs:
-    """What the training loop iterates and how it turns a batch into back-end features."""
+    """What the training loop iterates and, with the cache, how it turns a batch into back-end features."""
 
     dataset: Dataset  # item (epoch, index) -> (enrollment, test, label, redraws, speakers)
-    forward: Callable[[Tensor, Tensor], Tensor]  # batch (enrollment, test) on the device -> features
+    forward: CachedBackend | None  # batch of table rows on the device -> features; None: waveforms (run the model)
     num_workers: int
     cache_file: Path | None = None  # the embedding cache, when used
 
@@ -259,7 +259,7 @@ def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, 
     if reason is not None:
         if not (model.train_asv and model.train_cm):  # a joint run has nothing frozen: nothing to say
             log(f"training: no frozen-embedding cache ({reason}); the networks run on the waveforms every batch")
-        return TrainingInputs(TrainTrialDataset(sampler, **options), model, config["loader"]["n_workers"])
+        return TrainingInputs(TrainTrialDataset(sampler, **options), None, config["loader"]["n_workers"])
     folder = Path(config["dirs"]["embedding"]) if config["dirs"]["embedding"] else experiment_dir / DEFAULT_FOLDER
     table, bad, path = embedding_table(config, model, sampler.utterances(), device=device, amp=amp, folder=folder,
                                        progress=progress, log=log, warn=warn, poll=poll)

@@ -36,11 +36,11 @@ class TrainingForward(torch.nn.Module):
     wraps under torchrun, so that the OC centre's gradient is averaged over the ranks with the networks'."""
 
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module, device: torch.device, amp: str, *,
-                 features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 cached_features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  speaker_loss: torch.nn.Module | None = None, speaker_weight: float = 0.0) -> None:
         super().__init__()
         # Cached embedding rows instead of waveforms (engine/frozen_cache.py); None: run the model.
-        self.cached_features = None if features is None or features is model else features
+        self.cached_features = cached_features
         if self.cached_features is not None and speaker_loss is not None:
             raise ValueError("a speaker loss needs the ASV network to run on the waveforms, not cached embeddings")
         self.model = model

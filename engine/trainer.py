@@ -139,7 +139,7 @@ class Trainer:
                                  poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
                                                               f"is kept); go on with: {self.resume_hint}"))
         dataset, workers = inputs.dataset, inputs.num_workers
-        forward = TrainingForward(self.model, self.loss, self.device, self.amp, features=inputs.forward,
+        forward = TrainingForward(self.model, self.loss, self.device, self.amp, cached_features=inputs.forward,
                                   speaker_loss=self.speaker_loss, speaker_weight=config["speaker_loss"]["weight"])
         self.train_forward = distributed.wrap_for_training(forward, self.device)
         trials = config["trials_per_epoch"] or n_utterances
