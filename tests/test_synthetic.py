@@ -290,7 +290,7 @@ def test_spoofs_are_separable_from_bonafide_by_simple_spectral_features(corpus):
     for partition in ("dev", "eval"):  # seen attacks, then mostly unseen ones
         x, y = design(partition)
         auc = roc_auc_score(y, classifier.decision_function((x - mean) / std))
-        assert auc > 0.6, f"{partition}: bona fide / spoof AUC {auc:.3f}"  # chance: 0.5
+        assert auc > 0.65, f"{partition}: bona fide / spoof AUC {auc:.3f}"  # chance: 0.5
 
 
 def test_speakers_are_verifiable_by_simple_features(corpus):
