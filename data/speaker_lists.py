@@ -10,6 +10,7 @@ number of DataLoader workers gives the same batches, crops and augmentations.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import read_audio, random_crop
+from data.audio import AudioError, read_audio, random_crop
+from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS
 from data.protocols import ProtocolError, read_cm_protocol
 
 
@@ -129,7 +131,10 @@ def plan_speaker_batches(labels: Sequence[int], *, per_speaker: int, batch_size:
 
 
 class SpeakerBatchSampler(Sampler):
-    """Yields each batch of `plan_speaker_batches` as a flat list of (epoch, utterance index), group-major."""
+    """Yields each batch of `plan_speaker_batches` as a flat list of (epoch, utterance index), group-major.
+
+    `set_epoch(epoch, start)` skips the epoch's first `start` batches (a run resumed mid-epoch).
+    """
 
     def __init__(self, labels: Sequence[int], *, per_speaker: int, batch_size: int, max_per_speaker: int,
                  seed: int) -> None:
@@ -139,6 +144,7 @@ class SpeakerBatchSampler(Sampler):
         self.max_per_speaker = max_per_speaker
         self.seed = seed
         self.epoch = 0
+        self.start = 0
         self._batches = self._plan()
 
     def _plan(self) -> list[list[list[int]]]:
@@ -146,50 +152,66 @@ class SpeakerBatchSampler(Sampler):
                                     max_per_speaker=self.max_per_speaker, seed=self.seed, epoch=self.epoch,
                                     distinct_speakers=self.per_speaker > 1)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
             self._batches = self._plan()
+        if not 0 <= start <= len(self._batches):
+            raise ValueError(f"start {start} is outside the epoch's {len(self._batches)} batches")
+        self.start = start
+
+    @property
+    def epoch_batches(self) -> int:
+        """Batches in the whole current epoch (the plan can lose a few when speakers collide)."""
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self._batches:
+        for batch in self._batches[self.start:]:
             yield [(self.epoch, index) for group in batch for index in group]
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return len(self._batches) - self.start
 
 
 class ShuffledEpochSampler(Sampler):
-    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch)."""
+    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch), from item `start` on."""
 
     def __init__(self, n_items: int, seed: int) -> None:
         self.n_items = n_items
         self.seed = seed
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.n_items:
+            raise ValueError(f"start {start} is outside the epoch's {self.n_items} items")
         self.epoch = epoch
+        self.start = start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n_items)
-        return ((self.epoch, int(index)) for index in order)
+        return ((self.epoch, int(index)) for index in order[self.start:])
 
     def __len__(self) -> int:
-        return self.n_items
+        return self.n_items - self.start
 
 
 class CroppedUtteranceDataset(Dataset):
-    """Item (epoch, index) -> (random crop of paths[index] as float32 [samples], labels[index]).
+    """Item (epoch, index) -> (random crop of paths[index] as float32 [samples], labels[index], redraws).
 
     The crop, and the optional `augment(waveform, rng)`, draw from a generator seeded with
     (seed, epoch, index): an utterance gets a fresh crop every epoch, reproducibly.
+    With on_bad_audio="skip" an unreadable file is replaced by another utterance of the same
+    label (drawn from (seed, epoch, index, attempt)); `redraws` counts the replacements.
     """
 
     def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], *, samples: int, seed: int,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 sample_rate: int = 16000, resample: bool = False) -> None:
+                 sample_rate: int = 16000, resample: bool = False, on_bad_audio: str = "error") -> None:
         if len(paths) != len(labels):
             raise ValueError(f"CroppedUtteranceDataset: {len(paths)} paths but {len(labels)} labels")
+        if on_bad_audio not in BAD_AUDIO_MODES:
+            raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels)
         self.samples = samples
@@ -197,15 +219,42 @@ class CroppedUtteranceDataset(Dataset):
         self.augment = augment
         self.sample_rate = sample_rate
         self.resample = resample
+        self.on_bad_audio = on_bad_audio
+        self._same_label: dict[int, np.ndarray] = {}
+        for label in sorted(set(self.labels)):
+            self._same_label[label] = np.flatnonzero(np.asarray(self.labels) == label)
+        self._reported: set[str] = set()  # bad files already warned about in this process
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        epoch, index = item
-        rng = np.random.default_rng([self.seed, epoch, index, 3])
+    def _crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
         waveform = random_crop(read_audio(self.paths[index], sample_rate=self.sample_rate, resample=self.resample),
                                self.samples, rng)
         if self.augment is not None:
             waveform = self.augment(waveform, rng)
-        return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), self.labels[index]
+        return waveform
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, index = item
+        label, source = self.labels[index], index
+        for attempt in range(MAX_REDRAWS + 1):
+            # The first attempt keeps the original stream, so runs without bad audio are unchanged.
+            stream = [self.seed, epoch, index, 3] if attempt == 0 else [self.seed, epoch, index, 3, attempt]
+            rng = np.random.default_rng(stream)
+            if attempt:
+                source = int(rng.choice(self._same_label[label]))
+            try:
+                waveform = self._crop(source, rng)
+                return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), label, attempt
+            except AudioError as error:
+                if self.on_bad_audio == "error":
+                    raise
+                self._warn(str(error))
+        raise AudioError(f"training utterance (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} draws in a row "
+                         f"of label {label} hit bad audio; check the training files")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._reported:
+            self._reported.add(message)
+            print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)

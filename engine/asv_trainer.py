@@ -26,7 +26,7 @@ from engine import io as result_io
 from engine.config import Config, ConfigError, require_database
 from engine.evaluation import autocast_context, extract
 from engine.experiment import enrollment_paths
-from engine.stage_trainer import StageTrainer
+from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
 from engine.run_state import TrainingError
 from losses import build_loss
 from metrics.dcf import min_dcf
@@ -114,11 +114,15 @@ def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("ta
 @torch.no_grad()
 def score_trials(network: nn.Module, trials: VerificationTrials, device: torch.device, *, batch_size: int,
                  num_workers: int = 0, sample_rate: int = 16000, resample: bool = False, amp: str = "off",
-                 progress: bool = False) -> np.ndarray:
-    """Cosine score per trial (float64, trial order); every file goes through the network once."""
+                 progress: bool = False, on_bad_audio: str = "error",
+                 bad_audio: dict[str, str] | None = None) -> np.ndarray:
+    """Cosine score per trial (float64, trial order); every file goes through the network once.
+
+    With on_bad_audio="skip" a trial touching an unreadable file scores NaN, and `bad_audio`
+    (when given) receives path -> reason."""
     network.eval()
     options = dict(device=device, num_workers=num_workers, amp=amp, sample_rate=sample_rate, resample=resample,
-                   progress=progress)
+                   progress=progress, on_bad_audio=on_bad_audio, bad_audio=bad_audio)
     test_paths = sorted({str(path) for path in trials.test_files.values()})
     embedded = {(path, trials.test_samples): row for path, row in zip(
         test_paths, _embed(network, test_paths, trials.test_samples, batch_size, "test", options))}
@@ -143,9 +147,10 @@ def _embed(network: nn.Module, paths: list[str], samples: int, batch_size: int, 
 
 
 def verification_metrics(scores: np.ndarray, keys: list[str]) -> dict[str, float]:
-    """EER (SASV 2022 ROC definition) and minDCF at p_target 0.01 and 0.05 of target vs nontarget trials."""
+    """EER (SASV 2022 ROC definition) and minDCF at p_target 0.01 and 0.05 of target vs nontarget trials
+    (trials scored NaN, i.e. not scored because of bad audio, are left out)."""
     keys_array = np.asarray(keys)
-    bona = np.isin(keys_array, ("target", "nontarget"))
+    bona = np.isin(keys_array, ("target", "nontarget")) & np.isfinite(scores)
     scores, is_target = np.asarray(scores)[bona], keys_array[bona] == "target"
     result = {"eer": roc_eer(scores[is_target], scores[~is_target])}
     for name, prior in DCF_TARGET_PRIORS.items():
@@ -158,7 +163,7 @@ class ASVTrainer(StageTrainer):
     part = "asv"
     selection = "eer"
     metric_columns = ("epoch", "step", "lr", "train_loss", "train_accuracy", "dev_eer", "dev_min_dcf_p01",
-                      "dev_min_dcf_p05", "seconds")
+                      "dev_min_dcf_p05", *COMMON_COLUMNS)
 
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         super().__init__(config, experiment_dir, device, progress=progress)
@@ -213,54 +218,46 @@ class ASVTrainer(StageTrainer):
         labels = [self.classes[u.speaker] for u in self.utterances]
         dataset = CroppedUtteranceDataset([u.path for u in self.utterances], labels, samples=settings["samples"],
                                           seed=config["seed"], augment=self.augment,
-                                          sample_rate=config["sample_rate"], resample=config["resample"])
+                                          sample_rate=config["sample_rate"], resample=config["resample"],
+                                          on_bad_audio=config["on_bad_audio"])
         sampler = SpeakerBatchSampler(labels, per_speaker=settings["n_per_speaker"], batch_size=config["batch_size"],
                                       max_per_speaker=settings["max_per_speaker"], seed=config["seed"])
         if len(sampler) == 0:
             raise TrainingError(f"{config.source}: no full batch of {config['batch_size']} speakers x "
                                 f"{settings['n_per_speaker']} utterances can be formed from {len(labels)} utterances "
                                 f"of {len(self.classes)} speakers; lower batch_size or asv_train.n_per_speaker")
-        workers = config["loader"]["n_workers"]
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
-        return loader, sampler
+        return self.training_loader(dataset, batch_sampler=sampler), sampler
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        self.loss.train()
-        self.batch_sampler.set_epoch(epoch)
+    def start_epoch(self, epoch: int, batch: int) -> int:
+        self.batch_sampler.set_epoch(epoch, batch)
+        return self.batch_sampler.epoch_batches
+
+    def forward_batch(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         per_speaker = self.config["asv_train"]["n_per_speaker"]
-        total_loss, total_accuracy, count, lr = 0.0, 0.0, 0, self.current_lr()
-        bar = self.progress_bar(self.loader, epoch)
-        for waves, labels in bar:
-            waves = waves.to(self.device, non_blocking=True)
-            speakers = labels.view(-1, per_speaker)[:, 0].to(self.device)
-            with autocast_context(self.device, self.amp):
-                embeddings = self.model(waves)
-            loss, accuracy = self.loss(embeddings.float().view(len(speakers), per_speaker, -1), speakers)
-            self.optimise(loss, epoch)
-            total_loss += loss.item()
-            total_accuracy += accuracy.item()
-            count += 1
-            bar.set_postfix(loss=f"{total_loss / count:.4f}")
-        self.scheduler.step()  # StepLR counts epochs
-        return {"lr": lr, "train_loss": total_loss / max(count, 1), "train_accuracy": total_accuracy / max(count, 1)}
+        waves = waves.to(self.device, non_blocking=True)
+        speakers = labels.view(-1, per_speaker)[:, 0].to(self.device)
+        with autocast_context(self.device, self.amp):
+            embeddings = self.model(waves)
+        return self.loss(embeddings.float().view(len(speakers), per_speaker, -1), speakers)
 
-    def _score(self, trials: VerificationTrials) -> np.ndarray:
-        config = self.config
-        return score_trials(self.model, trials, self.device, batch_size=config["eval_batch_size"],
-                            num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                            resample=config["resample"], progress=self.progress)
+    def _score(self, trials: VerificationTrials, what: str) -> np.ndarray:
+        config, bad_audio = self.config, {}
+        scores = score_trials(self.model, trials, self.device, batch_size=config["eval_batch_size"],
+                              num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
+                              resample=config["resample"], progress=self.progress,
+                              on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)
+        self.scored(scores, bad_audio, what)
+        return scores
 
     def validate(self, epoch: int) -> dict[str, float]:
-        scores = self._score(self.dev_trials)
+        scores = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
         result_io.write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns, scores)
         return verification_metrics(scores, self.dev_trials.keys)
 
     def evaluate_final(self) -> dict | None:
         if self.eval_trials is None:
             return None
-        scores = self._score(self.eval_trials)
+        scores = self._score(self.eval_trials, "eval")
         result_io.write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
         return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores)}
 

@@ -26,7 +26,7 @@ from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
 from engine.builder import aasist_model_config
 from engine.config import Config, ConfigError, require_database
 from engine.evaluation import autocast_context, extract
-from engine.stage_trainer import StageTrainer
+from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
 from engine.run_state import TrainingError
 from metrics import MetricError
 from metrics.eer import compute_eer
@@ -89,7 +89,8 @@ def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, n
 
 class CMTrainer(StageTrainer):
     part = "cm"
-    metric_columns = ("epoch", "step", "lr", "train_loss", "dev_eer", "dev_min_tdcf", "seconds")
+    metric_columns = ("epoch", "step", "lr", "train_loss", "dev_eer", "dev_min_tdcf", *COMMON_COLUMNS)
+    scheduler_interval = "step"  # the cosine is over steps, as in aasist
 
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         super().__init__(config, experiment_dir, device, progress=progress)
@@ -135,11 +136,10 @@ class CMTrainer(StageTrainer):
         dataset = CroppedUtteranceDataset([audio / f"{e.utterance}.{config['audio_ext']}" for e in entries],
                                           [int(e.key == "bonafide") for e in entries],
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
-                                          sample_rate=config["sample_rate"], resample=config["resample"])
+                                          sample_rate=config["sample_rate"], resample=config["resample"],
+                                          on_bad_audio=config["on_bad_audio"])
         sampler = ShuffledEpochSampler(len(dataset), config["seed"])
-        workers = config["loader"]["n_workers"]
-        loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=sampler, drop_last=True,
-                            num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        loader = self.training_loader(dataset, batch_size=config["batch_size"], sampler=sampler, drop_last=True)
         if len(loader) == 0:
             raise TrainingError(f"{config.source}: {len(dataset)} training utterances make no full batch of "
                                 f"{config['batch_size']}")
@@ -168,51 +168,47 @@ class CMTrainer(StageTrainer):
             trials = asvspoof_trials(config, partition, keys=SASV_KEYS)
             scores = score_trials(network, trials, self.device, batch_size=config["eval_batch_size"],
                                   num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                                  resample=config["resample"], progress=self.progress)
+                                  resample=config["resample"], progress=self.progress,
+                                  on_bad_audio=config["on_bad_audio"])
             result_io.write_scores(cached, trials.columns, scores)
             self._log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
         return read_asv_score_file(cached, trial_path)
 
     # ------------------------------------------------------------- training and scoring
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        self.epoch_sampler.set_epoch(epoch)
-        freq_aug = self.config["cm_train"]["freq_aug"]
-        total, count, lr = 0.0, 0, self.current_lr()
-        bar = self.progress_bar(self.loader, epoch)
-        for waves, labels in bar:
-            waves = waves.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            lr = self.current_lr()
-            with autocast_context(self.device, self.amp):
-                _, logits = self.model(waves, freq_aug=freq_aug)
-            loss = self.criterion(logits.float(), labels)
-            self.optimise(loss, epoch)
-            self.scheduler.step()  # per step, as aasist
-            total += loss.item()
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return {"lr": lr, "train_loss": total / max(count, 1)}
+    def start_epoch(self, epoch: int, batch: int) -> int:
+        self.epoch_sampler.set_epoch(epoch, batch * self.config["batch_size"])
+        return self.epoch_sampler.n_items // self.config["batch_size"]  # drop_last: whole batches only
 
-    def _score(self, partition: str, entries: Sequence[CMEntry]) -> np.ndarray:
-        config = self.config
+    def forward_batch(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
+        waves = waves.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.amp):
+            _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
+        return self.criterion(logits.float(), labels), None
+
+    def _score(self, partition: str, entries: Sequence[CMEntry], what: str) -> np.ndarray:
+        config, bad_audio = self.config, {}
         audio = partition_audio_dir(self.database, partition)
         self.model.eval()
         logits = extract([audio / f"{e.utterance}.{config['audio_ext']}" for e in entries], config["test_samples"],
                          {"logits": lambda wave: self.model(wave)[1]}, device=self.device,
                          batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
                          sample_rate=config["sample_rate"], resample=config["resample"], desc=f"{partition} CM",
-                         progress=self.progress)["logits"]
-        return logits[:, 1].numpy()  # bona fide logit: higher = bona fide
+                         progress=self.progress, on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)["logits"]
+        scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
+        self.scored(scores, bad_audio, what)
+        return scores
 
     def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
                  ) -> dict[str, float | None]:
         result_io.write_scores(self.dir / "scores" / name, ([e.utterance for e in entries], [e.attack for e in entries],
                                                             [e.key for e in entries]), scores)
         is_bona = np.array([e.key == "bonafide" for e in entries])
+        scores, is_bona = scores[np.isfinite(scores)], is_bona[np.isfinite(scores)]  # NaN: bad audio, not scored
         result: dict[str, float | None] = {"eer": compute_eer(scores[is_bona], scores[~is_bona])[0], "min_tdcf": None}
         asv = self.asv_scores(partition)
         if asv is not None:
+            asv = {key: values[np.isfinite(values)] for key, values in asv.items()}  # NaN: bad audio
             try:
                 result["min_tdcf"] = min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
                                               scores[is_bona], scores[~is_bona])
@@ -221,11 +217,11 @@ class CMTrainer(StageTrainer):
         return result
 
     def validate(self, epoch: int) -> dict[str, float | None]:
-        scores = self._score("dev", self.dev_entries)
+        scores = self._score("dev", self.dev_entries, f"dev epoch {epoch + 1}")
         return self._metrics("dev", self.dev_entries, scores, f"dev_epoch_{epoch + 1:03d}.txt")
 
     def evaluate_final(self) -> dict | None:
-        scores = self._score("eval", self.eval_entries)
+        scores = self._score("eval", self.eval_entries, "eval")
         return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores)}
 
     def fixed_on_resume(self) -> tuple[str, ...]:

@@ -54,6 +54,10 @@ class TrainState:
     skipped_batches: int = 0  # this epoch: batches left out for a non-finite loss
     redrawn_trials: int = 0  # this epoch: training trials drawn again because of bad audio
     seconds: float = 0.0  # wall-clock seconds spent on this epoch up to the checkpoint
+    # The ASV / CM stages also keep:
+    accuracy_sum: float = 0.0  # ASV stage: sum of this epoch's batch accuracies (finite-loss batches)
+    redrawn_utterances: int = 0  # this epoch: training utterances replaced because of bad audio
+    last_lr: float | None = None  # learning rate of the last optimisation step
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,19 +4,25 @@ Outputs in the experiment folder (see README, "Training the sub-systems"):
   config.conf, metrics.csv, scores/dev_epoch_NNN.txt, scores/eval.txt, metrics_eval.json,
   weights/last.ckpt, weights/epoch=NNN-<metric>_dev=X.ckpt (resumable, with optimiser state),
   weights/best.ckpt (weights of the best dev epoch only: what asv_weight / aasist_weight take)
+
+As in the SASV trainer, `weights/last.ckpt` is written at each epoch end, every
+`checkpoint_interval_steps` steps and on SIGINT/SIGTERM at the next batch boundary, with the
+position inside the epoch and its partial sums; batches, crops and augmentations are pure
+functions of (seed, epoch, index), so a resumed run trains exactly as one never stopped.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.datasets import iterate_batches, leave_signals_to_main_process
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
@@ -25,18 +31,20 @@ from engine.run_state import (TrainingError, TrainState, config_changes, numpy_r
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
-# Robustness options of the SASV trainer that these stages do not implement (key -> inactive value).
-SASV_ONLY_KEYS = {"checkpoint_interval_steps": 0, "nonfinite_loss": "error", "on_bad_audio": "error"}
+# metrics.csv columns every stage writes after its own (dev metrics first).
+COMMON_COLUMNS = ("skipped_batches", "redrawn_utterances", "seconds")
 
 
 class StageTrainer:
-    """Base of ASVTrainer and CMTrainer. Subclasses set `part`, `selection`, `metric_columns`, build
-    `self.model`, `self.loss` (a module with parameters, or None), `self.optimizer`, `self.scheduler`,
-    and implement `train_epoch`, `validate` and `evaluate_final`. Dev metrics: lower is better."""
+    """Base of ASVTrainer and CMTrainer. Subclasses set `part`, `selection`, `metric_columns`,
+    `scheduler_interval`, build `self.model`, `self.loss` (a module with parameters, or None),
+    `self.optimizer`, `self.scheduler`, `self.loader`, and implement `start_epoch`, `forward_batch`,
+    `validate` and `evaluate_final`. Dev metrics: lower is better."""
 
     part: str = ""  # "asv" or "cm"
     selection: str = "eer"  # dev metric that ranks checkpoints
     metric_columns: tuple[str, ...] = ()
+    scheduler_interval: str = "epoch"  # the scheduler steps once per "epoch" or per "step"
 
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         if config["init_checkpoint"]:
@@ -57,13 +65,18 @@ class StageTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.stop = StopRequest()
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
-        for key, default in SASV_ONLY_KEYS.items():
-            if config.get(key, default) != default:
-                self._log(f"warning: {key}={config[key]!r} applies to system sasv only; the {self.part} stage "
-                          f"ignores it")
+        self.loader: DataLoader
+        self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
+        self._clock = time.time()
 
     # ------------------------------------------------------------- subclass API
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def start_epoch(self, epoch: int, batch: int) -> int:
+        """Make self.loader yield epoch `epoch` from batch `batch` on; return the epoch's number of batches."""
+        raise NotImplementedError
+
+    def forward_batch(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training loss of one batch (inputs as the loader gives them, without the redraw counts),
+        and the batch's accuracy when the stage measures one."""
         raise NotImplementedError
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -81,32 +94,24 @@ class StageTrainer:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters()) + (list(self.loss.parameters()) if self.loss is not None else [])
 
-    def optimise(self, loss: torch.Tensor, epoch: int) -> None:
-        """Backward and optimiser step; refuses a non-finite loss, naming the last good checkpoint."""
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step "
-                                f"{self.state.step + 1}; the last good checkpoint is "
-                                f"{self.dir / 'weights' / 'last.ckpt'}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config["gradient_clip"]:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config["gradient_clip"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.state.step += 1
-        self.check_stop(f"{self.part} epoch {epoch + 1} (step {self.state.step})")
+    def training_loader(self, dataset, **options) -> DataLoader:
+        """The DataLoader of a stage's training data (`options`: batch_size/sampler or batch_sampler, ...)."""
+        workers = self.config["loader"]["n_workers"]
+        # Its own generator: creating an iterator must not consume the global torch RNG (dropout),
+        # or a run resumed mid-epoch would draw other random numbers than one never stopped.
+        return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=workers > 0,
+                          worker_init_fn=leave_signals_to_main_process if workers else None,
+                          generator=torch.Generator().manual_seed(self.config["seed"]), **options)
 
-    def check_stop(self, where: str) -> None:
-        """After SIGINT/SIGTERM: stop here. Checkpoints are taken at epoch ends, so a partial epoch is redone."""
-        if self.stop.requested is not None:
-            raise RunInterrupted(f"interrupted by {signal_name(self.stop.requested)} in {where}; "
-                                 f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
-                                 f"{self.state.epoch}; resume with: {self.resume_hint}", self.stop.requested)
-
-    def progress_bar(self, iterable: Iterable, epoch: int) -> tqdm:
-        return tqdm(iterable, desc=f"{self.part} epoch {epoch + 1}/{self.config['epoch']}", unit="batch",
-                    disable=not self.progress)
+    def scored(self, scores: np.ndarray, bad_audio: dict[str, str], what: str) -> np.ndarray:
+        """Mask of the trials that could be scored (on_bad_audio: skip gives NaN to the others); warns."""
+        finite = np.isfinite(scores)
+        if bad_audio:
+            shown = "; ".join(f"{path}: {reason}" for path, reason in list(bad_audio.items())[:3])
+            self._log(f"warning: {what}: {int((~finite).sum())} trial(s) not scored (on_bad_audio: skip; score "
+                      f"nan, left out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
+        return finite
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -114,13 +119,10 @@ class StageTrainer:
     # ------------------------------------------------------------- checkpoints
     def _extra_state(self) -> dict:
         return {
+            **self.state.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "best": list(self.state.best),
-            "metrics": list(self.state.metrics),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": numpy_rng_state(),
@@ -134,6 +136,33 @@ class StageTrainer:
     def save(self, path: Path) -> None:
         """A resumable checkpoint: weights, loss parameters, optimiser, scheduler, counters, RNG states."""
         self._save(path, self._extra_state())
+
+    def save_resumable(self) -> Path:
+        """weights/last.ckpt with the whole training state; refuses non-finite weights."""
+        path = self.dir / "weights" / "last.ckpt"
+        now = time.time()
+        self.state.seconds += now - self._clock
+        self._clock = now
+        if not all(bool(torch.isfinite(p.detach()).all()) for p in self.trainable_parameters()):
+            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
+                                f"checkpoint. {self._last_good()}")
+        self.save(path)
+        self._saved = TrainState.from_dict(self.state.to_dict())
+        return path
+
+    def _last_good(self) -> str:
+        last = self.dir / "weights" / "last.ckpt"
+        if self._saved is None or not last.is_file():
+            return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
+                    "fix the cause and start again with --overwrite")
+        return f"The last good checkpoint is {last} ({self.describe(self._saved)}); fix the cause and continue " \
+               f"with --resume"
+
+    def describe(self, state: TrainState | None = None) -> str:
+        state = state or self.state
+        if state.batch == 0:
+            return f"end of epoch {state.epoch}, step {state.step}"
+        return f"epoch {state.epoch + 1}, batch {state.batch}, step {state.step}"
 
     def load_weights(self, path: Path) -> Checkpoint:
         """Load the network (and ASV loss) weights of one of this stage's checkpoints."""
@@ -153,11 +182,14 @@ class StageTrainer:
         return ()
 
     def resume_latest(self) -> Path | None:
-        """Restore weights/last.ckpt (written at every epoch end); None when the run has none yet."""
+        """Restore weights/last.ckpt (always the newest state); None when the run has none yet."""
         last = self.dir / "weights" / "last.ckpt"
         if not last.is_file():
             return None
         self.resume(last)
+        result_io.remove_stale_temporaries(self.dir)
+        if self.state.metrics:
+            result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
         return last
 
     def resume(self, path: Path) -> None:
@@ -176,13 +208,14 @@ class StageTrainer:
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         self.scaler.load_state_dict(extra["scaler"])
-        self.state = TrainState(epoch=extra["epoch"], step=extra["step"], best=list(extra["best"]),
-                                metrics=list(extra["metrics"]))
+        self.state = TrainState.from_dict(extra)  # a stage checkpoint of an older version: an epoch end
         torch.set_rng_state(extra["torch_rng"])
         if torch.cuda.is_available() and extra["cuda_rng"]:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
         set_numpy_rng_state(extra["numpy_rng"])
         set_python_rng_state(extra["python_rng"])
+        self._saved = TrainState.from_dict(self.state.to_dict())
+        self._clock = time.time()
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
@@ -215,24 +248,127 @@ class StageTrainer:
     def _fit(self) -> dict:
         config = self.config
         (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+        self._clock = time.time()
         for epoch in range(self.state.epoch, config["epoch"]):
-            self.check_stop(f"{self.part} epoch {epoch + 1} (before it started)")
-            started = time.time()
-            row: dict = {"epoch": epoch + 1, **self.train_epoch(epoch), "step": self.state.step}
+            self._check_stop(f"{self.part} epoch {epoch + 1}")
+            self.train_epoch(epoch)
+            state = self.state
+            if state.skipped_batches and not state.loss_count:
+                raise TrainingError(f"every batch of {self.part} epoch {epoch + 1} had a non-finite loss "
+                                    f"({state.skipped_batches} left out); training has diverged. {self._last_good()}")
+            if state.skipped_batches or state.redrawn_utterances:
+                self._log(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a "
+                          f"non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
+                          f"bad audio")
+            row: dict = {"epoch": epoch + 1, "step": self.state.step, **self._epoch_means()}
             if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:
                 dev = self.validate(epoch)
                 row.update({f"dev_{name}": value for name, value in dev.items()})
-                self.state.epoch = epoch + 1
-                if dev.get(self.selection) is not None:
-                    self._update_best(epoch + 1, dev[self.selection], dev)
                 self._log(f"{self.part} epoch {epoch + 1}: loss {row['train_loss']:.4f}  " + "  ".join(
                     f"dev {name} {value:.4f}" for name, value in dev.items() if value is not None))
-            self.state.epoch = epoch + 1
-            row["seconds"] = round(time.time() - started, 3)
+            else:
+                dev = {}
+            row["seconds"] = round(self.state.seconds + time.time() - self._clock, 3)
             self.state.metrics.append({name: _csv_value(row.get(name)) for name in self.metric_columns})
+            # The epoch is complete: a fresh in-epoch position for the next one.
+            self.state = TrainState(epoch=epoch + 1, step=self.state.step, best=self.state.best,
+                                    metrics=self.state.metrics, last_lr=self.state.last_lr)
+            self._clock = time.time()
+            if dev.get(self.selection) is not None:
+                self._update_best(epoch + 1, dev[self.selection], dev)
             result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
-            self.save(self.dir / "weights" / "last.ckpt")
+            self.save_resumable()
         return self.test()
+
+    def _epoch_means(self) -> dict:
+        state, count = self.state, self.state.loss_count
+        return {"lr": state.last_lr, "train_loss": state.loss_sum / count if count else math.nan,
+                "train_accuracy": state.accuracy_sum / count if count else math.nan,
+                "skipped_batches": state.skipped_batches, "redrawn_utterances": state.redrawn_utterances}
+
+    def train_epoch(self, epoch: int) -> None:
+        """Train epoch `epoch` from batch `self.state.batch` on (0 unless resumed mid-epoch)."""
+        n_batches = self.start_epoch(epoch, self.state.batch)
+        if self.state.batch < n_batches:
+            self.model.train()
+            if self.loss is not None:
+                self.loss.train()
+            self._run_batches(epoch, n_batches)
+        if self.scheduler_interval == "epoch":
+            self.scheduler.step()
+
+    def _run_batches(self, epoch: int, n_batches: int) -> None:
+        interval = self.config["checkpoint_interval_steps"]
+        batches = iterate_batches(self.loader)
+        with tqdm(total=n_batches, initial=self.state.batch, unit="batch", disable=not self.progress,
+                  desc=f"{self.part} epoch {epoch + 1}/{self.config['epoch']}") as bar:  # closed before messages
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception:  # noqa: BLE001 - re-raised unless a stop was requested
+                    if self.stop.requested is None:
+                        raise
+                    batch = None  # the signal also ended the loader's workers; nothing of this batch was used
+                if self.stop.requested is not None:
+                    bar.close()
+                    self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+                stepped = self._train_step(batch, epoch, n_batches)
+                self.state.batch += 1
+                bar.update()
+                if self.state.loss_count:
+                    bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
+                if stepped and interval and self.state.step % interval == 0:
+                    self.save_resumable()
+        if self.stop.requested is not None:  # came during the last batch, whose training is kept
+            self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+
+    def _train_step(self, batch: list[torch.Tensor], epoch: int, n_batches: int) -> bool:
+        """Forward, loss, and an optimisation step unless the loss is not finite (then False)."""
+        *inputs, redraws = batch
+        self.state.redrawn_utterances += int(redraws.sum())
+        loss, accuracy = self.forward_batch(*inputs)
+        if bool(torch.isfinite(loss)):
+            self.state.last_lr = self.current_lr()
+            self._optimise(loss)
+            self.state.loss_sum += loss.item()
+            self.state.loss_count += 1
+            self.state.accuracy_sum += accuracy.item() if accuracy is not None else 0.0
+            return True
+        if self.config["nonfinite_loss"] == "skip":
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.skipped_batches += 1
+            self._log(f"warning: non-finite training loss ({loss.item()}) at {self.part} epoch {epoch + 1}, batch "
+                      f"{self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
+            return False
+        raise TrainingError(f"non-finite training loss ({loss.item()}) at {self.part} epoch {epoch + 1}, step "
+                            f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
+                            f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config["gradient_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config["gradient_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        if self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _check_stop(self, where: str) -> None:
+        if self.stop.requested is not None:
+            raise RunInterrupted(f"interrupted by {signal_name(self.stop.requested)} before {where}; "
+                                 f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
+                                 f"{self.state.epoch}; resume with: {self.resume_hint}", self.stop.requested)
+
+    def _interrupted(self, where: str) -> None:
+        signum = self.stop.requested
+        path = self.save_resumable()
+        raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
+                             f"{path}; resume with: {self.resume_hint}", signum)
 
     def test(self) -> dict:
         """Score the eval set with the best dev checkpoint (or the last one when none was ranked)."""

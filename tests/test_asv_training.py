@@ -98,7 +98,7 @@ def test_outputs_and_dev_metrics_match_metrics_functions(trained, corpus):
     rows = read_metrics(experiment)
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "train_accuracy", "dev_eer", "dev_min_dcf_p01",
-                             "dev_min_dcf_p05", "seconds"]
+                             "dev_min_dcf_p05", "skipped_batches", "redrawn_utterances", "seconds"]
     bona_fide = [t for t in read_sasv_trials(corpus / "protocols" / "ASVspoof2019.LA.asv.dev.gi.trl.txt")
                  if t.key != "spoof"]
     for row in rows:
@@ -364,26 +364,72 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
         assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
 
 
-def test_signal_stops_at_a_step_and_resume_refuses_a_changed_recipe(corpus, tmp_path):
+def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, tmp_path):
     import signal
 
     from engine.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)
-    trainer = ASVTrainer(build_config(config), tmp_path, CPU, progress=False)
-    original = trainer.optimise
+    straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
+    straight.fit()
 
-    def optimise_then_signal(loss, epoch):
-        original(loss, epoch)
-        if epoch == 1:
-            trainer.stop.requested = signal.SIGTERM  # what StopRequest records when the signal arrives
+    stopped = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    original, calls = stopped.forward_batch, []
 
-    trainer.optimise = optimise_then_signal
-    with pytest.raises(RunInterrupted, match=r"SIGTERM in asv epoch 2 \(step 4\); .*last.ckpt holds the state "
-                                             r"after epoch 1; resume with") as stopped:
-        trainer.fit()
-    assert stopped.value.exit_status == 128 + signal.SIGTERM
+    def forward_then_signal(*inputs):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2, batch 1: the step completes, the loop stops before batch 2
+            stopped.stop.requested = signal.SIGTERM  # what StopRequest records when the signal arrives
+        return original(*inputs)
+
+    stopped.forward_batch = forward_then_signal
+    with pytest.raises(RunInterrupted, match=r"SIGTERM at asv epoch 2, batch 1/2 \(step 3\); saved .*last.ckpt; "
+                                             r"resume with") as interrupted:
+        stopped.fit()
+    assert interrupted.value.exit_status == 128 + signal.SIGTERM
+    saved = load_checkpoint(tmp_path / "run" / "weights" / "last.ckpt").meta
+    assert (saved["epoch"], saved["batch"], saved["step"], saved["loss_count"]) == (1, 1, 3, 1)
+
     changed = asv_config(corpus, epoch=2)
     changed["asv_train"]["lr"] = 0.01
     with pytest.raises(ConfigError, match=r"config differs from the run's in asv_train.lr \(run: 0.002, now: 0.01\)"):
-        ASVTrainer(build_config(changed), tmp_path, CPU, progress=False).resume(tmp_path / "weights" / "last.ckpt")
+        ASVTrainer(build_config(changed), tmp_path / "run", CPU, progress=False).resume_latest()
+    resumed = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    assert resumed.resume_latest() == tmp_path / "run" / "weights" / "last.ckpt"
+    resumed.fit()
+    ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
+    for key, value in ends[0].asv_state.items():
+        assert torch.equal(value, ends[1].asv_state[key]), key
+    for key, value in ends[0].asv_loss_state.items():
+        assert torch.equal(value, ends[1].asv_loss_state[key]), key
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in ends[0].meta["metrics"]] == \
+        [{k: v for k, v in row.items() if k != "seconds"} for row in ends[1].meta["metrics"]]
+
+
+def test_samplers_resume_inside_an_epoch_with_the_remaining_batches():
+    from data.speaker_lists import ShuffledEpochSampler, SpeakerBatchSampler
+
+    labels = [index % 5 for index in range(40)]
+    batches = SpeakerBatchSampler(labels, per_speaker=2, batch_size=3, max_per_speaker=8, seed=4)
+    batches.set_epoch(2)
+    whole = list(batches)
+    assert len(whole) == batches.epoch_batches >= 3
+    batches.set_epoch(2, start=2)
+    assert list(batches) == whole[2:] and len(batches) == len(whole) - 2
+    with pytest.raises(ValueError, match="outside the epoch"):
+        batches.set_epoch(2, start=len(whole) + 1)
+    items = ShuffledEpochSampler(10, seed=4)
+    items.set_epoch(1)
+    order = list(items)
+    items.set_epoch(1, start=6)
+    assert list(items) == order[6:] and len(items) == 4
+
+
+def test_verification_metrics_leave_out_trials_not_scored():
+    from engine.asv_trainer import verification_metrics
+
+    scores = np.array([0.9, 0.1, np.nan, 0.8, 0.2, 0.85, np.nan])
+    keys = ["target", "nontarget", "target", "target", "nontarget", "nontarget", "nontarget"]
+    kept = [0, 1, 3, 4, 5]
+    assert verification_metrics(scores, keys) == verification_metrics(scores[kept], [keys[i] for i in kept])
+    assert verification_metrics(scores, keys)["eer"] == pytest.approx(roc_eer(scores[[0, 3]], scores[[1, 4, 5]]))

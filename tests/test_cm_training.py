@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from data.audio import AudioError
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
 from engine.asv_trainer import build_asv_network
 from engine.builder import build_sasv_model
 from engine.cm_trainer import CMTrainer, cosine_factor, read_asv_score_file
 from engine.config import ConfigError, build_config
+from engine.run_state import TrainingError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
 from models.checkpoint import load_checkpoint, save_subsystem_checkpoint
@@ -91,7 +94,9 @@ def test_dev_metrics_use_the_dev_asv_scores(trained, corpus):
     _, experiment, stdout = trained
     with open(experiment / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "dev_eer", "dev_min_tdcf", "seconds"]
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "dev_eer", "dev_min_tdcf", "skipped_batches",
+                             "redrawn_utterances", "seconds"]
+    assert [(row["skipped_batches"], row["redrawn_utterances"]) for row in rows] == [("0", "0")] * len(rows)
     assert [int(row["step"]) for row in rows] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     # The ASV scores were computed on the *dev* trial list, every trial kind included.
     dev_trials = read_sasv_trials(corpus / "protocols" / "ASVspoof2019.LA.asv.dev.gi.trl.txt")
@@ -177,23 +182,26 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
     straight = CMTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
     straight.fit()
 
-    crashing = CMTrainer(build_config(config), tmp_path / "resumed", CPU, progress=False)
-    original = crashing.train_epoch
+    # The crashing run also checkpoints after every step: saving must not change what is trained.
+    crashing = CMTrainer(build_config({**config, "checkpoint_interval_steps": 1}), tmp_path / "resumed", CPU,
+                         progress=False)
+    original, calls = crashing.forward_batch, []
 
-    def crash_in_second_epoch(epoch: int):
-        if epoch == 1:
+    def crash_in_second_epoch(*inputs):
+        calls.append(1)
+        if len(calls) == STEPS_PER_EPOCH + 2:  # epoch 2, batch 2
             raise Crash()
-        return original(epoch)
+        return original(*inputs)
 
-    monkeypatch.setattr(crashing, "train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(crashing, "forward_batch", crash_in_second_epoch)
     with pytest.raises(Crash):
         crashing.fit()
     longer = CMTrainer(build_config({**config, "epoch": 3}), tmp_path / "resumed", CPU, progress=False)
     with pytest.raises(ConfigError, match=r"cannot resume .* epoch \(run: 2, now: 3\)"):
         longer.resume(tmp_path / "resumed" / "weights" / "last.ckpt")  # the cosine spans all epochs
     resumed = CMTrainer(build_config(config), tmp_path / "resumed", CPU, progress=False)
-    resumed.resume(tmp_path / "resumed" / "weights" / "last.ckpt")
-    assert resumed.state.epoch == 1 and resumed.state.step == STEPS_PER_EPOCH
+    resumed.resume_latest()
+    assert (resumed.state.epoch, resumed.state.batch, resumed.state.step) == (1, 1, STEPS_PER_EPOCH + 1)
     resumed.fit()
     ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "resumed")]
     for key, value in ends[0].cm_state.items():
@@ -203,9 +211,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
     assert all("-min_tdcf_dev=" in path.name for path in (tmp_path / "resumed" / "weights").glob("epoch=*.ckpt"))
 
 
-def test_recipe_settings_and_refusals(corpus, tmp_path, capsys):
-    trainer = CMTrainer(build_config(cm_config(corpus, nonfinite_loss="skip")), tmp_path, CPU, progress=False)
-    assert "warning: nonfinite_loss='skip' applies to system sasv only" in capsys.readouterr().out
+def test_recipe_settings_and_refusals(corpus, tmp_path):
+    trainer = CMTrainer(build_config(cm_config(corpus)), tmp_path, CPU, progress=False)
     assert trainer.criterion.weight.tolist() == pytest.approx([0.1, 0.9])  # [spoof, bona fide]
     entries = read_cm_protocol(corpus / "cm.train.short.txt")
     assert trainer.loader.dataset.labels == [int(e.key == "bonafide") for e in entries]
@@ -219,3 +226,61 @@ def test_recipe_settings_and_refusals(corpus, tmp_path, capsys):
         CMTrainer(build_config(small), tmp_path, CPU, progress=False)
     with pytest.raises(ConfigError, match="select_by is min_tdcf, which needs dev ASV scores"):
         build_config(cm_config(corpus, cm_train={"select_by": "min_tdcf"}))
+
+
+def _nan_loss_on_call(trainer: CMTrainer, call: int) -> None:
+    original, calls = trainer.forward_batch, []
+
+    def forward(*inputs):
+        calls.append(1)
+        loss, accuracy = original(*inputs)
+        return (loss * float("nan") if len(calls) == call else loss), accuracy
+
+    trainer.forward_batch = forward
+
+
+def test_nonfinite_loss_is_skipped_or_stops_naming_the_last_checkpoint(corpus, tmp_path, capsys):
+    trainer = CMTrainer(build_config(cm_config(corpus, epoch=1, nonfinite_loss="skip")), tmp_path / "skip", CPU,
+                        progress=False)
+    _nan_loss_on_call(trainer, 2)
+    trainer.fit()
+    assert "non-finite training loss (nan) at cm epoch 1, batch 2/3; batch left out" in capsys.readouterr().out
+    with open(tmp_path / "skip" / "metrics.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert (row["skipped_batches"], row["step"]) == ("1", str(STEPS_PER_EPOCH - 1))
+
+    config = cm_config(corpus, epoch=2, checkpoint_interval_steps=2)
+    trainer = CMTrainer(build_config(config), tmp_path / "error", CPU, progress=False)
+    _nan_loss_on_call(trainer, STEPS_PER_EPOCH + 2)
+    with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at cm epoch 2, step 5 \(batch 2/3\); "
+                                            r"training stopped. The last good checkpoint is .*last.ckpt \(epoch 2, "
+                                            r"batch 1, step 4\)"):
+        trainer.fit()
+
+
+def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, tmp_path, capsys):
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus, root)
+    train_entry = next(e for e in read_cm_protocol(root / "cm.train.short.txt") if e.key == "bonafide")
+    dev_entry = read_cm_protocol(root / "protocols" / "ASVspoof2019.LA.cm.dev.trl.txt")[0]
+    flac = root / "LA" / "ASVspoof2019_LA_{}" / "flac" / "{}.flac"
+    for partition, entry in (("train", train_entry), ("dev", dev_entry)):
+        Path(str(flac).format(partition, entry.utterance)).write_bytes(b"not a flac file")
+    config = cm_config(root, epoch=1)
+    config["dirs"]["cm_trn_list"] = str(root / "cm.train.short.txt")
+    with pytest.raises(AudioError, match=f"{train_entry.utterance}.flac"):
+        CMTrainer(build_config(config), tmp_path / "error", CPU, progress=False).fit()
+
+    trainer = CMTrainer(build_config({**config, "on_bad_audio": "skip"}), tmp_path / "skip", CPU, progress=False)
+    trainer.fit()
+    captured = capsys.readouterr()
+    warning = next(line for line in captured.err.splitlines() if "skipping training audio (on_bad_audio: skip)" in line)
+    assert str(flac).format("train", train_entry.utterance) in warning
+    assert "dev epoch 1: 1 trial(s) not scored" in captured.out
+    with open(tmp_path / "skip" / "metrics.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert int(row["redrawn_utterances"]) >= 1 and math.isfinite(float(row["dev_eer"]))
+    rows = read_rows(tmp_path / "skip" / "scores" / "dev_epoch_001.txt")
+    assert [row[3] for row in rows if row[0] == dev_entry.utterance] == ["nan"]
+    kept = [row for row in rows if row[0] != dev_entry.utterance]
+    assert float(row["dev_eer"]) == pytest.approx(compute_eer(*cm_split(kept))[0], abs=1e-12)
