@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.atomic import atomic_copy, atomic_open, remove_stale_temporaries
 from engine import io as result_io
 from models.checkpoint import load_checkpoint
 from tiny_run import QUIET_ENV, REPO
@@ -27,6 +28,7 @@ WRITER = r"""
 import sys, numpy as np, torch
 from pathlib import Path
 from torch import nn
+from data.atomic import atomic_copy
 from engine import io as result_io
 from models.checkpoint import save_checkpoint
 
@@ -44,7 +46,7 @@ while True:
             tensor.fill_(version)
     save_checkpoint(folder / "last.ckpt", model=model, loss=loss, config={"version": version},
                     extra={"version": version})
-    result_io.atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
+    atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
     result_io.write_scores(folder / "scores.txt", (["LA_0001"] * lines, ["LA_E_1"] * lines, ["target"] * lines),
                            np.full(lines, float(version)))
     result_io.write_pickle(folder / "embeddings.pk",
@@ -118,7 +120,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
         order = [versions[name] for name in FILES]
         assert all(0 <= before - after <= 1 for before, after in zip(order, order[1:])), versions
         seen_versions |= set(order)
-        result_io.remove_stale_temporaries(tmp_path)
+        remove_stale_temporaries(tmp_path)
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert kills_mid_write >= 1, "no kill landed inside a write; the test proved nothing"
     assert len(seen_versions) >= 2
@@ -128,7 +130,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "scores.txt"
     result_io.write_text(target, "old\n")
     with pytest.raises(RuntimeError):
-        with result_io.atomic_open(target) as handle:
+        with atomic_open(target) as handle:
             handle.write("half of the new content")
             raise RuntimeError("disk full")
     assert target.read_text() == "old\n"
@@ -139,7 +141,7 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     previous = os.umask(0o022)
     try:
         result_io.write_json(tmp_path / "metrics.json", {"a": 1})
-        result_io.atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
+        atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
     finally:
         os.umask(previous)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
