@@ -19,7 +19,7 @@ import torch
 
 from data.atomic import atomic_copy, atomic_open, remove_stale_temporaries
 from engine import io as result_io
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from tiny_run import QUIET_ENV, REPO
 
 # Rewrites every kind of output file in a loop, version after version; each version is uniform
@@ -114,7 +114,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
         temporaries = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
         kills_mid_write += bool(temporaries)
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(FILES)
-        assert all(name.endswith((".tmp", ".partial")) for name in temporaries), temporaries
+        assert all(name.endswith(".tmp") for name in temporaries), temporaries
         versions = {name: version_of(tmp_path / name) for name in FILES}  # every file loads and is whole
         # Files are written in order: each holds the version of the one before it or the one after.
         order = [versions[name] for name in FILES]
@@ -138,15 +138,33 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_written_files_get_ordinary_permissions(tmp_path):
+    model = torch.nn.Module()
+    model.asv_model, model.cm_model, model.backend = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
     previous = os.umask(0o022)
     try:
         result_io.write_json(tmp_path / "metrics.json", {"a": 1})
         atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
+        save_checkpoint(tmp_path / "last.ckpt", model=model, loss=None, config=None)
+        os.umask(0o027)
+        save_checkpoint(tmp_path / "private.ckpt", model=model, loss=None, config=None)
     finally:
         os.umask(previous)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "copy.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.ckpt").stat().st_mode & 0o777 == 0o640  # follows the umask like other files
     assert json.loads((tmp_path / "copy.json").read_text()) == {"a": 1}
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    kept = [tmp_path / "scores.txt", tmp_path / "weights" / "last.ckpt", tmp_path / ".hidden_config"]
+    stale = [tmp_path / ".scores.txt.a1b2.tmp", tmp_path / "weights" / ".last.ckpt.c3d4.tmp",
+             tmp_path / "weights" / ".best.ckpt.e5f6.partial"]  # .partial: checkpoints of older versions
+    for path in (*kept, *stale):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
 
 
 def test_scores_round_trip_exactly_and_nan_marks_a_skipped_trial(tmp_path):
