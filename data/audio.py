@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_module
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +21,7 @@ import soundfile
 import torch
 
 from data import flac_fallback
+from data.atomic import atomic_open
 
 DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
 DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process
@@ -120,21 +120,12 @@ def _write_disk_cache(key: tuple, entry: _Decoded) -> None:
     cache_file = _disk_cache_file(key)
     if cache_file is None:
         return
-    temp_name = None
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # Same-folder temp file + os.replace: readers never see a partial entry.
-        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as handle:
-            temp_name = handle.name
+        with atomic_open(cache_file, "wb") as handle:  # readers never see a partial entry
             np.savez(handle, samples=entry.samples, sample_rate=np.int64(entry.sample_rate),
                      bits_per_sample=np.int64(entry.bits_per_sample))
-        os.replace(temp_name, cache_file)
-    except OSError:  # read-only or full cache folder: the cache is optional
-        if temp_name is not None:
-            try:
-                os.remove(temp_name)
-            except OSError:
-                pass
+    except OSError:  # read-only or full cache folder: the cache is optional (atomic_open removed its temporary)
+        pass
 
 
 def _cached_decode(key: tuple) -> _Decoded | None:

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from data.atomic import atomic_open
 from data.audio import AudioError
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from data.trials import TrialSampler
-from engine import io as result_io
 from engine.builder import aasist_model_config
 from engine.config import Config
 from engine.evaluation import extract
@@ -123,7 +123,7 @@ class EmbeddingTable:
         payload = {"version": CACHE_VERSION, "description": description, "utterances": self.utterances,
                    "fingerprints": [list(f) if f is not None else None for f in self.fingerprints],
                    "asv": self.asv, "cm": self.cm, "sha256": self.content_digest(description)}
-        with result_io.atomic_open(path, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             torch.save(payload, handle)
 
     @classmethod

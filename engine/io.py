@@ -1,83 +1,14 @@
-"""Atomic result files: written to a temporary name in the same folder, flushed, then renamed.
-
-A process killed at any moment leaves either the previous complete file or the new
-complete file under the final name, plus at most a hidden `.<name>.*.tmp` sibling that
-`remove_stale_temporaries` deletes (main.py does so when resuming).
-"""
+"""Result files (text, JSON, pickle, CSV, scores), each written atomically through `data.atomic`."""
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 import pickle
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-TEMP_SUFFIX = ".tmp"
-CHECKPOINT_TEMP_SUFFIX = ".partial"  # models.checkpoint.save_checkpoint's temporary files
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary sibling of `path`; on success fsync and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(descriptor, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_folder(path.parent)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def fsync_folder(folder: str | Path) -> None:
-    """Make a rename in `folder` durable (best effort: not every file system supports it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def atomic_copy(source: str | Path, target: str | Path) -> None:
-    """Copy `source` to `target` through a temporary sibling, like every other result file."""
-    with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
-        shutil.copyfileobj(reader, writer, 1 << 20)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the hidden temporary files that killed writers left anywhere under `folder`."""
-    removed = []
-    for pattern in (f".*{TEMP_SUFFIX}", f".*{CHECKPOINT_TEMP_SUFFIX}"):
-        for path in Path(folder).rglob(pattern):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
+from data.atomic import atomic_open
 
 
 def write_text(path: str | Path, text: str) -> None:

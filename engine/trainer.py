@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.atomic import atomic_copy, remove_stale_temporaries
 from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
 from data.trials import TrialSampler
 from engine import distributed
@@ -265,7 +266,7 @@ class Trainer:
         self.resume(newest, newest_checkpoint)
         last = self.dir / "weights" / "last.ckpt"
         if newest != last:  # last.ckpt is missing, damaged or older: make it the restored state again
-            result_io.atomic_copy(newest, last)
+            atomic_copy(newest, last)
         lost = [entry for entry in self.state.best if entry["path"] in unreadable]
         if lost:
             self._warn(f"warning: dropping unreadable best-k checkpoint(s) from the ranking: "
@@ -276,7 +277,7 @@ class Trainer:
 
     def _tidy_after_resume(self) -> None:
         """Remove what a killed run may have left beyond the restored state, and rewrite metrics.csv."""
-        result_io.remove_stale_temporaries(self.dir)
+        remove_stale_temporaries(self.dir)
         kept = {entry["path"] for entry in self.state.best}
         for path in (self.dir / "weights").glob("epoch=*.ckpt"):
             if _BEST_K_NAME.fullmatch(path.name) and f"weights/{path.name}" not in kept:
@@ -451,7 +452,7 @@ class Trainer:
             if entry in state.best:
                 self.save_resumable(self.dir / entry["path"])
                 if self.is_main:
-                    result_io.atomic_copy(self.dir / entry["path"], self.dir / "weights" / "last.ckpt")
+                    atomic_copy(self.dir / entry["path"], self.dir / "weights" / "last.ckpt")
         if not any(entry["epoch"] == epoch + 1 for entry in state.best):
             self.save_resumable()
         if self.is_main:

@@ -12,7 +12,6 @@ import collections
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from data.atomic import atomic_open
 
 OUR_FORMAT = "sasv-toolkit"
 OUR_VERSION = 1
@@ -390,34 +391,6 @@ def save_subsystem_checkpoint(path: str | os.PathLike, *, asv_model: nn.Module |
 
 
 def _write_atomically(path: Path, payload: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600
-        os.replace(temp_name, path)  # atomic: readers see the old file or the complete new one
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_folder(path.parent)
+    with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
+        torch.save(payload, handle)
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not supported everywhere, so best effort.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from data.atomic import atomic_copy, atomic_open, remove_stale_temporaries
 from engine import io as result_io
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from tiny_run import QUIET_ENV, REPO
 
 # Rewrites every kind of output file in a loop, version after version; each version is uniform
@@ -27,6 +28,7 @@ WRITER = r"""
 import sys, numpy as np, torch
 from pathlib import Path
 from torch import nn
+from data.atomic import atomic_copy
 from engine import io as result_io
 from models.checkpoint import save_checkpoint
 
@@ -44,7 +46,7 @@ while True:
             tensor.fill_(version)
     save_checkpoint(folder / "last.ckpt", model=model, loss=loss, config={"version": version},
                     extra={"version": version})
-    result_io.atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
+    atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
     result_io.write_scores(folder / "scores.txt", (["LA_0001"] * lines, ["LA_E_1"] * lines, ["target"] * lines),
                            np.full(lines, float(version)))
     result_io.write_pickle(folder / "embeddings.pk",
@@ -112,13 +114,13 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
         temporaries = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
         kills_mid_write += bool(temporaries)
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(FILES)
-        assert all(name.endswith((".tmp", ".partial")) for name in temporaries), temporaries
+        assert all(name.endswith(".tmp") for name in temporaries), temporaries
         versions = {name: version_of(tmp_path / name) for name in FILES}  # every file loads and is whole
         # Files are written in order: each holds the version of the one before it or the one after.
         order = [versions[name] for name in FILES]
         assert all(0 <= before - after <= 1 for before, after in zip(order, order[1:])), versions
         seen_versions |= set(order)
-        result_io.remove_stale_temporaries(tmp_path)
+        remove_stale_temporaries(tmp_path)
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert kills_mid_write >= 1, "no kill landed inside a write; the test proved nothing"
     assert len(seen_versions) >= 2
@@ -128,7 +130,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "scores.txt"
     result_io.write_text(target, "old\n")
     with pytest.raises(RuntimeError):
-        with result_io.atomic_open(target) as handle:
+        with atomic_open(target) as handle:
             handle.write("half of the new content")
             raise RuntimeError("disk full")
     assert target.read_text() == "old\n"
@@ -136,15 +138,33 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_written_files_get_ordinary_permissions(tmp_path):
+    model = torch.nn.Module()
+    model.asv_model, model.cm_model, model.backend = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
     previous = os.umask(0o022)
     try:
         result_io.write_json(tmp_path / "metrics.json", {"a": 1})
-        result_io.atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
+        atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
+        save_checkpoint(tmp_path / "last.ckpt", model=model, loss=None, config=None)
+        os.umask(0o027)
+        save_checkpoint(tmp_path / "private.ckpt", model=model, loss=None, config=None)
     finally:
         os.umask(previous)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "copy.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.ckpt").stat().st_mode & 0o777 == 0o640  # follows the umask like other files
     assert json.loads((tmp_path / "copy.json").read_text()) == {"a": 1}
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    kept = [tmp_path / "scores.txt", tmp_path / "weights" / "last.ckpt", tmp_path / ".hidden_config"]
+    stale = [tmp_path / ".scores.txt.a1b2.tmp", tmp_path / "weights" / ".last.ckpt.c3d4.tmp",
+             tmp_path / "weights" / ".best.ckpt.e5f6.partial"]  # .partial: checkpoints of older versions
+    for path in (*kept, *stale):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
 
 
 def test_scores_round_trip_exactly_and_nan_marks_a_skipped_trial(tmp_path):

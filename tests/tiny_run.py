@@ -83,7 +83,7 @@ def run_script(script: str, argv: list[str], capsys: pytest.CaptureFixture,
 
 def temporaries(folder: Path) -> list[Path]:
     """Hidden temporary files that an interrupted atomic write would leave."""
-    return sorted(p for pattern in (".*.tmp", ".*.partial") for p in folder.rglob(pattern))
+    return sorted(folder.rglob(".*.tmp"))
 
 
 class StderrWatch:

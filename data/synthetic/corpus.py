@@ -17,6 +17,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from data.atomic import atomic_open
+
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, _Job, _synthesise, _to_pcm16
 from .voices import Voice, sample_voice
 
@@ -144,15 +146,13 @@ def _flac_dir(root: Path, partition: str) -> Path:
 
 
 def _write_flac(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
-    partial = path.with_name(path.name + ".partial")
-    sf.write(partial, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-    os.replace(partial, path)
+    with atomic_open(path, "wb") as handle:
+        sf.write(handle, pcm, sample_rate, format="FLAC", subtype="PCM_16")
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(line + "\n" for line in lines))
-    os.replace(partial, path)
+    with atomic_open(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))
 
 
 def _protocol_lines(spec: CorpusSpec, speakers: list[_Speaker], jobs: list[_Job]) -> dict[str, list[str]]:
