@@ -90,9 +90,14 @@ class TrainTrialDataset(Dataset):
                          f"hit bad audio under {self.audio_dir}; check the training files")
 
     def _warn(self, message: str) -> None:
-        if message not in self._reported:
-            self._reported.add(message)
-            print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)
+        warn_bad_training_audio(self._reported, message)
+
+
+def warn_bad_training_audio(reported: set[str], message: str) -> None:
+    """Name a bad training file on stderr once per process (on_bad_audio: skip); `reported` remembers it."""
+    if message not in reported:
+        reported.add(message)
+        print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)
 
 
 class EpochSampler(Sampler):

@@ -10,7 +10,6 @@ number of DataLoader workers gives the same batches, crops and augmentations.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from data.audio import AudioError, read_audio, random_crop
-from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS
+from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, warn_bad_training_audio
 from data.protocols import ProtocolError, read_cm_protocol
 
 
@@ -255,6 +254,4 @@ class CroppedUtteranceDataset(Dataset):
                          f"of label {label} hit bad audio; check the training files")
 
     def _warn(self, message: str) -> None:
-        if message not in self._reported:
-            self._reported.add(message)
-            print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)
+        warn_bad_training_audio(self._reported, message)

@@ -62,6 +62,12 @@ class TrainState:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def position(self) -> str:
+        """Where training stands, as the messages name it."""
+        if self.batch == 0:
+            return f"end of epoch {self.epoch}, step {self.step}"
+        return f"epoch {self.epoch + 1}, batch {self.batch}, step {self.step}"
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrainState":
         known = {item.name for item in fields(cls)}
@@ -132,3 +138,12 @@ def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, re
     experiment_dir.mkdir(parents=True, exist_ok=True)
     if config_path is not None and not (resume and (experiment_dir / "config.conf").exists()):
         result_io.write_text(experiment_dir / "config.conf", Path(config_path).read_text())
+
+
+def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None) -> str:
+    """The sentence an error ends with: which checkpoint to go on from (or that there is none)."""
+    last = experiment_dir / "weights" / "last.ckpt"
+    if saved is None or not last.is_file():
+        return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
+                "fix the cause and start again with --overwrite")
+    return f"The last good checkpoint is {last} ({saved.position()}); fix the cause and continue with --resume"

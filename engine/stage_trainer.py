@@ -22,12 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.atomic import remove_stale_temporaries
 from data.datasets import iterate_batches, leave_signals_to_main_process
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
-from engine.run_state import (TrainingError, TrainState, config_changes, numpy_rng_state, python_rng_state,
-                              resolve_amp, seed_everything, set_numpy_rng_state, set_python_rng_state)
+from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, numpy_rng_state,
+                              python_rng_state, resolve_amp, seed_everything, set_numpy_rng_state,
+                              set_python_rng_state)
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -151,18 +153,7 @@ class StageTrainer:
         return path
 
     def _last_good(self) -> str:
-        last = self.dir / "weights" / "last.ckpt"
-        if self._saved is None or not last.is_file():
-            return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
-                    "fix the cause and start again with --overwrite")
-        return f"The last good checkpoint is {last} ({self.describe(self._saved)}); fix the cause and continue " \
-               f"with --resume"
-
-    def describe(self, state: TrainState | None = None) -> str:
-        state = state or self.state
-        if state.batch == 0:
-            return f"end of epoch {state.epoch}, step {state.step}"
-        return f"epoch {state.epoch + 1}, batch {state.batch}, step {state.step}"
+        return last_good_checkpoint(self.dir, self._saved)
 
     def load_weights(self, path: Path) -> Checkpoint:
         """Load the network (and ASV loss) weights of one of this stage's checkpoints."""
@@ -187,7 +178,7 @@ class StageTrainer:
         if not last.is_file():
             return None
         self.resume(last)
-        result_io.remove_stale_temporaries(self.dir)
+        remove_stale_temporaries(self.dir)
         if self.state.metrics:
             result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
         return last

@@ -40,8 +40,9 @@ from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringI
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
 from engine.objective import TrainingForward, build_auxiliary_speaker_loss
-from engine.run_state import (TrainingError, TrainState, config_changes, numpy_rng_state, python_rng_state,
-                              resolve_amp, seed_everything, set_numpy_rng_state, set_python_rng_state)
+from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, numpy_rng_state,
+                              python_rng_state, resolve_amp, seed_everything, set_numpy_rng_state,
+                              set_python_rng_state)
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
@@ -202,18 +203,7 @@ class Trainer:
         return path
 
     def _last_good(self) -> str:
-        last = self.dir / "weights" / "last.ckpt"
-        if self._saved is None or not last.is_file():
-            return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
-                    "fix the cause and start again with --overwrite")
-        return (f"The last good checkpoint is {last} ({self.describe(self._saved)}); fix the cause and continue "
-                f"with --resume")
-
-    def describe(self, state: TrainState | None = None) -> str:
-        state = state or self.state
-        if state.batch == 0:
-            return f"end of epoch {state.epoch}, step {state.step}"
-        return f"epoch {state.epoch + 1}, batch {state.batch}, step {state.step}"
+        return last_good_checkpoint(self.dir, self._saved)
 
     def resume(self, path: Path, checkpoint=None) -> None:
         """Restore the full training state from one of our checkpoints."""
