@@ -1,7 +1,7 @@
 """Train a SASV system (ResNetSE34V2 + AASIST + fusion back-end, OC-softmax), or one sub-system, from a .conf file.
 
     python main.py --config configs/ResNetSE34V2_AASIST_OC.conf [--output_dir exp_result] [--device cuda]
-    torchrun --standalone --nproc_per_node=4 main.py --config ...   (system sasv: one process per GPU)
+    torchrun --standalone --nproc_per_node=4 main.py --config ...   (one process per GPU)
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from engine.asv_trainer import ASVTrainer
 from engine.builder import resolve_device
 from engine.cli import add_config_args, config_from_args, resume_command, run_cli
 from engine.cm_trainer import CMTrainer
-from engine.config import Config, ConfigError
+from engine.config import Config
 from engine.demo import ensure_demo_corpus
 from engine.experiment import check_data_layout
 from engine.run_state import prepare_experiment_dir
@@ -39,7 +39,7 @@ def parse_args() -> argparse.Namespace:
 def resume_run(trainer: Trainer | ASVTrainer | CMTrainer) -> Path | None:
     """Restore the newest complete checkpoint; None when the run has none yet.
 
-    Under torchrun (system sasv only) rank 0 chooses it and tidies the folder; the other ranks
+    Under torchrun rank 0 chooses it and tidies the folder; the other ranks
     then read the same file.
     """
     if distributed.world_size() == 1:
@@ -55,9 +55,6 @@ def resume_run(trainer: Trainer | ASVTrainer | CMTrainer) -> Path | None:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    if distributed.launched_world_size() > 1 and config["system"] != "sasv":
-        raise ConfigError(f"{config.source}: system {config['system']} trains in one process; under torchrun "
-                          f"with several processes only system sasv is supported")
     with distributed.process_group(resolve_device(config["device"])) as device:
         train(args, config, device)
 

@@ -132,16 +132,20 @@ def plan_speaker_batches(labels: Sequence[int], *, per_speaker: int, batch_size:
 class SpeakerBatchSampler(Sampler):
     """Yields each batch of `plan_speaker_batches` as a flat list of (epoch, utterance index), group-major.
 
+    `batch_size` groups make the batch of one step over all `world_size` processes; this rank
+    yields every world_size-th group of it (groups rank, rank + world_size, ...).
     `set_epoch(epoch, start)` skips the epoch's first `start` batches (a run resumed mid-epoch).
     """
 
     def __init__(self, labels: Sequence[int], *, per_speaker: int, batch_size: int, max_per_speaker: int,
-                 seed: int) -> None:
+                 seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.labels = list(labels)
         self.per_speaker = per_speaker
         self.batch_size = batch_size
         self.max_per_speaker = max_per_speaker
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
         self._batches = self._plan()
@@ -166,33 +170,45 @@ class SpeakerBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self._batches[self.start:]:
-            yield [(self.epoch, index) for group in batch for index in group]
+            yield [(self.epoch, index) for group in batch[self.rank::self.world_size] for index in group]
 
     def __len__(self) -> int:
         return len(self._batches) - self.start
 
 
 class ShuffledEpochSampler(Sampler):
-    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch), from item `start` on."""
+    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch), from item `start` on.
 
-    def __init__(self, n_items: int, seed: int) -> None:
+    The permutation is cut to whole batches of `batch_size` (the batch of one step over all
+    `world_size` processes); this rank yields every world_size-th item of it, so that its
+    k-th batch of batch_size / world_size items is its share of the k-th global batch.
+    """
+
+    def __init__(self, n_items: int, seed: int, *, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> None:
         self.n_items = n_items
         self.seed = seed
+        self.usable = n_items - n_items % batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if not 0 <= start <= self.n_items:
-            raise ValueError(f"start {start} is outside the epoch's {self.n_items} items")
+        """`start`: items of the epoch already consumed, over all processes."""
+        if not 0 <= start <= self.usable:
+            raise ValueError(f"start {start} is outside the epoch's {self.usable} items")
         self.epoch = epoch
         self.start = start
 
+    def _positions(self) -> range:
+        return range(self.start + self.rank, self.usable, self.world_size)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n_items)
-        return ((self.epoch, int(index)) for index in order[self.start:])
+        return ((self.epoch, int(order[position])) for position in self._positions())
 
     def __len__(self) -> int:
-        return self.n_items - self.start
+        return len(self._positions())
 
 
 class CroppedUtteranceDataset(Dataset):

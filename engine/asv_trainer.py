@@ -24,7 +24,8 @@ from data.speaker_lists import (CroppedUtteranceDataset, LabelledUtterance, Spea
                                 speaker_classes)
 from engine import io as result_io
 from engine.config import Config, ConfigError, require_database
-from engine.evaluation import autocast_context, extract
+from engine import distributed
+from engine.evaluation import autocast_context, extract_sharded
 from engine.experiment import enrollment_paths
 from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
 from engine.run_state import TrainingError
@@ -142,7 +143,7 @@ def score_trials(network: nn.Module, trials: VerificationTrials, device: torch.d
 def _embed(network: nn.Module, paths: list[str], samples: int, batch_size: int, what: str, options: dict) -> np.ndarray:
     if not paths:
         return np.empty((0, 0))
-    return extract([Path(p) for p in paths], samples, {"asv": network}, batch_size=batch_size,
+    return extract_sharded([Path(p) for p in paths], samples, {"asv": network}, batch_size=batch_size,
                    desc=f"{what} embeddings", **options)["asv"].numpy().astype(np.float64)
 
 
@@ -177,8 +178,7 @@ class ASVTrainer(StageTrainer):
         self.loss = build_speaker_loss(config, len(self.classes))
         if config["asv_weight"]:
             self._initialise(Path(config["asv_weight"]))
-        self.model.to(device)
-        self.loss.to(device)
+        self.place_model()
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=settings["lr"], weight_decay=settings["wd"])
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=settings["lr_decay_epochs"],
                                                          gamma=settings["lr_decay"])
@@ -221,7 +221,8 @@ class ASVTrainer(StageTrainer):
                                           sample_rate=config["sample_rate"], resample=config["resample"],
                                           on_bad_audio=config["on_bad_audio"])
         sampler = SpeakerBatchSampler(labels, per_speaker=settings["n_per_speaker"], batch_size=config["batch_size"],
-                                      max_per_speaker=settings["max_per_speaker"], seed=config["seed"])
+                                      max_per_speaker=settings["max_per_speaker"], seed=config["seed"],
+                                      rank=distributed.rank(), world_size=distributed.world_size())
         if len(sampler) == 0:
             raise TrainingError(f"{config.source}: no full batch of {config['batch_size']} speakers x "
                                 f"{settings['n_per_speaker']} utterances can be formed from {len(labels)} utterances "
@@ -244,21 +245,24 @@ class ASVTrainer(StageTrainer):
         config, bad_audio = self.config, {}
         scores = score_trials(self.model, trials, self.device, batch_size=config["eval_batch_size"],
                               num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                              resample=config["resample"], progress=self.progress,
+                              resample=config["resample"], progress=self.progress and self.is_main,
                               on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)
         self.scored(scores, bad_audio, what)
         return scores
 
     def validate(self, epoch: int) -> dict[str, float]:
         scores = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
-        result_io.write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns, scores)
+        if self.is_main:
+            result_io.write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns,
+                                   scores)
         return verification_metrics(scores, self.dev_trials.keys)
 
     def evaluate_final(self) -> dict | None:
         if self.eval_trials is None:
             return None
         scores = self._score(self.eval_trials, "eval")
-        result_io.write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
+        if self.is_main:
+            result_io.write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
         return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores)}
 
     def summary_text(self, summary: dict) -> str:

@@ -25,7 +25,8 @@ from engine import io as result_io
 from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
 from engine.builder import aasist_model_config
 from engine.config import Config, ConfigError, require_database
-from engine.evaluation import autocast_context, extract
+from engine import distributed
+from engine.evaluation import autocast_context, extract_sharded
 from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
 from engine.run_state import TrainingError
 from metrics import MetricError
@@ -98,7 +99,7 @@ class CMTrainer(StageTrainer):
         self.selection = settings["select_by"]
         self.database = require_database(config)
         self.model = self._build_network()
-        self.model.to(device)
+        self.place_model()
         self.criterion = nn.CrossEntropyLoss(weight=torch.tensor(settings["class_weights"], dtype=torch.float32,
                                                                  device=device))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["lr"], betas=tuple(settings["betas"]),
@@ -138,8 +139,9 @@ class CMTrainer(StageTrainer):
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
                                           sample_rate=config["sample_rate"], resample=config["resample"],
                                           on_bad_audio=config["on_bad_audio"])
-        sampler = ShuffledEpochSampler(len(dataset), config["seed"])
-        loader = self.training_loader(dataset, batch_size=config["batch_size"], sampler=sampler, drop_last=True)
+        sampler = ShuffledEpochSampler(len(dataset), config["seed"], batch_size=config["batch_size"],
+                                       rank=distributed.rank(), world_size=distributed.world_size())
+        loader = self.training_loader(dataset, batch_size=self.rank_batch, sampler=sampler, drop_last=True)
         if len(loader) == 0:
             raise TrainingError(f"{config.source}: {len(dataset)} training utterances make no full batch of "
                                 f"{config['batch_size']}")
@@ -161,16 +163,18 @@ class CMTrainer(StageTrainer):
         if not settings["asv_model"]:
             return None
         cached = self.dir / "asv_scores" / f"{partition}.txt"
-        if not cached.is_file():  # computed once per run: the ASV model is fixed
+        if not distributed.broadcast_object(cached.is_file()):  # once per run: the ASV model is fixed
             network = build_asv_network(config)
             load_asv_weights(network, settings["asv_model"])
             network.to(self.device)
             trials = asvspoof_trials(config, partition, keys=SASV_KEYS)
             scores = score_trials(network, trials, self.device, batch_size=config["eval_batch_size"],
                                   num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                                  resample=config["resample"], progress=self.progress,
+                                  resample=config["resample"], progress=self.progress and self.is_main,
                                   on_bad_audio=config["on_bad_audio"])
-            result_io.write_scores(cached, trials.columns, scores)
+            if self.is_main:
+                result_io.write_scores(cached, trials.columns, scores)
+            distributed.barrier()  # the file the other ranks read next
             self._log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
         return read_asv_score_file(cached, trial_path)
 
@@ -190,19 +194,22 @@ class CMTrainer(StageTrainer):
         config, bad_audio = self.config, {}
         audio = partition_audio_dir(self.database, partition)
         self.model.eval()
-        logits = extract([audio / f"{e.utterance}.{config['audio_ext']}" for e in entries], config["test_samples"],
-                         {"logits": lambda wave: self.model(wave)[1]}, device=self.device,
-                         batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                         sample_rate=config["sample_rate"], resample=config["resample"], desc=f"{partition} CM",
-                         progress=self.progress, on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)["logits"]
+        paths = [audio / f"{e.utterance}.{config['audio_ext']}" for e in entries]
+        logits = extract_sharded(paths, config["test_samples"], {"logits": lambda wave: self.model(wave)[1]},
+                                 device=self.device, batch_size=config["eval_batch_size"],
+                                 num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
+                                 resample=config["resample"], desc=f"{partition} CM",
+                                 progress=self.progress and self.is_main, on_bad_audio=config["on_bad_audio"],
+                                 bad_audio=bad_audio)["logits"]
         scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
         self.scored(scores, bad_audio, what)
         return scores
 
     def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
                  ) -> dict[str, float | None]:
-        result_io.write_scores(self.dir / "scores" / name, ([e.utterance for e in entries], [e.attack for e in entries],
-                                                            [e.key for e in entries]), scores)
+        if self.is_main:
+            columns = ([e.utterance for e in entries], [e.attack for e in entries], [e.key for e in entries])
+            result_io.write_scores(self.dir / "scores" / name, columns, scores)
         is_bona = np.array([e.key == "bonafide" for e in entries])
         scores, is_bona = scores[np.isfinite(scores)], is_bona[np.isfinite(scores)]  # NaN: bad audio, not scored
         result: dict[str, float | None] = {"eer": compute_eer(scores[is_bona], scores[~is_bona])[0], "min_tdcf": None}

@@ -180,6 +180,23 @@ def extract(paths: list[Path], samples: int | None, networks: dict[str, Callable
     return {name: torch.cat(chunks) for name, chunks in outputs.items()}
 
 
+def extract_sharded(paths: list[Path], samples: int | None, networks: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                    *, bad_audio: dict[str, str] | None = None, **options) -> dict[str, torch.Tensor]:
+    """`extract`; under torchrun each rank embeds its share of `paths` and every rank gets all rows
+    (and all bad files in `bad_audio`). With one process it is `extract` itself."""
+    def embed_share(share: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        share_bad: dict[str, str] = {}
+        rows = extract([paths[i] for i in share], samples, networks, bad_audio=share_bad, **options)
+        return rows, share_bad
+
+    pieces = distributed.gather_shards(len(paths), embed_share)
+    if bad_audio is not None:
+        for _, (_, share_bad) in pieces:
+            bad_audio.update(share_bad)
+    return {name: distributed.assemble_rows([(share, rows[name]) for share, (rows, _) in pieces])
+            for name in networks}
+
+
 class SASVScorer:
     """Scores SASV trials with a SASV model and its OC-softmax loss."""
 
@@ -200,20 +217,10 @@ class SASVScorer:
         self._bad_audio: dict[str, str] = {}  # filled by the current scoring call
 
     def _extract(self, paths: list[Path], samples: int, networks: dict, batch_size: int, desc: str) -> dict:
-        """`extract`; under torchrun each rank embeds its share of `paths` and every rank gets all rows."""
-        def embed_share(share: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-            bad_audio: dict[str, str] = {}
-            rows = extract([paths[i] for i in share], samples, networks, device=self.device, batch_size=batch_size,
-                           num_workers=self.num_workers, amp=self.amp, sample_rate=self.sample_rate,
-                           resample=self.resample, desc=desc, progress=self.progress,
-                           on_bad_audio=self.on_bad_audio, bad_audio=bad_audio, poll=self.poll)
-            return rows, bad_audio
-
-        pieces = distributed.gather_shards(len(paths), embed_share)
-        for _, (_, bad_audio) in pieces:
-            self._bad_audio.update(bad_audio)
-        return {name: distributed.assemble_rows([(share, rows[name]) for share, (rows, _) in pieces])
-                for name in networks}
+        return extract_sharded(paths, samples, networks, device=self.device, batch_size=batch_size,
+                               num_workers=self.num_workers, amp=self.amp, sample_rate=self.sample_rate,
+                               resample=self.resample, desc=desc, progress=self.progress,
+                               on_bad_audio=self.on_bad_audio, bad_audio=self._bad_audio, poll=self.poll)
 
     def _cached_extract(self, paths: list[Path], samples: int, networks: dict, batch_size: int, desc: str,
                         cache: dict | None, bad_cache: dict[str, str] | None = None) -> dict[str, torch.Tensor]:

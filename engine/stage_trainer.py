@@ -9,6 +9,10 @@ As in the SASV trainer, `weights/last.ckpt` is written at each epoch end, every
 `checkpoint_interval_steps` steps and on SIGINT/SIGTERM at the next batch boundary, with the
 position inside the epoch and its partial sums; batches, crops and augmentations are pure
 functions of (seed, epoch, index), so a resumed run trains exactly as one never stopped.
+
+Under torchrun (engine/distributed.py) `batch_size` is the batch of one step over all processes:
+each rank trains on its share through DistributedDataParallel, embeds its share of the dev/eval
+files, and keeps the same state; rank 0 alone writes files and logs.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from data.atomic import remove_stale_temporaries
 from data.datasets import iterate_batches, leave_signals_to_main_process
+from engine import distributed
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
@@ -68,6 +73,10 @@ class StageTrainer:
         self.stop = StopRequest()
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
         self.loader: DataLoader
+        self.is_main = distributed.is_main()
+        self.rank_batch = distributed.per_rank_batch(config["batch_size"], config.source)
+        distributed.decorrelate_rng(config["seed"], 0)
+        self._train_forward: nn.Module | None = None  # forward_batch behind DDP under torchrun (built in fit)
         self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
         self._clock = time.time()
 
@@ -95,6 +104,13 @@ class StageTrainer:
     # ------------------------------------------------------------- helpers for subclasses
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters()) + (list(self.loss.parameters()) if self.loss is not None else [])
+
+    def place_model(self) -> None:
+        """Move the network and loss to the device; under torchrun on CUDA make its BatchNorms synchronised.
+        Call it before building the optimiser (the conversion creates new parameter tensors)."""
+        self.model = distributed.synchronise_batchnorm(self.model.to(self.device), self.device)
+        if self.loss is not None:
+            self.loss.to(self.device)
 
     def training_loader(self, dataset, **options) -> DataLoader:
         """The DataLoader of a stage's training data (`options`: batch_size/sampler or batch_sampler, ...)."""
@@ -132,6 +148,8 @@ class StageTrainer:
         }
 
     def _save(self, path: Path, extra: dict) -> None:
+        if not self.is_main:
+            return
         parts = {"asv_model": self.model, "asv_loss": self.loss} if self.part == "asv" else {"cm_model": self.model}
         save_subsystem_checkpoint(path, **parts, config=self.config.to_dict(), extra=extra)
 
@@ -205,9 +223,11 @@ class StageTrainer:
             torch.cuda.set_rng_state_all(extra["cuda_rng"])
         set_numpy_rng_state(extra["numpy_rng"])
         set_python_rng_state(extra["python_rng"])
+        distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
-        self._remove_orphans()
+        if self.is_main:
+            self._remove_orphans()
 
     def _remove_orphans(self) -> None:
         # A run killed between saving a best-k file and last.ckpt leaves a file its state does not know.
@@ -238,7 +258,9 @@ class StageTrainer:
 
     def _fit(self) -> dict:
         config = self.config
-        (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+        self._train_forward = distributed.wrap_for_training(_BatchObjective(self), self.device)
         self._clock = time.time()
         for epoch in range(self.state.epoch, config["epoch"]):
             self._check_stop(f"{self.part} epoch {epoch + 1}")
@@ -253,6 +275,7 @@ class StageTrainer:
                           f"bad audio")
             row: dict = {"epoch": epoch + 1, "step": self.state.step, **self._epoch_means()}
             if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:
+                self._share_rank0_weights()  # every rank embeds its share with the same BatchNorm statistics
                 dev = self.validate(epoch)
                 row.update({f"dev_{name}": value for name, value in dev.items()})
                 self._log(f"{self.part} epoch {epoch + 1}: loss {row['train_loss']:.4f}  " + "  ".join(
@@ -267,7 +290,8 @@ class StageTrainer:
             self._clock = time.time()
             if dev.get(self.selection) is not None:
                 self._update_best(epoch + 1, dev[self.selection], dev)
-            result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
+            if self.is_main:
+                result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
             self.save_resumable()
         return self.test()
 
@@ -291,8 +315,9 @@ class StageTrainer:
     def _run_batches(self, epoch: int, n_batches: int) -> None:
         interval = self.config["checkpoint_interval_steps"]
         batches = iterate_batches(self.loader)
-        with tqdm(total=n_batches, initial=self.state.batch, unit="batch", disable=not self.progress,
-                  desc=f"{self.part} epoch {epoch + 1}/{self.config['epoch']}") as bar:  # closed before messages
+        description = f"{self.part} epoch {epoch + 1}/{self.config['epoch']}"
+        with tqdm(total=n_batches, initial=self.state.batch, unit="batch", desc=description,
+                  disable=not (self.progress and self.is_main)) as bar:  # closed before any message below
             while True:
                 try:
                     batch = next(batches)
@@ -302,9 +327,11 @@ class StageTrainer:
                     if self.stop.requested is None:
                         raise
                     batch = None  # the signal also ended the loader's workers; nothing of this batch was used
-                if self.stop.requested is not None:
+                # Checked before the step, so that all ranks stop at the same batch (a collective under torchrun).
+                signum = distributed.agreed_signal(self.stop.requested)
+                if signum is not None:
                     bar.close()
-                    self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+                    self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
                 stepped = self._train_step(batch, epoch, n_batches)
                 self.state.batch += 1
                 bar.update()
@@ -312,29 +339,35 @@ class StageTrainer:
                     bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
                 if stepped and interval and self.state.step % interval == 0:
                     self.save_resumable()
-        if self.stop.requested is not None:  # came during the last batch, whose training is kept
-            self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}")
+        signum = distributed.agreed_signal(self.stop.requested)
+        if signum is not None:  # came during the last batch, whose training is kept
+            self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
 
     def _train_step(self, batch: list[torch.Tensor], epoch: int, n_batches: int) -> bool:
         """Forward, loss, and an optimisation step unless the loss is not finite (then False)."""
         *inputs, redraws = batch
-        self.state.redrawn_utterances += int(redraws.sum())
-        loss, accuracy = self.forward_batch(*inputs)
-        if bool(torch.isfinite(loss)):
+        loss, accuracy = self._train_forward(*inputs)
+        # Means / totals over the ranks, so that every rank keeps the same state and takes the same decision.
+        world = distributed.world_size()
+        accuracy = accuracy.detach() if accuracy is not None else torch.zeros(())
+        step_loss, step_accuracy, redrawn = distributed.sum_over_ranks(loss.detach() / world, accuracy / world,
+                                                                        redraws.sum())
+        self.state.redrawn_utterances += int(redrawn)
+        if bool(torch.isfinite(step_loss)):
             self.state.last_lr = self.current_lr()
             self._optimise(loss)
-            self.state.loss_sum += loss.item()
+            self.state.loss_sum += step_loss.item()
             self.state.loss_count += 1
-            self.state.accuracy_sum += accuracy.item() if accuracy is not None else 0.0
+            self.state.accuracy_sum += step_accuracy.item()
             return True
         if self.config["nonfinite_loss"] == "skip":
             self.optimizer.zero_grad(set_to_none=True)
             self.state.skipped_batches += 1
-            self._log(f"warning: non-finite training loss ({loss.item()}) at {self.part} epoch {epoch + 1}, batch "
-                      f"{self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
+            self._log(f"warning: non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
+                      f"batch {self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
             return False
-        raise TrainingError(f"non-finite training loss ({loss.item()}) at {self.part} epoch {epoch + 1}, step "
-                            f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
+        raise TrainingError(f"non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
+                            f"step {self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
                             f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
 
     def _optimise(self, loss: torch.Tensor) -> None:
@@ -350,14 +383,15 @@ class StageTrainer:
             self.scheduler.step()
 
     def _check_stop(self, where: str) -> None:
-        if self.stop.requested is not None:
-            raise RunInterrupted(f"interrupted by {signal_name(self.stop.requested)} before {where}; "
+        signum = distributed.agreed_signal(self.stop.requested)
+        if signum is not None:
+            raise RunInterrupted(f"interrupted by {signal_name(signum)} before {where}; "
                                  f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
-                                 f"{self.state.epoch}; resume with: {self.resume_hint}", self.stop.requested)
+                                 f"{self.state.epoch}; resume with: {self.resume_hint}", signum)
 
-    def _interrupted(self, where: str) -> None:
-        signum = self.stop.requested
+    def _interrupted(self, where: str, signum: int) -> None:
         path = self.save_resumable()
+        distributed.barrier()  # the others wait for rank 0's checkpoint: torchrun ends them all once one exits
         raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
                              f"{path}; resume with: {self.resume_hint}", signum)
 
@@ -365,22 +399,43 @@ class StageTrainer:
         """Score the eval set with the best dev checkpoint (or the last one when none was ranked)."""
         best = self.state.best[0] if self.state.best else None
         path = self.dir / best["path"] if best else self.dir / "weights" / "last.ckpt"
-        self.load_weights(path)
+        if self.is_main:  # under torchrun rank 0 reads it and the others get its weights
+            self.load_weights(path)
+        self._share_rank0_weights()
         summary = {"checkpoint": str(path.relative_to(self.dir)),
                    "epoch": best["epoch"] if best else self.state.epoch,
                    "best_dev": self._dev_row(best["epoch"]) if best else None}
         result = self.evaluate_final()
         if result is not None:
             summary.update(result)
-            result_io.write_json(self.dir / "metrics_eval.json", summary)
+            if self.is_main:
+                result_io.write_json(self.dir / "metrics_eval.json", summary)
         return summary
+
+    def _share_rank0_weights(self) -> None:
+        distributed.broadcast_states(*[module for module in (self.model, self.loss) if module is not None])
 
     def _dev_row(self, epoch: int) -> dict[str, float]:
         row = next((row for row in self.state.metrics if row["epoch"] == epoch), {})
         return {name[len("dev_"):]: value for name, value in row.items() if name.startswith("dev_") and value != ""}
 
     def _log(self, message: str) -> None:
-        tqdm.write(message)
+        if self.is_main:
+            tqdm.write(message)
+
+
+class _BatchObjective(nn.Module):
+    """The stage's network and loss as one module whose forward is the trainer's `forward_batch`,
+    so that DistributedDataParallel sees (and averages the gradients of) every trained parameter."""
+
+    def __init__(self, trainer: StageTrainer) -> None:
+        super().__init__()
+        self.network = trainer.model
+        self.loss = trainer.loss
+        self._forward_batch = trainer.forward_batch
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._forward_batch(*inputs)
 
 
 def _csv_value(value) -> object:

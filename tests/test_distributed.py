@@ -180,3 +180,102 @@ def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(co
     with open(tmp_path / "exp" / "run" / "metrics.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["6", "12"]
     assert (tmp_path / "exp" / "run" / "metrics_eval.json").is_file()
+
+
+# ----------------------------------------------------------------------------- the ASV and CM stages
+def test_stage_samplers_give_each_rank_its_share_of_every_global_batch():
+    from data.speaker_lists import ShuffledEpochSampler, SpeakerBatchSampler
+
+    single = ShuffledEpochSampler(50, seed=3, batch_size=12)
+    single.set_epoch(2)
+    whole = [index for _, index in single]
+    assert len(whole) == 48  # whole global batches only
+    shares = []
+    for rank in range(3):
+        sampler = ShuffledEpochSampler(50, seed=3, batch_size=12, rank=rank, world_size=3)
+        sampler.set_epoch(2, start=12)  # resumed after one step
+        shares.append([index for _, index in sampler])
+    for step in range(3):  # each rank loads 4 per step; together they hold the single-process batch
+        assert sorted(i for share in shares for i in share[4 * step:4 * step + 4]) == \
+            sorted(whole[12 * (step + 1):12 * (step + 2)])
+
+    labels = [index % 6 for index in range(36)]
+    plan = SpeakerBatchSampler(labels, per_speaker=2, batch_size=4, max_per_speaker=6, seed=3)
+    ranks = [SpeakerBatchSampler(labels, per_speaker=2, batch_size=4, max_per_speaker=6, seed=3, rank=r, world_size=2)
+             for r in range(2)]
+    for batch, first, second in zip(plan, *ranks):
+        assert len(first) == len(second) == 4 and sorted(first + second) == sorted(batch)
+
+
+def _stage_config(corpus: Path, path: Path, system: str) -> Path:
+    from test_pipeline import tiny_config
+
+    config = tiny_config(corpus, system=system, epoch=2, save_top_k=1)
+    if system == "asv":  # 6 speakers x 2 utterances: 1 step of 4 speakers (2 per process) per epoch
+        config.update(batch_size=4, asv_train={"loss": "angleproto", "samples": 8000, "max_per_speaker": 2})
+    else:  # 3 steps of 8 utterances (4 per process) per epoch
+        lines = (corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt").read_text().splitlines()[:24]
+        (path.parent / "cm.train.txt").write_text("\n".join(lines) + "\n")
+        config["dirs"]["cm_trn_list"] = str(path.parent / "cm.train.txt")
+        config["cm_train"] = {"samples": 8000}
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("system, steps", [("asv", ["1", "2"]), ("cm", ["3", "6"])])
+def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path, system, steps):
+    config_path = _stage_config(corpus, tmp_path / f"{system}.conf", system)
+    status, out, err = finish(torchrun(config_path, tmp_path / "exp"))
+    assert status == 0, out + err
+    run = tmp_path / "exp" / system
+    assert out.count("done: ") == 1 and out.count(f"{system} epoch 1: loss") == 1  # rank 0 alone logs
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == steps  # steps of the global batch
+    assert sorted(path.name for path in (run / "scores").iterdir()) == \
+        ["dev_epoch_001.txt", "dev_epoch_002.txt", "eval.txt"]
+    assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
+
+    # The gathered dev scores are those one process gives the final weights, each file once, in order.
+    from engine.asv_trainer import ASVTrainer
+    from engine.cm_trainer import CMTrainer
+
+    config = load_config(config_path)
+    trainer = (ASVTrainer if system == "asv" else CMTrainer)(config, tmp_path / "check", torch.device("cpu"),
+                                                              progress=False)
+    trainer.load_weights(run / "weights" / "last.ckpt")
+    trainer.dir = tmp_path / "check"
+    trainer.validate(1)
+    expected = score_file(tmp_path / "check" / "scores" / "dev_epoch_002.txt")
+    gathered = score_file(run / "scores" / "dev_epoch_002.txt")
+    assert gathered[0] == expected[0]
+    np.testing.assert_allclose(gathered[1], expected[1], atol=1e-5, rtol=0)
+    assert np.abs(gathered[1] - np.roll(expected[1], 1)).max() > 1e-3
+
+
+def test_sigterm_to_torchrun_stops_a_stage_mid_epoch_and_resume_finishes(corpus, tmp_path):
+    config_path = _stage_config(corpus, tmp_path / "cm.conf", "cm")
+    config = json.loads(config_path.read_text())
+    config["dirs"]["cm_trn_list"] = str(corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt")
+    config["loader"] = {"n_workers": 1}
+    config_path.write_text(json.dumps(config))
+    steps = sum(1 for _ in open(config["dirs"]["cm_trn_list"])) // config["batch_size"]
+    process = torchrun(config_path, tmp_path / "exp", progress=True)
+    watch = StderrWatch(process)
+    watch.wait_for(rf"cm epoch 1/2: .*\| [1-{min(steps - 1, 9)}]/{steps} \[")
+    process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
+    process.wait(timeout=120)
+    text = watch.join().replace("\r", "\n")
+    assert process.returncode != 0
+    messages = [line for line in text.splitlines() if line.startswith("interrupted by SIGTERM")]
+    assert len(messages) == 1, text  # rank 0 alone prints it
+    last = tmp_path / "exp" / "cm" / "weights" / "last.ckpt"
+    assert f"saved {last}" in messages[0] and "torchrun --standalone --nproc_per_node=2" in messages[0]
+    meta = load_checkpoint(last).meta
+    assert meta["epoch"] == 0 and 0 < meta["batch"] < steps and meta["step"] == meta["batch"]
+
+    status, out, err = finish(torchrun(config_path, tmp_path / "exp", "--resume"))
+    assert status == 0, out + err
+    assert out.count(f"resumed from {last} (epoch 0, step {meta['step']})") == 1
+    with open(tmp_path / "exp" / "cm" / "metrics.csv") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == [str(steps), str(2 * steps)]
