@@ -8,6 +8,7 @@ the ASVspoof SASV lists. weights/best.ckpt initialises system sasv through `asv_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from engine import distributed
 from engine.evaluation import autocast_context, extract_sharded
 from engine.experiment import enrollment_paths
 from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
-from engine.run_state import TrainingError
 from losses import build_loss
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
@@ -116,14 +116,14 @@ def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("ta
 def score_trials(network: nn.Module, trials: VerificationTrials, device: torch.device, *, batch_size: int,
                  num_workers: int = 0, sample_rate: int = 16000, resample: bool = False, amp: str = "off",
                  progress: bool = False, on_bad_audio: str = "error",
-                 bad_audio: dict[str, str] | None = None) -> np.ndarray:
+                 bad_audio: dict[str, str] | None = None, poll: Callable[[], None] | None = None) -> np.ndarray:
     """Cosine score per trial (float64, trial order); every file goes through the network once.
 
     With on_bad_audio="skip" a trial touching an unreadable file scores NaN, and `bad_audio`
     (when given) receives path -> reason."""
     network.eval()
     options = dict(device=device, num_workers=num_workers, amp=amp, sample_rate=sample_rate, resample=resample,
-                   progress=progress, on_bad_audio=on_bad_audio, bad_audio=bad_audio)
+                   progress=progress, on_bad_audio=on_bad_audio, bad_audio=bad_audio, poll=poll)
     test_paths = sorted({str(path) for path in trials.test_files.values()})
     embedded = {(path, trials.test_samples): row for path, row in zip(
         test_paths, _embed(network, test_paths, trials.test_samples, batch_size, "test", options))}
@@ -224,7 +224,7 @@ class ASVTrainer(StageTrainer):
                                       max_per_speaker=settings["max_per_speaker"], seed=config["seed"],
                                       rank=distributed.rank(), world_size=distributed.world_size())
         if len(sampler) == 0:
-            raise TrainingError(f"{config.source}: no full batch of {config['batch_size']} speakers x "
+            raise ConfigError(f"{config.source}: no full batch of {config['batch_size']} speakers x "
                                 f"{settings['n_per_speaker']} utterances can be formed from {len(labels)} utterances "
                                 f"of {len(self.classes)} speakers; lower batch_size or asv_train.n_per_speaker")
         return self.training_loader(dataset, batch_sampler=sampler), sampler
@@ -241,17 +241,18 @@ class ASVTrainer(StageTrainer):
             embeddings = self.model(waves)
         return self.loss(embeddings.float().view(len(speakers), per_speaker, -1), speakers)
 
-    def _score(self, trials: VerificationTrials, what: str) -> np.ndarray:
+    def _score(self, trials: VerificationTrials, what: str) -> tuple[np.ndarray, dict]:
+        """Scores of `trials` and the counts of those not scored (bad audio)."""
         config, bad_audio = self.config, {}
         scores = score_trials(self.model, trials, self.device, batch_size=config["eval_batch_size"],
                               num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
                               resample=config["resample"], progress=self.progress and self.is_main,
-                              on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio)
-        self.scored(scores, bad_audio, what)
-        return scores
+                              on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio,
+                              poll=self.poll(f"the {what} scoring"))
+        return scores, self.scored(scores, bad_audio, what)
 
     def validate(self, epoch: int) -> dict[str, float]:
-        scores = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
+        scores, _ = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
         if self.is_main:
             result_io.write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns,
                                    scores)
@@ -260,10 +261,10 @@ class ASVTrainer(StageTrainer):
     def evaluate_final(self) -> dict | None:
         if self.eval_trials is None:
             return None
-        scores = self._score(self.eval_trials, "eval")
+        scores, skipped = self._score(self.eval_trials, "eval")
         if self.is_main:
             result_io.write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
-        return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores)}
+        return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores), **skipped}
 
     def summary_text(self, summary: dict) -> str:
         text = f"best dev EER {100 * summary['best_dev']['eer']:.2f}% (epoch {summary['epoch']})" \

@@ -28,7 +28,6 @@ from engine.config import Config, ConfigError, require_database
 from engine import distributed
 from engine.evaluation import autocast_context, extract_sharded
 from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
-from engine.run_state import TrainingError
 from metrics import MetricError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
@@ -143,7 +142,7 @@ class CMTrainer(StageTrainer):
                                        rank=distributed.rank(), world_size=distributed.world_size())
         loader = self.training_loader(dataset, batch_size=self.rank_batch, sampler=sampler, drop_last=True)
         if len(loader) == 0:
-            raise TrainingError(f"{config.source}: {len(dataset)} training utterances make no full batch of "
+            raise ConfigError(f"{config.source}: {len(dataset)} training utterances make no full batch of "
                                 f"{config['batch_size']}")
         return loader, sampler
 
@@ -190,7 +189,8 @@ class CMTrainer(StageTrainer):
             _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
         return self.criterion(logits.float(), labels), None
 
-    def _score(self, partition: str, entries: Sequence[CMEntry], what: str) -> np.ndarray:
+    def _score(self, partition: str, entries: Sequence[CMEntry], what: str) -> tuple[np.ndarray, dict]:
+        """Bona fide logits of `entries` and the counts of those not scored (bad audio)."""
         config, bad_audio = self.config, {}
         audio = partition_audio_dir(self.database, partition)
         self.model.eval()
@@ -200,10 +200,9 @@ class CMTrainer(StageTrainer):
                                  num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
                                  resample=config["resample"], desc=f"{partition} CM",
                                  progress=self.progress and self.is_main, on_bad_audio=config["on_bad_audio"],
-                                 bad_audio=bad_audio)["logits"]
+                                 bad_audio=bad_audio, poll=self.poll(f"the {what} scoring"))["logits"]
         scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
-        self.scored(scores, bad_audio, what)
-        return scores
+        return scores, self.scored(scores, bad_audio, what)
 
     def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
                  ) -> dict[str, float | None]:
@@ -224,12 +223,13 @@ class CMTrainer(StageTrainer):
         return result
 
     def validate(self, epoch: int) -> dict[str, float | None]:
-        scores = self._score("dev", self.dev_entries, f"dev epoch {epoch + 1}")
+        scores, _ = self._score("dev", self.dev_entries, f"dev epoch {epoch + 1}")
         return self._metrics("dev", self.dev_entries, scores, f"dev_epoch_{epoch + 1:03d}.txt")
 
     def evaluate_final(self) -> dict | None:
-        scores = self._score("eval", self.eval_entries, "eval")
-        return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores)}
+        scores, skipped = self._score("eval", self.eval_entries, "eval")
+        return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores),
+                **skipped}
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         return ("epoch",) if self.config["cm_train"]["scheduler"] == "cosine" else ()  # the cosine spans all epochs

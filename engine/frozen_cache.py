@@ -16,6 +16,7 @@ mixed-precision mode the networks run in. Each entry also records its audio file
 modification time, and is embedded again when they change. The file is written atomically
 and carries a SHA-256 of its content: an unreadable, truncated or altered file is rebuilt
 after a one-line warning. Utterances whose audio is bad are not stored (retried next run).
+Under torchrun the processes embed the missing utterances in shares and rank 0 writes the file.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from data.datasets import TrainTrialDataset, partition_audio_dir
 from data.trials import TrialSampler
 from engine.builder import aasist_model_config
 from engine.config import Config
-from engine.evaluation import extract
+from engine import distributed
+from engine.evaluation import extract_sharded
 from models.sasv import SASVModel
 
 CACHE_VERSION = 2  # 2: content checksum labels each table
@@ -213,6 +215,8 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
             stored = EmbeddingTable.load(path, description)
         except ValueError as why:
             warn(f"warning: frozen-embedding cache {path} is damaged ({why}); embedding the training utterances again")
+    distributed.barrier()  # under torchrun: every rank has read the file before rank 0 rewrites it
+    main = distributed.is_main()
     kept: dict[str, int] = {}  # utterance -> its row in `stored`, for entries whose audio file is unchanged
     if stored is not None:
         for row, (utterance, recorded) in enumerate(zip(stored.utterances, stored.fingerprints)):
@@ -223,24 +227,26 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
     old_rows = list(kept.values())
     table = EmbeddingTable.concatenate([] if stored is None else [EmbeddingTable(
         list(kept), [stored.fingerprints[r] for r in old_rows], stored.asv[old_rows], stored.cm[old_rows])])
-    if stored is not None and len(kept) < len(stored.utterances):
+    if main and stored is not None and len(kept) < len(stored.utterances):
         table.save(path, description)  # entries of changed audio files are gone, even if nothing is added
     bad: dict[str, str] = {}
     networks = {"asv": model.asv_embedding, "cm": lambda wave: model.cm_embedding(wave)[0]}
     for start in range(0, len(missing), SAVE_EVERY):  # saved in steps: a stop loses at most one step
         chunk = missing[start:start + SAVE_EVERY]
         problems: dict[str, str] = {}
-        fresh = extract([audio[u] for u in chunk], config["train_samples"], networks, device=device,
-                        batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"], amp=amp,
-                        sample_rate=config["sample_rate"], resample=config["resample"],
-                        desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}", progress=progress,
-                        on_bad_audio="skip", bad_audio=problems, poll=poll)
+        # Under torchrun each rank embeds its share of the chunk and every rank gets all rows.
+        fresh = extract_sharded([audio[u] for u in chunk], config["train_samples"], networks, device=device,
+                                batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
+                                amp=amp, sample_rate=config["sample_rate"], resample=config["resample"],
+                                desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}",
+                                progress=progress and main, on_bad_audio="skip", bad_audio=problems, poll=poll)
         bad.update({u: problems[str(audio[u])] for u in chunk if str(audio[u]) in problems})
         good = [i for i, u in enumerate(chunk) if u not in bad]
         if good:  # bad files are not stored: they are tried again next time
             table = EmbeddingTable.concatenate([table, EmbeddingTable(
                 [chunk[i] for i in good], [current[chunk[i]] for i in good], fresh["asv"][good], fresh["cm"][good])])
-            table.save(path, description)
+            if main:
+                table.save(path, description)
     log(f"frozen sub-systems: training on cached embeddings ({path}; {len(utterances) - len(missing)} of "
         f"{len(utterances)} training utterances reused, {len(missing) - len(bad)} embedded now"
         f"{f', {len(bad)} with bad audio' if bad else ''})")

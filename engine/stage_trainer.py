@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
+import warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.atomic import remove_stale_temporaries
+from data.atomic import atomic_copy, remove_stale_temporaries
 from data.datasets import iterate_batches, leave_signals_to_main_process
 from engine import distributed
 from engine import io as result_io
@@ -38,6 +40,7 @@ from engine.run_state import (TrainingError, TrainState, config_changes, last_go
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
+_DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 # metrics.csv columns every stage writes after its own (dev metrics first).
 COMMON_COLUMNS = ("skipped_batches", "redrawn_utterances", "seconds")
 
@@ -70,7 +73,8 @@ class StageTrainer:
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.stop = StopRequest()
+        # Under torchrun a second signal is ignored, as in the SASV trainer (torchrun forwards the signal too).
+        self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
         self.loader: DataLoader
         self.is_main = distributed.is_main()
@@ -111,6 +115,10 @@ class StageTrainer:
         self.model = distributed.synchronise_batchnorm(self.model.to(self.device), self.device)
         if self.loss is not None:
             self.loss.to(self.device)
+        if self.device.type == "cuda" and hasattr(self.model, "use_channels_last"):
+            self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
+        if self.config["compile"]:
+            self.model.compile()  # in place: the state-dict keys stay as they are
 
     def training_loader(self, dataset, **options) -> DataLoader:
         """The DataLoader of a stage's training data (`options`: batch_size/sampler or batch_sampler, ...)."""
@@ -122,14 +130,22 @@ class StageTrainer:
                           worker_init_fn=leave_signals_to_main_process if workers else None,
                           generator=torch.Generator().manual_seed(self.config["seed"]), **options)
 
-    def scored(self, scores: np.ndarray, bad_audio: dict[str, str], what: str) -> np.ndarray:
-        """Mask of the trials that could be scored (on_bad_audio: skip gives NaN to the others); warns."""
-        finite = np.isfinite(scores)
+    def scored(self, scores: np.ndarray, bad_audio: dict[str, str], what: str) -> dict:
+        """Check scores (NaN: not scored because of bad audio, with on_bad_audio: skip; warned) and return
+        the counts for metrics_eval.json. NaN/inf scores without bad audio mean the model diverged."""
+        n_skipped = int((~np.isfinite(scores)).sum())
+        if n_skipped and not bad_audio:
+            raise TrainingError(f"{what}: {n_skipped} of {len(scores)} scores are NaN/inf: training has diverged. "
+                                f"{self._last_good()}")
         if bad_audio:
             shown = "; ".join(f"{path}: {reason}" for path, reason in list(bad_audio.items())[:3])
-            self._log(f"warning: {what}: {int((~finite).sum())} trial(s) not scored (on_bad_audio: skip; score "
-                      f"nan, left out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
-        return finite
+            self._warn(f"warning: {what}: {n_skipped} trial(s) not scored (on_bad_audio: skip; score nan, left "
+                       f"out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
+        return {"n_skipped_trials": n_skipped, "skipped_audio": dict(sorted(bad_audio.items()))}
+
+    def poll(self, what: str):
+        """For scoring: a check between batches that stops on SIGINT/SIGTERM (RunInterrupted)."""
+        return lambda: self.stop.check(what)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -173,9 +189,9 @@ class StageTrainer:
     def _last_good(self) -> str:
         return last_good_checkpoint(self.dir, self._saved)
 
-    def load_weights(self, path: Path) -> Checkpoint:
+    def load_weights(self, path: Path, checkpoint: Checkpoint | None = None) -> Checkpoint:
         """Load the network (and ASV loss) weights of one of this stage's checkpoints."""
-        checkpoint = load_checkpoint(path)
+        checkpoint = checkpoint or load_checkpoint(path)
         state = checkpoint.asv_state if self.part == "asv" else checkpoint.cm_state
         if state is None:
             raise CheckpointError(f"{path}: holds no {self.part.upper()} weights")
@@ -191,18 +207,50 @@ class StageTrainer:
         return ()
 
     def resume_latest(self) -> Path | None:
-        """Restore weights/last.ckpt (always the newest state); None when the run has none yet."""
-        last = self.dir / "weights" / "last.ckpt"
-        if not last.is_file():
+        """Restore the newest readable resumable checkpoint (normally weights/last.ckpt; a best-k copy when
+        last.ckpt is damaged) and tidy the folder; None when the run has none yet."""
+        newest, newest_position, newest_checkpoint = None, None, None
+        for path in sorted((self.dir / "weights").glob("*.ckpt")):
+            try:
+                checkpoint = load_checkpoint(path)
+            except CheckpointError as error:
+                self._warn(f"warning: skipping unreadable checkpoint: {error}")
+                continue
+            if "optimizer" not in checkpoint.meta:  # best.ckpt: weights only
+                continue
+            position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
+            if newest_position is None or position > newest_position or \
+                    (position == newest_position and path.name == "last.ckpt"):
+                newest, newest_position, newest_checkpoint = path, position, checkpoint
+        if newest is None:
             return None
-        self.resume(last)
+        self.resume(newest, newest_checkpoint)
+        last = self.dir / "weights" / "last.ckpt"
+        if newest != last:  # last.ckpt is missing or damaged: make it the restored state again
+            atomic_copy(newest, last)
+        self._tidy_after_resume()
+        return newest
+
+    def _tidy_after_resume(self) -> None:
+        """Remove what a killed run may have left beyond the restored state, and rewrite metrics.csv."""
         remove_stale_temporaries(self.dir)
+        kept = {entry["path"] for entry in self.state.best}
+        for path in (self.dir / "weights").glob("epoch=*.ckpt"):
+            if _BEST_K_NAME.fullmatch(path.name) and f"weights/{path.name}" not in kept:
+                path.unlink()
+        for path in (self.dir / "scores").glob("dev_epoch_*.txt"):
+            match = _DEV_SCORES_NAME.fullmatch(path.name)
+            if match and int(match.group(1)) > self.state.epoch:
+                path.unlink()
+        if self.state.epoch < self.config["epoch"]:  # eval results of a shorter run would be stale
+            (self.dir / "metrics_eval.json").unlink(missing_ok=True)
+            (self.dir / "scores" / "eval.txt").unlink(missing_ok=True)
         if self.state.metrics:
             result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
-        return last
 
-    def resume(self, path: Path) -> None:
-        checkpoint = self.load_weights(path)
+    def resume(self, path: Path, checkpoint: Checkpoint | None = None) -> None:
+        """Restore the whole training state from one of this stage's resumable checkpoints (files untouched)."""
+        checkpoint = self.load_weights(path, checkpoint)
         extra = checkpoint.meta
         if "optimizer" not in extra:
             raise CheckpointError(f"{path}: holds weights only (no optimiser state); resume from weights/last.ckpt")
@@ -226,16 +274,6 @@ class StageTrainer:
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
-        if self.is_main:
-            self._remove_orphans()
-
-    def _remove_orphans(self) -> None:
-        # A run killed between saving a best-k file and last.ckpt leaves a file its state does not know.
-        kept = {entry["path"] for entry in self.state.best}
-        for path in (self.dir / "weights").glob("epoch=*.ckpt"):
-            match = _BEST_K_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) > self.state.epoch and f"weights/{path.name}" not in kept:
-                path.unlink()
 
     def _update_best(self, epoch: int, value: float, dev: dict[str, float]) -> None:
         entry = {self.selection: float(value), "epoch": epoch,
@@ -270,18 +308,26 @@ class StageTrainer:
                 raise TrainingError(f"every batch of {self.part} epoch {epoch + 1} had a non-finite loss "
                                     f"({state.skipped_batches} left out); training has diverged. {self._last_good()}")
             if state.skipped_batches or state.redrawn_utterances:
-                self._log(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a "
-                          f"non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
-                          f"bad audio")
+                self._warn(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for "
+                           f"a non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
+                           f"bad audio")
             row: dict = {"epoch": epoch + 1, "step": self.state.step, **self._epoch_means()}
             if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:
                 self._share_rank0_weights()  # every rank embeds its share with the same BatchNorm statistics
-                dev = self.validate(epoch)
+                try:
+                    dev = self.validate(epoch)
+                except RunInterrupted as interruption:
+                    self._interrupted(f"the dev scoring of {self.part} epoch {epoch + 1} (its training is saved)",
+                                      interruption.signum)
                 row.update({f"dev_{name}": value for name, value in dev.items()})
                 self._log(f"{self.part} epoch {epoch + 1}: loss {row['train_loss']:.4f}  " + "  ".join(
                     f"dev {name} {value:.4f}" for name, value in dev.items() if value is not None))
             else:
                 dev = {}
+            if self.scheduler_interval == "epoch":  # after validation: a checkpoint taken in it has not stepped
+                with warnings.catch_warnings():  # resumed in the validation, this process has not stepped Adam yet
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                    self.scheduler.step()
             row["seconds"] = round(self.state.seconds + time.time() - self._clock, 3)
             self.state.metrics.append({name: _csv_value(row.get(name)) for name in self.metric_columns})
             # The epoch is complete: a fresh in-epoch position for the next one.
@@ -309,8 +355,6 @@ class StageTrainer:
             if self.loss is not None:
                 self.loss.train()
             self._run_batches(epoch, n_batches)
-        if self.scheduler_interval == "epoch":
-            self.scheduler.step()
 
     def _run_batches(self, epoch: int, n_batches: int) -> None:
         interval = self.config["checkpoint_interval_steps"]
@@ -363,8 +407,8 @@ class StageTrainer:
         if self.config["nonfinite_loss"] == "skip":
             self.optimizer.zero_grad(set_to_none=True)
             self.state.skipped_batches += 1
-            self._log(f"warning: non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
-                      f"batch {self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
+            self._warn(f"warning: non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
+                       f"batch {self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
             return False
         raise TrainingError(f"non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
                             f"step {self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
@@ -405,7 +449,11 @@ class StageTrainer:
         summary = {"checkpoint": str(path.relative_to(self.dir)),
                    "epoch": best["epoch"] if best else self.state.epoch,
                    "best_dev": self._dev_row(best["epoch"]) if best else None}
-        result = self.evaluate_final()
+        try:
+            result = self.evaluate_final()
+        except RunInterrupted as interruption:
+            raise RunInterrupted(f"{interruption} of the eval set; training is complete and saved; score it "
+                                 f"with: {self.resume_hint}", interruption.signum) from None
         if result is not None:
             summary.update(result)
             if self.is_main:
@@ -422,6 +470,10 @@ class StageTrainer:
     def _log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message)
+
+    def _warn(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message, file=sys.stderr)
 
 
 class _BatchObjective(nn.Module):

@@ -146,7 +146,7 @@ class Trainer:
         self.train_forward = distributed.wrap_for_training(forward, self.device)
         trials = config["trials_per_epoch"] or n_utterances
         if trials < config["batch_size"]:
-            raise TrainingError(f"{config.source}: trials_per_epoch ({trials}) is smaller than "
+            raise ConfigError(f"{config.source}: trials_per_epoch ({trials}) is smaller than "
                                 f"batch_size ({config['batch_size']}); no training step would run")
         # Whole global batches only (the last partial one is dropped), each rank every world_size-th trial.
         epoch_sampler = EpochSampler(trials - trials % config["batch_size"], rank=distributed.rank(),

@@ -433,3 +433,54 @@ def test_verification_metrics_leave_out_trials_not_scored():
     kept = [0, 1, 3, 4, 5]
     assert verification_metrics(scores, keys) == verification_metrics(scores[kept], [keys[i] for i in kept])
     assert verification_metrics(scores, keys)["eer"] == pytest.approx(roc_eer(scores[[0, 3]], scores[[1, 4, 5]]))
+
+
+def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corpus, tmp_path):
+    import signal
+
+    from engine.signals import RunInterrupted
+
+    config = asv_config(corpus, epoch=2)  # StepLR steps once per epoch: resuming must not step it twice
+    straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
+    straight.fit()
+
+    stopped = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    original = stopped.validate
+
+    def validate_with_a_signal(epoch):
+        if epoch == 0:
+            stopped.stop.requested = signal.SIGINT  # arrives while the dev files are embedded
+        return original(epoch)
+
+    stopped.validate = validate_with_a_signal
+    with pytest.raises(RunInterrupted, match=r"SIGINT at the dev scoring of asv epoch 1 \(its training is saved\) "
+                                             r"\(step 2\); saved .*last.ckpt"):
+        stopped.fit()
+    weights = tmp_path / "run" / "weights"
+    saved = load_checkpoint(weights / "last.ckpt").meta
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 2, 2)
+
+    resumed = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    assert resumed.resume_latest() == weights / "last.ckpt"
+    resumed.fit()
+    ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
+    for key, value in ends[0].asv_state.items():
+        assert torch.equal(value, ends[1].asv_state[key]), key
+    assert [row["lr"] for row in ends[0].meta["metrics"]] == [row["lr"] for row in ends[1].meta["metrics"]]
+
+    # last.ckpt damaged (e.g. by a disk fault): the newest best-k copy is restored and becomes last.ckpt.
+    (weights / "last.ckpt").write_bytes(b"damaged")
+    again = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    newest = again.resume_latest()
+    assert newest.name.startswith("epoch=002-") and (again.state.epoch, again.state.batch) == (2, 0)
+    assert load_checkpoint(weights / "last.ckpt").meta["step"] == again.state.step
+
+
+def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
+    from engine.run_state import TrainingError
+
+    trainer = ASVTrainer(build_config(asv_config(corpus)), tmp_path, CPU, progress=False)
+    with pytest.raises(TrainingError, match=r"dev epoch 3: 1 of 2 scores are NaN/inf: training has diverged"):
+        trainer.scored(np.array([np.nan, 0.5]), {}, "dev epoch 3")
+    counts = trainer.scored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, "dev epoch 3")
+    assert counts == {"n_skipped_trials": 1, "skipped_audio": {"a.flac": "cannot decode"}}

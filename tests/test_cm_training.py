@@ -244,7 +244,7 @@ def test_nonfinite_loss_is_skipped_or_stops_naming_the_last_checkpoint(corpus, t
                         progress=False)
     _nan_loss_on_call(trainer, 2)
     trainer.fit()
-    assert "non-finite training loss (nan) at cm epoch 1, batch 2/3; batch left out" in capsys.readouterr().out
+    assert "non-finite training loss (nan) at cm epoch 1, batch 2/3; batch left out" in capsys.readouterr().err
     with open(tmp_path / "skip" / "metrics.csv") as handle:
         row = next(csv.DictReader(handle))
     assert (row["skipped_batches"], row["step"]) == ("1", str(STEPS_PER_EPOCH - 1))
@@ -263,8 +263,9 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     shutil.copytree(corpus, root)
     train_entry = next(e for e in read_cm_protocol(root / "cm.train.short.txt") if e.key == "bonafide")
     dev_entry = read_cm_protocol(root / "protocols" / "ASVspoof2019.LA.cm.dev.trl.txt")[0]
+    eval_entry = read_cm_protocol(root / "protocols" / "ASVspoof2019.LA.cm.eval.trl.txt")[-1]
     flac = root / "LA" / "ASVspoof2019_LA_{}" / "flac" / "{}.flac"
-    for partition, entry in (("train", train_entry), ("dev", dev_entry)):
+    for partition, entry in (("train", train_entry), ("dev", dev_entry), ("eval", eval_entry)):
         Path(str(flac).format(partition, entry.utterance)).write_bytes(b"not a flac file")
     config = cm_config(root, epoch=1)
     config["dirs"]["cm_trn_list"] = str(root / "cm.train.short.txt")
@@ -276,7 +277,7 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     captured = capsys.readouterr()
     warning = next(line for line in captured.err.splitlines() if "skipping training audio (on_bad_audio: skip)" in line)
     assert str(flac).format("train", train_entry.utterance) in warning
-    assert "dev epoch 1: 1 trial(s) not scored" in captured.out
+    assert "dev epoch 1: 1 trial(s) not scored" in captured.err
     with open(tmp_path / "skip" / "metrics.csv") as handle:
         row = next(csv.DictReader(handle))
     assert int(row["redrawn_utterances"]) >= 1 and math.isfinite(float(row["dev_eer"]))
@@ -284,3 +285,10 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     assert [row[3] for row in rows if row[0] == dev_entry.utterance] == ["nan"]
     kept = [row for row in rows if row[0] != dev_entry.utterance]
     assert float(row["dev_eer"]) == pytest.approx(compute_eer(*cm_split(kept))[0], abs=1e-12)
+    summary = json.loads((tmp_path / "skip" / "metrics_eval.json").read_text())
+    bad_eval = str(flac).format("eval", eval_entry.utterance)
+    assert summary["n_skipped_trials"] == 1 and list(summary["skipped_audio"]) == [bad_eval]
+    eval_rows = read_rows(tmp_path / "skip" / "scores" / "eval.txt")
+    assert [row[3] for row in eval_rows if row[0] == eval_entry.utterance] == ["nan"]
+    kept = [row for row in eval_rows if row[0] != eval_entry.utterance]
+    assert summary["eer"] == pytest.approx(compute_eer(*cm_split(kept))[0], abs=1e-12)
