@@ -6,31 +6,45 @@
 #   3. nvidia-smi utilisation sampled every second throughout, with the phase boundaries logged.
 # Results go to $OUT (or ./gpu_check): bench.txt (its last line is the JSON summary), demo_bf16.txt,
 # demo_fp32.txt, phases.txt, nvidia_smi.csv and utilisation.txt.
+#
+# Packages the GPU image may lack (soundfile and its cffi/pycparser) travel as wheels in .whl/ (git-ignored),
+# installed into /tmp/site first. With the session's device tool:
+#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=590)
+# To fetch the wheels here (Python 3.12, manylinux x86-64), see the device README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+python="${PYTHON:-python3}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$python" -c "import torch, torchaudio, soundfile, numpy, scipy, sklearn, tqdm, yaml
+print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| soundfile', soundfile.__version__,
+      '| numpy', numpy.__version__, '|', torch.cuda.get_device_name(0))" | tee "$out/versions.txt"
 
+# -f: nvidia-smi writes each sample itself, so none is lost in a buffer when it is stopped.
 nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 \
-    > "$out/nvidia_smi.csv" &
+    -f "$out/nvidia_smi.csv" &
 sampler=$!
 trap 'kill "$sampler" 2>/dev/null || true' EXIT
 phase() { echo "$(date '+%Y/%m/%d %H:%M:%S') $1" | tee -a "$out/phases.txt"; }
 
 phase "bench start"
-python bench/bench_train.py --config configs/demo.conf --asvspoof_shape --device cuda \
+"$python" bench/bench_train.py --config configs/demo.conf --asvspoof_shape --device cuda \
     --train_batches 20 --reference_batches 5 --per_trial_trials 16 2>&1 | tee "$out/bench.txt"
 phase "demo bf16 start"
-python main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
+"$python" main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
     --output_dir "$out/runs_bf16" 2>&1 | tee "$out/demo_bf16.txt"
 phase "demo fp32 start"
-python main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
+"$python" main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
     --output_dir "$out/runs_fp32" --set amp=off 2>&1 | tee "$out/demo_fp32.txt"
 phase "end"
 
 kill "$sampler" 2>/dev/null || true
-python - "$out" <<'EOF' | tee "$out/utilisation.txt"
+"$python" - "$out" <<'EOF' | tee "$out/utilisation.txt"
 """Mean / median GPU utilisation per phase, from nvidia_smi.csv and phases.txt."""
 import statistics
 import sys

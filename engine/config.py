@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -36,14 +37,15 @@ def _section(**fields: Field | dict) -> dict:
 ASVSPOOF_URL = "https://datashare.ed.ac.uk/handle/10283/3336"
 
 SCHEMA: dict = _section(
-    config_name=Field(str, None, "experiment name; defaults to the config file stem"),
+    config_name=Field(str, None, "a name recorded in config.conf (defaults to the config file stem); the "
+                                 "experiment folder is <output_dir>/<config file stem>"),
     system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
                  "speaker model, see asv_train) or cm (AASIST countermeasure, see cm_train); asv and cm write "
                  "weights/best.ckpt, which asv_weight / aasist_weight accept", choices=("sasv", "asv", "cm")),
     seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
-    batch_size=Field(int, 20, "per optimisation step: training trials (sasv; under torchrun all processes "
-                              "together, batch_size / N each), speakers (asv; "
-                              "asv_train.n_per_speaker utterances each) or utterances (cm)"),
+    batch_size=Field(int, 20, "per optimisation step: training trials (sasv), speakers (asv; "
+                              "asv_train.n_per_speaker utterances each) or utterances (cm); under torchrun all "
+                              "processes together, batch_size / N each"),
     eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
     epoch=Field(int, 20, "number of training epochs"),
     trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM protocol (as the original)"),
@@ -57,9 +59,10 @@ SCHEMA: dict = _section(
                          "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
                          "(skipped_batches)", choices=("error", "skip")),
     on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf, or wrong-rate/multi-channel (unless resample) "
-                       "audio: error stops with one line naming the file; skip draws another training trial instead "
-                       "and, in scoring, marks the trials that need the file (score nan, left out of the EERs, "
-                       "counted as n_skipped_trials)", choices=("error", "skip")),
+                       "audio: error stops with one line naming the file; skip draws another training trial (sasv) "
+                       "or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
+                       "trials that need the file (score nan, left out of the metrics, counted as "
+                       "n_skipped_trials)", choices=("error", "skip")),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
     model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",
                      choices=("ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC_fixed")),
@@ -84,7 +87,8 @@ SCHEMA: dict = _section(
     amp=Field(str, "auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
               choices=("auto", "bf16", "fp16", "off")),
     compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
-                  "trained (on CUDA the ResNet always runs in channels_last)"),
+                  "trained, or the stage's network (ignored under torchrun on CUDA, where SyncBatchNorm cannot be "
+                  "compiled; on CUDA the ResNet always runs in channels_last)"),
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
                                   "back-end on them; false runs the frozen networks every batch"),
@@ -502,5 +506,8 @@ def describe_schema() -> str:
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, field in _fields(SCHEMA):
         doc = ("ignored. " if field.ignored else "") + field.doc
+        named = [str(choice) for choice in field.choices or () if choice is not None]  # None: not set
+        if named and not all(re.search(rf"\b{re.escape(choice)}\b", field.doc) for choice in named):
+            doc += f" (one of: {', '.join(named)})"
         rows.append(f"| `{key}` | {_type_name(field.kind)} | `{field.default!r}` | {doc} |")
     return "\n".join(rows)

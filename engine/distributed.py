@@ -191,6 +191,20 @@ def assemble_rows(pieces: Sequence[tuple[list[int], Rows]]) -> Rows:
     return np.concatenate([rows for _, rows in filled])[order]
 
 
+def syncs_batchnorm(device: torch.device) -> bool:
+    """Whether `synchronise_batchnorm` converts: several processes on CUDA."""
+    return is_distributed() and device.type == "cuda"
+
+
+def compile_allowed(requested: bool, device: torch.device, warn: Callable[[str], None]) -> bool:
+    """`compile: true`, unless BatchNorms are synchronised: torch.compile breaks its graph at every
+    SyncBatchNorm (and compile + DDP + SyncBatchNorm has open failure reports), so it is skipped."""
+    if requested and syncs_batchnorm(device):
+        warn("warning: compile is ignored under torchrun on CUDA: torch.compile cannot trace SyncBatchNorm")
+        return False
+    return requested
+
+
 def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Under torchrun on CUDA, `module` with its BatchNorms made SyncBatchNorm (children replaced in place).
 
@@ -198,7 +212,7 @@ def synchronise_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     tensors. SyncBatchNorm needs CUDA; on CPU, or with one process, `module` is returned as it is
     and each process normalises its own share.
     """
-    if not is_distributed() or device.type != "cuda":
+    if not syncs_batchnorm(device):
         return module
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 

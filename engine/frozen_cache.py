@@ -11,8 +11,8 @@ path (`TrainTrialDataset`), which `cache_frozen_embeddings: false` keeps.
 
 Cache file `<dirs.embedding>/train-<key>.pt`. The key hashes the frozen weights (the bytes of
 every state-dict tensor, so any weight change gives another file), the architecture
-configs, the crop rule (train_crop, train_samples, sample_rate, resample, audio_ext) and the
-mixed-precision mode the networks run in. Each entry also records its audio file's size and
+configs and the crop rule (train_crop, train_samples, sample_rate, resample, audio_ext); frozen
+networks always run in fp32 (models/sasv.py), so `amp` does not enter it. Each entry also records its audio file's size and
 modification time, and is embedded again when they change. The file is written atomically
 and carries a SHA-256 of its content: an unreadable, truncated or altered file is rebuilt
 after a one-line warning. Utterances whose audio is bad are not stored (retried next run).
@@ -41,7 +41,7 @@ from engine import distributed
 from engine.evaluation import extract_sharded
 from models.sasv import SASVModel
 
-CACHE_VERSION = 2  # 2: content checksum labels each table
+CACHE_VERSION = 3  # 2: content checksum labels each table; 3: frozen networks always fp32 (no amp in the key)
 DEFAULT_FOLDER = "frozen_embeddings"  # under the experiment folder when dirs.embedding is not set
 SAVE_EVERY = 2048  # utterances embedded between two saves of the cache file
 
@@ -76,13 +76,13 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_description(config: Config, model: SASVModel, amp: str) -> dict:
+def cache_description(config: Config, model: SASVModel) -> dict:
     """Everything the cached embeddings depend on besides the audio files themselves."""
     return {"version": CACHE_VERSION, "asv_weights": weights_digest(model.asv_model),
             "cm_weights": weights_digest(model.cm_model), "asv_model": config["asv_model"],
             "cm_model": aasist_model_config(config), "train_crop": config["train_crop"],
             "train_samples": config["train_samples"], "sample_rate": config["sample_rate"],
-            "resample": config["resample"], "audio_ext": config["audio_ext"], "amp": amp}
+            "resample": config["resample"], "audio_ext": config["audio_ext"]}
 
 
 def cache_path(folder: str | Path, description: dict) -> Path:
@@ -196,14 +196,14 @@ class TrainingInputs:
     cache_file: Path | None = None  # the embedding cache, when used
 
 
-def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, device: torch.device, amp: str,
+def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, device: torch.device,
                     folder: Path, progress: bool = True, log: Log = print, warn: Log = print,
                     poll: Callable[[], None] | None = None) -> tuple[EmbeddingTable, dict[str, str], Path]:
     """The cached embeddings of `utterances` (computing the missing ones) and the bad files' reasons.
 
     `poll` is called between batches and may raise to stop (a signal); what was embedded is kept.
     """
-    description = cache_description(config, model, amp)
+    description = cache_description(config, model)
     path = cache_path(folder, description)
     audio_dir = partition_audio_dir(config["dirs"]["database"], "train")
     ext = config["audio_ext"]
@@ -237,7 +237,7 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
         # Under torchrun each rank embeds its share of the chunk and every rank gets all rows.
         fresh = extract_sharded([audio[u] for u in chunk], config["train_samples"], networks, device=device,
                                 batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                                amp=amp, sample_rate=config["sample_rate"], resample=config["resample"],
+                                sample_rate=config["sample_rate"], resample=config["resample"],
                                 desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}",
                                 progress=progress and main, on_bad_audio="skip", bad_audio=problems, poll=poll)
         bad.update({u: problems[str(audio[u])] for u in chunk if str(audio[u]) in problems})
@@ -253,7 +253,7 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
     return table, bad, path
 
 
-def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, device: torch.device, amp: str,
+def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, device: torch.device,
                     experiment_dir: Path, progress: bool = True, log: Log = print, warn: Log = print,
                     poll: Callable[[], None] | None = None) -> TrainingInputs:
     """The training dataset and forward: cached embeddings when the sub-systems allow it, else waveforms."""
@@ -267,7 +267,7 @@ def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, 
             log(f"training: no frozen-embedding cache ({reason}); the networks run on the waveforms every batch")
         return TrainingInputs(TrainTrialDataset(sampler, **options), None, config["loader"]["n_workers"])
     folder = Path(config["dirs"]["embedding"]) if config["dirs"]["embedding"] else experiment_dir / DEFAULT_FOLDER
-    table, bad, path = embedding_table(config, model, sampler.utterances(), device=device, amp=amp, folder=folder,
+    table, bad, path = embedding_table(config, model, sampler.utterances(), device=device, folder=folder,
                                        progress=progress, log=log, warn=warn, poll=poll)
     rows = {u: i for i, u in enumerate(table.utterances)}
     dataset = CachedTrialDataset(sampler, rows, bad, **options)

@@ -107,6 +107,43 @@ def config_changes(stored: dict, current: dict) -> list[str]:
     return changed
 
 
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      parameters: list[torch.nn.Parameter], clip: float) -> bool:
+    """Backward, optional gradient-norm clipping, optimiser step through the (fp16) grad scaler.
+
+    False when the scaler skipped the step (fp16 gradients overflowed; it lowers its scale and
+    the weights stay as they were): such a step is not counted by the schedules."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    return scale is None or scaler.get_scale() >= scale
+
+
+def rng_snapshot() -> dict[str, Any]:
+    """Every random stream training draws from, for a checkpoint (keys as stored in it)."""
+    return {"torch_rng": torch.get_rng_state(),
+            # The current device's generator only: a run may resume with other devices visible.
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else [],
+            "numpy_rng": numpy_rng_state(), "python_rng": python_rng_state()}
+
+
+def restore_rng(snapshot: dict[str, Any]) -> None:
+    """Inverse of `rng_snapshot` (the CUDA state goes to the current device, when there is one)."""
+    torch.set_rng_state(snapshot["torch_rng"])
+    cuda = snapshot["cuda_rng"]
+    if isinstance(cuda, list):  # checkpoints of an earlier version held one state per visible device
+        cuda = cuda[0] if cuda else None
+    if torch.cuda.is_available() and cuda is not None:
+        torch.cuda.set_rng_state(cuda)
+    set_numpy_rng_state(snapshot["numpy_rng"])
+    set_python_rng_state(snapshot["python_rng"])
+
+
 def numpy_rng_state() -> list:
     name, keys, position, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(position), int(has_gauss), float(cached)]

@@ -34,9 +34,8 @@ from engine import distributed
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
-from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, numpy_rng_state,
-                              python_rng_state, resolve_amp, seed_everything, set_numpy_rng_state,
-                              set_python_rng_state)
+from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint,
+                              optimisation_step, resolve_amp, restore_rng, rng_snapshot, seed_everything)
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -117,7 +116,7 @@ class StageTrainer:
             self.loss.to(self.device)
         if self.device.type == "cuda" and hasattr(self.model, "use_channels_last"):
             self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
-        if self.config["compile"]:
+        if distributed.compile_allowed(self.config["compile"], self.device, self._warn):
             self.model.compile()  # in place: the state-dict keys stay as they are
 
     def training_loader(self, dataset, **options) -> DataLoader:
@@ -157,10 +156,7 @@ class StageTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": numpy_rng_state(),
-            "python_rng": python_rng_state(),
+            **rng_snapshot(),
         }
 
     def _save(self, path: Path, extra: dict) -> None:
@@ -264,13 +260,10 @@ class StageTrainer:
                                   f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
-        self.scaler.load_state_dict(extra["scaler"])
+        if extra["scaler"]:  # empty when written with the scaler off (no fp16 on that device)
+            self.scaler.load_state_dict(extra["scaler"])
         self.state = TrainState.from_dict(extra)  # a stage checkpoint of an older version: an epoch end
-        torch.set_rng_state(extra["torch_rng"])
-        if torch.cuda.is_available() and extra["cuda_rng"]:
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        set_numpy_rng_state(extra["numpy_rng"])
-        set_python_rng_state(extra["python_rng"])
+        restore_rng(extra)
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
@@ -415,13 +408,9 @@ class StageTrainer:
                             f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
 
     def _optimise(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config["gradient_clip"]:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config["gradient_clip"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if not optimisation_step(loss, self.optimizer, self.scaler, self.trainable_parameters(),
+                                 self.config["gradient_clip"]):
+            return
         self.state.step += 1
         if self.scheduler_interval == "step":
             self.scheduler.step()

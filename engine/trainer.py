@@ -40,9 +40,8 @@ from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringI
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
 from engine.objective import TrainingForward, build_auxiliary_speaker_loss
-from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, numpy_rng_state,
-                              python_rng_state, resolve_amp, seed_everything, set_numpy_rng_state,
-                              set_python_rng_state)
+from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint,
+                              optimisation_step, resolve_amp, restore_rng, rng_snapshot, seed_everything)
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
@@ -102,7 +101,8 @@ class Trainer:
             self.speaker_loss = build_auxiliary_speaker_loss(config, len(self._training_trials[0].speakers)).to(device)
         # Both before the optimiser takes the parameters, and before DDP wraps the model (_train_loader).
         self.model = distributed.synchronise_batchnorm(self.model, device)
-        apply_kernel_options(self.model, device, compile=config["compile"])
+        apply_kernel_options(self.model, device, compile=distributed.compile_allowed(config["compile"], device,
+                                                                                    self._warn))
         self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
@@ -136,7 +136,7 @@ class Trainer:
         config = self.config
         sampler, n_utterances = self._training_trials
         # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
-        inputs = training_inputs(config, self.model, sampler, device=self.device, amp=self.amp,
+        inputs = training_inputs(config, self.model, sampler, device=self.device,
                                  experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn,
                                  poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
                                                               f"is kept); go on with: {self.resume_hint}"))
@@ -168,10 +168,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": numpy_rng_state(),
-            "python_rng": python_rng_state(),
+            **rng_snapshot(),
         }
 
     def save(self, path: Path) -> None:
@@ -221,13 +218,10 @@ class Trainer:
             self.speaker_loss.load_state_dict(extra["speaker_loss"])
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
-        self.scaler.load_state_dict(extra["scaler"])
+        if extra["scaler"]:  # empty when written with the scaler off (no fp16 on that device)
+            self.scaler.load_state_dict(extra["scaler"])
         self.state = TrainState.from_dict(extra)
-        torch.set_rng_state(extra["torch_rng"])
-        if torch.cuda.is_available() and extra["cuda_rng"]:
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        set_numpy_rng_state(extra["numpy_rng"])
-        set_python_rng_state(extra["python_rng"])
+        restore_rng(extra)
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._clock = time.time()
@@ -284,14 +278,9 @@ class Trainer:
 
     # --------------------------------------------------------------- loop
     def _optimise(self, loss: torch.Tensor) -> None:
-        clip = self.config["gradient_clip"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(list(self.model.trainable_parameters()) + self._loss_parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        parameters = list(self.model.trainable_parameters()) + self._loss_parameters()
+        if not optimisation_step(loss, self.optimizer, self.scaler, parameters, self.config["gradient_clip"]):
+            return
         self.state.step += 1
         if self.state.step % self.config["optim"]["scheduler_interval"] == 0:
             self.scheduler.step()

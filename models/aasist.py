@@ -279,9 +279,12 @@ class AASIST(nn.Module):
         return nodes_t + aug_t, nodes_s + aug_s, master + aug_master
 
     def forward(self, waveform: Tensor, freq_aug: bool = False) -> tuple[Tensor, Tensor]:
-        x = self.conv_time(waveform.unsqueeze(1), mask=freq_aug)  # [B, filters, T - kernel + 1]
-        x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))
-        x = self.selu(self.first_bn(x))
+        # The sinc filter bank stays fp32 under autocast: in bf16 the weak high bands (where many
+        # spoofing artefacts are) would drown in rounding noise of the strong low ones.
+        with torch.autocast(waveform.device.type, enabled=False):
+            x = self.conv_time(waveform.float().unsqueeze(1), mask=freq_aug)  # [B, filters, T - kernel + 1]
+            x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))
+            x = self.selu(self.first_bn(x))
         encoded = self.encoder(x)  # [B, C, spectral nodes, frames]
 
         spectral = torch.max(torch.abs(encoded), dim=3)[0].transpose(1, 2) + self.pos_S

@@ -8,6 +8,7 @@ and `embedding_mlp` (was `DNN_layer`); the checkpoint loader maps those.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -123,16 +124,22 @@ class SASVModel(nn.Module):
                             f"convert one of them explicitly")
         return wave
 
+    @staticmethod
+    def _precision(trainable: bool, wave: Tensor) -> AbstractContextManager:
+        # A frozen sub-system runs in fp32 even under autocast: its embeddings are then the same in
+        # training (and in the frozen-embedding cache) as in scoring, which is always fp32.
+        return nullcontext() if trainable else torch.autocast(wave.device.type, enabled=False)
+
     def asv_embedding(self, wave: Tensor) -> Tensor:
         """Speaker embedding [B, asv_dim] of a waveform batch [B, T]."""
         wave = self._as_batch(wave, "ASV input", self.asv_model)
-        with torch.set_grad_enabled(self.train_asv and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.train_asv and torch.is_grad_enabled()), self._precision(self.train_asv, wave):
             return self.asv_model(wave)
 
     def cm_embedding(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         """Countermeasure (embedding [B, cm_dim], logits [B, 2]) of a waveform batch [B, T]."""
         wave = self._as_batch(wave, "CM input", self.cm_model)
-        with torch.set_grad_enabled(self.train_cm and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.train_cm and torch.is_grad_enabled()), self._precision(self.train_cm, wave):
             return self.cm_model(wave)
 
     def score_embeddings(self, asv_enrollment: Tensor, asv_test: Tensor, cm_embedding: Tensor) -> Tensor:

@@ -61,7 +61,7 @@ def inputs_for(config, folder: Path, model=None):
     model = model if model is not None else seeded_model(config)
     log, warn = Messages(), Messages()
     sampler, _ = training_sampler(config)
-    result = training_inputs(config, model, sampler, device=torch.device("cpu"), amp="off", experiment_dir=folder,
+    result = training_inputs(config, model, sampler, device=torch.device("cpu"), experiment_dir=folder,
                              progress=False, log=log, warn=warn)
     return result, log, warn
 
@@ -138,7 +138,7 @@ def test_cache_reused_invalidated_and_rebuilt(corpus, tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     _, log, warn = inputs_for(config, tmp_path)
     assert len(warn.lines) == 1 and "is damaged (unreadable" in warn.lines[0]
-    assert EmbeddingTable.load(path, cache_description(config, seeded_model(config), "off")).asv.shape[0] \
+    assert EmbeddingTable.load(path, cache_description(config, seeded_model(config))).asv.shape[0] \
         == n_utterances
 
 
@@ -225,7 +225,7 @@ def test_stopped_build_keeps_what_was_embedded(corpus, tmp_path, monkeypatch):
 
     sampler, _ = training_sampler(config)
     with pytest.raises(RunInterrupted):
-        training_inputs(config, seeded_model(config), sampler, device=torch.device("cpu"), amp="off",
+        training_inputs(config, seeded_model(config), sampler, device=torch.device("cpu"),
                         experiment_dir=tmp_path, progress=False, log=Messages(), warn=Messages(), poll=poll)
     _, log, warn = inputs_for(config, tmp_path)
     assert not warn.lines

@@ -1,0 +1,80 @@
+"""Mixed-precision rules that hold on any device (checked here with CPU autocast): AASIST's sinc front end
+and frozen sub-systems run in fp32 under autocast; a grad-scaler step that overflowed is not counted."""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from engine import distributed
+from engine.builder import build_sasv_model
+from engine.config import build_config
+from engine.run_state import optimisation_step, restore_rng, rng_snapshot
+from models.aasist import AASIST
+from tiny_run import tiny_corpus
+from test_pipeline import tiny_config
+
+AASIST_CONFIG = {"architecture": "AASIST", "nb_samp": 8000, "first_conv": 32,
+                 "filts": [12, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 8],
+                 "pool_ratios": [0.5, 0.5, 0.5, 0.5], "temperatures": [2.0, 2.0, 100.0, 100.0]}
+
+
+def test_aasist_sinc_front_end_stays_fp32_under_autocast():
+    torch.manual_seed(0)
+    model = AASIST(AASIST_CONFIG).eval()
+    seen = {}
+    model.first_bn.register_forward_hook(lambda _m, _i, output: seen.setdefault(len(seen), output))
+    wave = torch.randn(2, 8000)
+    with torch.no_grad():
+        model(wave)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, logits = model(wave)
+    assert seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])  # front end bit-identical
+    assert logits.dtype == torch.bfloat16  # the rest of the network does run in bf16
+
+
+def test_frozen_subsystems_run_in_fp32_under_autocast(tmp_path_factory):
+    config = build_config(tiny_config(tiny_corpus(tmp_path_factory), model_arch="ResNetSE34V2_AASIST_OC_fixed"))
+    torch.manual_seed(0)
+    model, _ = build_sasv_model(config, load_weights=False)
+    model.eval()
+    wave = torch.randn(2, 8000)
+    with torch.no_grad():
+        asv, (cm, _) = model.asv_embedding(wave), model.cm_embedding(wave)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            asv_amp, (cm_amp, _) = model.asv_embedding(wave), model.cm_embedding(wave)
+    assert asv_amp.dtype == cm_amp.dtype == torch.float32
+    assert torch.equal(asv, asv_amp) and torch.equal(cm, cm_amp)
+
+
+def test_an_overflowed_scaler_step_leaves_the_weights_and_is_not_counted():
+    layer = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    before = layer.weight.detach().clone()
+    overflow = layer(torch.full((1, 3), 1e38)).sum() * 1e38  # inf gradients once scaled
+    assert not optimisation_step(overflow, optimizer, scaler, list(layer.parameters()), clip=1.0)
+    assert torch.equal(layer.weight, before) and scaler.get_scale() < 65536.0
+    assert optimisation_step(layer(torch.ones(1, 3)).sum(), optimizer, scaler, list(layer.parameters()), clip=0)
+    assert not torch.equal(layer.weight, before)
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    assert optimisation_step(layer(torch.ones(1, 3)).sum(), optimizer, disabled, list(layer.parameters()), clip=0)
+
+
+def test_rng_snapshot_round_trip_and_the_older_per_device_list():
+    snapshot = rng_snapshot()
+    first = torch.rand(3)
+    restore_rng(snapshot)
+    assert torch.equal(torch.rand(3), first)
+    restore_rng({**snapshot, "cuda_rng": []})  # an earlier checkpoint written without CUDA
+    assert torch.equal(torch.rand(3), first)
+
+
+def test_compile_is_skipped_only_where_batchnorm_is_synchronised(monkeypatch):
+    warnings = []
+    assert distributed.compile_allowed(True, torch.device("cpu"), warnings.append)
+    assert not distributed.compile_allowed(False, torch.device("cpu"), warnings.append) and not warnings
+    monkeypatch.setattr(distributed, "syncs_batchnorm", lambda device: True)
+    assert not distributed.compile_allowed(True, torch.device("cuda"), warnings.append)
+    assert warnings == ["warning: compile is ignored under torchrun on CUDA: torch.compile cannot trace "
+                        "SyncBatchNorm"]
