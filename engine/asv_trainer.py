@@ -42,6 +42,9 @@ def build_speaker_loss(config: Config, n_speakers: int) -> nn.Module:
     settings = config["asv_train"]
     if settings["loss"] == "angleproto":
         return build_loss("angleproto", init_w=settings["init_w"], init_b=settings["init_b"])
+    if settings["loss"] == "softmaxproto":
+        return build_loss("softmaxproto", embedding_dim=config["asv_model"]["n_out"], n_classes=n_speakers,
+                          init_w=settings["init_w"], init_b=settings["init_b"])
     return build_loss("aamsoftmax", embedding_dim=config["asv_model"]["n_out"], n_classes=n_speakers,
                       margin=settings["margin"], scale=settings["scale"])
 

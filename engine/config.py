@@ -34,6 +34,7 @@ def _section(**fields: Field | dict) -> dict:
     return fields
 
 
+PROTOTYPICAL_LOSSES = ("angleproto", "softmaxproto")  # need >= 2 utterances per speaker in a batch
 ASVSPOOF_URL = "https://datashare.ed.ac.uk/handle/10283/3336"
 
 SCHEMA: dict = _section(
@@ -133,14 +134,17 @@ SCHEMA: dict = _section(
         scale=Field(float, 30.0, "its logit scale"),
     ),
     asv_train=_section(
-        loss=Field(str, "aamsoftmax", "system asv: speaker loss, aamsoftmax (additive angular margin) or angleproto "
-                   "(angular prototypical, as voxceleb_trainer's baseline_v2_ap)", choices=("aamsoftmax", "angleproto")),
+        loss=Field(str, "aamsoftmax", "system asv: speaker loss, aamsoftmax (additive angular margin), angleproto "
+                   "(angular prototypical) or softmaxproto (softmax + angular prototypical, the recipe of "
+                   "voxceleb_trainer's baseline_v2_ap)", choices=("aamsoftmax", "angleproto", "softmaxproto")),
         margin=Field(float, 0.2, "aamsoftmax angular margin (radians)"),
         scale=Field(float, 30.0, "aamsoftmax logit scale"),
-        init_w=Field(float, 10.0, "angleproto initial scale w; the __L__.w of a voxceleb_trainer asv_weight file replaces it"),
-        init_b=Field(float, -5.0, "angleproto initial bias b; the __L__.b of a voxceleb_trainer asv_weight file replaces it"),
+        init_w=Field(float, 10.0, "angleproto / softmaxproto initial scale w; the __L__ entries of a "
+                     "voxceleb_trainer asv_weight file replace it"),
+        init_b=Field(float, -5.0, "angleproto / softmaxproto initial bias b; the __L__ entries of a "
+                     "voxceleb_trainer asv_weight file replace it"),
         n_per_speaker=Field(int, None, "utterances per speaker in a batch; default 1 (aamsoftmax), 2 (angleproto, "
-                            "which needs >= 2; a batch then never holds a speaker twice)"),
+                            "softmaxproto, which need >= 2; a batch then never holds a speaker twice)"),
         max_per_speaker=Field(int, 500, "at most this many utterances of a speaker per epoch (voxceleb_trainer's max_seg_per_spk)"),
         samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled"),
         train_list=Field(str, None, "VoxCeleb-style training list, 'speaker_id relative/path.wav' per line; default: "
@@ -441,9 +445,10 @@ def _derive_subsystem_training(config: Config) -> None:
     """Defaults and consistency of the asv_train / cm_train sections (systems asv and cm)."""
     asv, cm, source = config["asv_train"], config["cm_train"], config.source
     if asv["n_per_speaker"] is None:
-        asv["n_per_speaker"] = 2 if asv["loss"] == "angleproto" else 1
-    if asv["loss"] == "angleproto" and asv["n_per_speaker"] < 2:
-        raise ConfigError(f"{source}: asv_train.n_per_speaker must be >= 2 for angleproto, got {asv['n_per_speaker']}")
+        asv["n_per_speaker"] = 2 if asv["loss"] in PROTOTYPICAL_LOSSES else 1
+    if asv["loss"] in PROTOTYPICAL_LOSSES and asv["n_per_speaker"] < 2:
+        raise ConfigError(f"{source}: asv_train.n_per_speaker must be >= 2 for {asv['loss']}, "
+                          f"got {asv['n_per_speaker']}")
     for key in ("n_per_speaker", "max_per_speaker", "samples", "lr_decay_epochs"):
         if asv[key] <= 0:
             raise ConfigError(f"{source}: key 'asv_train.{key}' must be positive, got {asv[key]}")

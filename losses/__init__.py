@@ -6,11 +6,13 @@ from torch import nn
 from losses.aam_softmax import AAMSoftmax
 from losses.angle_proto import AngleProto
 from losses.oc_softmax import OCSoftmax
+from losses.softmax_proto import SoftmaxProto
 
 LOSSES: dict[str, type[nn.Module]] = {
     "ocsoftmax": OCSoftmax,
     "aamsoftmax": AAMSoftmax,
     "angleproto": AngleProto,
+    "softmaxproto": SoftmaxProto,
 }
 
 
@@ -22,4 +24,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     return LOSSES[key](**kwargs)
 
 
-__all__ = ["LOSSES", "AAMSoftmax", "AngleProto", "OCSoftmax", "build_loss"]
+__all__ = ["LOSSES", "AAMSoftmax", "AngleProto", "OCSoftmax", "SoftmaxProto", "build_loss"]

@@ -484,3 +484,18 @@ def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
         trainer.scored(np.array([np.nan, 0.5]), {}, "dev epoch 3")
     counts = trainer.scored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, "dev epoch 3")
     assert counts == {"n_skipped_trials": 1, "skipped_audio": {"a.flac": "cannot decode"}}
+
+
+def test_softmaxproto_trains_and_keeps_its_loss_in_the_checkpoint(corpus, tmp_path):
+    config = asv_config(corpus, epoch=1)
+    config["asv_train"].update(loss="softmaxproto")
+    trainer = ASVTrainer(build_config(config), tmp_path, CPU, progress=False)
+    assert trainer.config["asv_train"]["n_per_speaker"] == 2
+    trainer.fit()
+    rows = read_metrics(tmp_path)
+    assert int(rows[0]["step"]) == 2 and np.isfinite(float(rows[0]["train_loss"]))
+    saved = load_checkpoint(tmp_path / "weights" / "best.ckpt").asv_loss_state
+    assert sorted(saved) == ["angleproto.b", "angleproto.w", "softmax.fc.bias", "softmax.fc.weight"]
+    assert saved["softmax.fc.weight"].shape == (len(trainer.classes), config["asv_model"]["n_out"])
+    with pytest.raises(ConfigError, match="n_per_speaker must be >= 2 for softmaxproto"):
+        build_config(asv_config(corpus, asv_train={"loss": "softmaxproto", "n_per_speaker": 1}))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from losses import LOSSES, AAMSoftmax, AngleProto, build_loss
+from losses import LOSSES, AAMSoftmax, AngleProto, SoftmaxProto, build_loss
 from models.checkpoint import apply_state, load_checkpoint
 
 torch.set_num_threads(2)
@@ -29,8 +29,9 @@ def test_losses_are_registered_by_name():
     assert aam.weight.shape == (3, 4) and (aam.margin, aam.scale) == (0.3, 15.0)
     proto = build_loss("angleproto", init_w=2.0, init_b=-1.0)
     assert (proto.w.item(), proto.b.item()) == (2.0, -1.0) and proto.w.dim() == 0
-    with pytest.raises(ValueError, match="valid losses: aamsoftmax, angleproto, ocsoftmax"):
-        build_loss("softmaxproto")
+    assert LOSSES["softmaxproto"] is SoftmaxProto
+    with pytest.raises(ValueError, match="valid losses: aamsoftmax, angleproto, ocsoftmax, softmaxproto"):
+        build_loss("softmax")
 
 
 @pytest.mark.parametrize("theta, label", [(0.7, 0), (1.2, 1), (math.pi - 0.1, 0)])
@@ -131,3 +132,32 @@ def test_angle_proto_parameters_load_from_voxceleb_trainer_file(fixtures):
     groups = [[[1.0, 0.2], [0.2, 0.9]], [[-0.4, 1.0], [-0.1, 0.8]]]
     loss = loss_fn.double()(torch.tensor(groups, dtype=torch.float64))[0].item()
     assert loss == pytest.approx(_angle_proto_by_hand(groups, 10.0, -5.0), rel=1e-12)
+
+
+def test_softmax_proto_hand_computed_and_loads_voxceleb_trainer_keys(tmp_path):
+    groups = [[[1.0, 0.2], [0.9, 0.1]], [[-0.4, 1.0], [-0.1, 0.8]], [[-1.0, -0.5], [-0.7, -0.9]]]
+    labels = [2, 0, 1]  # speaker class of each row
+    weight = [[0.5, -1.0], [1.5, 0.25], [-0.25, 0.75]]  # exact in float32, as the checkpoint stores them
+    bias = [0.125, -0.25, 0.0625]
+    # What voxceleb_trainer's softmaxproto checkpoint holds (__L__ keys), next to a network entry.
+    vox = {"__S__.fc.weight": torch.zeros(2, 2), "__L__.softmax.fc.weight": torch.tensor(weight),
+           "__L__.softmax.fc.bias": torch.tensor(bias), "__L__.angleproto.w": torch.tensor(7.0),
+           "__L__.angleproto.b": torch.tensor(-2.0)}
+    torch.save(vox, tmp_path / "softmaxproto.model")
+    checkpoint = load_checkpoint(tmp_path / "softmaxproto.model")
+    loss_fn = SoftmaxProto(embedding_dim=2, n_classes=3)
+    apply_state(loss_fn, checkpoint.asv_loss_state, what="softmaxproto loss", source=checkpoint.source)
+    loss, accuracy = loss_fn.double()(torch.tensor(groups, dtype=torch.float64), torch.tensor(labels))
+
+    # By hand: cross-entropy of the linear classifier over all 6 utterances, plus the AP loss of the rows.
+    total, correct = 0.0, 0
+    for row, label in zip(groups, labels):
+        for x in row:
+            logits = [sum(w * v for w, v in zip(weight[c], x)) + bias[c] for c in range(3)]
+            total += -(logits[label] - math.log(sum(math.exp(z) for z in logits)))
+            correct += int(max(range(3), key=lambda c: logits[c]) == label)
+    expected = total / 6 + _angle_proto_by_hand(groups, 7.0, -2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert accuracy.item() == pytest.approx(correct / 6)
+    with pytest.raises(ValueError, match="utterances >= 2"):
+        loss_fn(torch.randn(3, 1, 2, dtype=torch.float64), torch.tensor(labels))
