@@ -4,7 +4,7 @@ In data/ because it is the bottom layer that models/, data/ and engine/ may all 
 
 A process killed at any moment leaves either the previous complete file or the new
 complete file under the final name, plus at most a hidden `.<name>.*.tmp` sibling that
-`remove_stale_temporaries` deletes (main.py does so when resuming).
+`remove_stale_temporaries` deletes (the trainers do so when resuming).
 """
 from __future__ import annotations
 

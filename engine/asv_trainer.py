@@ -252,7 +252,11 @@ class ASVTrainer(StageTrainer):
                               resample=config["resample"], progress=self.progress and self.is_main,
                               on_bad_audio=config["on_bad_audio"], bad_audio=bad_audio,
                               poll=self.poll(f"the {what} scoring"))
-        return scores, self.scored(scores, bad_audio, what)
+        bad = set(bad_audio)
+        touching = sum(str(trials.test_files[test]) in bad or
+                       any(str(path) in bad for path in trials.enrollment_files[enrolled])
+                       for enrolled, test in zip(trials.enrollment_ids, trials.test_ids))
+        return scores, self.scored(scores, bad_audio, touching, what)
 
     def validate(self, epoch: int) -> dict[str, float]:
         scores, _ = self._score(self.dev_trials, f"dev epoch {epoch + 1}")

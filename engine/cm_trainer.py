@@ -202,7 +202,7 @@ class CMTrainer(StageTrainer):
                                  progress=self.progress and self.is_main, on_bad_audio=config["on_bad_audio"],
                                  bad_audio=bad_audio, poll=self.poll(f"the {what} scoring"))["logits"]
         scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
-        return scores, self.scored(scores, bad_audio, what)
+        return scores, self.scored(scores, bad_audio, sum(str(path) in bad_audio for path in paths), what)
 
     def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
                  ) -> dict[str, float | None]:

@@ -6,21 +6,27 @@ comparison that decides whether a run may be resumed, seeding, and the experimen
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from data.atomic import atomic_copy, remove_stale_temporaries
 from engine import io as result_io
 from engine.config import SCHEMA, Field
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 # Keys that may differ between a run and its resumption without changing what is trained.
 RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
                      "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
                      "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
+
+
+_DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 
 
 class TrainingError(RuntimeError):
@@ -105,6 +111,63 @@ def config_changes(stored: dict, current: dict) -> list[str]:
         if before[key] != after[key]:
             changed.append(f"{key} (run: {before[key]!r}, now: {after[key]!r})")
     return changed
+
+
+def choose_resume_checkpoint(weights: Path, resumable: Callable[[Checkpoint], bool], warn: Callable[[str], None]
+                             ) -> tuple[Path, Checkpoint, set[str]] | None:
+    """The newest readable checkpoint under `weights` that `resumable` accepts, and the names
+    (`weights/X.ckpt`) of the unreadable ones; None when there is none to resume from.
+
+    Newest = largest (epoch, batch); on a tie last.ckpt wins (a best-k copy never holds a newer
+    state than the last.ckpt written after it)."""
+    newest, newest_position, newest_checkpoint = None, None, None
+    unreadable: set[str] = set()
+    for path in sorted(weights.glob("*.ckpt")):
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            warn(f"warning: skipping unreadable checkpoint: {error}")
+            unreadable.add(f"weights/{path.name}")
+            continue
+        if not resumable(checkpoint):
+            continue
+        # Checkpoints written before mid-epoch resumption existed have no "batch": an epoch end.
+        position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
+        if newest_position is None or position > newest_position or \
+                (position == newest_position and path.name == "last.ckpt"):
+            newest, newest_position, newest_checkpoint = path, position, checkpoint
+    return None if newest is None else (newest, newest_checkpoint, unreadable)
+
+
+def tidy_after_resume(experiment_dir: Path, restored: Path, state: TrainState, unreadable: set[str],
+                      total_epochs: int, metric_columns: Sequence[str], best_k_name: re.Pattern,
+                      warn: Callable[[str], None]) -> None:
+    """After restoring `restored`: make it weights/last.ckpt again, drop unreadable best-k copies from
+    `state.best`, and remove what a killed run may have left beyond the restored state (temporaries,
+    best-k copies and dev score files of later epochs, eval results of an unfinished run);
+    metrics.csv is rewritten from the state."""
+    last = experiment_dir / "weights" / "last.ckpt"
+    if restored != last:  # last.ckpt is missing, damaged or older
+        atomic_copy(restored, last)
+    lost = [entry for entry in state.best if entry["path"] in unreadable]
+    if lost:
+        warn(f"warning: dropping unreadable best-k checkpoint(s) from the ranking: "
+             f"{', '.join(entry['path'] for entry in lost)}")
+        state.best = [entry for entry in state.best if entry not in lost]
+    remove_stale_temporaries(experiment_dir)
+    kept = {entry["path"] for entry in state.best}
+    for path in (experiment_dir / "weights").glob("epoch=*.ckpt"):
+        if best_k_name.fullmatch(path.name) and f"weights/{path.name}" not in kept:
+            path.unlink()
+    for path in (experiment_dir / "scores").glob("dev_epoch_*.txt"):
+        match = _DEV_SCORES_NAME.fullmatch(path.name)
+        if match and int(match.group(1)) > state.epoch:
+            path.unlink()
+    if state.epoch < total_epochs:  # eval results of a shorter run would be stale
+        (experiment_dir / "metrics_eval.json").unlink(missing_ok=True)
+        (experiment_dir / "scores" / "eval.txt").unlink(missing_ok=True)
+    if state.metrics:
+        result_io.write_csv(experiment_dir / "metrics.csv", metric_columns, state.metrics)
 
 
 def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -28,18 +28,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.atomic import atomic_copy, remove_stale_temporaries
 from data.datasets import iterate_batches, leave_signals_to_main_process
 from engine import distributed
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.signals import RunInterrupted, StopRequest, signal_name
-from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint,
-                              optimisation_step, resolve_amp, restore_rng, rng_snapshot, seed_everything)
+from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
+                              last_good_checkpoint, optimisation_step, resolve_amp, restore_rng, rng_snapshot,
+                              seed_everything, tidy_after_resume)
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
-_DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 # metrics.csv columns every stage writes after its own (dev metrics first).
 COMMON_COLUMNS = ("skipped_batches", "redrawn_utterances", "seconds")
 
@@ -129,11 +128,12 @@ class StageTrainer:
                           worker_init_fn=leave_signals_to_main_process if workers else None,
                           generator=torch.Generator().manual_seed(self.config["seed"]), **options)
 
-    def scored(self, scores: np.ndarray, bad_audio: dict[str, str], what: str) -> dict:
+    def scored(self, scores: np.ndarray, bad_audio: dict[str, str], n_touching_bad: int, what: str) -> dict:
         """Check scores (NaN: not scored because of bad audio, with on_bad_audio: skip; warned) and return
-        the counts for metrics_eval.json. NaN/inf scores without bad audio mean the model diverged."""
+        the counts for metrics_eval.json. `n_touching_bad`: trials that need a bad file; any other NaN/inf
+        score means the model diverged."""
         n_skipped = int((~np.isfinite(scores)).sum())
-        if n_skipped and not bad_audio:
+        if n_skipped > n_touching_bad:
             raise TrainingError(f"{what}: {n_skipped} of {len(scores)} scores are NaN/inf: training has diverged. "
                                 f"{self._last_good()}")
         if bad_audio:
@@ -205,44 +205,14 @@ class StageTrainer:
     def resume_latest(self) -> Path | None:
         """Restore the newest readable resumable checkpoint (normally weights/last.ckpt; a best-k copy when
         last.ckpt is damaged) and tidy the folder; None when the run has none yet."""
-        newest, newest_position, newest_checkpoint = None, None, None
-        for path in sorted((self.dir / "weights").glob("*.ckpt")):
-            try:
-                checkpoint = load_checkpoint(path)
-            except CheckpointError as error:
-                self._warn(f"warning: skipping unreadable checkpoint: {error}")
-                continue
-            if "optimizer" not in checkpoint.meta:  # best.ckpt: weights only
-                continue
-            position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
-            if newest_position is None or position > newest_position or \
-                    (position == newest_position and path.name == "last.ckpt"):
-                newest, newest_position, newest_checkpoint = path, position, checkpoint
-        if newest is None:
+        chosen = choose_resume_checkpoint(self.dir / "weights", lambda c: "optimizer" in c.meta, self._warn)
+        if chosen is None:
             return None
-        self.resume(newest, newest_checkpoint)
-        last = self.dir / "weights" / "last.ckpt"
-        if newest != last:  # last.ckpt is missing or damaged: make it the restored state again
-            atomic_copy(newest, last)
-        self._tidy_after_resume()
-        return newest
-
-    def _tidy_after_resume(self) -> None:
-        """Remove what a killed run may have left beyond the restored state, and rewrite metrics.csv."""
-        remove_stale_temporaries(self.dir)
-        kept = {entry["path"] for entry in self.state.best}
-        for path in (self.dir / "weights").glob("epoch=*.ckpt"):
-            if _BEST_K_NAME.fullmatch(path.name) and f"weights/{path.name}" not in kept:
-                path.unlink()
-        for path in (self.dir / "scores").glob("dev_epoch_*.txt"):
-            match = _DEV_SCORES_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) > self.state.epoch:
-                path.unlink()
-        if self.state.epoch < self.config["epoch"]:  # eval results of a shorter run would be stale
-            (self.dir / "metrics_eval.json").unlink(missing_ok=True)
-            (self.dir / "scores" / "eval.txt").unlink(missing_ok=True)
-        if self.state.metrics:
-            result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
+        path, checkpoint, unreadable = chosen
+        self.resume(path, checkpoint)
+        tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], self.metric_columns,
+                          _BEST_K_NAME, self._warn)
+        return path
 
     def resume(self, path: Path, checkpoint: Checkpoint | None = None) -> None:
         """Restore the whole training state from one of this stage's resumable checkpoints (files untouched)."""
@@ -279,7 +249,7 @@ class StageTrainer:
         if keep[0] is entry:
             self._save(self.dir / "weights" / "best.ckpt", {"epoch": epoch, "dev": dict(dev)})
         for old in drop:
-            if old is not entry:
+            if old is not entry and self.is_main:
                 (self.dir / old["path"]).unlink(missing_ok=True)
 
     # ------------------------------------------------------------- loop
@@ -381,7 +351,7 @@ class StageTrainer:
             self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
 
     def _train_step(self, batch: list[torch.Tensor], epoch: int, n_batches: int) -> bool:
-        """Forward, loss, and an optimisation step unless the loss is not finite (then False)."""
+        """Forward, loss, and an optimisation step unless the loss is not finite; whether a step was taken."""
         *inputs, redraws = batch
         loss, accuracy = self._train_forward(*inputs)
         # Means / totals over the ranks, so that every rank keeps the same state and takes the same decision.
@@ -392,11 +362,11 @@ class StageTrainer:
         self.state.redrawn_utterances += int(redrawn)
         if bool(torch.isfinite(step_loss)):
             self.state.last_lr = self.current_lr()
-            self._optimise(loss)
+            stepped = self._optimise(loss)
             self.state.loss_sum += step_loss.item()
             self.state.loss_count += 1
             self.state.accuracy_sum += step_accuracy.item()
-            return True
+            return stepped
         if self.config["nonfinite_loss"] == "skip":
             self.optimizer.zero_grad(set_to_none=True)
             self.state.skipped_batches += 1
@@ -407,20 +377,21 @@ class StageTrainer:
                             f"step {self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
                             f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
 
-    def _optimise(self, loss: torch.Tensor) -> None:
+    def _optimise(self, loss: torch.Tensor) -> bool:
+        """One optimisation step; False when the fp16 grad scaler skipped it (not counted)."""
         if not optimisation_step(loss, self.optimizer, self.scaler, self.trainable_parameters(),
                                  self.config["gradient_clip"]):
-            return
+            return False
         self.state.step += 1
         if self.scheduler_interval == "step":
             self.scheduler.step()
+        return True
 
     def _check_stop(self, where: str) -> None:
         signum = distributed.agreed_signal(self.stop.requested)
         if signum is not None:
-            raise RunInterrupted(f"interrupted by {signal_name(signum)} before {where}; "
-                                 f"{self.dir / 'weights' / 'last.ckpt'} holds the state after epoch "
-                                 f"{self.state.epoch}; resume with: {self.resume_hint}", signum)
+            raise RunInterrupted(f"interrupted by {signal_name(signum)} before {where}; nothing was trained since "
+                                 f"the last checkpoint. {self._last_good()}", signum)
 
     def _interrupted(self, where: str, signum: int) -> None:
         path = self.save_resumable()

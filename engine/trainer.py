@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.atomic import atomic_copy, remove_stale_temporaries
+from data.atomic import atomic_copy
 from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
 from data.trials import TrialSampler
 from engine import distributed
@@ -40,8 +40,9 @@ from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringI
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
 from engine.objective import TrainingForward, build_auxiliary_speaker_loss
-from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint,
-                              optimisation_step, resolve_amp, restore_rng, rng_snapshot, seed_everything)
+from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
+                              last_good_checkpoint, optimisation_step, resolve_amp, restore_rng, rng_snapshot,
+                              seed_everything, tidy_after_resume)
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from metrics.adcf import min_adcf
@@ -51,7 +52,6 @@ from models.checkpoint import CheckpointError, load_checkpoint, load_sasv_weight
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_eer", "dev_spf_eer",
                   "dev_min_a_dcf", "dev_skipped_trials", "skipped_batches", "redrawn_trials", "seconds")
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-sasv_eer_dev=.*\.ckpt")
-_DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 
 
 def score_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None = None) -> dict[str, float]:
@@ -228,62 +228,26 @@ class Trainer:
 
     def resume_latest(self) -> Path | None:
         """Restore the newest complete checkpoint under weights/ (None: there is none) and tidy the folder."""
-        newest, newest_position, newest_checkpoint = None, None, None
-        unreadable: set[str] = set()
-        for path in sorted((self.dir / "weights").glob("*.ckpt")):
-            try:
-                checkpoint = load_checkpoint(path)
-            except CheckpointError as error:
-                self._warn(f"warning: skipping unreadable checkpoint: {error}")
-                unreadable.add(f"weights/{path.name}")
-                continue
-            if checkpoint.format != "sasv" or "optimizer" not in checkpoint.meta:
-                continue
-            # Checkpoints written before mid-epoch resumption existed have no "batch": an epoch end.
-            position = (checkpoint.meta.get("epoch", 0), checkpoint.meta.get("batch", 0))
-            # On a tie prefer last.ckpt: a best-k copy never holds a newer state than the last.ckpt after it.
-            if newest_position is None or position > newest_position or \
-                    (position == newest_position and path.name == "last.ckpt"):
-                newest, newest_position, newest_checkpoint = path, position, checkpoint
-        if newest is None:
+        chosen = choose_resume_checkpoint(self.dir / "weights",
+                                          lambda c: c.format == "sasv" and "optimizer" in c.meta, self._warn)
+        if chosen is None:
             return None
-        self.resume(newest, newest_checkpoint)
-        last = self.dir / "weights" / "last.ckpt"
-        if newest != last:  # last.ckpt is missing, damaged or older: make it the restored state again
-            atomic_copy(newest, last)
-        lost = [entry for entry in self.state.best if entry["path"] in unreadable]
-        if lost:
-            self._warn(f"warning: dropping unreadable best-k checkpoint(s) from the ranking: "
-                       f"{', '.join(entry['path'] for entry in lost)}")
-            self.state.best = [entry for entry in self.state.best if entry not in lost]
-        self._tidy_after_resume()
-        return newest
-
-    def _tidy_after_resume(self) -> None:
-        """Remove what a killed run may have left beyond the restored state, and rewrite metrics.csv."""
-        remove_stale_temporaries(self.dir)
-        kept = {entry["path"] for entry in self.state.best}
-        for path in (self.dir / "weights").glob("epoch=*.ckpt"):
-            if _BEST_K_NAME.fullmatch(path.name) and f"weights/{path.name}" not in kept:
-                path.unlink()
-        for path in (self.dir / "scores").glob("dev_epoch_*.txt"):
-            match = _DEV_SCORES_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) > self.state.epoch:
-                path.unlink()
-        if self.state.epoch < self.config["epoch"]:  # eval results of a shorter run would be stale
-            (self.dir / "metrics_eval.json").unlink(missing_ok=True)
-            (self.dir / "scores" / "eval.txt").unlink(missing_ok=True)
-        if self.state.metrics:
-            result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, self.state.metrics)
+        path, checkpoint, unreadable = chosen
+        self.resume(path, checkpoint)
+        tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], METRIC_COLUMNS,
+                          _BEST_K_NAME, self._warn)
+        return path
 
     # --------------------------------------------------------------- loop
-    def _optimise(self, loss: torch.Tensor) -> None:
+    def _optimise(self, loss: torch.Tensor) -> bool:
+        """One optimisation step; False when the fp16 grad scaler skipped it (not counted)."""
         parameters = list(self.model.trainable_parameters()) + self._loss_parameters()
         if not optimisation_step(loss, self.optimizer, self.scaler, parameters, self.config["gradient_clip"]):
-            return
+            return False
         self.state.step += 1
         if self.state.step % self.config["optim"]["scheduler_interval"] == 0:
             self.scheduler.step()
+        return True
 
     def train_epoch(self, loader: DataLoader, epoch_sampler: EpochSampler, epoch: int) -> None:
         """Train on epoch `epoch` from batch `self.state.batch` on (0 unless resumed mid-epoch)."""
@@ -332,7 +296,8 @@ class Trainer:
 
     def _train_step(self, enrollment: torch.Tensor, test: torch.Tensor, labels: torch.Tensor, redraws: torch.Tensor,
                     speakers: torch.Tensor, *, epoch: int, n_batches: int) -> bool:
-        """One batch: forward, loss, and an optimisation step unless the loss is not finite (then False)."""
+        """One batch: forward, loss, and an optimisation step unless the loss is not finite; whether a step
+        was taken (not with a non-finite loss, nor when the fp16 grad scaler skipped it)."""
         enrollment = enrollment.to(self.device, non_blocking=True)
         test = test.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
@@ -341,10 +306,10 @@ class Trainer:
         step_loss, redrawn = distributed.sum_over_ranks(loss.detach() / distributed.world_size(), redraws.sum())
         self.state.redrawn_trials += int(redrawn)
         if bool(torch.isfinite(step_loss)):
-            self._optimise(loss)
+            stepped = self._optimise(loss)
             self.state.loss_sum += step_loss.item()
             self.state.loss_count += 1
-            return True
+            return stepped
         where = f"epoch {epoch + 1}, batch {self.state.batch + 1}/{n_batches}"
         if self.config["nonfinite_loss"] == "skip":
             self.optimizer.zero_grad(set_to_none=True)

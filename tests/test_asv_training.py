@@ -474,6 +474,12 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
     newest = again.resume_latest()
     assert newest.name.startswith("epoch=002-") and (again.state.epoch, again.state.batch) == (2, 0)
     assert load_checkpoint(weights / "last.ckpt").meta["step"] == again.state.step
+    # A damaged best-k copy is dropped from the ranking (the final test would otherwise load it).
+    older = next(weights.glob("epoch=001-*.ckpt"))
+    older.write_bytes(b"damaged")
+    third = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    third.resume_latest()
+    assert [entry["epoch"] for entry in third.state.best] == [2] and not older.exists()
 
 
 def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
@@ -481,9 +487,12 @@ def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
 
     trainer = ASVTrainer(build_config(asv_config(corpus)), tmp_path, CPU, progress=False)
     with pytest.raises(TrainingError, match=r"dev epoch 3: 1 of 2 scores are NaN/inf: training has diverged"):
-        trainer.scored(np.array([np.nan, 0.5]), {}, "dev epoch 3")
-    counts = trainer.scored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, "dev epoch 3")
+        trainer.scored(np.array([np.nan, 0.5]), {}, 0, "dev epoch 3")
+    counts = trainer.scored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
     assert counts == {"n_skipped_trials": 1, "skipped_audio": {"a.flac": "cannot decode"}}
+    # More NaN scores than trials that need the bad file: the model diverged as well.
+    with pytest.raises(TrainingError, match=r"2 of 3 scores are NaN/inf: training has diverged"):
+        trainer.scored(np.array([np.nan, np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
 
 
 def test_softmaxproto_trains_and_keeps_its_loss_in_the_checkpoint(corpus, tmp_path):

@@ -61,13 +61,21 @@ def test_an_overflowed_scaler_step_leaves_the_weights_and_is_not_counted():
     assert optimisation_step(layer(torch.ones(1, 3)).sum(), optimizer, disabled, list(layer.parameters()), clip=0)
 
 
-def test_rng_snapshot_round_trip_and_the_older_per_device_list():
+def test_rng_snapshot_round_trip_and_the_cuda_state_formats(monkeypatch):
     snapshot = rng_snapshot()
     first = torch.rand(3)
     restore_rng(snapshot)
     assert torch.equal(torch.rand(3), first)
-    restore_rng({**snapshot, "cuda_rng": []})  # an earlier checkpoint written without CUDA
-    assert torch.equal(torch.rand(3), first)
+    # The CUDA generator of the current device gets the stored state: a tensor (this version) or the
+    # first of the per-device list that earlier versions stored; nothing when none was stored.
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: restored.append(state))
+    current, first_device, second_device = torch.tensor([1]), torch.tensor([2]), torch.tensor([3])
+    restore_rng({**snapshot, "cuda_rng": current})
+    restore_rng({**snapshot, "cuda_rng": [first_device, second_device]})
+    restore_rng({**snapshot, "cuda_rng": []})
+    assert restored == [current, first_device]
 
 
 def test_compile_is_skipped_only_where_batchnorm_is_synchronised(monkeypatch):
