@@ -206,10 +206,10 @@ class ASVTrainer(StageTrainer):
         try:
             apply_state(self.loss, checkpoint.asv_loss_state, what=f"{self.config['asv_train']['loss']} loss",
                         source=path)
-            self._log(f"{path}: loss parameters loaded ({', '.join(sorted(checkpoint.asv_loss_state))})")
+            self.log(f"{path}: loss parameters loaded ({', '.join(sorted(checkpoint.asv_loss_state))})")
         except CheckpointError as error:
             # e.g. an AAM-softmax over other speakers, or the other loss: the network still fine-tunes.
-            self._log(f"loss parameters not loaded, the loss starts afresh: {error}")
+            self.log(f"loss parameters not loaded, the loss starts afresh: {error}")
 
     def _trials(self, list_path: str | None, partition: str) -> VerificationTrials:
         if list_path:

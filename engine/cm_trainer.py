@@ -174,7 +174,7 @@ class CMTrainer(StageTrainer):
             if self.is_main:
                 result_io.write_scores(cached, trials.columns, scores)
             distributed.barrier()  # the file the other ranks read next
-            self._log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
+            self.log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
         return read_asv_score_file(cached, trial_path)
 
     # ------------------------------------------------------------- training and scoring
@@ -219,7 +219,7 @@ class CMTrainer(StageTrainer):
                 result["min_tdcf"] = min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
                                               scores[is_bona], scores[~is_bona])
             except MetricError as error:
-                self._log(f"{partition} min t-DCF undefined: {error}")
+                self.log(f"{partition} min t-DCF undefined: {error}")
         return result
 
     def validate(self, epoch: int) -> dict[str, float | None]:
@@ -236,7 +236,7 @@ class CMTrainer(StageTrainer):
 
     def fit(self) -> dict:
         if self.asv_scores("dev") is None:
-            self._log("no dev ASV scores (cm_train.asv_scores.dev or cm_train.asv_model): the dev min t-DCF is skipped")
+            self.log("no dev ASV scores (cm_train.asv_scores.dev or cm_train.asv_model): the dev min t-DCF is skipped")
         return super().fit()
 
     def summary_text(self, summary: dict) -> str:

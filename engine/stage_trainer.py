@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from data.datasets import iterate_batches, leave_signals_to_main_process
+from data.datasets import leave_signals_to_main_process
 from engine import distributed
 from engine import io as result_io
 from engine.config import Config, ConfigError
-from engine.signals import RunInterrupted, StopRequest, signal_name
+from engine.loop import ResumableRun
 from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
-                              last_good_checkpoint, optimisation_step, resolve_amp, restore_rng, rng_snapshot,
-                              seed_everything, tidy_after_resume)
+                              optimisation_step, resolve_amp, seed_everything, tidy_after_resume)
+from engine.signals import RunInterrupted, StopRequest, signal_name
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -43,7 +42,7 @@ _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
 COMMON_COLUMNS = ("skipped_batches", "redrawn_utterances", "seconds")
 
 
-class StageTrainer:
+class StageTrainer(ResumableRun):
     """Base of ASVTrainer and CMTrainer. Subclasses set `part`, `selection`, `metric_columns`,
     `scheduler_interval`, build `self.model`, `self.loss` (a module with parameters, or None),
     `self.optimizer`, `self.scheduler`, `self.loader`, and implement `start_epoch`, `forward_batch`,
@@ -53,6 +52,10 @@ class StageTrainer:
     selection: str = "eer"  # dev metric that ranks checkpoints
     metric_columns: tuple[str, ...] = ()
     scheduler_interval: str = "epoch"  # the scheduler steps once per "epoch" or per "step"
+
+    @property
+    def label(self) -> str:  # the prefix of its messages: "asv epoch 3, ..."
+        return f"{self.part} "
 
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         if config["init_checkpoint"]:
@@ -79,7 +82,6 @@ class StageTrainer:
         self.rank_batch = distributed.per_rank_batch(config["batch_size"], config.source)
         distributed.decorrelate_rng(config["seed"], 0)
         self._train_forward: nn.Module | None = None  # forward_batch behind DDP under torchrun (built in fit)
-        self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
         self._clock = time.time()
 
     # ------------------------------------------------------------- subclass API
@@ -115,7 +117,7 @@ class StageTrainer:
             self.loss.to(self.device)
         if self.device.type == "cuda" and hasattr(self.model, "use_channels_last"):
             self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
-        if distributed.compile_allowed(self.config["compile"], self.device, self._warn):
+        if distributed.compile_allowed(self.config["compile"], self.device, self.warn):
             self.model.compile()  # in place: the state-dict keys stay as they are
 
     def training_loader(self, dataset, **options) -> DataLoader:
@@ -135,10 +137,10 @@ class StageTrainer:
         n_skipped = int((~np.isfinite(scores)).sum())
         if n_skipped > n_touching_bad:
             raise TrainingError(f"{what}: {n_skipped} of {len(scores)} scores are NaN/inf: training has diverged. "
-                                f"{self._last_good()}")
+                                f"{self.last_good()}")
         if bad_audio:
             shown = "; ".join(f"{path}: {reason}" for path, reason in list(bad_audio.items())[:3])
-            self._warn(f"warning: {what}: {n_skipped} trial(s) not scored (on_bad_audio: skip; score nan, left "
+            self.warn(f"warning: {what}: {n_skipped} trial(s) not scored (on_bad_audio: skip; score nan, left "
                        f"out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
         return {"n_skipped_trials": n_skipped, "skipped_audio": dict(sorted(bad_audio.items()))}
 
@@ -150,15 +152,6 @@ class StageTrainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------- checkpoints
-    def _extra_state(self) -> dict:
-        return {
-            **self.state.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **rng_snapshot(),
-        }
-
     def _save(self, path: Path, extra: dict) -> None:
         if not self.is_main:
             return
@@ -167,23 +160,10 @@ class StageTrainer:
 
     def save(self, path: Path) -> None:
         """A resumable checkpoint: weights, loss parameters, optimiser, scheduler, counters, RNG states."""
-        self._save(path, self._extra_state())
+        self._save(path, self.training_state())
 
-    def save_resumable(self) -> Path:
-        """weights/last.ckpt with the whole training state; refuses non-finite weights."""
-        path = self.dir / "weights" / "last.ckpt"
-        now = time.time()
-        self.state.seconds += now - self._clock
-        self._clock = now
-        if not all(bool(torch.isfinite(p.detach()).all()) for p in self.trainable_parameters()):
-            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
-                                f"checkpoint. {self._last_good()}")
-        self.save(path)
-        self._saved = TrainState.from_dict(self.state.to_dict())
-        return path
-
-    def _last_good(self) -> str:
-        return last_good_checkpoint(self.dir, self._saved)
+    def checked_parameters(self) -> list[nn.Parameter]:
+        return self.trainable_parameters()
 
     def load_weights(self, path: Path, checkpoint: Checkpoint | None = None) -> Checkpoint:
         """Load the network (and ASV loss) weights of one of this stage's checkpoints."""
@@ -205,13 +185,13 @@ class StageTrainer:
     def resume_latest(self) -> Path | None:
         """Restore the newest readable resumable checkpoint (normally weights/last.ckpt; a best-k copy when
         last.ckpt is damaged) and tidy the folder; None when the run has none yet."""
-        chosen = choose_resume_checkpoint(self.dir / "weights", lambda c: "optimizer" in c.meta, self._warn)
+        chosen = choose_resume_checkpoint(self.dir / "weights", lambda c: "optimizer" in c.meta, self.warn)
         if chosen is None:
             return None
         path, checkpoint, unreadable = chosen
         self.resume(path, checkpoint)
         tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], self.metric_columns,
-                          _BEST_K_NAME, self._warn)
+                          _BEST_K_NAME, self.warn)
         return path
 
     def resume(self, path: Path, checkpoint: Checkpoint | None = None) -> None:
@@ -228,15 +208,7 @@ class StageTrainer:
             if changes:
                 raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
                                   f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
-        if extra["scaler"]:  # empty when written with the scaler off (no fp16 on that device)
-            self.scaler.load_state_dict(extra["scaler"])
-        self.state = TrainState.from_dict(extra)  # a stage checkpoint of an older version: an epoch end
-        restore_rng(extra)
-        distributed.decorrelate_rng(self.config["seed"], self.state.step)
-        self._saved = TrainState.from_dict(self.state.to_dict())
-        self._clock = time.time()
+        self.restore_training_state(extra)
 
     def _update_best(self, epoch: int, value: float, dev: dict[str, float]) -> None:
         entry = {self.selection: float(value), "epoch": epoch,
@@ -266,12 +238,10 @@ class StageTrainer:
         for epoch in range(self.state.epoch, config["epoch"]):
             self._check_stop(f"{self.part} epoch {epoch + 1}")
             self.train_epoch(epoch)
+            self.check_epoch_trained(epoch)
             state = self.state
-            if state.skipped_batches and not state.loss_count:
-                raise TrainingError(f"every batch of {self.part} epoch {epoch + 1} had a non-finite loss "
-                                    f"({state.skipped_batches} left out); training has diverged. {self._last_good()}")
             if state.skipped_batches or state.redrawn_utterances:
-                self._warn(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for "
+                self.warn(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for "
                            f"a non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
                            f"bad audio")
             row: dict = {"epoch": epoch + 1, "step": self.state.step, **self._epoch_means()}
@@ -280,10 +250,10 @@ class StageTrainer:
                 try:
                     dev = self.validate(epoch)
                 except RunInterrupted as interruption:
-                    self._interrupted(f"the dev scoring of {self.part} epoch {epoch + 1} (its training is saved)",
-                                      interruption.signum)
+                    self.interrupted(f"the dev scoring of {self.part} epoch {epoch + 1} (its training is saved)",
+                                     interruption.signum)
                 row.update({f"dev_{name}": value for name, value in dev.items()})
-                self._log(f"{self.part} epoch {epoch + 1}: loss {row['train_loss']:.4f}  " + "  ".join(
+                self.log(f"{self.part} epoch {epoch + 1}: loss {row['train_loss']:.4f}  " + "  ".join(
                     f"dev {name} {value:.4f}" for name, value in dev.items() if value is not None))
             else:
                 dev = {}
@@ -317,38 +287,7 @@ class StageTrainer:
             self.model.train()
             if self.loss is not None:
                 self.loss.train()
-            self._run_batches(epoch, n_batches)
-
-    def _run_batches(self, epoch: int, n_batches: int) -> None:
-        interval = self.config["checkpoint_interval_steps"]
-        batches = iterate_batches(self.loader)
-        description = f"{self.part} epoch {epoch + 1}/{self.config['epoch']}"
-        with tqdm(total=n_batches, initial=self.state.batch, unit="batch", desc=description,
-                  disable=not (self.progress and self.is_main)) as bar:  # closed before any message below
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except Exception:  # noqa: BLE001 - re-raised unless a stop was requested
-                    if self.stop.requested is None:
-                        raise
-                    batch = None  # the signal also ended the loader's workers; nothing of this batch was used
-                # Checked before the step, so that all ranks stop at the same batch (a collective under torchrun).
-                signum = distributed.agreed_signal(self.stop.requested)
-                if signum is not None:
-                    bar.close()
-                    self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
-                stepped = self._train_step(batch, epoch, n_batches)
-                self.state.batch += 1
-                bar.update()
-                if self.state.loss_count:
-                    bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
-                if stepped and interval and self.state.step % interval == 0:
-                    self.save_resumable()
-        signum = distributed.agreed_signal(self.stop.requested)
-        if signum is not None:  # came during the last batch, whose training is kept
-            self._interrupted(f"{self.part} epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
+            self.run_batches(self.loader, epoch, n_batches, lambda batch: self._train_step(batch, epoch, n_batches))
 
     def _train_step(self, batch: list[torch.Tensor], epoch: int, n_batches: int) -> bool:
         """Forward, loss, and an optimisation step unless the loss is not finite; whether a step was taken."""
@@ -367,15 +306,7 @@ class StageTrainer:
             self.state.loss_count += 1
             self.state.accuracy_sum += step_accuracy.item()
             return stepped
-        if self.config["nonfinite_loss"] == "skip":
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state.skipped_batches += 1
-            self._warn(f"warning: non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
-                       f"batch {self.state.batch + 1}/{n_batches}; batch left out (nonfinite_loss: skip)")
-            return False
-        raise TrainingError(f"non-finite training loss ({step_loss.item()}) at {self.part} epoch {epoch + 1}, "
-                            f"step {self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
-                            f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
+        return self.nonfinite_loss(step_loss.item(), epoch, n_batches)
 
     def _optimise(self, loss: torch.Tensor) -> bool:
         """One optimisation step; False when the fp16 grad scaler skipped it (not counted)."""
@@ -391,13 +322,7 @@ class StageTrainer:
         signum = distributed.agreed_signal(self.stop.requested)
         if signum is not None:
             raise RunInterrupted(f"interrupted by {signal_name(signum)} before {where}; nothing was trained since "
-                                 f"the last checkpoint. {self._last_good()}", signum)
-
-    def _interrupted(self, where: str, signum: int) -> None:
-        path = self.save_resumable()
-        distributed.barrier()  # the others wait for rank 0's checkpoint: torchrun ends them all once one exits
-        raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
-                             f"{path}; resume with: {self.resume_hint}", signum)
+                                 f"the last checkpoint. {self.last_good()}", signum)
 
     def test(self) -> dict:
         """Score the eval set with the best dev checkpoint (or the last one when none was ranked)."""
@@ -426,14 +351,6 @@ class StageTrainer:
     def _dev_row(self, epoch: int) -> dict[str, float]:
         row = next((row for row in self.state.metrics if row["epoch"] == epoch), {})
         return {name[len("dev_"):]: value for name, value in row.items() if name.startswith("dev_") and value != ""}
-
-    def _log(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message)
-
-    def _warn(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message, file=sys.stderr)
 
 
 class _BatchObjective(nn.Module):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.atomic import atomic_copy
-from data.datasets import EpochSampler, iterate_batches, leave_signals_to_main_process
+from data.datasets import EpochSampler, leave_signals_to_main_process
 from data.trials import TrialSampler
 from engine import distributed
 from engine.builder import apply_kernel_options, build_sasv_model
@@ -39,12 +37,12 @@ from engine.config import Config, ConfigError
 from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores
 from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
+from engine.loop import ResumableRun
 from engine.objective import TrainingForward, build_auxiliary_speaker_loss
 from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
-                              last_good_checkpoint, optimisation_step, resolve_amp, restore_rng, rng_snapshot,
-                              seed_everything, tidy_after_resume)
+                              optimisation_step, resolve_amp, seed_everything, tidy_after_resume)
 from engine import io as result_io
-from engine.signals import RunInterrupted, StopRequest, signal_name
+from engine.signals import RunInterrupted, StopRequest
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.checkpoint import CheckpointError, load_checkpoint, load_sasv_weights, save_checkpoint
@@ -84,7 +82,7 @@ def write_trial_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) ->
                                   [t.key for t in trials]), scores)
 
 
-class Trainer:
+class Trainer(ResumableRun):
     def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
         self.config = config
         self.dir = experiment_dir
@@ -102,7 +100,7 @@ class Trainer:
         # Both before the optimiser takes the parameters, and before DDP wraps the model (_train_loader).
         self.model = distributed.synchronise_batchnorm(self.model, device)
         apply_kernel_options(self.model, device, compile=distributed.compile_allowed(config["compile"], device,
-                                                                                    self._warn))
+                                                                                    self.warn))
         self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
@@ -123,7 +121,6 @@ class Trainer:
         # may also get directly, and kills them itself after its --shutdown-timeout.
         self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
-        self._saved: TrainState | None = None  # state of the newest resumable checkpoint written or read
         self._clock = time.time()
 
     # ----------------------------------------------------------------- data
@@ -137,7 +134,7 @@ class Trainer:
         sampler, n_utterances = self._training_trials
         # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
         inputs = training_inputs(config, self.model, sampler, device=self.device,
-                                 experiment_dir=self.dir, progress=self.progress, log=self._log, warn=self._warn,
+                                 experiment_dir=self.dir, progress=self.progress, log=self.log, warn=self.warn,
                                  poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
                                                               f"is kept); go on with: {self.resume_hint}"))
         dataset, workers = inputs.dataset, inputs.num_workers
@@ -162,45 +159,16 @@ class Trainer:
         return loader, epoch_sampler
 
     # --------------------------------------------------------------- checkpoints
-    def _extra_state(self) -> dict:
-        return {
-            **self.state.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **rng_snapshot(),
-        }
-
     def save(self, path: Path) -> None:
         if not self.is_main:
             return
-        extra = self._extra_state()
+        extra = self.training_state()
         if self.speaker_loss is not None:
             extra["speaker_loss"] = self.speaker_loss.state_dict()
         save_checkpoint(path, model=self.model, loss=self.loss, config=self.config.to_dict(), extra=extra)
 
-    def _account_time(self) -> None:
-        now = time.time()
-        self.state.seconds += now - self._clock
-        self._clock = now
-
-    def _check_finite_parameters(self) -> None:
-        tensors = [p.detach() for p in (*self.model.parameters(), *self._loss_parameters())]
-        if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
-            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
-                                f"checkpoint. {self._last_good()}")
-
-    def save_resumable(self, path: Path | None = None) -> Path:
-        """Checkpoint the whole training state (default weights/last.ckpt); refuses non-finite weights."""
-        path = path or self.dir / "weights" / "last.ckpt"
-        self._account_time()
-        self._check_finite_parameters()
-        self.save(path)
-        self._saved = TrainState.from_dict(self.state.to_dict())
-        return path
-
-    def _last_good(self) -> str:
-        return last_good_checkpoint(self.dir, self._saved)
+    def checked_parameters(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self._loss_parameters()]
 
     def resume(self, path: Path, checkpoint=None) -> None:
         """Restore the full training state from one of our checkpoints."""
@@ -216,26 +184,18 @@ class Trainer:
         load_sasv_weights(self.model, self.loss, path)
         if self.speaker_loss is not None:
             self.speaker_loss.load_state_dict(extra["speaker_loss"])
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
-        if extra["scaler"]:  # empty when written with the scaler off (no fp16 on that device)
-            self.scaler.load_state_dict(extra["scaler"])
-        self.state = TrainState.from_dict(extra)
-        restore_rng(extra)
-        distributed.decorrelate_rng(self.config["seed"], self.state.step)
-        self._saved = TrainState.from_dict(self.state.to_dict())
-        self._clock = time.time()
+        self.restore_training_state(extra)
 
     def resume_latest(self) -> Path | None:
         """Restore the newest complete checkpoint under weights/ (None: there is none) and tidy the folder."""
         chosen = choose_resume_checkpoint(self.dir / "weights",
-                                          lambda c: c.format == "sasv" and "optimizer" in c.meta, self._warn)
+                                          lambda c: c.format == "sasv" and "optimizer" in c.meta, self.warn)
         if chosen is None:
             return None
         path, checkpoint, unreadable = chosen
         self.resume(path, checkpoint)
         tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], METRIC_COLUMNS,
-                          _BEST_K_NAME, self._warn)
+                          _BEST_K_NAME, self.warn)
         return path
 
     # --------------------------------------------------------------- loop
@@ -258,37 +218,8 @@ class Trainer:
         self.model.train()
         self.loss.train()
         epoch_sampler.set_epoch(epoch, start=self.state.batch * batch_size)
-        interval = self.config["checkpoint_interval_steps"]
-        batches = iterate_batches(loader)
-        with tqdm(total=n_batches, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.config['epoch']}",
-                  unit="batch", disable=not self.progress) as bar:  # closed before any message below
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except Exception:  # noqa: BLE001 - re-raised unless a stop was requested
-                    if self.stop.requested is None:
-                        raise
-                    # The signal also ended the DataLoader workers (fetching then fails in various ways:
-                    # worker gone, shared-memory handle lost); nothing of this batch was used yet.
-                    batch = None
-                # Checked before the step, so that all ranks stop at the same batch (a collective under torchrun).
-                signum = distributed.agreed_signal(self.stop.requested)
-                if signum is not None:
-                    bar.close()
-                    self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
-                stepped = self._train_step(*batch, epoch=epoch, n_batches=n_batches)
-                self.state.batch += 1
-                bar.update()
-                if self.state.loss_count:
-                    bar.set_postfix(loss=f"{self.state.loss_sum / self.state.loss_count:.4f}")
-                if stepped and interval and self.state.step % interval == 0:
-                    self.save_resumable()
-            signum = distributed.agreed_signal(self.stop.requested)
-            if signum is not None:  # during the last batch: the training is saved, validation pending
-                bar.close()
-                self._interrupted(f"epoch {epoch + 1}, batch {self.state.batch}/{n_batches}", signum)
+        self.run_batches(loader, epoch, n_batches, lambda batch: self._train_step(*batch, epoch=epoch,
+                                                                                 n_batches=n_batches))
 
     def _loss_parameters(self) -> list[torch.nn.Parameter]:
         extra = list(self.speaker_loss.parameters()) if self.speaker_loss is not None else []
@@ -310,22 +241,7 @@ class Trainer:
             self.state.loss_sum += step_loss.item()
             self.state.loss_count += 1
             return stepped
-        where = f"epoch {epoch + 1}, batch {self.state.batch + 1}/{n_batches}"
-        if self.config["nonfinite_loss"] == "skip":
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state.skipped_batches += 1
-            self._warn(f"warning: non-finite training loss ({step_loss.item()}) at {where}; batch left out "
-                       f"(nonfinite_loss: skip)")
-            return False
-        raise TrainingError(f"non-finite training loss ({step_loss.item()}) at epoch {epoch + 1}, step "
-                            f"{self.state.step + 1} (batch {self.state.batch + 1}/{n_batches}); training stopped. "
-                            f"{self._last_good()}, or set nonfinite_loss: skip to leave such batches out")
-
-    def _interrupted(self, where: str, signum: int) -> None:
-        path = self.save_resumable()
-        distributed.barrier()  # the others wait for rank 0's checkpoint: torchrun ends them all once one exits
-        raise RunInterrupted(f"interrupted by {signal_name(signum)} at {where} (step {self.state.step}); saved "
-                             f"{path}; resume with: {self.resume_hint}", signum)
+        return self.nonfinite_loss(step_loss.item(), epoch, n_batches)
 
     def evaluate(self, inputs: ScoringInputs) -> TrialScores:
         distributed.broadcast_states(self.model, self.loss)  # every rank scores its share with rank 0's weights
@@ -349,10 +265,7 @@ class Trainer:
     def _finish_epoch(self, epoch: int, dev_inputs: ScoringInputs) -> None:
         """Validate when due, log the epoch, and checkpoint: best-k copy first, then last.ckpt."""
         config, state = self.config, self.state
-        if state.skipped_batches and not state.loss_count:
-            raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss ({state.skipped_batches} "
-                                f"left out); training has diverged. {self._last_good()}")
-        self._check_finite_parameters()
+        self.check_epoch_trained(epoch)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"],
                                "train_loss": state.loss_sum / state.loss_count if state.loss_count else math.nan,
                                "skipped_batches": state.skipped_batches, "redrawn_trials": state.redrawn_trials}
@@ -361,7 +274,7 @@ class Trainer:
             try:
                 result = self.evaluate(dev_inputs)
             except RunInterrupted as interruption:
-                self._interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)",
+                self.interrupted(f"the dev scoring of epoch {epoch + 1} (its training is saved)",
                                   interruption.signum)
             try:
                 dev = score_metrics(result.scores, [t.key for t in dev_inputs.trials], result.skipped)
@@ -370,19 +283,19 @@ class Trainer:
                     raise
                 raise TrainingError(f"{error} after epoch {epoch + 1}, in which {state.skipped_batches} of "
                                     f"{state.batch} batches had a non-finite loss: training has diverged. "
-                                    f"{self._last_good()}") from None
+                                    f"{self.last_good()}") from None
             if self.is_main:
                 write_trial_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", dev_inputs, result.scores)
             row.update({f"dev_{name}": value for name, value in dev.items()})
             row["dev_skipped_trials"] = result.n_skipped
             if result.n_skipped:
-                self._warn(skipped_summary(result, f"dev epoch {epoch + 1}"))
-            self._log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
+                self.warn(skipped_summary(result, f"dev epoch {epoch + 1}"))
+            self.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
                       f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
         if state.skipped_batches or state.redrawn_trials:
-            self._warn(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
+            self.warn(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
                       f"{state.redrawn_trials} training trial(s) drawn again because of bad audio")
-        self._account_time()
+        self.account_time()
         row["seconds"] = round(state.seconds, 3)
         state.metrics.append({name: row.get(name, "") for name in METRIC_COLUMNS})
         self.state = state = TrainState(epoch=epoch + 1, step=state.step, best=list(state.best),
@@ -422,21 +335,13 @@ class Trainer:
             write_trial_scores(self.dir / "scores" / "eval.txt", inputs, result.scores)
         metrics = score_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if result.n_skipped:
-            self._warn(skipped_summary(result, "eval"))
+            self.warn(skipped_summary(result, "eval"))
         summary = {**metrics, "checkpoint": str(path.relative_to(self.dir)), "n_trials": len(inputs.trials),
                    "n_skipped_trials": result.n_skipped, "skipped_audio": dict(sorted(result.bad_audio.items())),
                    "epoch": best["epoch"] if best else self.state.epoch}
         if self.is_main:
             result_io.write_json(self.dir / "metrics_eval.json", summary)
-        self._log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
+        self.log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
                   f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
                   f"min a-DCF {metrics['min_a_dcf']:.4f}")
         return summary
-
-    def _log(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message)
-
-    def _warn(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message, file=sys.stderr)

@@ -156,27 +156,33 @@ def test_gathered_scores_equal_single_process_scoring(two_process_run, partition
     assert np.abs(gathered - np.roll(expected, 1)).max() > 1e-3  # the tolerance tells trials apart
 
 
-def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(corpus, tmp_path):
-    """Frozen ASV and CM (the _fixed configs): only the back-end is trained through DDP."""
-    config = write_config(tmp_path / "run.conf", corpus, model_arch="ResNetSE34V2_AASIST_OC_fixed",
-                          trials_per_epoch=48, loader={"n_workers": 1})  # 6 steps per epoch
-    process = torchrun(config, tmp_path / "exp", progress=True)
+def sigterm_mid_epoch_then_resume(config: Path, output_dir: Path, run: Path, progress_pattern: str,
+                                  n_batches: int) -> None:
+    """SIGTERM to torchrun once the progress bar matches: one message (rank 0), a mid-epoch last.ckpt,
+    and the same command with --resume goes on from it to the end."""
+    process = torchrun(config, output_dir, progress=True)
     watch = StderrWatch(process)
-    watch.wait_for(r"\| [1-4]/6 \[")
+    watch.wait_for(progress_pattern)
     process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
     process.wait(timeout=120)
     text = watch.join().replace("\r", "\n")
     assert process.returncode != 0
     messages = [line for line in text.splitlines() if line.startswith("interrupted by SIGTERM")]
     assert len(messages) == 1, text  # rank 0 alone prints it
-    last = tmp_path / "exp" / "run" / "weights" / "last.ckpt"
+    last = run / "weights" / "last.ckpt"
     assert f"saved {last}" in messages[0] and "torchrun --standalone --nproc_per_node=2" in messages[0]
     meta = load_checkpoint(last).meta
-    assert meta["epoch"] == 0 and 0 < meta["batch"] <= 6 and meta["step"] == meta["batch"]
-
-    status, out, err = finish(torchrun(config, tmp_path / "exp", "--resume"))
+    assert meta["epoch"] == 0 and 0 < meta["batch"] <= n_batches and meta["step"] == meta["batch"]
+    status, out, err = finish(torchrun(config, output_dir, "--resume"))
     assert status == 0, out + err
     assert out.count(f"resumed from {last} (epoch 0, step {meta['step']})") == 1
+
+
+def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(corpus, tmp_path):
+    """Frozen ASV and CM (the _fixed configs): only the back-end is trained through DDP."""
+    config = write_config(tmp_path / "run.conf", corpus, model_arch="ResNetSE34V2_AASIST_OC_fixed",
+                          trials_per_epoch=48, loader={"n_workers": 1})  # 6 steps per epoch
+    sigterm_mid_epoch_then_resume(config, tmp_path / "exp", tmp_path / "exp" / "run", r"\| [1-4]/6 \[", 6)
     with open(tmp_path / "exp" / "run" / "metrics.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["6", "12"]
     assert (tmp_path / "exp" / "run" / "metrics_eval.json").is_file()
@@ -260,22 +266,7 @@ def test_sigterm_to_torchrun_stops_a_stage_mid_epoch_and_resume_finishes(corpus,
     config["loader"] = {"n_workers": 1}
     config_path.write_text(json.dumps(config))
     steps = sum(1 for _ in open(config["dirs"]["cm_trn_list"])) // config["batch_size"]
-    process = torchrun(config_path, tmp_path / "exp", progress=True)
-    watch = StderrWatch(process)
-    watch.wait_for(rf"cm epoch 1/2: .*\| [1-{min(steps - 1, 9)}]/{steps} \[")
-    process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
-    process.wait(timeout=120)
-    text = watch.join().replace("\r", "\n")
-    assert process.returncode != 0
-    messages = [line for line in text.splitlines() if line.startswith("interrupted by SIGTERM")]
-    assert len(messages) == 1, text  # rank 0 alone prints it
-    last = tmp_path / "exp" / "cm" / "weights" / "last.ckpt"
-    assert f"saved {last}" in messages[0] and "torchrun --standalone --nproc_per_node=2" in messages[0]
-    meta = load_checkpoint(last).meta
-    assert meta["epoch"] == 0 and 0 < meta["batch"] < steps and meta["step"] == meta["batch"]
-
-    status, out, err = finish(torchrun(config_path, tmp_path / "exp", "--resume"))
-    assert status == 0, out + err
-    assert out.count(f"resumed from {last} (epoch 0, step {meta['step']})") == 1
+    sigterm_mid_epoch_then_resume(config_path, tmp_path / "exp", tmp_path / "exp" / "cm",
+                                  rf"cm epoch 1/2: .*\| [1-{min(steps - 1, 9)}]/{steps} \[", steps - 1)
     with open(tmp_path / "exp" / "cm" / "metrics.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == [str(steps), str(2 * steps)]

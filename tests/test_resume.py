@@ -157,10 +157,11 @@ def test_sigint_in_process_saves_a_resumable_checkpoint(corpus, tmp_path):
     calls = []
 
     def optimise_then_interrupt(loss):
-        original(loss)
+        stepped = original(loss)
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives inside batch 2
+        return stepped
 
     trainer._optimise = optimise_then_interrupt
     handler = signal.getsignal(signal.SIGINT)

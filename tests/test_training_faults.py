@@ -191,10 +191,11 @@ def test_weights_that_became_nonfinite_are_never_checkpointed(corpus, tmp_path, 
     original = Trainer._optimise
 
     def optimise_then_poison(self, loss):
-        original(self, loss)
+        stepped = original(self, loss)
         if self.state.step == 2:  # an update that leaves an infinite weight behind a finite loss
             with torch.no_grad():
                 next(self.model.backend.parameters()).view(-1)[0] = float("inf")
+        return stepped
 
     monkeypatch.setattr(Trainer, "_optimise", optimise_then_poison)
     status, _, err = train(config, tmp_path, capsys, monkeypatch)
