@@ -141,7 +141,7 @@ class StageTrainer(ResumableRun):
         if bad_audio:
             shown = "; ".join(f"{path}: {reason}" for path, reason in list(bad_audio.items())[:3])
             self.warn(f"warning: {what}: {n_skipped} trial(s) not scored (on_bad_audio: skip; score nan, left "
-                       f"out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
+                      f"out of the metrics) because of {len(bad_audio)} bad audio file(s): {shown}")
         return {"n_skipped_trials": n_skipped, "skipped_audio": dict(sorted(bad_audio.items()))}
 
     def poll(self, what: str):
@@ -242,8 +242,8 @@ class StageTrainer(ResumableRun):
             state = self.state
             if state.skipped_batches or state.redrawn_utterances:
                 self.warn(f"warning: {self.part} epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for "
-                           f"a non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
-                           f"bad audio")
+                          f"a non-finite loss, {state.redrawn_utterances} training utterance(s) replaced because of "
+                          f"bad audio")
             row: dict = {"epoch": epoch + 1, "step": self.state.step, **self._epoch_means()}
             if (epoch + 1) % config["val_interval_epoch"] == 0 or epoch + 1 == config["epoch"]:
                 self._share_rank0_weights()  # every rank embeds its share with the same BatchNorm statistics

@@ -291,7 +291,7 @@ class Trainer(ResumableRun):
             if result.n_skipped:
                 self.warn(skipped_summary(result, f"dev epoch {epoch + 1}"))
             self.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev SASV-EER {100 * dev['sasv_eer']:.2f}%  "
-                      f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
+                     f"SV-EER {100 * dev['sv_eer']:.2f}%  SPF-EER {100 * dev['spf_eer']:.2f}%")
         if state.skipped_batches or state.redrawn_trials:
             self.warn(f"epoch {epoch + 1}: {state.skipped_batches} batch(es) left out for a non-finite loss, "
                       f"{state.redrawn_trials} training trial(s) drawn again because of bad audio")
@@ -342,6 +342,6 @@ class Trainer(ResumableRun):
         if self.is_main:
             result_io.write_json(self.dir / "metrics_eval.json", summary)
         self.log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
-                  f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
-                  f"min a-DCF {metrics['min_a_dcf']:.4f}")
+                 f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
+                 f"min a-DCF {metrics['min_a_dcf']:.4f}")
         return summary
