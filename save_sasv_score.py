@@ -23,7 +23,7 @@ from engine.trainer import score_metrics, skipped_summary, write_trial_scores
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, config_required=False)
-    add_model_args(parser, asv=False, cm=False)
+    add_model_args(parser, asv=True, cm=True)  # with a _fixed model's checkpoint (back-end only)
     parser.add_argument("--comment", default="Exp-SASV", help="output folder")
     parser.add_argument("--partitions", nargs="+", default=["dev", "eval"], choices=["dev", "eval"])
     return parser.parse_args()

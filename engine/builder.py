@@ -9,7 +9,7 @@ import torch
 from engine.config import Config, ConfigError
 from losses import build_loss
 from models.aasist import AASIST
-from models.checkpoint import load_asv_weights, load_cm_weights, load_sasv_weights
+from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.resnet_se34v2 import ResNetSE34V2
 from models.sasv import SASVBackend, SASVModel
 
@@ -73,11 +73,16 @@ def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASV
     loss = build_loss("ocsoftmax", feat_dim=optim["oc_dim"], r_real=optim["r_real"],
                       r_fake=optim["r_fake"], alpha=optim["alpha"])
     if load_weights:
+        held: set[str] = set()
         if config["init_checkpoint"]:
-            load_sasv_weights_from(config, "init_checkpoint", asv_model, cm_model, backend, loss)
-        if config["asv_weight"]:
+            checkpoint = load_sasv_weights_from(config, "init_checkpoint", asv_model, cm_model, backend, loss)
+            held = subsystems_held(checkpoint)
+        # The sub-system weight files fill in what the joint checkpoint does not hold (that of a _fixed
+        # model holds the back-end only, as the original kept the frozen networks out of it); they never
+        # replace what it holds.
+        if config["asv_weight"] and "asv" not in held:
             load_asv_weights(asv_model, _existing(config, "asv_weight"))
-        if config["aasist_weight"]:
+        if config["aasist_weight"] and "cm" not in held:
             load_cm_weights(cm_model, _existing(config, "aasist_weight"))
     model = SASVModel(asv_model, cm_model, backend, train_asv=config["train_asv"], train_cm=config["train_cm"])
     return model, loss
@@ -99,9 +104,15 @@ def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: boo
     return model
 
 
-def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> None:
+def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> Checkpoint:
     staging = SASVModel(asv_model, cm_model, backend)
-    load_sasv_weights(staging, loss, _existing(config, key))
+    return load_sasv_weights(staging, loss, _existing(config, key))
+
+
+def subsystems_held(checkpoint: Checkpoint) -> set[str]:
+    """Which of "asv", "cm", "backend" a loaded checkpoint holds weights for."""
+    return {part for part, state in (("asv", checkpoint.asv_state), ("cm", checkpoint.cm_state),
+                                     ("backend", checkpoint.backend_state)) if state is not None}
 
 
 def _existing(config: Config, key: str) -> Path:

@@ -13,7 +13,7 @@ from data.audio import AudioError
 from data.datasets import unwrap_worker_error
 from data.protocols import ProtocolError
 from engine import distributed
-from engine.builder import build_sasv_model, resolve_device
+from engine.builder import build_sasv_model, resolve_device, subsystems_held
 from engine.config import Config, ConfigError, build_config, load_config
 from engine.evaluation import ScoringError
 from engine.signals import RunInterrupted
@@ -58,20 +58,30 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
     model, loss = build_sasv_model(config, load_weights=False)
     loaded: set[str] = set()
     if args.model:
-        checkpoint = load_sasv_weights(model, loss, Path(args.model))
-        loaded |= {part for part, state in (("asv", checkpoint.asv_state), ("cm", checkpoint.cm_state),
-                                            ("backend", checkpoint.backend_state)) if state is not None}
+        loaded |= subsystems_held(load_sasv_weights(model, loss, Path(args.model)))
     if getattr(args, "asv_model", None):
         load_asv_weights(model.asv_model, Path(args.asv_model))
         loaded.add("asv")
     if getattr(args, "cm_model", None):
         load_cm_weights(model.cm_model, Path(args.cm_model))
         loaded.add("cm")
+    # A part no argument gave comes from the config's weight file (a _fixed model's checkpoint holds the
+    # back-end only: its frozen ASV and CM are the published asv_weight / aasist_weight).
+    for part, key, load, network in (("asv", "asv_weight", load_asv_weights, model.asv_model),
+                                     ("cm", "aasist_weight", load_cm_weights, model.cm_model)):
+        if part in need and part not in loaded and config[key]:
+            path = Path(config[key])
+            if not path.is_file():
+                raise ConfigError(f"{config.source}: no {part.upper()} weights given (--model holds none), and "
+                                  f"{key} file {path} does not exist")
+            load(network, path)
+            loaded.add(part)
     missing = [part for part in need if part not in loaded]
-    if need and len(missing) == len(need) or ("backend" in need and "backend" in missing):
+    if missing:
         options = "--model" + (", --asv_model" if hasattr(args, "asv_model") else "") + \
                   (", --cm_model" if hasattr(args, "cm_model") else "")
-        raise ConfigError(f"no weights for the {' and '.join(missing)} part(s): give {options}")
+        raise ConfigError(f"no weights for the {' and '.join(missing)} part(s): give {options}, or set "
+                          f"asv_weight / aasist_weight in the config")
     device = resolve_device(config["device"])
     model.to(device).eval()
     loss.to(device).eval()

@@ -96,7 +96,9 @@ SCHEMA: dict = _section(
     asv_weight=Field(str, None, "initial ASV weights: voxceleb_trainer .model (e.g. baseline_v2_ap.model) or a joint checkpoint"),
     aasist_config=Field(str, None, "AASIST JSON config; its model_config builds the CM network"),
     aasist_weight=Field(str, None, "initial CM weights: AASIST .pth or a joint checkpoint"),
-    init_checkpoint=Field(str, None, "initialise every part from a joint checkpoint (Lightning .ckpt or ours)"),
+    init_checkpoint=Field(str, None, "initialise the parts a joint checkpoint holds (Lightning .ckpt or ours); "
+                          "asv_weight / aasist_weight fill in only the parts it does not hold (a _fixed model's "
+                          "checkpoint holds the back-end only)"),
     asv_model=_section(
         n_out=Field(int, 512, "speaker embedding size"),
         encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling", choices=("ASP", "SAP")),

@@ -169,3 +169,65 @@ def test_scripts_refuse_bad_input_with_one_line(fixtures, mini, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
     assert not (tmp_path / "out" / "score_SASV_dev.txt").exists()
+
+
+def _fixed_format_checkpoint(fixtures, path: Path) -> Path:
+    """The joint golden checkpoint as the original's _fixed model saves it: its ASV and CM networks are
+    module-level objects, not submodules, so the Lightning state dict holds the back-end (and OC centre) only."""
+    import torch
+
+    from models.checkpoint import _safe_torch_load
+
+    raw = _safe_torch_load(fixtures / "golden" / "joint_seed_format.ckpt")
+    raw["state_dict"] = {key: value for key, value in raw["state_dict"].items()
+                         if not key.startswith(("model.asv_emb.", "model.cm_emb."))}
+    raw["hyper_parameters"] = {"config": {"model_arch": "ResNetSE34V2_AASIST_OC_fixed"}}  # plain data here
+    torch.save(raw, path)
+    return path
+
+
+def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(fixtures, golden, mini, tmp_path):
+    arrays, _ = golden
+    work, config, *_ = mini
+    fixed = _fixed_format_checkpoint(fixtures, tmp_path / "fixed.ckpt")
+    asv, cm = fixtures / "golden" / "resnetse34v2_vox_format.model", fixtures / "weights" / "AASIST.pth"
+    common = ["--config", str(config), "--model", str(fixed), "--partitions", "dev"]
+    run_script("save_sasv_score.py", *common, "--comment", "by_args", "--asv_model", str(asv), "--cm_model", str(cm),
+               cwd=work)
+    run_script("save_sasv_score.py", *common, "--comment", "by_config", "--set", f"asv_weight={asv}",
+               f"aasist_weight={cm}", cwd=work)
+    for folder in ("by_args", "by_config"):
+        scores = np.array([float(r[3]) for r in read_score_file(work / folder / "score_SASV_dev.txt")])
+        np.testing.assert_allclose(scores, arrays["score"], atol=1e-5, rtol=0)
+    # Without them the frozen networks would be random: refused, naming what is missing.
+    result = subprocess.run([sys.executable, str(REPO / "save_sasv_score.py"), *common, "--device", "cpu",
+                             "--comment", str(tmp_path / "none")], cwd=work, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "no weights for the asv and cm part(s)" in result.stderr
+
+
+def test_init_checkpoint_parts_are_not_replaced_by_the_subsystem_weight_files(fixtures, tmp_path):
+    import torch
+
+    from engine.builder import build_sasv_model
+    from engine.config import build_config
+    from models.checkpoint import load_checkpoint
+
+    joint = fixtures / "golden" / "joint_seed_format.ckpt"
+    other = tmp_path / "other_asv.model"  # a different ResNetSE34V2 in voxceleb_trainer's format
+    torch.manual_seed(5)
+    network = build_sasv_model(build_config({}), load_weights=False)[0].asv_model
+    torch.save({f"__S__.{key}": value for key, value in network.state_dict().items()}, other)
+    model, _ = build_sasv_model(build_config({"init_checkpoint": str(joint), "asv_weight": str(other),
+                                              "aasist_weight": str(fixtures / "weights" / "AASIST-L.pth"),
+                                              "aasist_config": str(fixtures / "weights" / "AASIST.conf")}))
+    held = load_checkpoint(joint)
+    for key, value in held.asv_state.items():
+        assert torch.equal(model.asv_model.state_dict()[key], value), key
+    for key, value in held.cm_state.items():
+        assert torch.equal(model.cm_model.state_dict()[key], value), key
+    fixed = _fixed_format_checkpoint(fixtures, tmp_path / "fixed.ckpt")  # back-end only: the files fill in
+    model, _ = build_sasv_model(build_config({"init_checkpoint": str(fixed), "asv_weight": str(other),
+                                              "aasist_config": str(fixtures / "weights" / "AASIST.conf")}))
+    for key, value in network.state_dict().items():
+        assert torch.equal(model.asv_model.state_dict()[key], value), key
