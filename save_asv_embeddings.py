@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    model, _, loaded = model_from_args(config, args, need=("asv", "cm"))
+    model, _, loaded = model_from_args(config, args, optional=("asv", "cm"))
     database = require_database(config)
     device = resolve_device(config["device"])
     out = Path(args.comment)

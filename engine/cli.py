@@ -53,8 +53,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, asv: bool, cm: bool) -> N
         parser.add_argument("--cm_model", help="CM weights: AASIST .pth or a joint checkpoint")
 
 
-def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str, ...]) -> tuple[SASVModel, torch.nn.Module, set[str]]:
-    """Build the architecture from `config`, load `--model` / `--asv_model` / `--cm_model`; returns loaded parts."""
+def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str, ...] = (),
+                    optional: tuple[str, ...] = ()) -> tuple[SASVModel, torch.nn.Module, set[str]]:
+    """Build the architecture from `config`, load `--model` / `--asv_model` / `--cm_model`; returns loaded parts.
+
+    Every part in `need` must get weights, and at least one of `optional` when there is no `need`."""
     model, loss = build_sasv_model(config, load_weights=False)
     loaded: set[str] = set()
     if args.model:
@@ -69,19 +72,20 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
     # back-end only: its frozen ASV and CM are the published asv_weight / aasist_weight).
     for part, key, load, network in (("asv", "asv_weight", load_asv_weights, model.asv_model),
                                      ("cm", "aasist_weight", load_cm_weights, model.cm_model)):
-        if part in need and part not in loaded and config[key]:
+        if part not in loaded and config[key] and (part in need or part in optional and Path(config[key]).is_file()):
             path = Path(config[key])
             if not path.is_file():
                 raise ConfigError(f"{config.source}: no {part.upper()} weights given (--model holds none), and "
                                   f"{key} file {path} does not exist")
             load(network, path)
             loaded.add(part)
-    missing = [part for part in need if part not in loaded]
+    missing = [part for part in need if part not in loaded] or \
+        ([] if loaded & set(optional) or not optional else list(optional))
     if missing:
         options = "--model" + (", --asv_model" if hasattr(args, "asv_model") else "") + \
                   (", --cm_model" if hasattr(args, "cm_model") else "")
-        raise ConfigError(f"no weights for the {' and '.join(missing)} part(s): give {options}, or set "
-                          f"asv_weight / aasist_weight in the config")
+        raise ConfigError(f"no weights for the {' or '.join(missing) if not need else ' and '.join(missing)} "
+                          f"part(s): give {options}, or set asv_weight / aasist_weight in the config")
     device = resolve_device(config["device"])
     model.to(device).eval()
     loss.to(device).eval()

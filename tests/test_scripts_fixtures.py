@@ -124,6 +124,11 @@ def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
         speaker_models = pickle.load(handle)
     np.testing.assert_allclose(np.stack([asv[u] for u in utterances]), arrays["asv_tst_emb"], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(np.stack([cm[u] for u in utterances]), arrays["cm_emb"], atol=1e-4, rtol=1e-4)
+    # One sub-system alone: only its embeddings are written (the other part has no weights).
+    run_script("save_asv_embeddings.py", "--config", str(config), "--comment", "asv_only",
+               "--asv_model", str(fixtures / "golden" / "resnetse34v2_vox_format.model"), "--partitions", "dev",
+               cwd=work)
+    assert (work / "asv_only" / "asv_embd_dev.pk").is_file() and not (work / "asv_only" / "cm_embd_dev.pk").exists()
     row = {u: i for i, u in enumerate(utterances)}
     for speaker, utts in bona_utts.items():
         expected = arrays["asv_tst_emb"][[row[u] for u in utts]].mean(axis=0)
