@@ -32,15 +32,19 @@ sampler=$!
 trap 'kill "$sampler" 2>/dev/null || true' EXIT
 phase() { echo "$(date '+%Y/%m/%d %H:%M:%S') $1" | tee -a "$out/phases.txt"; }
 
-phase "bench start"
-"$python" bench/bench_train.py --config configs/demo.conf --asvspoof_shape --device cuda \
-    --train_batches 20 --reference_batches 5 --per_trial_trials 16 2>&1 | tee "$out/bench.txt"
-phase "demo bf16 start"
-"$python" main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
-    --output_dir "$out/runs_bf16" 2>&1 | tee "$out/demo_bf16.txt"
-phase "demo fp32 start"
-"$python" main.py --config configs/demo.conf --device cuda --no_progress --overwrite \
-    --output_dir "$out/runs_fp32" --set amp=off 2>&1 | tee "$out/demo_fp32.txt"
+# A failing phase is recorded (phases.txt) and the next one still runs: the device time is scarce.
+run_phase() {  # name, log file, command...
+    local name="$1" log="$2"
+    shift 2
+    phase "$name start"
+    "$@" 2>&1 | tee "$out/$log" || phase "$name FAILED (exit ${PIPESTATUS[0]})"
+}
+run_phase bench bench.txt "$python" bench/bench_train.py --config configs/demo.conf --asvspoof_shape \
+    --device cuda --train_batches 20 --reference_batches 5 --per_trial_trials 16
+run_phase "demo bf16" demo_bf16.txt "$python" main.py --config configs/demo.conf --device cuda --no_progress \
+    --overwrite --output_dir "$out/runs_bf16"
+run_phase "demo fp32" demo_fp32.txt "$python" main.py --config configs/demo.conf --device cuda --no_progress \
+    --overwrite --output_dir "$out/runs_fp32" --set amp=off
 phase "end"
 
 kill "$sampler" 2>/dev/null || true
