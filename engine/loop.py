@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from data.datasets import iterate_batches
 from engine import distributed
-from engine.config import Config
-from engine.run_state import TrainingError, TrainState, last_good_checkpoint, restore_rng, rng_snapshot
+from engine.config import Config, ConfigError
+from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, restore_rng,
+                              rng_snapshot)
 from engine.signals import RunInterrupted, StopRequest, signal_name
 
 
@@ -61,6 +62,22 @@ class ResumableRun:
     def training_state(self) -> dict[str, Any]:
         return {**self.state.to_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), **rng_snapshot()}
+
+    def fixed_on_resume(self) -> tuple[str, ...]:
+        """Keys that resuming may not change although RESUME_MAY_CHANGE lists them (e.g. a schedule's length)."""
+        return ()
+
+    def check_resume_config(self, saved: dict[str, Any] | None) -> None:
+        """Refuse to resume under a config that changes what is trained (the error names the keys)."""
+        if saved is None:
+            return
+        current = self.config.to_dict()
+        changes = config_changes(saved, current) + [
+            f"{key} (run: {saved.get(key)!r}, now: {current[key]!r})"
+            for key in self.fixed_on_resume() if saved.get(key) != current[key]]
+        if changes:
+            raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
+                              f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
 
     def restore_training_state(self, saved: dict[str, Any]) -> None:
         """Inverse of `training_state` (the weights are the trainer's business)."""

@@ -32,8 +32,8 @@ from engine import distributed
 from engine import io as result_io
 from engine.config import Config, ConfigError
 from engine.loop import ResumableRun
-from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
-                              optimisation_step, resolve_amp, seed_everything, tidy_after_resume)
+from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, resolve_amp,
+                              seed_everything, tidy_after_resume)
 from engine.signals import RunInterrupted, StopRequest, signal_name
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
@@ -178,10 +178,6 @@ class StageTrainer(ResumableRun):
             apply_state(self.loss, checkpoint.asv_loss_state, what="ASV loss", source=path)
         return checkpoint
 
-    def fixed_on_resume(self) -> tuple[str, ...]:
-        """Keys that resuming may not change even though the SASV trainer lets them (e.g. a schedule's length)."""
-        return ()
-
     def resume_latest(self) -> Path | None:
         """Restore the newest readable resumable checkpoint (normally weights/last.ckpt; a best-k copy when
         last.ckpt is damaged) and tidy the folder; None when the run has none yet."""
@@ -196,19 +192,12 @@ class StageTrainer(ResumableRun):
 
     def resume(self, path: Path, checkpoint: Checkpoint | None = None) -> None:
         """Restore the whole training state from one of this stage's resumable checkpoints (files untouched)."""
-        checkpoint = self.load_weights(path, checkpoint)
-        extra = checkpoint.meta
-        if "optimizer" not in extra:
+        checkpoint = checkpoint or load_checkpoint(path)
+        if "optimizer" not in checkpoint.meta:
             raise CheckpointError(f"{path}: holds weights only (no optimiser state); resume from weights/last.ckpt")
-        if checkpoint.config is not None:
-            current = self.config.to_dict()
-            changes = config_changes(checkpoint.config, current) + [
-                f"{key} (run: {checkpoint.config.get(key)!r}, now: {current[key]!r})"
-                for key in self.fixed_on_resume() if checkpoint.config.get(key) != current[key]]
-            if changes:
-                raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
-                                  f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
-        self.restore_training_state(extra)
+        self.check_resume_config(checkpoint.config)
+        self.load_weights(path, checkpoint)
+        self.restore_training_state(checkpoint.meta)
 
     def _update_best(self, epoch: int, value: float, dev: dict[str, float]) -> None:
         entry = {self.selection: float(value), "epoch": epoch,

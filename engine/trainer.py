@@ -39,8 +39,8 @@ from engine.experiment import scoring_inputs, training_sampler
 from engine.frozen_cache import training_inputs
 from engine.loop import ResumableRun
 from engine.objective import TrainingForward, build_auxiliary_speaker_loss
-from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes,
-                              optimisation_step, resolve_amp, seed_everything, tidy_after_resume)
+from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, resolve_amp,
+                              seed_everything, tidy_after_resume)
 from engine import io as result_io
 from engine.signals import RunInterrupted, StopRequest
 from metrics.adcf import min_adcf
@@ -176,11 +176,7 @@ class Trainer(ResumableRun):
         extra = checkpoint.meta
         if checkpoint.format != "sasv" or "optimizer" not in extra:
             raise CheckpointError(f"{path}: not a resumable training checkpoint of main.py (no optimiser state)")
-        if checkpoint.config is not None:
-            changes = config_changes(checkpoint.config, self.config.to_dict())
-            if changes:
-                raise ConfigError(f"{self.config.source}: cannot resume {self.dir}: the config differs from the "
-                                  f"run's in {'; '.join(changes)}; restore it, or pass --overwrite to start again")
+        self.check_resume_config(checkpoint.config)
         load_sasv_weights(self.model, self.loss, path)
         if self.speaker_loss is not None:
             self.speaker_loss.load_state_dict(extra["speaker_loss"])
