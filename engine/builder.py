@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import torch
+from torch import nn
 
 from engine.config import Config, ConfigError
 from losses import build_loss
@@ -77,13 +79,7 @@ def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASV
         if config["init_checkpoint"]:
             checkpoint = load_sasv_weights_from(config, "init_checkpoint", asv_model, cm_model, backend, loss)
             held = subsystems_held(checkpoint)
-        # The sub-system weight files fill in what the joint checkpoint does not hold (that of a _fixed
-        # model holds the back-end only, as the original kept the frozen networks out of it); they never
-        # replace what it holds.
-        if config["asv_weight"] and "asv" not in held:
-            load_asv_weights(asv_model, _existing(config, "asv_weight"))
-        if config["aasist_weight"] and "cm" not in held:
-            load_cm_weights(cm_model, _existing(config, "aasist_weight"))
+        fill_from_weight_files(config, asv_model, cm_model, held)
     model = SASVModel(asv_model, cm_model, backend, train_asv=config["train_asv"], train_cm=config["train_cm"])
     return model, loss
 
@@ -107,6 +103,24 @@ def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: boo
 def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> Checkpoint:
     staging = SASVModel(asv_model, cm_model, backend)
     return load_sasv_weights(staging, loss, _existing(config, key))
+
+
+def fill_from_weight_files(config: Config, asv_model: nn.Module, cm_model: nn.Module, held: set[str], *,
+                           parts: Iterable[str] = ("asv", "cm"), only_if_present: bool = False) -> set[str]:
+    """Load asv_weight / aasist_weight into the sub-systems of `parts` that `held` (what a joint checkpoint
+    or an argument gave) lacks; returns the parts loaded. The files fill in, never replace: a _fixed
+    model's checkpoint holds the back-end only, as the original kept the frozen networks out of it.
+    A set key whose file is missing is an error, unless `only_if_present` (then the part is skipped)."""
+    loaded = set()
+    for part, key, load, network in (("asv", "asv_weight", load_asv_weights, asv_model),
+                                     ("cm", "aasist_weight", load_cm_weights, cm_model)):
+        if part not in parts or part in held or not config[key]:
+            continue
+        if only_if_present and not Path(config[key]).is_file():
+            continue
+        load(network, _existing(config, key))
+        loaded.add(part)
+    return loaded
 
 
 def subsystems_held(checkpoint: Checkpoint) -> set[str]:

@@ -13,7 +13,7 @@ from data.audio import AudioError
 from data.datasets import unwrap_worker_error
 from data.protocols import ProtocolError
 from engine import distributed
-from engine.builder import build_sasv_model, resolve_device, subsystems_held
+from engine.builder import build_sasv_model, fill_from_weight_files, resolve_device, subsystems_held
 from engine.config import Config, ConfigError, build_config, load_config
 from engine.evaluation import ScoringError
 from engine.signals import RunInterrupted
@@ -68,17 +68,10 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
     if getattr(args, "cm_model", None):
         load_cm_weights(model.cm_model, Path(args.cm_model))
         loaded.add("cm")
-    # A part no argument gave comes from the config's weight file (a _fixed model's checkpoint holds the
-    # back-end only: its frozen ASV and CM are the published asv_weight / aasist_weight).
-    for part, key, load, network in (("asv", "asv_weight", load_asv_weights, model.asv_model),
-                                     ("cm", "aasist_weight", load_cm_weights, model.cm_model)):
-        if part not in loaded and config[key] and (part in need or part in optional and Path(config[key]).is_file()):
-            path = Path(config[key])
-            if not path.is_file():
-                raise ConfigError(f"{config.source}: no {part.upper()} weights given (--model holds none), and "
-                                  f"{key} file {path} does not exist")
-            load(network, path)
-            loaded.add(part)
+    # A part no argument gave comes from the config's weight file.
+    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=need)
+    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=optional,
+                                     only_if_present=True)
     missing = [part for part in need if part not in loaded] or \
         ([] if loaded & set(optional) or not optional else list(optional))
     if missing:
