@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving
 _WORKER_PREFIX = "Caught {name} in DataLoader worker process"
 
 Item = TypeVar("Item")
+Drawn = TypeVar("Drawn")
 
 PARTITION_FOLDERS = {"train": "ASVspoof2019_LA_train", "trn": "ASVspoof2019_LA_train",
                      "dev": "ASVspoof2019_LA_dev", "eval": "ASVspoof2019_LA_eval"}
@@ -75,29 +76,35 @@ class TrainTrialDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor]:
         epoch, index = item
         rng = trial_rng(self.seed, epoch, index)
-        for attempt in range(MAX_REDRAWS + 1):
+
+        def attempt(number: int) -> tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor]:
             trial = self.sampler.draw(rng)  # a redraw continues the same generator: deterministic
-            try:
-                enrollment, test = self._waves(trial, epoch, index, attempt)
-                speakers = torch.tensor([self.speaker_index.get(trial.enrollment_speaker, -1),
-                                         self.speaker_index.get(trial.test_speaker, -1)])
-                return enrollment, test, trial.label, attempt, speakers
-            except AudioError as error:
-                if self.on_bad_audio == "error":
-                    raise
-                self._warn(str(error))
-        raise AudioError(f"training trial (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} draws in a row "
-                         f"hit bad audio under {self.audio_dir}; check the training files")
+            enrollment, test = self._waves(trial, epoch, index, number)
+            speakers = torch.tensor([self.speaker_index.get(trial.enrollment_speaker, -1),
+                                     self.speaker_index.get(trial.test_speaker, -1)])
+            return enrollment, test, trial.label, number, speakers
 
-    def _warn(self, message: str) -> None:
-        warn_bad_training_audio(self._reported, message)
+        return redraw_until_readable(attempt, self.on_bad_audio, self._reported,
+                                     f"training trial (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} draws in "
+                                     f"a row hit bad audio under {self.audio_dir}; check the training files")
 
 
-def warn_bad_training_audio(reported: set[str], message: str) -> None:
-    """Name a bad training file on stderr once per process (on_bad_audio: skip); `reported` remembers it."""
-    if message not in reported:
-        reported.add(message)
-        print(f"warning: skipping training audio (on_bad_audio: skip): {message}", file=sys.stderr, flush=True)
+
+def redraw_until_readable(attempt: Callable[[int], Drawn], on_bad_audio: str, reported: set[str],
+                          gave_up: str) -> Drawn:
+    """`attempt(0)`, `attempt(1)`, ... until one reads its audio. With on_bad_audio="skip" an AudioError
+    is named on stderr (once per message and process; `reported` remembers them) and the next draw
+    is tried, up to MAX_REDRAWS times, then AudioError(gave_up); with "error" it is raised at once."""
+    for number in range(MAX_REDRAWS + 1):
+        try:
+            return attempt(number)
+        except AudioError as error:
+            if on_bad_audio == "error":
+                raise
+            if str(error) not in reported:
+                reported.add(str(error))
+                print(f"warning: skipping training audio (on_bad_audio: skip): {error}", file=sys.stderr, flush=True)
+    raise AudioError(gave_up)
 
 
 class EpochSampler(Sampler):

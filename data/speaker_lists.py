@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import AudioError, read_audio, random_crop
-from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, warn_bad_training_audio
+from data.audio import read_audio, random_crop
+from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
 from data.protocols import ProtocolError, read_cm_protocol
 
 
@@ -252,22 +252,16 @@ class CroppedUtteranceDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         epoch, index = item
-        label, source = self.labels[index], index
-        for attempt in range(MAX_REDRAWS + 1):
-            # The first attempt keeps the original stream, so runs without bad audio are unchanged.
-            stream = [self.seed, epoch, index, 3] if attempt == 0 else [self.seed, epoch, index, 3, attempt]
-            rng = np.random.default_rng(stream)
-            if attempt:
-                source = int(rng.choice(self._same_label[label]))
-            try:
-                waveform = self._crop(source, rng)
-                return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), label, attempt
-            except AudioError as error:
-                if self.on_bad_audio == "error":
-                    raise
-                self._warn(str(error))
-        raise AudioError(f"training utterance (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} draws in a row "
-                         f"of label {label} hit bad audio; check the training files")
+        label = self.labels[index]
 
-    def _warn(self, message: str) -> None:
-        warn_bad_training_audio(self._reported, message)
+        def attempt(number: int) -> tuple[torch.Tensor, int, int]:
+            # The first attempt keeps the original stream, so runs without bad audio are unchanged.
+            stream = [self.seed, epoch, index, 3] if number == 0 else [self.seed, epoch, index, 3, number]
+            rng = np.random.default_rng(stream)
+            source = int(rng.choice(self._same_label[label])) if number else index
+            waveform = self._crop(source, rng)
+            return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), label, number
+
+        return redraw_until_readable(attempt, self.on_bad_audio, self._reported,
+                                     f"training utterance (epoch {epoch + 1}, index {index}): {MAX_REDRAWS + 1} "
+                                     f"draws in a row of label {label} hit bad audio; check the training files")
