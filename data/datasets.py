@@ -89,7 +89,6 @@ class TrainTrialDataset(Dataset):
                                      f"a row hit bad audio under {self.audio_dir}; check the training files")
 
 
-
 def redraw_until_readable(attempt: Callable[[int], Drawn], on_bad_audio: str, reported: set[str],
                           gave_up: str) -> Drawn:
     """`attempt(0)`, `attempt(1)`, ... until one reads its audio. With on_bad_audio="skip" an AudioError
