@@ -68,6 +68,11 @@ class TrainState:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def next_epoch(self) -> "TrainState":
+        """The state once this epoch is complete: counters and logs kept, the in-epoch position and sums reset."""
+        return TrainState(epoch=self.epoch + 1, step=self.step, best=list(self.best), metrics=self.metrics,
+                          last_lr=self.last_lr)
+
     def position(self) -> str:
         """Where training stands, as the messages name it."""
         if self.batch == 0:

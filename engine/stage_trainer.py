@@ -250,12 +250,10 @@ class StageTrainer(ResumableRun):
                 with warnings.catch_warnings():  # resumed in the validation, this process has not stepped Adam yet
                     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                     self.scheduler.step()
-            row["seconds"] = round(self.state.seconds + time.time() - self._clock, 3)
+            self.account_time()
+            row["seconds"] = round(self.state.seconds, 3)
             self.state.metrics.append({name: _csv_value(row.get(name)) for name in self.metric_columns})
-            # The epoch is complete: a fresh in-epoch position for the next one.
-            self.state = TrainState(epoch=epoch + 1, step=self.state.step, best=self.state.best,
-                                    metrics=self.state.metrics, last_lr=self.state.last_lr)
-            self._clock = time.time()
+            self.state = self.state.next_epoch()
             if dev.get(self.selection) is not None:
                 self._update_best(epoch + 1, dev[self.selection], dev)
             if self.is_main:

@@ -294,8 +294,7 @@ class Trainer(ResumableRun):
         self.account_time()
         row["seconds"] = round(state.seconds, 3)
         state.metrics.append({name: row.get(name, "") for name in METRIC_COLUMNS})
-        self.state = state = TrainState(epoch=epoch + 1, step=state.step, best=list(state.best),
-                                        metrics=state.metrics)
+        self.state = state = state.next_epoch()
         dropped: list[dict] = []
         if due:
             entry = {"sasv_eer": float(row["dev_sasv_eer"]), "epoch": epoch + 1,
