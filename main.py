@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from engine import distributed
-from engine.asv_trainer import ASVTrainer
-from engine.builder import resolve_device
-from engine.cli import add_config_args, config_from_args, resume_command, run_cli
-from engine.cm_trainer import CMTrainer
-from engine.config import Config
-from engine.demo import ensure_demo_corpus
-from engine.experiment import check_data_layout
-from engine.run_state import prepare_experiment_dir
-from engine.trainer import Trainer
+from runtime import distributed
+from training.tasks.asv import ASVTrainer
+from runtime.device import resolve_device
+from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
+from training.tasks.cm import CMTrainer
+from runtime.config import Config
+from data.synthetic import ensure_demo_corpus
+from scoring.inputs import check_data_layout
+from training.state import prepare_experiment_dir
+from training.trainer import Trainer
 
 TRAINERS = {"sasv": Trainer, "asv": ASVTrainer, "cm": CMTrainer}  # config key `system`
 
@@ -63,7 +63,7 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
     main_rank = distributed.is_main()
     if main_rank:
-        ensure_demo_corpus(config, progress=not args.no_progress)
+        ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
     distributed.barrier()
     if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
         check_data_layout(config)

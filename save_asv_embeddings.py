@@ -15,11 +15,11 @@ import numpy as np
 
 from data.datasets import partition_audio_dir
 from data.protocols import read_cm_protocol, read_enrollment_utterances
-from engine import io as result_io
-from engine.builder import resolve_device
-from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
-from engine.config import require_database
-from engine.evaluation import extract
+from runtime import files
+from runtime.device import resolve_device
+from runtime.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
+from runtime.config import require_database
+from scoring.extraction import extract
 
 PARTITIONS = {"trn": "cm_trn_list", "dev": "cm_dev_list", "eval": "cm_eval_list"}
 
@@ -59,7 +59,7 @@ def main() -> None:
         good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
         for name, matrix in embeddings.items():
             path = out / f"{name}_embd_{part}.pk"
-            result_io.write_pickle(path, {utterances[i]: matrix[i].numpy() for i in good})
+            files.write_pickle(path, {utterances[i]: matrix[i].numpy() for i in good})
             written.append(path.name)
         if part != "trn" and "asv" in loaded:
             speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
@@ -74,7 +74,7 @@ def main() -> None:
                 if rows:  # a speaker without any readable enrollment gets no model (its trials are then skipped)
                     models[speaker] = np.mean([enrollment[i] for i in rows], axis=0)
             path = out / f"spk_model_{part}.pk"
-            result_io.write_pickle(path, models)
+            files.write_pickle(path, models)
             written.append(path.name)
         if bad_audio:
             shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from data.protocols import read_sasv_trials
-from engine import io as result_io
-from engine.cli import add_config_args, config_from_args, run_cli
-from engine.config import ConfigError
+from runtime import files
+from scoring.score_files import write_scores
+from runtime.cli import add_config_args, config_from_args, run_cli
+from runtime.config import ConfigError
 from metrics.eer import sasv_eers
 
 
@@ -73,9 +74,9 @@ def main() -> None:
         scores, skipped = cosine_scores(_load(out / f"spk_model_{part}.pk"), _load(out / f"asv_embd_{part}.pk"),
                                         trials, trial_path, skip_missing=config["on_bad_audio"] == "skip")
         result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
-        result_io.write_scores(out / f"score_ASV_{part}.txt", ([t.utterance for t in trials],), scores)
+        write_scores(out / f"score_ASV_{part}.txt", ([t.utterance for t in trials],), scores)
         result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))
-        result_io.write_json(out / f"metrics_ASV_{part}.json", result)
+        files.write_json(out / f"metrics_ASV_{part}.json", result)
         if skipped.any():
             print(f"warning: {part}: {int(skipped.sum())} of {len(trials)} trials skipped (on_bad_audio: skip; their "
                   f"audio was left out by save_asv_embeddings.py): score nan, left out of the EERs", file=sys.stderr)

@@ -19,11 +19,12 @@ import torch
 
 from data.datasets import partition_audio_dir
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
-from engine import io as result_io
-from engine.builder import resolve_device
-from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
-from engine.config import require_database
-from engine.evaluation import extract
+from runtime import files
+from scoring.score_files import write_scores
+from runtime.device import resolve_device
+from runtime.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
+from runtime.config import require_database
+from scoring.extraction import extract
 from metrics import MetricError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
@@ -80,8 +81,8 @@ def main() -> None:
         bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)
         bonafide_probability = torch.softmax(logits, dim=1)[:, 1].numpy()
         names = ([e.utterance for e in entries],)
-        result_io.write_scores(out / f"score_CM_{part}.txt", names, bonafide_probability)
-        result_io.write_scores(out / f"score_CM_{part}_no_softmax.txt", names, bonafide_logit)
+        write_scores(out / f"score_CM_{part}.txt", names, bonafide_probability)
+        write_scores(out / f"score_CM_{part}_no_softmax.txt", names, bonafide_logit)
         scored = np.array([str(path) not in bad_audio for path in paths])
         if bad_audio:
             shown = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:3])
@@ -102,7 +103,7 @@ def main() -> None:
                                                     bonafide_logit[~is_bona & scored]))
             except MetricError as error:
                 result["min_tdcf_note"] = str(error)
-        result_io.write_json(out / f"metrics_CM_{part}.json", result)
+        files.write_json(out / f"metrics_CM_{part}.json", result)
         tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if result["min_tdcf"] is not None else \
             f"min t-DCF skipped: {result['min_tdcf_note']}"
         print(f"{part}: CM EER {100 * eer:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")

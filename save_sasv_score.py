@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine import io as result_io
-from engine.builder import resolve_device
-from engine.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
-from engine.evaluation import SASVScorer
-from engine.experiment import scoring_inputs
-from engine.trainer import score_metrics, skipped_summary, write_trial_scores
+from runtime import files
+from runtime.device import resolve_device
+from runtime.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
+from scoring.extraction import SASVScorer
+from scoring.inputs import scoring_inputs
+from training.trainer import score_metrics, skipped_summary, write_trial_scores
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main() -> None:
             print(skipped_summary(scored, part), file=sys.stderr)
         result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,
                       skipped_audio=dict(sorted(scored.bad_audio.items())))
-        result_io.write_json(out / f"metrics_{part}.json", result)
+        files.write_json(out / f"metrics_{part}.json", result)
         print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
               f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
               f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")

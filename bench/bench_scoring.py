@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import measure_eval  # noqa: E402
-from engine.builder import resolve_device  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.demo import ensure_demo_corpus  # noqa: E402
+from runtime.device import resolve_device  # noqa: E402
+from runtime.config import load_config  # noqa: E402
+from data.synthetic import ensure_demo_corpus  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     config = load_config(args.config)
-    ensure_demo_corpus(config, progress=False)
+    ensure_demo_corpus(config["demo_corpus"], progress=False)
     device = resolve_device(args.device or config["device"])
     result = measure_eval(config, device, model_path=args.model, partition=args.partition,
                           max_trials=args.max_trials, per_trial_trials=args.per_trial_trials,

@@ -41,12 +41,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.builder import apply_kernel_options, build_sasv_model, resolve_device  # noqa: E402
-from engine.config import Config, build_config  # noqa: E402
-from engine.demo import ensure_demo_corpus  # noqa: E402
-from engine.evaluation import SASVScorer, ScoringInputs  # noqa: E402
-from engine.experiment import scoring_inputs  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from models.build import apply_kernel_options, build_sasv_model
+from runtime.device import resolve_device  # noqa: E402
+from runtime.config import Config, build_config  # noqa: E402
+from data.synthetic import ensure_demo_corpus  # noqa: E402
+from scoring.extraction import SASVScorer, ScoringInputs  # noqa: E402
+from scoring.inputs import scoring_inputs  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 from models.checkpoint import load_sasv_weights  # noqa: E402
 
 # ASVspoof 2019 LA eval, SASV protocol (asv.eval.gi.trl.txt and its enrollments).
@@ -338,7 +339,7 @@ def main() -> None:
     values = bench_values(args.config, args.asvspoof_shape)
     source = args.config
     config = build_config(values, source=source)
-    ensure_demo_corpus(config, progress=False)
+    ensure_demo_corpus(config["demo_corpus"], progress=False)
     device = resolve_device(args.device or config["device"])
     warmup = args.warmup_batches if args.warmup_batches is not None else int(device.type == "cuda")
     print(f"device {device}, torch threads {torch.get_num_threads()}, shape "

@@ -21,7 +21,7 @@ import soundfile
 import torch
 
 from data import flac_fallback
-from data.atomic import atomic_open
+from runtime.files import atomic_open
 
 DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
 DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from data.atomic import atomic_open
+from runtime.files import atomic_open
 
 OUR_FORMAT = "sasv-toolkit"
 OUR_VERSION = 1

@@ -17,9 +17,9 @@ from data.augment import Augmenter
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import plan_speaker_batches, read_voxceleb_train_list, read_voxceleb_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from engine.asv_trainer import ASVTrainer
-from engine.builder import build_sasv_model
-from engine.config import ConfigError, build_config
+from training.tasks.asv import ASVTrainer
+from models.build import build_sasv_model
+from runtime.config import ConfigError, build_config
 from metrics import MetricError
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
@@ -306,7 +306,7 @@ def test_ap_parameters_load_from_voxceleb_file_through_asv_weight(fixtures, corp
 
 def test_demo_sequence_configs_agree_with_demo_conf():
     """demo_asv -> demo_cm -> demo_sasv_pretrained must train what demo.conf trains, from the stages' outputs."""
-    from engine.config import load_config
+    from runtime.config import load_config
 
     demo = load_config(REPO / "configs" / "demo.conf")
     stages = {name: load_config(REPO / "configs" / f"{name}.conf")
@@ -329,7 +329,7 @@ def test_demo_sequence_configs_agree_with_demo_conf():
 def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
     from data.audio import load_waveform
     from data.protocols import read_enrollment_files, read_enrollment_utterances
-    from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
+    from training.tasks.asv import asvspoof_trials, build_asv_network, score_trials
 
     config = build_config(asv_config(corpus, asv_train={"enrollment": enrollment}))
     trials = asvspoof_trials(config, "dev")
@@ -367,7 +367,7 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
 def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, tmp_path):
     import signal
 
-    from engine.signals import RunInterrupted
+    from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)
     straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
@@ -426,7 +426,7 @@ def test_samplers_resume_inside_an_epoch_with_the_remaining_batches():
 
 
 def test_verification_metrics_leave_out_trials_not_scored():
-    from engine.asv_trainer import verification_metrics
+    from training.tasks.asv import verification_metrics
 
     scores = np.array([0.9, 0.1, np.nan, 0.8, 0.2, 0.85, np.nan])
     keys = ["target", "nontarget", "target", "target", "nontarget", "nontarget", "nontarget"]
@@ -438,7 +438,7 @@ def test_verification_metrics_leave_out_trials_not_scored():
 def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corpus, tmp_path):
     import signal
 
-    from engine.signals import RunInterrupted
+    from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)  # StepLR steps once per epoch: resuming must not step it twice
     straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
@@ -483,7 +483,7 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
 
 
 def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
-    from engine.run_state import TrainingError
+    from training.state import TrainingError
 
     trainer = ASVTrainer(build_config(asv_config(corpus)), tmp_path, CPU, progress=False)
     with pytest.raises(TrainingError, match=r"dev epoch 3: 1 of 2 scores are NaN/inf: training has diverged"):

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.atomic import atomic_copy, atomic_open, remove_stale_temporaries
-from engine import io as result_io
+from runtime.files import atomic_copy, atomic_open, remove_stale_temporaries
+from runtime import files
+from scoring.score_files import write_scores
 from models.checkpoint import load_checkpoint, save_checkpoint
 from tiny_run import QUIET_ENV, REPO
 
@@ -28,8 +29,9 @@ WRITER = r"""
 import sys, numpy as np, torch
 from pathlib import Path
 from torch import nn
-from data.atomic import atomic_copy
-from engine import io as result_io
+from runtime.files import atomic_copy
+from runtime import files
+from scoring.score_files import write_scores
 from models.checkpoint import save_checkpoint
 
 folder = Path(sys.argv[1])
@@ -47,12 +49,12 @@ while True:
     save_checkpoint(folder / "last.ckpt", model=model, loss=loss, config={"version": version},
                     extra={"version": version})
     atomic_copy(folder / "last.ckpt", folder / "best.ckpt")
-    result_io.write_scores(folder / "scores.txt", (["LA_0001"] * lines, ["LA_E_1"] * lines, ["target"] * lines),
+    write_scores(folder / "scores.txt", (["LA_0001"] * lines, ["LA_E_1"] * lines, ["target"] * lines),
                            np.full(lines, float(version)))
-    result_io.write_pickle(folder / "embeddings.pk",
+    files.write_pickle(folder / "embeddings.pk",
                            {f"utt{i}": np.full(512, version, np.float32) for i in range(2000)})
-    result_io.write_json(folder / "metrics.json", {"version": version, "values": [version] * 20000})
-    result_io.write_csv(folder / "metrics.csv", ["epoch", "version"],
+    files.write_json(folder / "metrics.json", {"version": version, "values": [version] * 20000})
+    files.write_csv(folder / "metrics.csv", ["epoch", "version"],
                         [{"epoch": i, "version": version} for i in range(20000)])
     print(version, flush=True)
 """
@@ -128,7 +130,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
 
 def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "scores.txt"
-    result_io.write_text(target, "old\n")
+    files.write_text(target, "old\n")
     with pytest.raises(RuntimeError):
         with atomic_open(target) as handle:
             handle.write("half of the new content")
@@ -142,7 +144,7 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     model.asv_model, model.cm_model, model.backend = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
     previous = os.umask(0o022)
     try:
-        result_io.write_json(tmp_path / "metrics.json", {"a": 1})
+        files.write_json(tmp_path / "metrics.json", {"a": 1})
         atomic_copy(tmp_path / "metrics.json", tmp_path / "copy.json")
         save_checkpoint(tmp_path / "last.ckpt", model=model, loss=None, config=None)
         os.umask(0o027)
@@ -169,7 +171,7 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
 
 def test_scores_round_trip_exactly_and_nan_marks_a_skipped_trial(tmp_path):
     scores = np.array([0.1, -3.25e-7, np.nan, 1.0], dtype=np.float32)
-    result_io.write_scores(tmp_path / "s.txt", (["a", "b", "c", "d"],), scores)
+    write_scores(tmp_path / "s.txt", (["a", "b", "c", "d"],), scores)
     rows = [line.split() for line in (tmp_path / "s.txt").read_text().splitlines()]
     assert rows[2] == ["c", "nan"]
     read = np.array([float(row[1]) for row in rows])

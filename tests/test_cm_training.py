@@ -17,11 +17,11 @@ import torch
 from data.audio import AudioError
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from engine.asv_trainer import build_asv_network
-from engine.builder import build_sasv_model
-from engine.cm_trainer import CMTrainer, cosine_factor, read_asv_score_file
-from engine.config import ConfigError, build_config
-from engine.run_state import TrainingError
+from training.tasks.asv import build_asv_network
+from models.build import build_sasv_model
+from training.tasks.cm import CMTrainer, cosine_factor, read_asv_score_file
+from runtime.config import ConfigError, build_config
+from training.state import TrainingError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
 from models.checkpoint import load_checkpoint, save_subsystem_checkpoint

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, build_config, describe_schema, load_config, parse_override, require_database
+from runtime.config import ConfigError, build_config, describe_schema, load_config, parse_override, require_database
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL_JOINT_CONF = """{

@@ -18,11 +18,11 @@ import torch
 
 from data.datasets import EpochSampler
 from data.protocols import read_sasv_trials
-from engine import distributed
-from engine.builder import build_sasv_model
-from engine.config import ConfigError, load_config
-from engine.evaluation import SASVScorer, extract
-from engine.experiment import scoring_inputs
+from runtime import distributed
+from models.build import build_sasv_model
+from runtime.config import ConfigError, load_config
+from scoring.extraction import SASVScorer, extract
+from scoring.inputs import scoring_inputs
 from models.checkpoint import load_checkpoint, load_sasv_weights
 from tiny_run import REPO, QUIET_ENV, StderrWatch, tiny_corpus, write_config
 
@@ -243,8 +243,8 @@ def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path,
     assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
 
     # The gathered dev scores are those one process gives the final weights, each file once, in order.
-    from engine.asv_trainer import ASVTrainer
-    from engine.cm_trainer import CMTrainer
+    from training.tasks.asv import ASVTrainer
+    from training.tasks.cm import CMTrainer
 
     config = load_config(config_path)
     trainer = (ASVTrainer if system == "asv" else CMTrainer)(config, tmp_path / "check", torch.device("cpu"),

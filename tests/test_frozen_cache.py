@@ -13,14 +13,14 @@ import torch
 
 from data.audio import load_waveform
 from data.datasets import TrainTrialDataset, partition_audio_dir
-from engine.builder import apply_kernel_options, build_asv_network, build_sasv_model
-from engine.config import build_config
-from engine.experiment import training_sampler
-from engine import frozen_cache
-from engine.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
-from engine.signals import RunInterrupted
-from engine.run_state import seed_everything
-from engine.trainer import Trainer
+from models.build import apply_kernel_options, build_asv_network, build_sasv_model
+from runtime.config import build_config
+from scoring.inputs import training_sampler
+from training import frozen_cache
+from training.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
+from runtime.signals import RunInterrupted
+from runtime.device import seed_everything
+from training.trainer import Trainer
 from test_pipeline import tiny_config
 from tiny_run import tiny_corpus
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from data.protocols import (ProtocolError, read_cm_protocol, read_enrollment_files, read_enrollment_utterances,
                             read_sasv_trials)
-from engine.config import SCHEMA, Config, ConfigError, build_config, load_config
+from runtime.config import SCHEMA, Config, ConfigError, build_config, load_config
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SCRATCH = Path(tempfile.mkdtemp(prefix="sasv_fuzz_"))  # hypothesis reruns examples: no function-scoped tmp_path

@@ -13,10 +13,10 @@ import torch
 
 from data.protocols import read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from engine.builder import build_sasv_model
-from engine.config import load_config
-from engine.evaluation import SASVScorer
-from engine.experiment import scoring_inputs
+from models.build import build_sasv_model
+from runtime.config import load_config
+from scoring.extraction import SASVScorer
+from scoring.inputs import scoring_inputs
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.checkpoint import load_sasv_weights

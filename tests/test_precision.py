@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine import distributed
-from engine.builder import build_sasv_model
-from engine.config import build_config
-from engine.run_state import optimisation_step, restore_rng, rng_snapshot
+from runtime import distributed
+from models.build import build_sasv_model
+from runtime.config import build_config
+from training.state import optimisation_step, restore_rng, rng_snapshot
 from models.aasist import AASIST
 from tiny_run import tiny_corpus
 from test_pipeline import tiny_config

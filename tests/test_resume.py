@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import build_config
-from engine.signals import RunInterrupted, StopRequest
-from engine.run_state import prepare_experiment_dir
-from engine.trainer import Trainer
+from runtime.config import build_config
+from runtime.signals import RunInterrupted, StopRequest
+from training.state import prepare_experiment_dir
+from training.trainer import Trainer
 from models.checkpoint import CheckpointError, load_checkpoint
 from tiny_run import StderrWatch, run_main, start_main, temporaries, tiny_corpus, write_config
 

@@ -214,8 +214,8 @@ def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(
 def test_init_checkpoint_parts_are_not_replaced_by_the_subsystem_weight_files(fixtures, tmp_path):
     import torch
 
-    from engine.builder import build_sasv_model
-    from engine.config import build_config
+    from models.build import build_sasv_model
+    from runtime.config import build_config
     from models.checkpoint import load_checkpoint
 
     joint = fixtures / "golden" / "joint_seed_format.ckpt"

@@ -330,11 +330,11 @@ def test_every_system_rolls_off_the_top_band_and_repeated_systems_share_it():
 
 
 def test_the_demo_regenerates_a_corpus_written_for_another_spec(tmp_path):
-    from engine.config import build_config
-    from engine.demo import ensure_demo_corpus
+    from runtime.config import build_config
+    from data.synthetic import ensure_demo_corpus
 
     root = tmp_path / "demo"
     generate_corpus(root, CorpusSpec.tiny(seed=0), progress=False)
     config = build_config({"demo_corpus": {"root": str(root), "size": "tiny", "seed": 1}})
-    ensure_demo_corpus(config, progress=False)  # an older or other corpus is not silently reused
+    ensure_demo_corpus(config["demo_corpus"], progress=False)  # an older or other corpus is not silently reused
     assert corpus_is_complete(root, CorpusSpec.tiny(seed=1)) and not corpus_is_complete(root, CorpusSpec.tiny(seed=0))

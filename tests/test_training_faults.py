@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.builder import build_sasv_model
-from engine.config import build_config
-from engine.evaluation import AdaptiveBatch, SASVScorer, ScoringError, extract
-from engine.experiment import scoring_inputs
+from models.build import build_sasv_model
+from runtime.config import build_config
+from scoring.extraction import AdaptiveBatch, SASVScorer, ScoringError, extract
+from scoring.inputs import scoring_inputs
 from models.checkpoint import load_checkpoint
 from models.sasv import SASVModel
 from tiny_run import run_script, temporaries, tiny_corpus, write_config
@@ -185,7 +185,7 @@ def test_sasv_scoring_survives_out_of_memory_with_the_same_scores(corpus, tmp_pa
 
 
 def test_weights_that_became_nonfinite_are_never_checkpointed(corpus, tmp_path, capsys, monkeypatch):
-    from engine.trainer import Trainer
+    from training.trainer import Trainer
 
     config = write_config(tmp_path / "run.conf", corpus, checkpoint_interval_steps=1, **RUN)
     original = Trainer._optimise

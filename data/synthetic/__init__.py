@@ -81,12 +81,12 @@ file), ``corpus`` (spec, layout, protocols, writing, ``generate_corpus``).
 """
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, AttackRecipe, _top_band_rolloff
 from .corpus import (COMPLETE_MARKER, FORMAT_VERSION, IN_PROGRESS_MARKER, PARTITIONS, CorpusSpec,
-                     corpus_is_complete, generate_corpus)
+                     corpus_is_complete, ensure_demo_corpus, generate_corpus)
 from .voices import Voice, sample_voice
 
 __all__ = [
     "ATTACKS", "COMPLETE_MARKER", "EVAL_ATTACKS", "FORMAT_VERSION", "IN_PROGRESS_MARKER", "PARTITIONS",
-    "TRAIN_ATTACKS", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "generate_corpus",
+    "TRAIN_ATTACKS", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "ensure_demo_corpus", "generate_corpus",
     "sample_voice",
     "_top_band_rolloff",  # private, but the tests call it as synthetic._top_band_rolloff
 ]

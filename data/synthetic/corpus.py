@@ -11,13 +11,13 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from data.atomic import atomic_open
+from runtime.files import atomic_open
 
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, _Job, _synthesise, _to_pcm16
 from .voices import Voice, sample_voice
@@ -270,4 +270,18 @@ def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bo
         _write_text(root / "protocols" / name, lines)
     _write_text(root / COMPLETE_MARKER, [payload])
     (root / IN_PROGRESS_MARKER).unlink()
+    return root
+
+
+def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) -> Path | None:
+    """Generate the corpus a config's `demo_corpus` section names, when it is missing or incomplete."""
+    if not settings["root"]:
+        return None
+    root = Path(settings["root"])
+    seed = settings["seed"]
+    spec = CorpusSpec.tiny(seed) if settings["size"] == "tiny" else CorpusSpec(seed=seed)
+    # A corpus of another size, seed or generator version is regenerated, not silently reused.
+    if not corpus_is_complete(root, spec):
+        print(f"generating the synthetic demo corpus in {root} ...")
+        generate_corpus(root, spec, progress=progress)
     return root

@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.config import ConfigError
-from engine.signals import RunInterrupted, signal_name
+from runtime.config import ConfigError
+from runtime.signals import RunInterrupted, signal_name
 
 Result = TypeVar("Result")
 Rows = TypeVar("Rows", torch.Tensor, np.ndarray)

@@ -26,11 +26,10 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import iterate_batches
-from engine import distributed
-from engine.config import Config, ConfigError
-from engine.run_state import (TrainingError, TrainState, config_changes, last_good_checkpoint, restore_rng,
-                              rng_snapshot)
-from engine.signals import RunInterrupted, StopRequest, signal_name
+from runtime import distributed
+from runtime.config import Config, ConfigError
+from training.state import TrainingError, TrainState, config_changes, last_good_checkpoint, restore_rng, rng_snapshot
+from runtime.signals import RunInterrupted, StopRequest, signal_name
 
 
 class ResumableRun:

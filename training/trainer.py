@@ -12,7 +12,7 @@ checkpoint trains on the same batches with the same random numbers as one never 
 `weights/last.ckpt` is written at the end of each epoch, every `checkpoint_interval_steps`
 steps, and on SIGINT/SIGTERM at the next batch boundary.
 
-Under torchrun (engine/distributed.py) every rank runs this loop on its share of each global
+Under torchrun (runtime/distributed.py) every rank runs this loop on its share of each global
 batch and keeps the same state; rank 0 alone writes files and logs.
 """
 from __future__ import annotations
@@ -28,21 +28,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.atomic import atomic_copy
+from runtime.files import atomic_copy
 from data.datasets import EpochSampler, leave_signals_to_main_process
 from data.trials import TrialSampler
-from engine import distributed
-from engine.builder import apply_kernel_options, build_sasv_model
-from engine.config import Config, ConfigError
-from engine.evaluation import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores
-from engine.experiment import scoring_inputs, training_sampler
-from engine.frozen_cache import training_inputs
-from engine.loop import ResumableRun
-from engine.objective import TrainingForward, build_auxiliary_speaker_loss
-from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, resolve_amp,
-                              seed_everything, tidy_after_resume)
-from engine import io as result_io
-from engine.signals import RunInterrupted, StopRequest
+from runtime import distributed
+from models.build import apply_kernel_options, build_sasv_model
+from runtime.config import Config, ConfigError
+from scoring.extraction import EmbeddingCache, SASVScorer, ScoringError, ScoringInputs, TrialScores
+from scoring.inputs import scoring_inputs, training_sampler
+from training.frozen_cache import training_inputs
+from training.loop import ResumableRun
+from training.objective import TrainingForward, build_auxiliary_speaker_loss
+from training.state import TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, tidy_after_resume
+from runtime.device import resolve_amp, seed_everything
+from runtime import files
+from scoring.score_files import write_scores
+from runtime.signals import RunInterrupted, StopRequest
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.checkpoint import CheckpointError, load_checkpoint, load_sasv_weights, save_checkpoint
@@ -78,7 +79,7 @@ def skipped_summary(trial_scores: TrialScores, what: str, shown: int = 3) -> str
 
 def write_trial_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) -> None:
     trials = inputs.trials
-    result_io.write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials],
+    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials],
                                   [t.key for t in trials]), scores)
 
 
@@ -132,7 +133,7 @@ class Trainer(ResumableRun):
     def _train_loader(self) -> tuple[DataLoader, EpochSampler]:
         config = self.config
         sampler, n_utterances = self._training_trials
-        # Waveform trials, or cached-embedding trials when the sub-systems are frozen (engine/frozen_cache.py).
+        # Waveform trials, or cached-embedding trials when the sub-systems are frozen (training/frozen_cache.py).
         inputs = training_inputs(config, self.model, sampler, device=self.device,
                                  experiment_dir=self.dir, progress=self.progress, log=self.log, warn=self.warn,
                                  poll=lambda: self.stop.check(f"the frozen-embedding cache build (what was embedded "
@@ -310,7 +311,7 @@ class Trainer(ResumableRun):
         if self.is_main:
             for old in dropped:
                 (self.dir / old["path"]).unlink(missing_ok=True)
-            result_io.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, state.metrics)
+            files.write_csv(self.dir / "metrics.csv", METRIC_COLUMNS, state.metrics)
 
     def test(self) -> dict:
         """Score the eval trials with the best dev checkpoint (or the last one when none was validated)."""
@@ -335,7 +336,7 @@ class Trainer(ResumableRun):
                    "n_skipped_trials": result.n_skipped, "skipped_audio": dict(sorted(result.bad_audio.items())),
                    "epoch": best["epoch"] if best else self.state.epoch}
         if self.is_main:
-            result_io.write_json(self.dir / "metrics_eval.json", summary)
+            files.write_json(self.dir / "metrics_eval.json", summary)
         self.log(f"eval ({summary['checkpoint']}): SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER "
                  f"{100 * metrics['sv_eer']:.2f}%  SPF-EER {100 * metrics['spf_eer']:.2f}%  "
                  f"min a-DCF {metrics['min_a_dcf']:.4f}")

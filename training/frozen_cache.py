@@ -31,14 +31,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from data.atomic import atomic_open
+from runtime.files import atomic_open
 from data.audio import AudioError
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from data.trials import TrialSampler
-from engine.builder import aasist_model_config
-from engine.config import Config
-from engine import distributed
-from engine.evaluation import extract_sharded
+from models.build import aasist_model_config
+from runtime.config import Config
+from runtime import distributed
+from scoring.extraction import extract_sharded
 from models.sasv import SASVModel
 
 CACHE_VERSION = 3  # 2: content checksum labels each table; 3: frozen networks always fp32 (no amp in the key)

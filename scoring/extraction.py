@@ -7,7 +7,7 @@ the back-end runs per trial. `SASVScorer.score_per_trial` keeps the literal path
 for tests and benchmarks.
 
 Under torchrun each process embeds every N-th unique file and scores every N-th trial; the
-rows are gathered (engine.distributed.gather_shards), so every process ends with all scores.
+rows are gathered (runtime.distributed.gather_shards), so every process ends with all scores.
 
 Robustness: out of GPU memory, a batch is split in halves (and the smaller size kept)
 until it fits; with on_bad_audio="skip" an unreadable file yields NaN embeddings and
@@ -16,7 +16,6 @@ every trial that needs it is marked as skipped (`TrialScores`) instead of stoppi
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,8 @@ from tqdm import tqdm
 from data.audio import load_waveform
 from data.datasets import WaveformDataset, iterate_batches, leave_signals_to_main_process
 from data.protocols import SASVTrial
-from engine import distributed
+from runtime import distributed
+from runtime.device import autocast_context
 from models.sasv import SASVModel
 
 Poll = Callable[[], None]  # called between batches; may raise to abort (e.g. on a signal)
@@ -115,14 +115,6 @@ class AdaptiveBatch:
             tqdm.write(f"warning: out of {self.device.type.upper()} memory with a batch of {size} ({self.what}); "
                        f"retrying with {self.size}", file=sys.stderr)
         return {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]} if pieces else {}
-
-
-def autocast_context(device: torch.device, amp: str) -> object:
-    """bf16/fp16 autocast on CUDA when asked; the fbank stays fp32 inside the ResNet."""
-    if amp == "off" or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def _loader(paths: list[Path], samples: int, batch_size: int, num_workers: int, sample_rate: int,

@@ -1,6 +1,5 @@
-"""Atomic file writing: a hidden temporary sibling `.<name>.<random>.tmp`, fsynced, then renamed.
-
-In data/ because it is the bottom layer that models/, data/ and engine/ may all import.
+"""Files written whole or not at all: atomic writes (a hidden temporary sibling `.<name>.<random>.tmp`,
+fsynced, then renamed) and the text, JSON, pickle and CSV result writers built on them.
 
 A process killed at any moment leaves either the previous complete file or the new
 complete file under the final name, plus at most a hidden `.<name>.*.tmp` sibling that
@@ -8,12 +7,16 @@ complete file under the final name, plus at most a hidden `.<name>.*.tmp` siblin
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 TEMP_SUFFIX = ".tmp"
 # Checkpoints were once written through `.<name>.*.partial`; experiment folders may still hold such leftovers.
@@ -77,3 +80,27 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_pickle(path: str | Path, value: Any) -> None:
+    with atomic_open(path, "wb") as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    write_text(path, buffer.getvalue())

@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from data.atomic import atomic_copy, remove_stale_temporaries
-from engine import io as result_io
-from engine.config import SCHEMA, Field
+from runtime.files import atomic_copy, remove_stale_temporaries
+from runtime import files
+from runtime.config import SCHEMA, Field
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 # Keys that may differ between a run and its resumption without changing what is trained.
@@ -31,18 +31,6 @@ _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. a non-finite loss)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return amp if device.type == "cuda" else "off"
 
 
 @dataclass
@@ -172,7 +160,7 @@ def tidy_after_resume(experiment_dir: Path, restored: Path, state: TrainState, u
         (experiment_dir / "metrics_eval.json").unlink(missing_ok=True)
         (experiment_dir / "scores" / "eval.txt").unlink(missing_ok=True)
     if state.metrics:
-        result_io.write_csv(experiment_dir / "metrics.csv", metric_columns, state.metrics)
+        files.write_csv(experiment_dir / "metrics.csv", metric_columns, state.metrics)
 
 
 def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -242,7 +230,7 @@ def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, re
         shutil.rmtree(experiment_dir)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     if config_path is not None and not (resume and (experiment_dir / "config.conf").exists()):
-        result_io.write_text(experiment_dir / "config.conf", Path(config_path).read_text())
+        files.write_text(experiment_dir / "config.conf", Path(config_path).read_text())
 
 
 def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None) -> str:

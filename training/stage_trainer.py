@@ -10,7 +10,7 @@ As in the SASV trainer, `weights/last.ckpt` is written at each epoch end, every
 position inside the epoch and its partial sums; batches, crops and augmentations are pure
 functions of (seed, epoch, index), so a resumed run trains exactly as one never stopped.
 
-Under torchrun (engine/distributed.py) `batch_size` is the batch of one step over all processes:
+Under torchrun (runtime/distributed.py) `batch_size` is the batch of one step over all processes:
 each rank trains on its share through DistributedDataParallel, embeds its share of the dev/eval
 files, and keeps the same state; rank 0 alone writes files and logs.
 """
@@ -28,13 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.datasets import leave_signals_to_main_process
-from engine import distributed
-from engine import io as result_io
-from engine.config import Config, ConfigError
-from engine.loop import ResumableRun
-from engine.run_state import (TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, resolve_amp,
-                              seed_everything, tidy_after_resume)
-from engine.signals import RunInterrupted, StopRequest, signal_name
+from runtime import distributed
+from runtime import files
+from runtime.config import Config, ConfigError
+from training.loop import ResumableRun
+from training.state import TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, tidy_after_resume
+from runtime.device import resolve_amp, seed_everything
+from runtime.signals import RunInterrupted, StopRequest, signal_name
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
 _BEST_K_NAME = re.compile(r"epoch=(\d+)-.*\.ckpt")
@@ -257,7 +257,7 @@ class StageTrainer(ResumableRun):
             if dev.get(self.selection) is not None:
                 self._update_best(epoch + 1, dev[self.selection], dev)
             if self.is_main:
-                result_io.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
+                files.write_csv(self.dir / "metrics.csv", self.metric_columns, self.state.metrics)
             self.save_resumable()
         return self.test()
 
@@ -329,7 +329,7 @@ class StageTrainer(ResumableRun):
         if result is not None:
             summary.update(result)
             if self.is_main:
-                result_io.write_json(self.dir / "metrics_eval.json", summary)
+                files.write_json(self.dir / "metrics_eval.json", summary)
         return summary
 
     def _share_rank0_weights(self) -> None:

@@ -7,8 +7,8 @@ from data.datasets import partition_audio_dir
 from data.protocols import (ProtocolError, check_trials_enrolled, read_cm_protocol, read_enrollment_files,
                             read_sasv_trials, speaker_utterances)
 from data.trials import TrialSampler
-from engine.config import Config, ConfigError, require_database
-from engine.evaluation import ScoringInputs
+from runtime.config import Config, ConfigError, require_database
+from scoring.extraction import ScoringInputs
 
 
 def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:

@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader
 from data.datasets import partition_audio_dir
 from data.protocols import SASV_KEYS, CMEntry, ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
-from engine import io as result_io
-from engine.asv_trainer import asvspoof_trials, build_asv_network, score_trials
-from engine.builder import aasist_model_config
-from engine.config import Config, ConfigError, require_database
-from engine import distributed
-from engine.evaluation import autocast_context, extract_sharded
-from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
+from scoring.score_files import write_scores
+from training.tasks.asv import asvspoof_trials, build_asv_network, score_trials
+from models.build import aasist_model_config
+from runtime.config import Config, ConfigError, require_database
+from runtime import distributed
+from runtime.device import autocast_context
+from scoring.extraction import extract_sharded
+from training.stage_trainer import COMMON_COLUMNS, StageTrainer
 from metrics import MetricError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
@@ -172,7 +173,7 @@ class CMTrainer(StageTrainer):
                                   resample=config["resample"], progress=self.progress and self.is_main,
                                   on_bad_audio=config["on_bad_audio"])
             if self.is_main:
-                result_io.write_scores(cached, trials.columns, scores)
+                write_scores(cached, trials.columns, scores)
             distributed.barrier()  # the file the other ranks read next
             self.log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
         return read_asv_score_file(cached, trial_path)
@@ -208,7 +209,7 @@ class CMTrainer(StageTrainer):
                  ) -> dict[str, float | None]:
         if self.is_main:
             columns = ([e.utterance for e in entries], [e.attack for e in entries], [e.key for e in entries])
-            result_io.write_scores(self.dir / "scores" / name, columns, scores)
+            write_scores(self.dir / "scores" / name, columns, scores)
         is_bona = np.array([e.key == "bonafide" for e in entries])
         scores, is_bona = scores[np.isfinite(scores)], is_bona[np.isfinite(scores)]  # NaN: bad audio, not scored
         result: dict[str, float | None] = {"eer": compute_eer(scores[is_bona], scores[~is_bona])[0], "min_tdcf": None}

@@ -23,17 +23,18 @@ from data.protocols import (ProtocolError, check_trials_enrolled, read_enrollmen
 from data.speaker_lists import (CroppedUtteranceDataset, LabelledUtterance, SpeakerBatchSampler,
                                 asvspoof_bonafide_utterances, read_voxceleb_train_list, read_voxceleb_trials,
                                 speaker_classes)
-from engine import io as result_io
-from engine.config import Config, ConfigError, require_database
-from engine import distributed
-from engine.evaluation import autocast_context, extract_sharded
-from engine.experiment import enrollment_paths
-from engine.stage_trainer import COMMON_COLUMNS, StageTrainer
+from scoring.score_files import write_scores
+from runtime.config import Config, ConfigError, require_database
+from runtime import distributed
+from runtime.device import autocast_context
+from scoring.extraction import extract_sharded
+from scoring.inputs import enrollment_paths
+from training.stage_trainer import COMMON_COLUMNS, StageTrainer
 from losses import build_loss
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
 from models.checkpoint import CheckpointError, apply_state, load_asv_weights
-from engine.builder import build_asv_network
+from models.build import build_asv_network
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
 
@@ -261,7 +262,7 @@ class ASVTrainer(StageTrainer):
     def validate(self, epoch: int) -> dict[str, float]:
         scores, _ = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
         if self.is_main:
-            result_io.write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns,
+            write_scores(self.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns,
                                    scores)
         return verification_metrics(scores, self.dev_trials.keys)
 
@@ -270,7 +271,7 @@ class ASVTrainer(StageTrainer):
             return None
         scores, skipped = self._score(self.eval_trials, "eval")
         if self.is_main:
-            result_io.write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
+            write_scores(self.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
         return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores), **skipped}
 
     def summary_text(self, summary: dict) -> str:

@@ -10,8 +10,8 @@ from typing import Callable
 
 import torch
 
-from engine.config import Config
-from engine.evaluation import autocast_context
+from runtime.config import Config
+from runtime.device import autocast_context
 from losses import build_loss
 
 
@@ -39,7 +39,7 @@ class TrainingForward(torch.nn.Module):
                  cached_features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  speaker_loss: torch.nn.Module | None = None, speaker_weight: float = 0.0) -> None:
         super().__init__()
-        # Cached embedding rows instead of waveforms (engine/frozen_cache.py); None: run the model.
+        # Cached embedding rows instead of waveforms (training/frozen_cache.py); None: run the model.
         self.cached_features = cached_features
         if self.cached_features is not None and speaker_loss is not None:
             raise ValueError("a speaker loss needs the ASV network to run on the waveforms, not cached embeddings")

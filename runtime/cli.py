@@ -12,12 +12,13 @@ import torch
 from data.audio import AudioError
 from data.datasets import unwrap_worker_error
 from data.protocols import ProtocolError
-from engine import distributed
-from engine.builder import build_sasv_model, fill_from_weight_files, resolve_device, subsystems_held
-from engine.config import Config, ConfigError, build_config, load_config
-from engine.evaluation import ScoringError
-from engine.signals import RunInterrupted
-from engine.run_state import TrainingError
+from runtime import distributed
+from models.build import build_sasv_model, fill_from_weight_files, subsystems_held
+from runtime.device import resolve_device
+from runtime.config import Config, ConfigError, build_config, load_config
+from scoring.extraction import ScoringError
+from runtime.signals import RunInterrupted
+from training.state import TrainingError
 from metrics import MetricError
 from models.checkpoint import CheckpointError, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVModel
@@ -88,7 +89,7 @@ def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str
 def resume_command(argv: list[str], launcher: Sequence[str] = ()) -> str:
     """The command line that continues this run: the same arguments with --resume instead of --overwrite.
 
-    `launcher` replaces `python` (e.g. the torchrun options, see engine.distributed.launcher_prefix)."""
+    `launcher` replaces `python` (e.g. the torchrun options, see runtime.distributed.launcher_prefix)."""
     kept = [arg for arg in argv[1:] if arg not in ("--overwrite", "--resume")]
     return shlex.join([*(launcher or ["python"]), argv[0], *kept, "--resume"])
 

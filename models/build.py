@@ -8,7 +8,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from engine.config import Config, ConfigError
+from runtime.config import Config, ConfigError
 from losses import build_loss
 from models.aasist import AASIST
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
@@ -136,32 +136,3 @@ def _existing(config: Config, key: str) -> Path:
     return path
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU; a CUDA request without CUDA is an error.
-
-    A CUDA device also becomes the current one (`cuda:1` then leaves GPU 0 alone) and gets true
-    fp32 convolutions (`use_ieee_fp32`)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-        if device.index is not None:
-            torch.cuda.set_device(device)
-        use_ieee_fp32(device)
-    return device
-
-
-def use_ieee_fp32(device: torch.device) -> None:
-    """On CUDA, make fp32 convolutions and matrix products true fp32: cuDNN defaults to TF32 (10-bit
-    mantissa), which would round the waveform at the pre-emphasis and sinc convolutions and move
-    scores by ~1e-4. Lower precision is what `amp` chooses; this leaves it to that key."""
-    if device.type != "cuda":
-        return
-    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
