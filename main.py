@@ -11,18 +11,14 @@ from pathlib import Path
 
 import torch
 
-from runtime import distributed
-from training.tasks.asv import ASVTrainer
-from runtime.device import resolve_device
-from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
-from training.tasks.cm import CMTrainer
-from runtime.config import Config
 from data.synthetic import ensure_demo_corpus
+from runtime import distributed
+from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
+from runtime.config import Config
+from runtime.device import resolve_device
 from scoring.inputs import check_data_layout
-from training.state import prepare_experiment_dir
+from training.state import experiment_lock, prepare_experiment_dir
 from training.trainer import Trainer
-
-TRAINERS = {"sasv": Trainer, "asv": ASVTrainer, "cm": CMTrainer}  # config key `system`
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,11 +32,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def resume_run(trainer: Trainer | ASVTrainer | CMTrainer) -> Path | None:
+def resume_run(trainer: Trainer) -> Path | None:
     """Restore the newest complete checkpoint; None when the run has none yet.
 
-    Under torchrun rank 0 chooses it and tidies the folder; the other ranks
-    then read the same file.
+    Under torchrun rank 0 chooses it and tidies the folder; the other ranks then read the same file.
     """
     if distributed.world_size() == 1:
         return trainer.resume_latest()
@@ -68,26 +63,22 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
         check_data_layout(config)
     experiment_dir = Path(args.output_dir) / Path(args.config).stem
-    if main_rank:
-        prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
-    distributed.barrier()
-    trainer = TRAINERS[config["system"]](config, experiment_dir, device, progress=not args.no_progress)
-    # printed when SIGINT/SIGTERM stops the run
-    trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
-    if args.resume:
-        resumed = resume_run(trainer)
+    # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
+    with experiment_lock(experiment_dir, enabled=main_rank):
         if main_rank:
-            print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed
-                  else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
-    summary = trainer.fit()
-    if not main_rank:
-        return
-    if config["system"] != "sasv":
-        print(f"done: {experiment_dir} | {trainer.summary_text(summary)}")
-        return
-    print(f"done: {experiment_dir} | eval SASV-EER {100 * summary['sasv_eer']:.2f}% "
-          f"SV-EER {100 * summary['sv_eer']:.2f}% SPF-EER {100 * summary['spf_eer']:.2f}% "
-          f"min a-DCF {summary['min_a_dcf']:.4f}")
+            prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
+        distributed.barrier()
+        trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
+        # printed when SIGINT/SIGTERM stops the run
+        trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
+        if args.resume:
+            resumed = resume_run(trainer)
+            if main_rank:
+                print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed
+                      else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
+        summary = trainer.fit()
+    if main_rank:
+        print(f"done: {experiment_dir} | {trainer.task.summary_text(summary)}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from data.datasets import partition_audio_dir
 from data.protocols import read_cm_protocol, read_enrollment_utterances
+from models.build import load_system
 from runtime import files
-from runtime.device import resolve_device
-from runtime.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
+from runtime.cli import add_config_args, add_model_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
-from scoring.extraction import extract
+from runtime.device import resolve_device
+from scoring.extraction import Extraction, extract
+from scoring.verification import speaker_model
 
 PARTITIONS = {"trn": "cm_trn_list", "dev": "cm_dev_list", "eval": "cm_eval_list"}
 
@@ -36,17 +36,16 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    model, _, loaded = model_from_args(config, args, optional=("asv", "cm"))
-    database = require_database(config)
     device = resolve_device(config["device"])
+    model, _, loaded = load_system(config, device, weight_args(args), optional=("asv", "cm"))
+    database = require_database(config)
     out = Path(args.comment)
     networks = {}
     if "asv" in loaded:
         networks["asv"] = model.asv_embedding
     if "cm" in loaded:
         networks["cm"] = lambda wave: model.cm_embedding(wave)[0]
-    options = dict(device=device, batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                   sample_rate=config["sample_rate"], resample=config["resample"], on_bad_audio=config["on_bad_audio"])
+    options = Extraction.from_config(config, device)
     written = []
     for part in args.partitions:
         entries = read_cm_protocol(config["dirs"][PARTITIONS[part]])
@@ -54,8 +53,8 @@ def main() -> None:
         utterances = [entry.utterance for entry in entries]
         bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
         paths = [folder / f"{u}.{config['audio_ext']}" for u in utterances]
-        embeddings = extract(paths, config["test_samples"], networks, desc=f"{part} utterances", bad_audio=bad_audio,
-                             **options)
+        embeddings = extract(paths, config["test_samples"], networks, options, desc=f"{part} utterances",
+                             bad_audio=bad_audio)
         good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
         for name, matrix in embeddings.items():
             path = out / f"{name}_embd_{part}.pk"
@@ -65,14 +64,14 @@ def main() -> None:
             speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
             pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
             enrollment_paths = [folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs]
-            enrollment = extract(enrollment_paths, config["test_samples"], {"asv": model.asv_embedding},
-                                 desc=f"{part} enrollment", bad_audio=bad_audio, **options)["asv"].numpy()
+            enrollment = extract(enrollment_paths, config["test_samples"], {"asv": model.asv_embedding}, options,
+                                 desc=f"{part} enrollment", bad_audio=bad_audio)["asv"].numpy()
             usable = [str(path) not in bad_audio for path in enrollment_paths]
             models = {}
             for speaker in speakers:
                 rows = [i for i, (owner, _) in enumerate(pairs) if owner == speaker and usable[i]]
                 if rows:  # a speaker without any readable enrollment gets no model (its trials are then skipped)
-                    models[speaker] = np.mean([enrollment[i] for i in rows], axis=0)
+                    models[speaker] = speaker_model([enrollment[i] for i in rows])
             path = out / f"spk_model_{part}.pk"
             files.write_pickle(path, models)
             written.append(path.name)

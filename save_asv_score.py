@@ -12,14 +12,13 @@ import pickle
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from data.protocols import read_sasv_trials
+from metrics.eer import sasv_eers
 from runtime import files
-from scoring.score_files import write_scores
 from runtime.cli import add_config_args, config_from_args, run_cli
 from runtime.config import ConfigError
-from metrics.eer import sasv_eers
+from scoring.score_files import write_scores
+from scoring.verification import cosine_scores
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,26 +41,6 @@ def _load(path: Path) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a dict of id -> embedding, got a {type(value).__name__}")
     return value
-
-
-def cosine_scores(speaker_models: dict, embeddings: dict, trials, trial_path, *, skip_missing: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine score per trial, and which trials were skipped (no speaker model or embedding; skip_missing only)."""
-    skipped = np.zeros(len(trials), dtype=bool)
-    for index, trial in enumerate(trials, start=1):
-        missing = (f"no speaker model for {trial.speaker}" if trial.speaker not in speaker_models else
-                   f"no ASV embedding for {trial.utterance}" if trial.utterance not in embeddings else None)
-        if missing and not skip_missing:
-            raise ConfigError(f"{trial_path}:{index}: {missing}")
-        skipped[index - 1] = missing is not None
-    scores = np.full(len(trials), np.nan)
-    kept = [t for t, skip in zip(trials, skipped) if not skip]
-    if kept:
-        enrolled = np.stack([speaker_models[t.speaker] for t in kept]).astype(np.float64)
-        tests = np.stack([embeddings[t.utterance] for t in kept]).astype(np.float64)
-        scores[~skipped] = np.einsum("ij,ij->i", enrolled, tests) / (np.linalg.norm(enrolled, axis=1) *
-                                                                     np.linalg.norm(tests, axis=1))
-    return scores, skipped
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.build import load_system
 from runtime import files
+from runtime.cli import add_config_args, add_model_args, config_from_args, run_cli, weight_args
 from runtime.device import resolve_device
-from runtime.cli import add_config_args, add_model_args, config_from_args, model_from_args, run_cli
-from scoring.extraction import SASVScorer
+from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
-from training.trainer import score_metrics, skipped_summary, write_trial_scores
+from scoring.sasv import SASVScorer, sasv_metrics, skipped_summary, write_sasv_scores
+
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,18 +34,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    model, loss, _ = model_from_args(config, args, need=("asv", "cm", "backend"))
     device = resolve_device(config["device"])
-    scorer = SASVScorer(model, loss, device, batch_size=config["eval_batch_size"],
-                        num_workers=config["loader"]["n_workers"],
-                        sample_rate=config["sample_rate"], resample=config["resample"],
-                        on_bad_audio=config["on_bad_audio"])
+    model, loss, _ = load_system(config, device, weight_args(args), need=("asv", "cm", "backend"))
+    scorer = SASVScorer(model, loss, Extraction.from_config(config, device))
     out = Path(args.comment)
     for part in args.partitions:
         inputs = scoring_inputs(config, part)
         scored = scorer.score_trials(inputs)
-        result = score_metrics(scored.scores, [t.key for t in inputs.trials], scored.skipped)
-        write_trial_scores(out / f"score_SASV_{part}.txt", inputs, scored.scores)
+        result = sasv_metrics(scored.scores, [t.key for t in inputs.trials], scored.skipped)
+        write_sasv_scores(out / f"score_SASV_{part}.txt", inputs, scored.scores)
         if scored.n_skipped:  # on_bad_audio: skip; the skipped trials keep their line with score nan
             print(skipped_summary(scored, part), file=sys.stderr)
         result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,

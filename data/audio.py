@@ -22,13 +22,14 @@ import torch
 
 from data import flac_fallback
 from runtime.files import atomic_open
+from runtime.errors import UserError
 
 DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
 DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process
 _CACHE_FORMAT = "sasv-flac-int32-v1"  # bump to invalidate old disk entries
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file cannot be used; the message names the file."""
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from runtime.errors import UserError
 
 CM_KEYS = ("bonafide", "spoof")
 SASV_KEYS = ("target", "nontarget", "spoof")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A malformed protocol file, reported with its path and line number."""
 
 

@@ -1,8 +1,10 @@
 """SASV evaluation metrics (numpy, vectorised): SASV 2022 EERs, AASIST EER, min t-DCF, min a-DCF."""
 from __future__ import annotations
 
+from runtime.errors import UserError
 
-class MetricError(ValueError):
+
+class MetricError(UserError, ValueError):
     """Invalid metric input: empty class, unknown key, mismatched lengths, NaN/inf."""
 
 

@@ -267,7 +267,8 @@ class AASIST(nn.Module):
         self.pool_hS2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
         self.pool_hT2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
 
-        self.out_layer = nn.Linear(5 * gat_dims[1], 2)
+        self.embedding_dim = 5 * gat_dims[1]  # max|T|, mean T, max|S|, mean S, master
+        self.out_layer = nn.Linear(self.embedding_dim, 2)
 
     def _heterogeneous_branch(self, first: HeteroGraphAttentionLayer, second: HeteroGraphAttentionLayer,
                               pool_s: GraphPool, pool_t: GraphPool, master: Tensor,

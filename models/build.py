@@ -1,18 +1,17 @@
-"""Build the SASV model and its loss from a validated configuration."""
+"""Build networks, a SASV system and its loss from a validated configuration, and load their weights."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from runtime.config import Config, ConfigError
 from losses import build_loss
-from models.aasist import AASIST
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
-from models.resnet_se34v2 import ResNetSE34V2
+from models import network_class
 from models.sasv import SASVBackend, SASVModel
 
 # AASIST's published model_config (clovaai/aasist config/AASIST.conf).
@@ -46,29 +45,36 @@ def aasist_model_config(config: Config) -> dict:
     return values["model_config"]
 
 
-def cm_embedding_dim(model_config: dict) -> int:
-    """AASIST's last hidden layer concatenates 5 pooled vectors of gat_dims[1]."""
-    return 5 * int(model_config["gat_dims"][1])
+def build_asv_network(config: Config) -> nn.Module:
+    """The ASV network `config["asv_model"]` describes (initial weights), by its registered name."""
+    settings = dict(config["asv_model"])
+    name = settings.pop("architecture")
+    try:
+        network = network_class("asv", name)
+    except KeyError as error:
+        raise ConfigError(f"{config.source}: asv_model.architecture: {error.args[0]}") from None
+    return network(**{key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()},
+                   sample_rate=config["sample_rate"])
 
 
-def build_asv_network(config: Config) -> ResNetSE34V2:
-    """The ResNetSE34V2 described by `config["asv_model"]` (initial weights)."""
-    asv = config["asv_model"]
-    return ResNetSE34V2(n_out=asv["n_out"], encoder_type=asv["encoder_type"], n_mels=asv["n_mels"],
-                        layers=tuple(asv["layers"]), num_filters=tuple(asv["num_filters"]),
-                        sample_rate=config["sample_rate"], feature_norm=asv["feature_norm"])
+def build_cm_network(config: Config) -> nn.Module:
+    """The CM network of the config's model_config (`cm_model` / `aasist_config`), by its `architecture`."""
+    model_config = aasist_model_config(config)
+    try:
+        network = network_class("cm", model_config.get("architecture", "AASIST"))
+    except KeyError as error:
+        raise ConfigError(f"{config.source}: CM model_config architecture: {error.args[0]}") from None
+    try:
+        return network(model_config)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ConfigError(f"{config.source}: invalid {network.__name__} model_config ({error!r})") from None
 
 
 def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASVModel, torch.nn.Module]:
     """The SASV model and OC-softmax loss described by `config`, initialised from its weight files."""
-    asv = config["asv_model"]
     asv_model = build_asv_network(config)
-    cm_config = aasist_model_config(config)
-    try:
-        cm_model = AASIST(cm_config)
-    except (KeyError, IndexError, TypeError, ValueError) as error:
-        raise ConfigError(f"{config.source}: invalid AASIST model_config ({error!r})") from None
-    backend = SASVBackend(asv_dim=asv["n_out"], cm_dim=cm_embedding_dim(cm_config),
+    cm_model = build_cm_network(config)
+    backend = SASVBackend(asv_dim=config["asv_model"]["n_out"], cm_dim=cm_model.embedding_dim,
                           conv_channels=tuple(config["backend"]["conv_channels"]),
                           hidden_dims=tuple(config["backend"]["hidden_dims"]))
     optim = config["optim"]
@@ -136,3 +142,32 @@ def _existing(config: Config, key: str) -> Path:
     return path
 
 
+def load_system(config: Config, device: torch.device, weights: Mapping[str, str | None], *,
+                need: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> tuple[SASVModel, nn.Module, set[str]]:
+    """The config's SASV system in eval mode on `device`, with weights from `weights` (the scripts'
+    `model` / `asv_model` / `cm_model` arguments; a key the script lacks is absent); returns the parts loaded.
+
+    Every part in `need` must get weights, and at least one of `optional` when there is no `need`; a part
+    no argument gives comes from the config's asv_weight / aasist_weight."""
+    model, loss = build_sasv_model(config, load_weights=False)
+    loaded: set[str] = set()
+    if weights.get("model"):
+        loaded |= subsystems_held(load_sasv_weights(model, loss, Path(weights["model"])))
+    if weights.get("asv_model"):
+        load_asv_weights(model.asv_model, Path(weights["asv_model"]))
+        loaded.add("asv")
+    if weights.get("cm_model"):
+        load_cm_weights(model.cm_model, Path(weights["cm_model"]))
+        loaded.add("cm")
+    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=need)
+    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=optional,
+                                     only_if_present=True)
+    missing = [part for part in need if part not in loaded] or \
+        ([] if loaded & set(optional) or not optional else list(optional))
+    if missing:
+        options = ", ".join(f"--{name}" for name in ("model", "asv_model", "cm_model") if name in weights)
+        raise ConfigError(f"no weights for the {' or '.join(missing) if not need else ' and '.join(missing)} "
+                          f"part(s): give {options}, or set asv_weight / aasist_weight in the config")
+    model.to(device).eval()
+    loss.to(device).eval()
+    return model, loss, loaded

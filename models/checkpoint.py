@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.files import atomic_open
+from runtime.errors import UserError
 
 OUR_FORMAT = "sasv-toolkit"
 OUR_VERSION = 1
@@ -45,7 +46,7 @@ _FORMAT_NAMES = {"voxceleb": "voxceleb_trainer (ASV)", "aasist": "AASIST (CM)", 
                  "sasv": OUR_FORMAT}
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint file cannot be read, is unsafe, or does not fit the model it is loaded into."""
 
 

@@ -4,29 +4,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from data.audio import AudioError
 from data.datasets import unwrap_worker_error
-from data.protocols import ProtocolError
 from runtime import distributed
-from models.build import build_sasv_model, fill_from_weight_files, subsystems_held
-from runtime.device import resolve_device
-from runtime.config import Config, ConfigError, build_config, load_config
-from scoring.extraction import ScoringError
+from runtime.config import Config, build_config, load_config
+from runtime.errors import RunFailure, UserError
 from runtime.signals import RunInterrupted
-from training.state import TrainingError
-from metrics import MetricError
-from models.checkpoint import CheckpointError, load_asv_weights, load_cm_weights, load_sasv_weights
-from models.sasv import SASVModel
 
 # Bad input: one line on stderr, exit status 2.
-USER_ERRORS = (ConfigError, ProtocolError, AudioError, CheckpointError, MetricError, FileExistsError)
+USER_ERRORS = (UserError, FileExistsError)
 # A run that could not finish (non-finite loss, out of memory for a single item): one line, exit status 1.
-RUN_FAILURES = (TrainingError, ScoringError)
+RUN_FAILURES = (RunFailure,)
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool) -> None:
@@ -54,36 +43,9 @@ def add_model_args(parser: argparse.ArgumentParser, *, asv: bool, cm: bool) -> N
         parser.add_argument("--cm_model", help="CM weights: AASIST .pth or a joint checkpoint")
 
 
-def model_from_args(config: Config, args: argparse.Namespace, *, need: tuple[str, ...] = (),
-                    optional: tuple[str, ...] = ()) -> tuple[SASVModel, torch.nn.Module, set[str]]:
-    """Build the architecture from `config`, load `--model` / `--asv_model` / `--cm_model`; returns loaded parts.
-
-    Every part in `need` must get weights, and at least one of `optional` when there is no `need`."""
-    model, loss = build_sasv_model(config, load_weights=False)
-    loaded: set[str] = set()
-    if args.model:
-        loaded |= subsystems_held(load_sasv_weights(model, loss, Path(args.model)))
-    if getattr(args, "asv_model", None):
-        load_asv_weights(model.asv_model, Path(args.asv_model))
-        loaded.add("asv")
-    if getattr(args, "cm_model", None):
-        load_cm_weights(model.cm_model, Path(args.cm_model))
-        loaded.add("cm")
-    # A part no argument gave comes from the config's weight file.
-    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=need)
-    loaded |= fill_from_weight_files(config, model.asv_model, model.cm_model, loaded, parts=optional,
-                                     only_if_present=True)
-    missing = [part for part in need if part not in loaded] or \
-        ([] if loaded & set(optional) or not optional else list(optional))
-    if missing:
-        options = "--model" + (", --asv_model" if hasattr(args, "asv_model") else "") + \
-                  (", --cm_model" if hasattr(args, "cm_model") else "")
-        raise ConfigError(f"no weights for the {' or '.join(missing) if not need else ' and '.join(missing)} "
-                          f"part(s): give {options}, or set asv_weight / aasist_weight in the config")
-    device = resolve_device(config["device"])
-    model.to(device).eval()
-    loss.to(device).eval()
-    return model, loss, loaded
+def weight_args(args: argparse.Namespace) -> dict[str, str | None]:
+    """The weight-file arguments `add_model_args` declared, by name (for models.build.load_system)."""
+    return {name: getattr(args, name) for name in ("model", "asv_model", "cm_model") if hasattr(args, name)}
 
 
 def resume_command(argv: list[str], launcher: Sequence[str] = ()) -> str:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+from runtime.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, reported as one line naming the file and key."""
 
 
@@ -42,7 +43,7 @@ SCHEMA: dict = _section(
                                  "experiment folder is <output_dir>/<config file stem>"),
     system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
                  "speaker model, see asv_train) or cm (AASIST countermeasure, see cm_train); asv and cm write "
-                 "weights/best.ckpt, which asv_weight / aasist_weight accept", choices=("sasv", "asv", "cm")),
+                 "weights/best.ckpt, which asv_weight / aasist_weight accept; any name in training.tasks.TASKS"),
     seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
     batch_size=Field(int, 20, "per optimisation step: training trials (sasv), speakers (asv; "
                               "asv_train.n_per_speaker utterances each) or utterances (cm); under torchrun all "
@@ -100,6 +101,7 @@ SCHEMA: dict = _section(
                           "asv_weight / aasist_weight fill in only the parts it does not hold (a _fixed model's "
                           "checkpoint holds the back-end only)"),
     asv_model=_section(
+        architecture=Field(str, "ResNetSE34V2", "ASV network, by its name in models.ASV_NETWORKS"),
         n_out=Field(int, 512, "speaker embedding size"),
         encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling", choices=("ASP", "SAP")),
         n_mels=Field(int, 64, "mel bands"),
@@ -108,7 +110,7 @@ SCHEMA: dict = _section(
         layers=Field(list, [3, 4, 6, 3], "SE basic blocks per stage"),
         num_filters=Field(list, [32, 64, 128, 256], "channels per stage"),
     ),
-    cm_model=Field(dict, None, "AASIST model_config written inline; overrides aasist_config"),
+    cm_model=Field(dict, None, "AASIST model_config written inline; overrides aasist_config; its `architecture` names the CM network in models.CM_NETWORKS"),
     backend=_section(
         conv_channels=Field(list, [64, 128, 256], "channels of the three fusion Conv1d blocks"),
         hidden_dims=Field(list, [512, 256], "fusion MLP widths; the last one is the OC-softmax feature size"),

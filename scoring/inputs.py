@@ -1,14 +1,13 @@
-"""Experiment data from a config: protocols, audio folders, scoring inputs."""
+"""Where a config's trials and audio are: enrollment files, SASV scoring inputs, the database layout check."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from data.datasets import partition_audio_dir
-from data.protocols import (ProtocolError, check_trials_enrolled, read_cm_protocol, read_enrollment_files,
-                            read_sasv_trials, speaker_utterances)
-from data.trials import TrialSampler
+from data.protocols import (ProtocolError, check_trials_enrolled, read_enrollment_files,
+                            read_sasv_trials)
 from runtime.config import Config, ConfigError, require_database
-from scoring.extraction import ScoringInputs
+from scoring.sasv import ScoringInputs
 
 
 def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
@@ -33,26 +32,6 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     return ScoringInputs(trials=trials, test_dir=partition_audio_dir(database, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],
                          enrollment_samples=samples, audio_ext=config["audio_ext"])
-
-
-def training_sampler(config: Config) -> tuple[TrialSampler, int]:
-    """The trial sampler over the training protocol(s) and the default epoch length."""
-    entries = read_cm_protocol(config["dirs"]["cm_trn_list"])
-    speakers = speaker_utterances(entries)
-    extra: dict = {}
-    for path in config["dirs"]["extra_trn_lists"]:
-        for speaker, lists in speaker_utterances(read_cm_protocol(path)).items():
-            merged = extra.setdefault(speaker, {"bonafide": [], "spoof": []})
-            merged["bonafide"] += lists["bonafide"]
-            merged["spoof"] += lists["spoof"]
-    if config["dirs"]["extra_trn_use"] == "full":
-        for speaker, lists in extra.items():
-            merged = speakers.setdefault(speaker, {"bonafide": [], "spoof": []})
-            merged["bonafide"] = merged["bonafide"] + lists["bonafide"]
-            merged["spoof"] = merged["spoof"] + lists["spoof"]
-        extra = {}
-    sampler = TrialSampler(speakers, config["trial_sampling"], bonafide_speakers=extra)
-    return sampler, len(entries)
 
 
 def check_data_layout(config: Config) -> None:

@@ -17,7 +17,7 @@ from data.augment import Augmenter
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import plan_speaker_batches, read_voxceleb_train_list, read_voxceleb_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from training.tasks.asv import ASVTrainer
+from training.trainer import Trainer
 from models.build import build_sasv_model
 from runtime.config import ConfigError, build_config
 from metrics import MetricError
@@ -231,8 +231,8 @@ def test_voxceleb_lists_train_with_aam_softmax(corpus, tmp_path):
         "loss": "aamsoftmax", "margin": 0.2, "scale": 30.0, "samples": 8000, "max_per_speaker": 2,
         "train_list": str(train_list), "train_root": str(root), "trial_list": str(trial_list),
         "trial_root": str(root)}))
-    trainer = ASVTrainer(config, tmp_path / "exp", CPU, progress=False)
-    assert trainer.loss.weight.shape == (6, 32) and len(trainer.utterances) == 36
+    trainer = Trainer(config, tmp_path / "exp", CPU, progress=False)
+    assert trainer.task.loss.weight.shape == (6, 32) and len(trainer.task.utterances) == 36
     summary = trainer.fit()
     lines = [line.split() for line in (tmp_path / "exp" / "scores" / "dev_epoch_001.txt").read_text().splitlines()]
     assert [line[:3] for line in lines] == [line.split() for line in trial_list.read_text().splitlines()]
@@ -292,16 +292,16 @@ def test_ap_parameters_load_from_voxceleb_file_through_asv_weight(fixtures, corp
     config = asv_config(corpus, asv_weight=str(golden))
     config["asv_model"] = {}  # the golden file is the full-size ResNetSE34V2
     config["asv_train"].update(init_w=1.0, init_b=0.0)
-    trainer = ASVTrainer(build_config(config), tmp_path / "exp", CPU, progress=False)
-    assert (trainer.loss.w.item(), trainer.loss.b.item()) == (10.0, -5.0)
+    trainer = Trainer(build_config(config), tmp_path / "exp", CPU, progress=False)
+    assert (trainer.task.loss.w.item(), trainer.task.loss.b.item()) == (10.0, -5.0)
     reference = build_sasv_model(build_config(tiny_config(corpus, asv_model={})), load_weights=False)[0].asv_model
     load_asv_weights(reference, golden)
     for key, value in reference.state_dict().items():
-        assert torch.equal(trainer.model.state_dict()[key], value), key
+        assert torch.equal(trainer.task.model.state_dict()[key], value), key
     # With AAM-softmax the AP entries do not fit: the network still loads, the loss starts afresh.
     config["asv_train"] = {"loss": "aamsoftmax", "samples": 8000}
-    trainer = ASVTrainer(build_config(config), tmp_path / "exp2", CPU, progress=False)
-    assert torch.equal(trainer.model.state_dict()["fc.weight"], reference.state_dict()["fc.weight"])
+    trainer = Trainer(build_config(config), tmp_path / "exp2", CPU, progress=False)
+    assert torch.equal(trainer.task.model.state_dict()["fc.weight"], reference.state_dict()["fc.weight"])
 
 
 def test_demo_sequence_configs_agree_with_demo_conf():
@@ -329,7 +329,9 @@ def test_demo_sequence_configs_agree_with_demo_conf():
 def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
     from data.audio import load_waveform
     from data.protocols import read_enrollment_files, read_enrollment_utterances
-    from training.tasks.asv import asvspoof_trials, build_asv_network, score_trials
+    from models.build import build_asv_network
+    from scoring.extraction import Extraction
+    from scoring.verification import asvspoof_trials, score_trials
 
     config = build_config(asv_config(corpus, asv_train={"enrollment": enrollment}))
     trials = asvspoof_trials(config, "dev")
@@ -339,7 +341,7 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
     assert trials.keys == [t.key for t in expected_trials]
     torch.manual_seed(0)
     network = build_asv_network(config).eval()
-    scores = score_trials(network, trials, CPU, batch_size=5)
+    scores = score_trials(network, trials, Extraction(CPU, batch_size=5))
     audio = corpus / "LA" / "ASVspoof2019_LA_dev" / "flac"
     if enrollment == "utterances":
         files = read_enrollment_utterances([protocols / f"ASVspoof2019.LA.asv.dev.{gender}.trn.txt"
@@ -370,11 +372,11 @@ def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, t
     from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)
-    straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
+    straight = Trainer(build_config(config), tmp_path / "straight", CPU, progress=False)
     straight.fit()
 
-    stopped = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
-    original, calls = stopped.forward_batch, []
+    stopped = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    original, calls = stopped.task.batch_loss, []
 
     def forward_then_signal(*inputs):
         calls.append(1)
@@ -382,7 +384,7 @@ def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, t
             stopped.stop.requested = signal.SIGTERM  # what StopRequest records when the signal arrives
         return original(*inputs)
 
-    stopped.forward_batch = forward_then_signal
+    stopped.task.batch_loss = forward_then_signal
     with pytest.raises(RunInterrupted, match=r"SIGTERM at asv epoch 2, batch 1/2 \(step 3\); saved .*last.ckpt; "
                                              r"resume with") as interrupted:
         stopped.fit()
@@ -393,8 +395,8 @@ def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, t
     changed = asv_config(corpus, epoch=2)
     changed["asv_train"]["lr"] = 0.01
     with pytest.raises(ConfigError, match=r"config differs from the run's in asv_train.lr \(run: 0.002, now: 0.01\)"):
-        ASVTrainer(build_config(changed), tmp_path / "run", CPU, progress=False).resume_latest()
-    resumed = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+        Trainer(build_config(changed), tmp_path / "run", CPU, progress=False).resume_latest()
+    resumed = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     assert resumed.resume_latest() == tmp_path / "run" / "weights" / "last.ckpt"
     resumed.fit()
     ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
@@ -426,7 +428,7 @@ def test_samplers_resume_inside_an_epoch_with_the_remaining_batches():
 
 
 def test_verification_metrics_leave_out_trials_not_scored():
-    from training.tasks.asv import verification_metrics
+    from scoring.verification import verification_metrics
 
     scores = np.array([0.9, 0.1, np.nan, 0.8, 0.2, 0.85, np.nan])
     keys = ["target", "nontarget", "target", "target", "nontarget", "nontarget", "nontarget"]
@@ -441,10 +443,10 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
     from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)  # StepLR steps once per epoch: resuming must not step it twice
-    straight = ASVTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
+    straight = Trainer(build_config(config), tmp_path / "straight", CPU, progress=False)
     straight.fit()
 
-    stopped = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    stopped = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     original = stopped.validate
 
     def validate_with_a_signal(epoch):
@@ -460,7 +462,7 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
     saved = load_checkpoint(weights / "last.ckpt").meta
     assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 2, 2)
 
-    resumed = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    resumed = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     assert resumed.resume_latest() == weights / "last.ckpt"
     resumed.fit()
     ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
@@ -470,41 +472,56 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
 
     # last.ckpt damaged (e.g. by a disk fault): the newest best-k copy is restored and becomes last.ckpt.
     (weights / "last.ckpt").write_bytes(b"damaged")
-    again = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    again = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     newest = again.resume_latest()
     assert newest.name.startswith("epoch=002-") and (again.state.epoch, again.state.batch) == (2, 0)
     assert load_checkpoint(weights / "last.ckpt").meta["step"] == again.state.step
     # A damaged best-k copy is dropped from the ranking (the final test would otherwise load it).
     older = next(weights.glob("epoch=001-*.ckpt"))
     older.write_bytes(b"damaged")
-    third = ASVTrainer(build_config(config), tmp_path / "run", CPU, progress=False)
+    third = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     third.resume_latest()
     assert [entry["epoch"] for entry in third.state.best] == [2] and not older.exists()
 
 
-def test_nan_dev_scores_without_bad_audio_mean_divergence(corpus, tmp_path):
-    from training.state import TrainingError
+def test_nan_dev_scores_without_bad_audio_mean_divergence():
+    from scoring.extraction import ScoringError, count_unscored
 
-    trainer = ASVTrainer(build_config(asv_config(corpus)), tmp_path, CPU, progress=False)
-    with pytest.raises(TrainingError, match=r"dev epoch 3: 1 of 2 scores are NaN/inf: training has diverged"):
-        trainer.scored(np.array([np.nan, 0.5]), {}, 0, "dev epoch 3")
-    counts = trainer.scored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
+    with pytest.raises(ScoringError, match=r"dev epoch 3: 1 of 2 scores are NaN/inf: the model's output is not"):
+        count_unscored(np.array([np.nan, 0.5]), {}, 0, "dev epoch 3")
+    counts = count_unscored(np.array([np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
     assert counts == {"n_skipped_trials": 1, "skipped_audio": {"a.flac": "cannot decode"}}
     # More NaN scores than trials that need the bad file: the model diverged as well.
-    with pytest.raises(TrainingError, match=r"2 of 3 scores are NaN/inf: training has diverged"):
-        trainer.scored(np.array([np.nan, np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
+    with pytest.raises(ScoringError, match=r"2 of 3 scores are NaN/inf"):
+        count_unscored(np.array([np.nan, np.nan, 0.5]), {"a.flac": "cannot decode"}, 1, "dev epoch 3")
+
+
+def test_trainer_reports_nan_dev_scores_as_divergence(corpus, tmp_path, monkeypatch):
+    from training.state import TrainingError
+
+    trainer = Trainer(build_config(asv_config(corpus)), tmp_path, CPU, progress=False)
+    monkeypatch.setattr(trainer.task, "validate", lambda epoch: count_unscored_nan(epoch))
+    with pytest.raises(TrainingError, match=r"dev epoch 1: 1 of 2 scores are NaN/inf: the model's output is not "
+                                            r"finite: training has diverged\. No checkpoint was saved"):
+        trainer._validate(0)
+
+
+def count_unscored_nan(epoch: int) -> dict:
+    from scoring.extraction import count_unscored
+
+    return count_unscored(np.array([np.nan, 0.5]), {}, 0, f"dev epoch {epoch + 1}")
 
 
 def test_softmaxproto_trains_and_keeps_its_loss_in_the_checkpoint(corpus, tmp_path):
     config = asv_config(corpus, epoch=1)
     config["asv_train"].update(loss="softmaxproto")
-    trainer = ASVTrainer(build_config(config), tmp_path, CPU, progress=False)
+    trainer = Trainer(build_config(config), tmp_path, CPU, progress=False)
     assert trainer.config["asv_train"]["n_per_speaker"] == 2
     trainer.fit()
     rows = read_metrics(tmp_path)
     assert int(rows[0]["step"]) == 2 and np.isfinite(float(rows[0]["train_loss"]))
     saved = load_checkpoint(tmp_path / "weights" / "best.ckpt").asv_loss_state
     assert sorted(saved) == ["angleproto.b", "angleproto.w", "softmax.fc.bias", "softmax.fc.weight"]
-    assert saved["softmax.fc.weight"].shape == (len(trainer.classes), config["asv_model"]["n_out"])
+    assert saved["softmax.fc.weight"].shape == (len(trainer.task.classes), config["asv_model"]["n_out"])
     with pytest.raises(ConfigError, match="n_per_speaker must be >= 2 for softmaxproto"):
         build_config(asv_config(corpus, asv_train={"loss": "softmaxproto", "n_per_speaker": 1}))

@@ -21,7 +21,7 @@ from data.protocols import read_enrollment_files, read_sasv_trials
 from data.trials import trial_rng
 from models.build import build_sasv_model
 from runtime.config import build_config
-from scoring.inputs import training_sampler
+from training.tasks.sasv import training_sampler
 from metrics.eer import sasv_eers
 from models.checkpoint import save_checkpoint
 from tiny_run import QUIET_ENV, REPO, run_script, temporaries, tiny_corpus, write_config

@@ -17,9 +17,11 @@ import torch
 from data.audio import AudioError
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from training.tasks.asv import build_asv_network
+from models.build import build_asv_network
 from models.build import build_sasv_model
-from training.tasks.cm import CMTrainer, cosine_factor, read_asv_score_file
+from scoring.score_files import read_asv_score_file
+from training.tasks.cm import cosine_factor
+from training.trainer import Trainer
 from runtime.config import ConfigError, build_config
 from training.state import TrainingError
 from metrics.eer import compute_eer
@@ -179,13 +181,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
     config["cm_train"]["asv_scores"] = {"dev": str(experiment / "asv_scores" / "dev.txt"),
                                         "eval": str(experiment / "asv_scores" / "eval.txt")}
     config["cm_train"]["select_by"] = "min_tdcf"
-    straight = CMTrainer(build_config(config), tmp_path / "straight", CPU, progress=False)
+    straight = Trainer(build_config(config), tmp_path / "straight", CPU, progress=False)
     straight.fit()
 
     # The crashing run also checkpoints after every step: saving must not change what is trained.
-    crashing = CMTrainer(build_config({**config, "checkpoint_interval_steps": 1}), tmp_path / "resumed", CPU,
+    crashing = Trainer(build_config({**config, "checkpoint_interval_steps": 1}), tmp_path / "resumed", CPU,
                          progress=False)
-    original, calls = crashing.forward_batch, []
+    original, calls = crashing.task.batch_loss, []
 
     def crash_in_second_epoch(*inputs):
         calls.append(1)
@@ -193,13 +195,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
             raise Crash()
         return original(*inputs)
 
-    monkeypatch.setattr(crashing, "forward_batch", crash_in_second_epoch)
+    monkeypatch.setattr(crashing.task, "batch_loss", crash_in_second_epoch)
     with pytest.raises(Crash):
         crashing.fit()
-    longer = CMTrainer(build_config({**config, "epoch": 3}), tmp_path / "resumed", CPU, progress=False)
+    longer = Trainer(build_config({**config, "epoch": 3}), tmp_path / "resumed", CPU, progress=False)
     with pytest.raises(ConfigError, match=r"cannot resume .* epoch \(run: 2, now: 3\)"):
         longer.resume(tmp_path / "resumed" / "weights" / "last.ckpt")  # the cosine spans all epochs
-    resumed = CMTrainer(build_config(config), tmp_path / "resumed", CPU, progress=False)
+    resumed = Trainer(build_config(config), tmp_path / "resumed", CPU, progress=False)
     resumed.resume_latest()
     assert (resumed.state.epoch, resumed.state.batch, resumed.state.step) == (1, 1, STEPS_PER_EPOCH + 1)
     resumed.fit()
@@ -212,35 +214,35 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
 
 
 def test_recipe_settings_and_refusals(corpus, tmp_path):
-    trainer = CMTrainer(build_config(cm_config(corpus)), tmp_path, CPU, progress=False)
-    assert trainer.criterion.weight.tolist() == pytest.approx([0.1, 0.9])  # [spoof, bona fide]
+    trainer = Trainer(build_config(cm_config(corpus)), tmp_path, CPU, progress=False)
+    assert trainer.task.criterion.weight.tolist() == pytest.approx([0.1, 0.9])  # [spoof, bona fide]
     entries = read_cm_protocol(corpus / "cm.train.short.txt")
-    assert trainer.loader.dataset.labels == [int(e.key == "bonafide") for e in entries]
+    assert trainer.task.loader.dataset.labels == [int(e.key == "bonafide") for e in entries]
     group = trainer.optimizer.param_groups[0]
     assert (group["betas"], group["weight_decay"], group["amsgrad"]) == ((0.9, 0.999), 0.0001, False)
     with pytest.raises(ConfigError, match="for system cm give the initial weights in aasist_weight"):
-        CMTrainer(build_config(cm_config(corpus, init_checkpoint="x.ckpt")), tmp_path, CPU, progress=False)
+        Trainer(build_config(cm_config(corpus, init_checkpoint="x.ckpt")), tmp_path, CPU, progress=False)
     small = cm_config(corpus)
     small["cm_model"]["filts"][0] = 12
     with pytest.raises(ConfigError, match=r"freq_aug masks up to 19 sinc bands, so it needs at least 20 .* is 12"):
-        CMTrainer(build_config(small), tmp_path, CPU, progress=False)
+        Trainer(build_config(small), tmp_path, CPU, progress=False)
     with pytest.raises(ConfigError, match="select_by is min_tdcf, which needs dev ASV scores"):
         build_config(cm_config(corpus, cm_train={"select_by": "min_tdcf"}))
 
 
-def _nan_loss_on_call(trainer: CMTrainer, call: int) -> None:
-    original, calls = trainer.forward_batch, []
+def _nan_loss_on_call(trainer: Trainer, call: int) -> None:
+    original, calls = trainer.task.batch_loss, []
 
     def forward(*inputs):
         calls.append(1)
         loss, accuracy = original(*inputs)
         return (loss * float("nan") if len(calls) == call else loss), accuracy
 
-    trainer.forward_batch = forward
+    trainer.task.batch_loss = forward
 
 
 def test_nonfinite_loss_is_skipped_or_stops_naming_the_last_checkpoint(corpus, tmp_path, capsys):
-    trainer = CMTrainer(build_config(cm_config(corpus, epoch=1, nonfinite_loss="skip")), tmp_path / "skip", CPU,
+    trainer = Trainer(build_config(cm_config(corpus, epoch=1, nonfinite_loss="skip")), tmp_path / "skip", CPU,
                         progress=False)
     _nan_loss_on_call(trainer, 2)
     trainer.fit()
@@ -250,7 +252,7 @@ def test_nonfinite_loss_is_skipped_or_stops_naming_the_last_checkpoint(corpus, t
     assert (row["skipped_batches"], row["step"]) == ("1", str(STEPS_PER_EPOCH - 1))
 
     config = cm_config(corpus, epoch=2, checkpoint_interval_steps=2)
-    trainer = CMTrainer(build_config(config), tmp_path / "error", CPU, progress=False)
+    trainer = Trainer(build_config(config), tmp_path / "error", CPU, progress=False)
     _nan_loss_on_call(trainer, STEPS_PER_EPOCH + 2)
     with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at cm epoch 2, step 5 \(batch 2/3\); "
                                             r"training stopped. The last good checkpoint is .*last.ckpt \(epoch 2, "
@@ -270,9 +272,9 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     config = cm_config(root, epoch=1)
     config["dirs"]["cm_trn_list"] = str(root / "cm.train.short.txt")
     with pytest.raises(AudioError, match=f"{train_entry.utterance}.flac"):
-        CMTrainer(build_config(config), tmp_path / "error", CPU, progress=False).fit()
+        Trainer(build_config(config), tmp_path / "error", CPU, progress=False).fit()
 
-    trainer = CMTrainer(build_config({**config, "on_bad_audio": "skip"}), tmp_path / "skip", CPU, progress=False)
+    trainer = Trainer(build_config({**config, "on_bad_audio": "skip"}), tmp_path / "skip", CPU, progress=False)
     trainer.fit()
     captured = capsys.readouterr()
     warning = next(line for line in captured.err.splitlines() if "skipping training audio (on_bad_audio: skip)" in line)

@@ -21,7 +21,8 @@ from data.protocols import read_sasv_trials
 from runtime import distributed
 from models.build import build_sasv_model
 from runtime.config import ConfigError, load_config
-from scoring.extraction import SASVScorer, extract
+from scoring.extraction import Extraction, extract
+from scoring.sasv import SASVScorer
 from scoring.inputs import scoring_inputs
 from models.checkpoint import load_checkpoint, load_sasv_weights
 from tiny_run import REPO, QUIET_ENV, StderrWatch, tiny_corpus, write_config
@@ -83,7 +84,7 @@ def test_whole_files_of_different_lengths_are_embedded_unpadded(tmp_path_factory
     paths = sorted((corpus / "enr_audio" / "dev").glob("*.flac"))[:2] + \
         sorted((corpus / "LA" / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))[:3]
     length = lambda wave: wave.new_full((len(wave), 1), wave.shape[-1])  # noqa: E731 - a "network": input length
-    rows = extract(paths, None, {"length": length}, device=torch.device("cpu"), batch_size=4, progress=False)
+    rows = extract(paths, None, {"length": length}, Extraction(torch.device("cpu"), batch_size=4, progress=False))
     assert rows["length"][:, 0].tolist() == [soundfile.info(str(path)).frames for path in paths]
     assert len(set(rows["length"][:, 0].tolist())) > 1
 
@@ -149,7 +150,7 @@ def test_gathered_scores_equal_single_process_scoring(two_process_run, partition
     model, loss = build_sasv_model(config, load_weights=False)
     load_sasv_weights(model, loss, next((run / "weights").glob(weights)))
     inputs = scoring_inputs(config, partition)
-    expected = SASVScorer(model, loss, torch.device("cpu"), batch_size=16, progress=False).score(inputs)
+    expected = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=16, progress=False)).score(inputs)
     trials, gathered = score_file(run / "scores" / scores)
     assert trials == [(t.speaker, t.utterance, t.key) for t in inputs.trials]
     np.testing.assert_allclose(gathered, expected, atol=1e-5, rtol=0)
@@ -243,15 +244,12 @@ def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path,
     assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
 
     # The gathered dev scores are those one process gives the final weights, each file once, in order.
-    from training.tasks.asv import ASVTrainer
-    from training.tasks.cm import CMTrainer
+    from training.trainer import Trainer
 
     config = load_config(config_path)
-    trainer = (ASVTrainer if system == "asv" else CMTrainer)(config, tmp_path / "check", torch.device("cpu"),
-                                                              progress=False)
-    trainer.load_weights(run / "weights" / "last.ckpt")
-    trainer.dir = tmp_path / "check"
-    trainer.validate(1)
+    trainer = Trainer(config, tmp_path / "check", torch.device("cpu"), progress=False)
+    trainer.task.load_weights(run / "weights" / "last.ckpt")
+    trainer.task.validate(1)
     expected = score_file(tmp_path / "check" / "scores" / "dev_epoch_002.txt")
     gathered = score_file(run / "scores" / "dev_epoch_002.txt")
     assert gathered[0] == expected[0]

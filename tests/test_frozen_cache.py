@@ -15,7 +15,7 @@ from data.audio import load_waveform
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from models.build import apply_kernel_options, build_asv_network, build_sasv_model
 from runtime.config import build_config
-from scoring.inputs import training_sampler
+from training.tasks.sasv import training_sampler
 from training import frozen_cache
 from training.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
 from runtime.signals import RunInterrupted

@@ -15,7 +15,8 @@ from data.protocols import read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
 from models.build import build_sasv_model
 from runtime.config import load_config
-from scoring.extraction import SASVScorer
+from scoring.extraction import Extraction
+from scoring.sasv import SASVScorer
 from scoring.inputs import scoring_inputs
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
@@ -119,7 +120,7 @@ def test_cached_scoring_equals_per_trial_path(trained):
     model, loss = build_sasv_model(config, load_weights=False)
     load_sasv_weights(model, loss, experiment / "weights" / "last.ckpt")
     torch.set_num_threads(2)
-    scorer = SASVScorer(model, loss, torch.device("cpu"), batch_size=8, progress=False)
+    scorer = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=8, progress=False))
     inputs = scoring_inputs(config, "dev")
     cached = scorer.score(inputs)
     literal = scorer.score_per_trial(inputs, batch_size=4)

@@ -8,8 +8,8 @@ import torch
 from data.protocols import read_cm_protocol
 from data.trials import TARGET_BONAFIDE, TrainTrial, trial_rng
 from runtime.config import ConfigError, build_config
-from scoring.inputs import training_sampler
-from training.objective import speaker_classification_loss
+from training.tasks.sasv import training_sampler
+from training.tasks.sasv import speaker_classification_loss
 from losses import build_loss
 from models.checkpoint import load_checkpoint
 from test_pipeline import tiny_config

@@ -12,7 +12,8 @@ import torch
 
 from models.build import build_sasv_model
 from runtime.config import build_config
-from scoring.extraction import AdaptiveBatch, SASVScorer, ScoringError, extract
+from scoring.extraction import AdaptiveBatch, Extraction, ScoringError, extract
+from scoring.sasv import SASVScorer
 from scoring.inputs import scoring_inputs
 from models.checkpoint import load_checkpoint
 from models.sasv import SASVModel
@@ -139,10 +140,10 @@ OOM_ERRORS = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00
 def test_out_of_memory_halves_the_batch_and_retries(corpus, error, capsys):
     paths = sorted((corpus / "LA" / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))[:13]
     network = lambda batch: torch.stack([batch.mean(1), batch.std(1)], dim=1)  # noqa: E731
-    options = dict(device=torch.device("cpu"), batch_size=8, progress=False)  # warnings are shown regardless
-    expected = extract(paths, 4000, {"stats": network}, **options)["stats"]
+    options = Extraction(torch.device("cpu"), batch_size=8, progress=False)  # warnings are shown regardless
+    expected = extract(paths, 4000, {"stats": network}, options)["stats"]
     calls: list[int] = []
-    result = extract(paths, 4000, {"stats": failing_above(3, error, network, calls)}, **options)["stats"]
+    result = extract(paths, 4000, {"stats": failing_above(3, error, network, calls)}, options)["stats"]
     assert torch.equal(result, expected)
     # loader batches of 8 and 5: 8 and 4 fail, then 2 is kept for the rest
     assert calls == [8, 4, 2, 2, 2, 2, 2, 2, 1]
@@ -173,13 +174,15 @@ def test_sasv_scoring_survives_out_of_memory_with_the_same_scores(corpus, tmp_pa
     torch.manual_seed(0)
     model, loss = build_sasv_model(config, load_weights=False)
     inputs = scoring_inputs(config, "dev")
-    small = SASVScorer(model, loss, torch.device("cpu"), batch_size=4, progress=False).score(inputs, backend_batch=8)
+    small = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=4, progress=False)).score(
+        inputs, backend_batch=8)
     oom = torch.OutOfMemoryError("CUDA out of memory")
     monkeypatch.setattr(model, "asv_embedding", failing_above(4, oom, model.asv_embedding))
     monkeypatch.setattr(model, "cm_embedding", failing_above(4, oom, model.cm_embedding))
     monkeypatch.setattr(model, "score_embeddings", lambda enr, *rest, original=model.score_embeddings:
                         failing_above(8, oom, lambda batch: original(batch, *rest))(enr))
-    big = SASVScorer(model, loss, torch.device("cpu"), batch_size=16, progress=False).score(inputs, backend_batch=64)
+    big = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=16, progress=False)).score(
+        inputs, backend_batch=64)
     np.testing.assert_allclose(big, small, atol=1e-6, rtol=0)  # chunks of 4 (enrollments: 3 vs 2 + 1)
 
 
@@ -194,7 +197,7 @@ def test_weights_that_became_nonfinite_are_never_checkpointed(corpus, tmp_path, 
         stepped = original(self, loss)
         if self.state.step == 2:  # an update that leaves an infinite weight behind a finite loss
             with torch.no_grad():
-                next(self.model.backend.parameters()).view(-1)[0] = float("inf")
+                next(self.task.model.backend.parameters()).view(-1)[0] = float("inf")
         return stepped
 
     monkeypatch.setattr(Trainer, "_optimise", optimise_then_poison)

@@ -1,20 +1,26 @@
-"""What a training run keeps between steps and across restarts, shared by the SASV and stage trainers.
+"""What a training run keeps between steps and across restarts.
 
-The training state (position, best-k list, metrics log), RNG state snapshots, the config
-comparison that decides whether a run may be resumed, seeding, and the experiment folder guard.
+The training state (position, best-k list, metrics log), RNG state snapshots, the optimisation step,
+the config comparison that decides whether a run may be resumed, the choice of the checkpoint to
+resume from and the folder tidying after it, and the experiment folder (guard and lock).
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import re
 import shutil
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from runtime.errors import RunFailure, UserError
 from runtime.files import atomic_copy, remove_stale_temporaries
 from runtime import files
 from runtime.config import SCHEMA, Field
@@ -29,7 +35,7 @@ RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loade
 _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunFailure, RuntimeError):
     """Training cannot continue (e.g. a non-finite loss)."""
 
 
@@ -46,11 +52,9 @@ class TrainState:
     loss_sum: float = 0.0  # sum of this epoch's finite batch losses so far
     loss_count: int = 0
     skipped_batches: int = 0  # this epoch: batches left out for a non-finite loss
-    redrawn_trials: int = 0  # this epoch: training trials drawn again because of bad audio
+    redrawn: int = 0  # this epoch: training items (trials, utterances) drawn again because of bad audio
     seconds: float = 0.0  # wall-clock seconds spent on this epoch up to the checkpoint
-    # The ASV / CM stages also keep:
-    accuracy_sum: float = 0.0  # ASV stage: sum of this epoch's batch accuracies (finite-loss batches)
-    redrawn_utterances: int = 0  # this epoch: training utterances replaced because of bad audio
+    accuracy_sum: float = 0.0  # sum of this epoch's batch accuracies (finite-loss batches; tasks that measure one)
     last_lr: float | None = None  # learning rate of the last optimisation step
 
     def to_dict(self) -> dict:
@@ -70,7 +74,10 @@ class TrainState:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainState":
         known = {item.name for item in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        state = cls(**{key: value for key, value in values.items() if key in known})
+        if "redrawn" not in values:  # checkpoints written before the trainers were one
+            state.redrawn = values.get("redrawn_trials", 0) + values.get("redrawn_utterances", 0)
+        return state
 
 
 def _schema_field(dotted: str) -> Field | None:
@@ -218,6 +225,39 @@ def python_rng_state() -> list:
 def set_python_rng_state(state: list) -> None:
     version, internal, gauss = state
     random.setstate((version, tuple(internal), gauss))
+
+
+class ExperimentBusy(UserError):
+    """Another live main.py holds the experiment folder."""
+
+
+@contextmanager
+def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Hold `<parent>/.<name>.lock` (an advisory lock beside the folder, so that --overwrite cannot delete it)
+    while the run lives: a second main.py on the same folder is refused, whatever its flags. The operating
+    system releases the lock when the holder dies, so a lock file left by a killed run blocks nothing."""
+    if not enabled:
+        yield
+        return
+    experiment_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = experiment_dir.parent / f".{experiment_dir.name}.lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ExperimentBusy(f"{experiment_dir} is in use by a running main.py ({holder}); wait for it to "
+                                 f"finish or stop it (SIGINT/SIGTERM saves a checkpoint) before --resume or "
+                                 f"--overwrite") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock; the file stays (harmless, reused next time)
 
 
 def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, resume: bool, overwrite: bool) -> None:

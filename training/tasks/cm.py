@@ -9,9 +9,8 @@ system sasv through `aasist_weight`.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,21 +18,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.datasets import partition_audio_dir
-from data.protocols import SASV_KEYS, CMEntry, ProtocolError, read_cm_protocol, read_sasv_trials
+from data.protocols import SASV_KEYS, CMEntry, read_cm_protocol
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
-from scoring.score_files import write_scores
-from training.tasks.asv import asvspoof_trials, build_asv_network, score_trials
-from models.build import aasist_model_config
-from runtime.config import Config, ConfigError, require_database
-from runtime import distributed
-from runtime.device import autocast_context
-from scoring.extraction import extract_sharded
-from training.stage_trainer import COMMON_COLUMNS, StageTrainer
-from metrics import MetricError
-from metrics.eer import compute_eer
-from metrics.tdcf import min_tdcf
-from models.aasist import AASIST
+from models.build import build_asv_network, build_cm_network
 from models.checkpoint import load_asv_weights, load_cm_weights
+from runtime import distributed
+from runtime.config import Config, ConfigError, require_database
+from runtime.device import autocast_context
+from scoring.countermeasure import cm_logits, cm_metrics
+from scoring.extraction import bad_audio_warning, count_unscored
+from scoring.score_files import read_asv_score_file, write_scores
+from scoring.verification import asvspoof_trials, score_trials
+from training.task import Run
+from training.tasks.subsystem import COMMON_COLUMNS, SubsystemTask
 
 FREQ_AUG_MAX_BANDS = 20  # models.aasist.SincFilterBank masks a run of 0..19 bands
 
@@ -45,56 +42,14 @@ def cosine_factor(total_steps: int, final_ratio: float) -> Callable[[int], float
     return factor
 
 
-def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, np.ndarray]:
-    """target / nontarget / spoof ASV scores of the trials in `trial_path`.
-
-    Accepted lines (one format per file): `SRC KEY score` (the organisers' asv.*.gi.trl.scores.txt),
-    `SPK UTT KEY score` or `UTT score`, the last two in trial-list order. The trial counts per key
-    must match `trial_path`, so scores of another partition are refused.
-    """
-    path = Path(path)
-    trials = read_sasv_trials(trial_path)
-    try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: ASV score file not found") from None
-    widths = {len(row) for row in rows}
-    if len(widths) != 1 or not widths <= {2, 3, 4}:
-        raise ProtocolError(f"{path}: expected lines 'SRC KEY score', 'SPK UTT KEY score' or 'UTT score', "
-                            f"one format per file")
-    width = widths.pop()
-    if width == 3:
-        keys = [row[1] for row in rows]
-        unknown = sorted(set(keys) - set(SASV_KEYS))
-        if unknown:
-            raise ProtocolError(f"{path}: unknown trial keys {unknown}; expected {', '.join(SASV_KEYS)}")
-        expected, found = Counter(t.key for t in trials), Counter(keys)
-        if expected != found:
-            raise ProtocolError(f"{path}: {dict(found)} scores, but {trial_path} has {dict(expected)} trials "
-                                f"(scores of another partition?)")
-    else:
-        if len(rows) != len(trials):
-            raise ProtocolError(f"{path}: {len(rows)} scores for {len(trials)} trials in {trial_path}")
-        for number, (row, trial) in enumerate(zip(rows, trials), start=1):
-            wanted = [trial.utterance] if width == 2 else [trial.speaker, trial.utterance, trial.key]
-            if row[:-1] != wanted:
-                raise ProtocolError(f"{path}:{number}: expected '{' '.join(wanted)} <score>' (line {number} of "
-                                    f"{trial_path}), got {' '.join(row)!r}")
-        keys = [t.key for t in trials]
-    try:
-        scores = np.array([float(row[-1]) for row in rows])
-    except ValueError:
-        raise ProtocolError(f"{path}: a score is not a number") from None
-    return {key: scores[np.asarray(keys) == key] for key in SASV_KEYS}
-
-
-class CMTrainer(StageTrainer):
+class CMTask(SubsystemTask):
     part = "cm"
     metric_columns = ("epoch", "step", "lr", "train_loss", "dev_eer", "dev_min_tdcf", *COMMON_COLUMNS)
-    scheduler_interval = "step"  # the cosine is over steps, as in aasist
+    scheduler_every = 1  # the cosine is over steps, as in aasist
 
-    def __init__(self, config: Config, experiment_dir: Path, device: torch.device, *, progress: bool = True) -> None:
-        super().__init__(config, experiment_dir, device, progress=progress)
+    def __init__(self, config: Config, run: Run) -> None:
+        super().__init__(config, run)
+        device = run.device
         settings = config["cm_train"]
         self.selection = settings["select_by"]
         self.database = require_database(config)
@@ -113,12 +68,9 @@ class CMTrainer(StageTrainer):
         self.eval_entries = read_cm_protocol(config["dirs"]["cm_eval_list"])
         self._asv_scores: dict[str, dict[str, np.ndarray] | None] = {}
 
-    def _build_network(self) -> AASIST:
+    def _build_network(self) -> nn.Module:
         config = self.config
-        try:
-            model = AASIST(aasist_model_config(config))
-        except (KeyError, IndexError, TypeError, ValueError) as error:
-            raise ConfigError(f"{config.source}: invalid AASIST model_config ({error!r})") from None
+        model = build_cm_network(config)
         if config["cm_train"]["freq_aug"] and model.conv_time.out_channels < FREQ_AUG_MAX_BANDS:
             raise ConfigError(f"{config.source}: cm_train.freq_aug masks up to {FREQ_AUG_MAX_BANDS - 1} sinc bands, "
                               f"so it needs at least {FREQ_AUG_MAX_BANDS} (model_config filts[0] is "
@@ -162,31 +114,30 @@ class CMTrainer(StageTrainer):
             return read_asv_score_file(given, trial_path)
         if not settings["asv_model"]:
             return None
-        cached = self.dir / "asv_scores" / f"{partition}.txt"
+        cached = self.run.dir / "asv_scores" / f"{partition}.txt"
         if not distributed.broadcast_object(cached.is_file()):  # once per run: the ASV model is fixed
             network = build_asv_network(config)
             load_asv_weights(network, settings["asv_model"])
-            network.to(self.device)
+            network.to(self.run.device)
             trials = asvspoof_trials(config, partition, keys=SASV_KEYS)
-            scores = score_trials(network, trials, self.device, batch_size=config["eval_batch_size"],
-                                  num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                                  resample=config["resample"], progress=self.progress and self.is_main,
-                                  on_bad_audio=config["on_bad_audio"])
-            if self.is_main:
+            scores = score_trials(network, trials, self.run.extraction(f"the {partition} ASV scoring"))
+            if self.run.is_main:
                 write_scores(cached, trials.columns, scores)
             distributed.barrier()  # the file the other ranks read next
-            self.log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
+            self.run.log(f"ASV scores of the {partition} trials ({settings['asv_model']}) -> {cached}")
         return read_asv_score_file(cached, trial_path)
 
     # ------------------------------------------------------------- training and scoring
-    def start_epoch(self, epoch: int, batch: int) -> int:
+    def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
         self.epoch_sampler.set_epoch(epoch, batch * self.config["batch_size"])
-        return self.epoch_sampler.n_items // self.config["batch_size"]  # drop_last: whole batches only
+        return self.loader, self.epoch_sampler.n_items // self.config["batch_size"]  # drop_last: whole batches
 
-    def forward_batch(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
-        waves = waves.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        with autocast_context(self.device, self.amp):
+    def batch_loss(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Weighted cross-entropy of the batch's CM logits."""
+        device = self.run.device
+        waves = waves.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast_context(device, self.run.amp):
             _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
         return self.criterion(logits.float(), labels), None
 
@@ -196,38 +147,29 @@ class CMTrainer(StageTrainer):
         audio = partition_audio_dir(self.database, partition)
         self.model.eval()
         paths = [audio / f"{e.utterance}.{config['audio_ext']}" for e in entries]
-        logits = extract_sharded(paths, config["test_samples"], {"logits": lambda wave: self.model(wave)[1]},
-                                 device=self.device, batch_size=config["eval_batch_size"],
-                                 num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                                 resample=config["resample"], desc=f"{partition} CM",
-                                 progress=self.progress and self.is_main, on_bad_audio=config["on_bad_audio"],
-                                 bad_audio=bad_audio, poll=self.poll(f"the {what} scoring"))["logits"]
+        logits = cm_logits(lambda wave: self.model(wave)[1], paths, config["test_samples"],
+                           self.run.extraction(f"the {what} scoring"), desc=f"{partition} CM", bad_audio=bad_audio)
         scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
-        return scores, self.scored(scores, bad_audio, sum(str(path) in bad_audio for path in paths), what)
+        counts = count_unscored(scores, bad_audio, sum(str(path) in bad_audio for path in paths), what)
+        if bad_audio:
+            self.run.warn(bad_audio_warning(bad_audio, counts["n_skipped_trials"], what))
+        return scores, counts
 
     def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
                  ) -> dict[str, float | None]:
-        if self.is_main:
+        if self.run.is_main:
             columns = ([e.utterance for e in entries], [e.attack for e in entries], [e.key for e in entries])
-            write_scores(self.dir / "scores" / name, columns, scores)
-        is_bona = np.array([e.key == "bonafide" for e in entries])
-        scores, is_bona = scores[np.isfinite(scores)], is_bona[np.isfinite(scores)]  # NaN: bad audio, not scored
-        result: dict[str, float | None] = {"eer": compute_eer(scores[is_bona], scores[~is_bona])[0], "min_tdcf": None}
-        asv = self.asv_scores(partition)
-        if asv is not None:
-            asv = {key: values[np.isfinite(values)] for key, values in asv.items()}  # NaN: bad audio
-            try:
-                result["min_tdcf"] = min_tdcf(asv["target"], asv["nontarget"], asv["spoof"],
-                                              scores[is_bona], scores[~is_bona])
-            except MetricError as error:
-                self.log(f"{partition} min t-DCF undefined: {error}")
-        return result
+            write_scores(self.run.dir / "scores" / name, columns, scores)
+        result = cm_metrics(scores, np.array([e.key == "bonafide" for e in entries]), self.asv_scores(partition))
+        if "min_tdcf_note" in result:
+            self.run.log(f"{partition} min t-DCF undefined: {result['min_tdcf_note']}")
+        return {"eer": result["eer"], "min_tdcf": result["min_tdcf"]}
 
     def validate(self, epoch: int) -> dict[str, float | None]:
         scores, _ = self._score("dev", self.dev_entries, f"dev epoch {epoch + 1}")
         return self._metrics("dev", self.dev_entries, scores, f"dev_epoch_{epoch + 1:03d}.txt")
 
-    def evaluate_final(self) -> dict | None:
+    def evaluate(self) -> dict | None:
         scores, skipped = self._score("eval", self.eval_entries, "eval")
         return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores),
                 **skipped}
@@ -235,10 +177,11 @@ class CMTrainer(StageTrainer):
     def fixed_on_resume(self) -> tuple[str, ...]:
         return ("epoch",) if self.config["cm_train"]["scheduler"] == "cosine" else ()  # the cosine spans all epochs
 
-    def fit(self) -> dict:
+    def start_training(self) -> None:
+        super().start_training()
         if self.asv_scores("dev") is None:
-            self.log("no dev ASV scores (cm_train.asv_scores.dev or cm_train.asv_model): the dev min t-DCF is skipped")
-        return super().fit()
+            self.run.log("no dev ASV scores (cm_train.asv_scores.dev or cm_train.asv_model): the dev min t-DCF "
+                         "is skipped")
 
     def summary_text(self, summary: dict) -> str:
         best = summary.get("best_dev") or {}
@@ -247,7 +190,7 @@ class CMTrainer(StageTrainer):
         if "eer" in summary:
             tdcf = f"{summary['min_tdcf']:.4f}" if summary["min_tdcf"] is not None else "n/a (no eval ASV scores)"
             text += f" | eval CM EER {100 * summary['eer']:.2f}%  min t-DCF {tdcf}"
-        return text + f" | CM weights: {self.dir / 'weights' / 'best.ckpt'}"
+        return text + f" | CM weights: {self.run.dir / 'weights' / 'best.ckpt'}"
 
 
 def _constant(step: int) -> float:

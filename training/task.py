@@ -1,0 +1,123 @@
+"""The contract between the trainer and a task: what a kind of training run supplies.
+
+`training.trainer.Trainer` owns the run: the step (AMP, grad scaler, DDP, the non-finite-loss rule),
+signals, `last.ckpt` and the best-k copies, resume (also mid-epoch), `metrics.csv` and the final test
+with the best checkpoint. A task (training/tasks/) supplies only what differs: its networks, loss and
+optimiser; its training batches for (epoch, start position); the loss of one batch; its validation
+metrics and the one that selects the best checkpoint; the final evaluation; what a checkpoint holds.
+A new task is one file in training/tasks/ plus one line in `training.tasks.TASKS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from models.checkpoint import Checkpoint
+from runtime.config import Config
+from scoring.extraction import Extraction, Poll
+
+
+@dataclass
+class Run:
+    """What a task may use of the run that the trainer owns."""
+
+    config: Config
+    dir: Path  # the experiment folder
+    device: torch.device
+    amp: str  # resolved precision of the training step: off, bf16 or fp16
+    is_main: bool  # under torchrun only rank 0 writes files and logs
+    progress: bool
+    log: Callable[[str], None]
+    warn: Callable[[str], None]
+    poll: Callable[[str], Poll]  # poll(what): a check between scoring batches that stops on a signal
+    resume_hint: Callable[[], str]  # the command that continues the run, for messages
+
+    def extraction(self, what: str) -> Extraction:
+        """Scoring options of this run (fp32), stopping between batches on a signal."""
+        return Extraction.from_config(self.config, self.device, progress=self.progress, poll=self.poll(what))
+
+
+class Task:
+    """Base of the tasks; the trainer calls the methods below, in this order:
+
+    `__init__` builds networks, loss, `optimizer` and `scheduler`; `start_training()` once per fit, then
+    per epoch `start_epoch(epoch, batch)` and, behind DDP, `objective` on each batch; `validate(epoch)`
+    when due; at the end `evaluate()` with the best weights loaded through `load_weights`.
+    """
+
+    label: str = ""  # prefix of the task's messages: "" for the SASV system, "asv " / "cm " for the stages
+    selection: str = "eer"  # dev metric that ranks checkpoints (lower is better)
+    metric_columns: tuple[str, ...] = ()  # metrics.csv header
+    redrawn_column: str = "redrawn_trials"  # metrics.csv column counting items redrawn because of bad audio
+    item: str = "trial"  # what a training item is, in messages
+    scheduler_every: int = 0  # optimisation steps between scheduler steps; 0: once per epoch, after validation
+    lr_column: str = "current"  # metrics.csv lr: "current" (after the epoch) or "last_step" (of its last step)
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: nn.Module  # forward(*inputs) -> (loss, accuracy or None); the module DDP wraps
+
+    def __init__(self, config: Config, run: Run) -> None:
+        self.config = config
+        self.run = run
+
+    # ------------------------------------------------------------- weights
+    def modules(self) -> list[nn.Module]:
+        """Every module whose weights the task holds (checked finite, shared from rank 0, put in train mode)."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser steps (gradient clipping applies to them)."""
+        return [p for module in self.modules() for p in module.parameters()]
+
+    def save(self, path: Path, training_state: dict[str, Any]) -> None:
+        """Write a checkpoint holding the weights and `training_state` (rank 0 only)."""
+        raise NotImplementedError
+
+    def resumable(self, checkpoint: Checkpoint) -> bool:
+        """Whether `checkpoint` is one of this task's resumable checkpoints."""
+        return "optimizer" in checkpoint.meta
+
+    def load_weights(self, path: Path, checkpoint: Checkpoint | None = None) -> Checkpoint:
+        """Load the weights of one of this task's checkpoints (also the parts a resume needs)."""
+        raise NotImplementedError
+
+    def fixed_on_resume(self) -> tuple[str, ...]:
+        """Config keys a resume may not change although RESUME_MAY_CHANGE lists them."""
+        return ()
+
+    def on_new_best(self, epoch: int, dev: dict[str, Any]) -> None:
+        """Called when epoch `epoch` becomes the best so far (the stages write weights/best.ckpt)."""
+
+    # ------------------------------------------------------------- data and loss
+    def start_training(self) -> None:
+        """Build what training iterates (called once per fit, after a resume)."""
+
+    def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
+        """The batches of epoch `epoch` from batch `batch` on, and the epoch's number of batches."""
+        raise NotImplementedError
+
+    def split_batch(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(inputs of `objective`, per-item counts of redraws because of bad audio)."""
+        *inputs, redraws = batch
+        return tuple(inputs), redraws
+
+    # ------------------------------------------------------------- metrics
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Dev metrics (without the dev_ prefix) of the current weights; writes scores/dev_epoch_NNN.txt."""
+        raise NotImplementedError
+
+    def dev_text(self, dev: dict[str, Any]) -> str:
+        return "  ".join(f"dev {name} {value:.4f}" for name, value in dev.items() if value is not None)
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """Eval metrics of the loaded weights (writes scores/eval.txt), or None when there is no eval set."""
+        raise NotImplementedError
+
+    def summary_text(self, summary: dict[str, Any]) -> str:
+        """One line for the end of main.py."""
+        raise NotImplementedError
