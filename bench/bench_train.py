@@ -45,7 +45,8 @@ from models.build import apply_kernel_options, build_sasv_model
 from runtime.device import resolve_device  # noqa: E402
 from runtime.config import Config, build_config  # noqa: E402
 from data.synthetic import ensure_demo_corpus  # noqa: E402
-from scoring.extraction import SASVScorer, ScoringInputs  # noqa: E402
+from scoring.extraction import Extraction  # noqa: E402
+from scoring.sasv import SASVScorer, ScoringInputs  # noqa: E402
 from scoring.inputs import scoring_inputs  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 from models.checkpoint import load_sasv_weights  # noqa: E402
@@ -97,14 +98,14 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def timed_epoch(trainer: Trainer, loader, sampler, epoch: int, batches: int | None = None) -> tuple[float, int]:
+def timed_epoch(trainer: Trainer, epoch: int, batches: int | None = None) -> tuple[float, int]:
     """Seconds to train the last `batches` batches of `epoch` (all when None), and how many that was."""
-    n_batches = sampler.epoch_length // trainer.config["batch_size"]
+    n_batches = trainer.task.epoch_sampler.epoch_length // trainer.config["batch_size"]
     batches = n_batches if batches is None else min(batches, n_batches)
     trainer.state.batch = n_batches - batches
     synchronize(trainer.device)
     start = time.perf_counter()
-    trainer.train_epoch(loader, sampler, epoch)
+    trainer.train_epoch(epoch)
     synchronize(trainer.device)
     return time.perf_counter() - start, batches
 
@@ -113,13 +114,13 @@ def training_rate(config: Config, device: torch.device, folder: Path, *, warmup:
     """Training trials/s over the config's trials_per_epoch, after `warmup` untimed batches."""
     trainer = Trainer(config, folder, device, progress=False)
     if reference and device.type == "cuda":  # the default memory layout, as the original
-        trainer.model.asv_model.channels_last = False
-        trainer.model.asv_model.to(memory_format=torch.contiguous_format)
-    loader, sampler = trainer._train_loader()
+        trainer.task.model.asv_model.channels_last = False
+        trainer.task.model.asv_model.to(memory_format=torch.contiguous_format)
+    trainer.start_training()
     reset_peak_memory(device)
     if warmup:
-        timed_epoch(trainer, loader, sampler, 0, warmup)
-    seconds, batches = timed_epoch(trainer, loader, sampler, 1)
+        timed_epoch(trainer, 0, warmup)
+    seconds, batches = timed_epoch(trainer, 1)
     trials = batches * config["batch_size"]
     return {"trials_per_s": trials / seconds, "trials": trials, "seconds": seconds, "peak_mib": peak_memory_mib(device)}
 
@@ -157,24 +158,24 @@ def bench_fixed(values: dict, source: str, device: torch.device, work: Path, *, 
 
     reset_peak_memory(device)
     trainer = Trainer(reference_config, work / "fixed_reference", device, progress=False)
-    loader, sampler = trainer._train_loader()
-    n_batches = sampler.epoch_length // reference_config["batch_size"]
-    seconds, timed = timed_epoch(trainer, loader, sampler, 0, reference_batches)
+    trainer.start_training()
+    n_batches = trainer.task.epoch_sampler.epoch_length // reference_config["batch_size"]
+    seconds, timed = timed_epoch(trainer, 0, reference_batches)
     reference_epoch = seconds * n_batches / timed
     reference_peak = peak_memory_mib(device)
-    del trainer, loader
+    del trainer
 
     reset_peak_memory(device)
     trainer = Trainer(cached_config, work / "fixed_cached", device, progress=True)
     synchronize(device)
     start = time.perf_counter()
-    loader, sampler = trainer._train_loader()  # builds the cache
+    trainer.start_training()  # builds the cache
     synchronize(device)
     build = time.perf_counter() - start
     trainer.progress = False
-    first, _ = timed_epoch(trainer, loader, sampler, 0)
-    later, _ = timed_epoch(trainer, loader, sampler, 1)
-    n_utterances = len(loader.dataset.rows)  # the cached utterances (CachedTrialDataset)
+    first, _ = timed_epoch(trainer, 0)
+    later, _ = timed_epoch(trainer, 1)
+    n_utterances = len(trainer.task.loader.dataset.rows)  # the cached utterances (CachedTrialDataset)
     cached_peak = peak_memory_mib(device)
     print(f"fixed epoch ({n_batches} batches of {reference_config['batch_size']} trials, {n_utterances} training "
           f"utterances): frozen networks every batch {reference_epoch:.1f} s (timed {timed} batches, "
@@ -198,9 +199,7 @@ def eval_scorer(config: Config, device: torch.device, model_path: str | None = N
     model.to(device).eval()
     loss.to(device).eval()
     apply_kernel_options(model, device)  # channels_last on CUDA; scoring stays fp32 as in the toolkit
-    return SASVScorer(model, loss, device, batch_size=config["eval_batch_size"],
-                      num_workers=config["loader"]["n_workers"], sample_rate=config["sample_rate"],
-                      resample=config["resample"], progress=False)
+    return SASVScorer(model, loss, Extraction.from_config(config, device, progress=False))
 
 
 def per_trial_reference(scorer: SASVScorer, inputs: ScoringInputs, n_trials: int, batch: int

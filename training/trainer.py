@@ -177,8 +177,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, then score the eval set with the best checkpoint; returns its summary."""
         with self.stop:
-            self.task.start_training()
-            self._objective = distributed.wrap_for_training(self.task.objective, self.device)
+            self.start_training()
             if self.is_main:
                 (self.dir / "weights").mkdir(parents=True, exist_ok=True)
             self._clock = time.time()
@@ -187,6 +186,11 @@ class Trainer:
                 self.train_epoch(epoch)
                 self._finish_epoch(epoch)
             return self.test()
+
+    def start_training(self) -> None:
+        """Let the task build what training iterates, and put its objective behind DDP under torchrun."""
+        self.task.start_training()
+        self._objective = distributed.wrap_for_training(self.task.objective, self.device)
 
     def train_epoch(self, epoch: int) -> None:
         """Train epoch `epoch` from batch `state.batch` on (0 unless resumed mid-epoch)."""

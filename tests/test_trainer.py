@@ -1,0 +1,200 @@
+"""The one trainer: a new task is one class plus one registry line; the run owns its folder (a second
+main.py on it is refused, a killed run's lock blocks nothing); a checkpoint write that fails for lack of
+space stops the run naming the last good checkpoint, which stays intact."""
+from __future__ import annotations
+
+import csv
+import errno
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+import torch
+from torch import nn
+
+from models.checkpoint import Checkpoint, load_checkpoint, save_subsystem_checkpoint
+from runtime.config import build_config
+from training import tasks
+from training.state import TrainingError, experiment_lock, prepare_experiment_dir
+from training.task import Run, Task
+from training.trainer import Trainer
+from tiny_run import run_main, tiny_corpus, write_config
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ToyTask(Task):
+    """Least squares on fixed random data: what a fourth task has to write, and nothing more."""
+
+    selection = "mse"
+    metric_columns = ("epoch", "step", "lr", "train_loss", "dev_mse", "skipped_batches", "redrawn_trials",
+                      "seconds")
+    scheduler_every = 1
+
+    def __init__(self, config, run: Run) -> None:
+        super().__init__(config, run)
+        generator = torch.Generator().manual_seed(config["seed"])
+        self.inputs = torch.randn(64, 3, generator=generator)
+        self.targets = self.inputs @ torch.tensor([1.0, -2.0, 0.5]) + 0.01 * torch.randn(64, generator=generator)
+        self.model = nn.Linear(3, 1)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=0.99)
+        self.objective = _Squares(self.model)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+        batches = [(self.inputs[order[i:i + 8]], self.targets[order[i:i + 8]], torch.zeros(8))
+                   for i in range(0, 64, 8)]
+        return batches[batch:], len(batches)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        with torch.no_grad():
+            return {"mse": float(((self.model(self.inputs).squeeze(1) - self.targets) ** 2).mean())}
+
+    def evaluate(self) -> dict[str, Any]:
+        return {"eval_mse": self.validate(0)["mse"]}
+
+    def save(self, path: Path, training_state: dict[str, Any]) -> None:
+        save_subsystem_checkpoint(path, cm_model=self.model, config=self.config.to_dict(), extra=training_state)
+
+    def load_weights(self, path: Path, checkpoint: Checkpoint | None = None) -> Checkpoint:
+        checkpoint = checkpoint or load_checkpoint(path)
+        self.model.load_state_dict(checkpoint.cm_state)
+        return checkpoint
+
+    def summary_text(self, summary: dict[str, Any]) -> str:
+        return f"eval mse {summary['eval_mse']:.4f}"
+
+
+class _Squares(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ((self.model(inputs).squeeze(1) - targets) ** 2).mean(), None
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "toy", ToyTask)
+    return lambda **values: build_config({"system": "toy", "epoch": 3, "save_top_k": 2, **values}, source="toy.conf")
+
+
+def read_rows(folder: Path) -> list[dict]:
+    with open(folder / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_fourth_task_is_one_class_and_one_registry_line(toy, tmp_path):
+    trainer = Trainer(toy(), tmp_path / "run", CPU, progress=False)
+    summary = trainer.fit()
+    rows = read_rows(tmp_path / "run")
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"] and [row["step"] for row in rows] == ["8", "16", "24"]
+    losses = [float(row["train_loss"]) for row in rows]
+    assert losses[2] < losses[0] / 10  # it learns
+    assert float(rows[2]["lr"]) == pytest.approx(0.05 * 0.99 ** 24)  # the scheduler stepped every step
+    best = sorted(path.name for path in (tmp_path / "run" / "weights").glob("epoch=*.ckpt"))
+    ranked = sorted(rows, key=lambda row: float(row["dev_mse"]))
+    assert best == sorted(f"epoch={int(row['epoch']):03d}-mse_dev={float(row['dev_mse']):.5f}.ckpt"
+                          for row in ranked[:2])  # the 2 best kept
+    assert summary["checkpoint"] == f"weights/epoch={int(ranked[0]['epoch']):03d}-mse_dev=" \
+        f"{float(ranked[0]['dev_mse']):.5f}.ckpt"  # eval with the best
+    assert summary["eval_mse"] == pytest.approx(min(float(row["dev_mse"]) for row in rows))
+
+    # Resumed from an epoch in the middle, it ends with the same weights as the straight run.
+    again = Trainer(toy(epoch=1), tmp_path / "resumed", CPU, progress=False)
+    again.fit()
+    resumed = Trainer(toy(), tmp_path / "resumed", CPU, progress=False)
+    assert resumed.resume_latest() is not None and resumed.state.epoch == 1
+    resumed.fit()
+    assert torch.equal(resumed.task.model.weight, trainer.task.model.weight)
+
+
+def test_an_unknown_task_is_a_config_error(tmp_path):
+    from runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"toy.conf: system: unknown task 'nope'; known: asv, cm, sasv"):
+        Trainer(build_config({"system": "nope"}, source="toy.conf"), tmp_path, CPU, progress=False)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    trainer = Trainer(toy(save_top_k=1), tmp_path / "run", CPU, progress=False)
+    original, calls = trainer.task.save, []
+
+    def save(path: Path, state: dict) -> None:
+        calls.append(path.name)
+        if len(calls) == 2:  # the checkpoint of epoch 2: the disk is full; the writer leaves no partial file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, state)
+
+    monkeypatch.setattr(trainer.task, "save", save)
+    with pytest.raises(TrainingError) as caught:
+        trainer.fit()
+    last = tmp_path / "run" / "weights" / "last.ckpt"
+    assert str(caught.value).startswith(f"cannot write {tmp_path / 'run' / 'weights'}")
+    assert "No space left on device; training stopped. The last good checkpoint is " \
+        f"{last} (end of epoch 1, step 8)" in str(caught.value)
+    assert load_checkpoint(last).meta["epoch"] == 1  # intact
+
+
+# --------------------------------------------------------------------------- the folder lock
+HOLD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from training.state import experiment_lock
+with experiment_lock(Path({folder!r})):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory)
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), folder=str(folder))],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("flag", ["", "--resume", "--overwrite"])
+def test_a_second_run_on_a_live_folder_is_refused(corpus, tmp_path, flag):
+    config = write_config(tmp_path / "run.conf", corpus)
+    folder = tmp_path / "exp" / "run"
+    prepare_experiment_dir(folder, config, resume=False, overwrite=False)
+    (folder / "weights").mkdir()
+    (folder / "weights" / "last.ckpt").write_bytes(b"the live run's checkpoint")
+    holder = hold_lock(folder)
+    try:
+        refused = run_main(config, tmp_path / "exp", *([flag] if flag else []))
+        assert refused.returncode == 2
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: {folder} is in use by a running main.py (pid {holder.pid}, started ")
+        assert holder.poll() is None  # the live run goes on
+        assert (folder / "weights" / "last.ckpt").read_bytes() == b"the live run's checkpoint"  # unharmed
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
+    folder = tmp_path / "exp" / "run"
+    holder = hold_lock(folder)
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / "exp" / ".run.lock").is_file()  # the file stays behind ...
+    start = time.time()
+    with experiment_lock(folder):  # ... and blocks nothing
+        assert time.time() - start < 5
