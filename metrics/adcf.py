@@ -73,7 +73,11 @@ def adcf_curve(
 ) -> ADCFResult:
     """The normalised a-DCF at every per-sample threshold, and its minimum."""
     values = as_scores(scores, "scores")
-    codes = key_codes(keys, values.size)
+    return adcf_curve_from_codes(values, key_codes(keys, values.size), cost_model)
+
+
+def adcf_curve_from_codes(values: np.ndarray, codes: np.ndarray, cost_model: ADCFCostModel) -> ADCFResult:
+    """`adcf_curve` on validated float64 scores and their `key_codes` (0 target, 1 nontarget, 2 spoof)."""
     counts = np.bincount(codes, minlength=3)
     for name, count in zip(SASV_KEYS, counts):
         if count == 0:
