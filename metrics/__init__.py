@@ -1,13 +1,7 @@
 """SASV evaluation metrics (numpy, vectorised): SASV 2022 EERs, AASIST EER, min t-DCF, min a-DCF."""
 from __future__ import annotations
 
-
-class MetricError(ValueError):
-    """Invalid metric input: empty class, unknown key, mismatched lengths, NaN/inf."""
-
-
-# Imported after MetricError: the submodules import it from this package.
-from metrics.adcf import (  # noqa: E402
+from metrics.adcf import (
     ADCF_ASVSPOOF5,
     ADCF_DEFAULT,
     ADCFCostModel,
@@ -15,23 +9,24 @@ from metrics.adcf import (  # noqa: E402
     adcf_curve,
     min_adcf,
 )
-from metrics.eer import compute_eer, roc_eer, sasv_eers  # noqa: E402
-from metrics.tdcf import LEGACY_2019_COST, TDCFCostModel, TDCFResult, min_tdcf, tdcf_curve  # noqa: E402
+from metrics.eer import compute_eer, roc_eer, sasv_eers
+from metrics.errors import MetricError
+from metrics.tdcf import LEGACY_2019_COST, TDCFCostModel, TDCFResult, min_tdcf, tdcf_curve
 
 __all__ = [
-    "MetricError",
-    "roc_eer",
-    "sasv_eers",
-    "compute_eer",
-    "min_tdcf",
-    "tdcf_curve",
-    "TDCFCostModel",
-    "TDCFResult",
+    "ADCF_ASVSPOOF5",
+    "ADCF_DEFAULT",
     "LEGACY_2019_COST",
-    "min_adcf",
-    "adcf_curve",
     "ADCFCostModel",
     "ADCFResult",
-    "ADCF_DEFAULT",
-    "ADCF_ASVSPOOF5",
+    "MetricError",
+    "TDCFCostModel",
+    "TDCFResult",
+    "adcf_curve",
+    "compute_eer",
+    "min_adcf",
+    "min_tdcf",
+    "roc_eer",
+    "sasv_eers",
+    "tdcf_curve",
 ]

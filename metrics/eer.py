@@ -16,13 +16,14 @@ tensors are accepted). Higher scores mean "target" (or bona fide).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
-from metrics import MetricError
+from metrics.errors import MetricError
 
 SASV_KEYS = ("target", "nontarget", "spoof")
 

@@ -1,0 +1,6 @@
+"""The one exception type of the metrics package (its own module so submodules import it without a cycle)."""
+from __future__ import annotations
+
+
+class MetricError(ValueError):
+    """Invalid metric input: empty class, unknown key, mismatched lengths, NaN/inf."""
