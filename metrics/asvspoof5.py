@@ -34,7 +34,7 @@ TDCF_COST = ADCF_ASVSPOOF5
 _RHO = 0.5
 _TEER_DECIMATED = 3000
 _TEER_BIN_WIDTH = 1600
-_BLOCK_ELEMENTS = 1 << 21  # rows x CM points per vectorised t-EER block (16 MiB per float64 array)
+_BLOCK_ELEMENTS = 1 << 18  # rows x CM points per t-EER block: 2 MiB float64 buffers stay in cache
 
 
 @dataclass(frozen=True)
@@ -160,11 +160,18 @@ def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray
         asv_ratio = pfa_non / pfa_spf
     best_crit, best = np.inf, None
     rows = max(1, _BLOCK_ELEMENTS // pmiss_cm.size)
+    # Reused cache-sized buffers, in-place arithmetic: several times faster than fresh temporaries.
+    buffers = [np.empty((min(rows, pmiss_asv.size), pmiss_cm.size)) for _ in range(3)]
     for start in range(0, pmiss_asv.size, rows):
         block = slice(start, start + rows)
-        tandem_miss = pmiss_cm + bona_pass * pmiss_asv[block, None]
-        tandem_fa = weighted_pass * pfa_non[block, None] + weighted_fa * pfa_spf[block, None]
-        cm_index = np.argmin(np.abs(tandem_miss - tandem_fa), axis=1)
+        tandem_miss, tandem_fa, spoof_part = (buffer[: pmiss_asv[block].size] for buffer in buffers)
+        np.multiply(bona_pass, pmiss_asv[block, None], out=tandem_miss)
+        tandem_miss += pmiss_cm
+        np.multiply(weighted_pass, pfa_non[block, None], out=tandem_fa)
+        np.multiply(weighted_fa, pfa_spf[block, None], out=spoof_part)
+        tandem_fa += spoof_part
+        tandem_miss -= tandem_fa
+        cm_index = np.argmin(np.abs(tandem_miss, out=tandem_miss), axis=1)
         with np.errstate(invalid="ignore"):
             crit = np.abs(asv_ratio[block] - cm_ratio[cm_index])
             crit = np.where(allowed[block] & (crit < np.inf), crit, np.inf)  # NaN/inf never win
