@@ -4,7 +4,8 @@ Reimplements, vectorised, the definitions of asvspoof-challenge/asvspoof5 `evalu
 (commit fe23d30): Track 1 (CM alone) min DCF, actual DCF, Cllr and EER; Track 2 (SASV) min a-DCF,
 min t-DCF (ASVspoof 5 form, with a constant term C0) and the accelerated concurrent t-EER.
 Per-sample sweeps, tie orders and the order of floating-point operations follow the package so the
-numbers agree with it to the last bits; see `metrics.asvspoof5_tables` for the per-attack x per-codec tables.
+numbers agree with it bit for bit (Cllr, computed without overflow, to rounding); per-attack x per-codec
+tables are in `metrics.asvspoof5_tables`.
 Higher scores mean bona fide / target.
 """
 from __future__ import annotations
