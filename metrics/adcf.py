@@ -14,13 +14,14 @@ accept-all and reject-all systems.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from metrics import MetricError
 from metrics.eer import SASV_KEYS, as_scores, key_codes, sort_by_score_then_class
+from metrics.errors import MetricError
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,11 @@ def adcf_curve(
 ) -> ADCFResult:
     """The normalised a-DCF at every per-sample threshold, and its minimum."""
     values = as_scores(scores, "scores")
-    codes = key_codes(keys, values.size)
+    return adcf_curve_from_codes(values, key_codes(keys, values.size), cost_model)
+
+
+def adcf_curve_from_codes(values: np.ndarray, codes: np.ndarray, cost_model: ADCFCostModel) -> ADCFResult:
+    """`adcf_curve` on validated float64 scores and their `key_codes` (0 target, 1 nontarget, 2 spoof)."""
     counts = np.bincount(codes, minlength=3)
     for name, count in zip(SASV_KEYS, counts):
         if count == 0:
@@ -93,7 +98,7 @@ def adcf_curve(
     )
     accept_all = cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf
     reject_all = cost.Cmiss * cost.Ptrg
-    curve = raw / (reject_all if reject_all < accept_all else accept_all)
+    curve = raw / min(accept_all, reject_all)
     thresholds = np.concatenate(([float(sorted_scores[0]) - 1e-8], sorted_scores))
     index = int(np.argmin(curve))
     return ADCFResult(

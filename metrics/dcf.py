@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from metrics import MetricError
 from metrics.eer import as_scores
+from metrics.errors import MetricError
 
 
 def min_dcf(scores: Any, labels: Any, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0

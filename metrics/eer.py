@@ -16,13 +16,14 @@ tensors are accepted). Higher scores mean "target" (or bona fide).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
-from metrics import MetricError
+from metrics.errors import MetricError
 
 SASV_KEYS = ("target", "nontarget", "spoof")
 
@@ -50,8 +51,8 @@ def require_nonempty(scores: np.ndarray, name: str, needed_for: str) -> None:
         raise MetricError(f"no {name} trials: {needed_for} is undefined")
 
 
-def key_codes(keys: Any, n_scores: int) -> np.ndarray:
-    """Map `target`/`nontarget`/`spoof` keys to codes 0/1/2 (int8), vectorised."""
+def key_codes(keys: Any, n_scores: int, names: tuple[str, ...] = SASV_KEYS) -> np.ndarray:
+    """Map each key to its index in `names` (default `target`/`nontarget`/`spoof` -> 0/1/2), as int8, vectorised."""
     key_array = np.asarray(keys)
     if key_array.dtype.kind == "O":
         key_array = key_array.astype(str)
@@ -60,15 +61,15 @@ def key_codes(keys: Any, n_scores: int) -> np.ndarray:
     if key_array.size != n_scores:
         raise MetricError(f"mismatched lengths: {n_scores} scores but {key_array.size} keys")
     if key_array.dtype.kind != "U" and key_array.size:
-        raise MetricError(f"keys must be strings {SASV_KEYS}, got dtype {key_array.dtype}")
+        raise MetricError(f"keys must be strings {names}, got dtype {key_array.dtype}")
     codes = np.full(key_array.size, -1, dtype=np.int8)
-    for code, key in enumerate(SASV_KEYS):
+    for code, key in enumerate(names):
         codes[key_array == key] = code
     unknown = codes < 0
     if unknown.any():
         position = int(np.argmax(unknown))
         raise MetricError(
-            f"unknown key {str(key_array[position])!r} at position {position}; expected one of {SASV_KEYS}"
+            f"unknown key {str(key_array[position])!r} at position {position}; expected one of {names}"
         )
     return codes
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from metrics import MetricError
 from metrics.eer import as_scores, det_curve, eer_from_det, require_nonempty
+from metrics.errors import MetricError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,300 @@
+"""ASVspoof 5 challenge metrics, as the official evaluation package computes them (fractions, not percent).
+
+Reimplements, vectorised, the definitions of asvspoof-challenge/asvspoof5 `evaluation-package/`
+(commit fe23d30): Track 1 (CM alone) min DCF, actual DCF, Cllr and EER; Track 2 (SASV) min a-DCF,
+min t-DCF (ASVspoof 5 form, with a constant term C0) and the accelerated concurrent t-EER.
+Per-sample sweeps, tie orders and the order of floating-point operations follow the package so the
+numbers agree with it bit for bit (Cllr, computed without overflow, to rounding); per-attack x per-codec
+tables are in `metrics.asvspoof5_tables`.
+Higher scores mean bona fide / target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from metrics.adcf import ADCF_ASVSPOOF5, adcf_curve_from_codes
+from metrics.eer import SASV_KEYS, as_scores, det_curve, eer_from_det, key_codes, sort_by_score_then_class
+from metrics.errors import MetricError
+
+CM_KEYS = ("bonafide", "spoof")
+
+# Track 1 detection costs (calculate_minDCF_EER_CLLR_actDCF).
+TRACK1_PSPOOF = 0.05
+TRACK1_CMISS = 1
+TRACK1_CFA = 10
+
+# The Track 2 t-DCF shares the a-DCF's priors and costs in the package: Ptar = Ptrg, Pnon = Pnontrg,
+# Pspoof = Pspf, Cmiss, Cfa = Cfa_asv, Cfa_spoof = Cfa_cm.
+TDCF_COST = ADCF_ASVSPOOF5
+
+# t-EER search: one spoof prior (every rho gives the same concurrent point) and the accelerated
+# search's grid size and fine-search half-width, as in compute_teer_accelerated.
+_RHO = 0.5
+_TEER_DECIMATED = 3000
+_TEER_BIN_WIDTH = 1600
+_BLOCK_ELEMENTS = 1 << 18  # rows x CM points per t-EER block: 2 MiB float64 buffers stay in cache
+
+
+@dataclass(frozen=True)
+class ASVErrorRates:
+    """Error rates of the fixed ASV system the min t-DCF is evaluated with."""
+
+    pfa_nontarget: float
+    pmiss_target: float
+    pfa_spoof: float
+
+
+# The organisers' ASV error rates pooled over all conditions, built into the package.
+ASVSPOOF5_ASV_RATES = ASVErrorRates(
+    pfa_nontarget=0.01881016557566423, pmiss_target=0.01880141010575793, pfa_spoof=0.4607082907604729
+)
+
+
+def asv_rates_at_eer(asv_scores: Any, asv_keys: Any, *, package_spoof_quirk: bool = True) -> ASVErrorRates:
+    """ASV error rates at the threshold of the ASV's EER (target vs nontarget, per-sample sweep).
+
+    With `package_spoof_quirk` (default) `pfa_spoof` holds the fraction of spoofs the ASV *rejects*:
+    the package's Track 2 script takes item 2 of obtain_asv_error_rates (the spoof miss rate) where
+    the t-DCF expects the spoof false-acceptance rate (item 3). False gives the acceptance rate.
+    """
+    scores = as_scores(asv_scores, "asv_scores")
+    codes = key_codes(asv_keys, scores.size, SASV_KEYS)
+    return _asv_rates(scores, codes, package_spoof_quirk)
+
+
+def _asv_rates(scores: np.ndarray, codes: np.ndarray, package_spoof_quirk: bool = True) -> ASVErrorRates:
+    _require_codes(codes, SASV_KEYS, "ASV error rates")
+    target, nontarget, spoof = (scores[codes == code] for code in range(3))
+    _, threshold = eer_from_det(*det_curve(target, nontarget))
+    spoof_below = np.count_nonzero(spoof < threshold)
+    return ASVErrorRates(
+        pfa_nontarget=np.count_nonzero(nontarget >= threshold) / nontarget.size,
+        pmiss_target=np.count_nonzero(target < threshold) / target.size,
+        pfa_spoof=(spoof_below if package_spoof_quirk else spoof.size - spoof_below) / spoof.size,
+    )
+
+
+def _require_codes(codes: np.ndarray, names: tuple[str, ...], what: str) -> None:
+    """MetricError unless every class (code 0 .. len(names) - 1) has a trial."""
+    counts = np.bincount(codes, minlength=len(names))
+    for name, count in zip(names, counts):
+        if count == 0:
+            raise MetricError(f"no {name} trials: {what} is undefined")
+
+
+# ------------------------------------------------------------------------------------------ Track 1
+
+
+def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
+    """`track1_metrics` of validated (finite float64, non-empty) bona fide and spoof CM scores."""
+    frr, far, thresholds = det_curve(bona, spoof)
+    eer, _ = eer_from_det(frr, far, thresholds)
+    p_bona = 1 - TRACK1_PSPOOF
+    # min DCF: minimum over the EER sweep's points, normalised by the cheaper trivial system.
+    cost = TRACK1_CMISS * frr * p_bona + TRACK1_CFA * far * (1 - p_bona)
+    min_dcf = float(np.min(cost)) / min(TRACK1_CMISS * p_bona, TRACK1_CFA * (1 - p_bona))
+    # actual DCF: scores read as LLRs, threshold at the Bayes decision point -log(beta).
+    beta = TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * TRACK1_PSPOOF)
+    threshold = -np.log(beta)
+    miss = np.count_nonzero(bona < threshold) / bona.size
+    false_alarm = np.count_nonzero(spoof >= threshold) / spoof.size
+    act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
+    act_dcf = act / min(TRACK1_CFA * TRACK1_PSPOOF, TRACK1_CMISS * (1 - TRACK1_PSPOOF))
+    # Cllr in bits; logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
+    cllr = 0.5 * (np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
+    return {"min_dcf": float(min_dcf), "act_dcf": float(act_dcf), "cllr": float(cllr), "eer": float(eer)}
+
+
+def track1_metrics(cm_scores: Any, cm_keys: Any) -> dict[str, float]:
+    """Track 1: `min_dcf`, `act_dcf`, `cllr` (bits) and `eer` (fraction) of CM scores keyed bonafide/spoof."""
+    scores = as_scores(cm_scores, "cm_scores")
+    codes = key_codes(cm_keys, scores.size, CM_KEYS)
+    _require_codes(codes, CM_KEYS, "Track 1")
+    return track1_from_scores(scores[codes == 0], scores[codes == 1])
+
+
+# ------------------------------------------------------------------------------------------ Track 2
+
+
+def min_tdcf_asvspoof5(cm_bonafide: Any, cm_spoof: Any, asv_rates: ASVErrorRates = ASVSPOOF5_ASV_RATES) -> float:
+    """Minimum normalised t-DCF (ASVspoof 5 form) over all CM thresholds, the ASV fixed at `asv_rates`.
+
+        C0 = Ptar Cmiss Pmiss_asv + Pnon Cfa Pfa_asv,   C1 = Ptar Cmiss - C0,   C2 = Pspoof Cfa_spoof Pfa_spoof_asv
+        t-DCF(s) = (C0 + C1 Pmiss_cm(s) + C2 Pfa_cm(s)) / (C0 + min(C1, C2))
+    """
+    bona = as_scores(cm_bonafide, "cm_bonafide")
+    spoof = as_scores(cm_spoof, "cm_spoof")
+    for name, values in (("CM bona fide", bona), ("CM spoof", spoof)):
+        if values.size == 0:
+            raise MetricError(f"no {name} trials: the t-DCF is undefined")
+    if np.unique(np.concatenate((bona, spoof))).size < 3:
+        raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
+    cost, rates = TDCF_COST, asv_rates
+    c0 = cost.Ptrg * cost.Cmiss * rates.pmiss_target + cost.Pnontrg * cost.Cfa_asv * rates.pfa_nontarget
+    c1 = cost.Ptrg * cost.Cmiss - c0
+    c2 = cost.Pspf * cost.Cfa_cm * rates.pfa_spoof
+    if c0 < 0 or c1 < 0 or c2 < 0:
+        raise MetricError(f"t-DCF weights are negative (C0={c0}, C1={c1}, C2={c2}); check the ASV error rates")
+    default = c0 + min(c1, c2)
+    if default == 0:
+        raise MetricError("t-DCF is undefined: the cost of the default system is 0 (error-free ASV, C2 = 0)")
+    pmiss_cm, pfa_cm, _ = det_curve(bona, spoof)
+    return float(np.min((c0 + c1 * pmiss_cm + c2 * pfa_cm) / default))
+
+
+def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray, pfa_non: np.ndarray,
+                 pfa_spf: np.ndarray) -> tuple[float, int, int] | None:
+    """Concurrent t-EER on the given operating points: (t-EER, ASV index, CM index), or None if none qualifies.
+
+    For every ASV point, the CM point where tandem miss and false-alarm rates are closest; among the ASV
+    points in the allowed region, the first whose CM point best meets Pfa_non/Pfa_spf = Pfa_cm/(1-Pmiss_cm).
+    """
+    bona_pass = 1 - pmiss_cm
+    weighted_pass = (1 - _RHO) * bona_pass  # operation order of the package, so ties break alike
+    weighted_fa = _RHO * pfa_cm
+    allowed = pmiss_asv < (1 - _RHO) * pfa_non + _RHO * pfa_spf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cm_ratio = pfa_cm / bona_pass
+        asv_ratio = pfa_non / pfa_spf
+    best_crit, best = np.inf, None
+    rows = max(1, _BLOCK_ELEMENTS // pmiss_cm.size)
+    # Reused cache-sized buffers, in-place arithmetic: several times faster than fresh temporaries.
+    buffers = [np.empty((min(rows, pmiss_asv.size), pmiss_cm.size)) for _ in range(3)]
+    for start in range(0, pmiss_asv.size, rows):
+        block = slice(start, start + rows)
+        tandem_miss, tandem_fa, spoof_part = (buffer[: pmiss_asv[block].size] for buffer in buffers)
+        np.multiply(bona_pass, pmiss_asv[block, None], out=tandem_miss)
+        tandem_miss += pmiss_cm
+        np.multiply(weighted_pass, pfa_non[block, None], out=tandem_fa)
+        np.multiply(weighted_fa, pfa_spf[block, None], out=spoof_part)
+        tandem_fa += spoof_part
+        tandem_miss -= tandem_fa
+        cm_index = np.argmin(np.abs(tandem_miss, out=tandem_miss), axis=1)
+        with np.errstate(invalid="ignore"):
+            crit = np.abs(asv_ratio[block] - cm_ratio[cm_index])
+            crit = np.where(allowed[block] & (crit < np.inf), crit, np.inf)  # NaN/inf never win
+        row = int(np.argmin(crit))
+        if crit[row] < best_crit:  # strict: the first minimum wins, across blocks too
+            best_crit, best = crit[row], (start + row, int(cm_index[row]))
+    if best is None:
+        return None
+    asv_index, cm_index_best = best
+    return float(pfa_spf[asv_index] * pfa_cm[cm_index_best]), asv_index, cm_index_best
+
+
+def _t_eer(cm: np.ndarray, asv: np.ndarray, codes: np.ndarray) -> float:
+    """Accelerated concurrent t-EER (fraction) of validated per-trial CM/ASV scores and SASV key codes."""
+    counts = np.bincount(codes, minlength=3)
+    _, sorted_codes = sort_by_score_then_class(asv, codes, 3)
+    pmiss_asv = np.concatenate(([0.0], np.cumsum(sorted_codes == 0) / counts[0]))
+    pfa_non = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 1) / counts[1]))
+    pfa_spf = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 2) / counts[2]))
+    pmiss_cm, pfa_cm, _ = det_curve(cm[codes != 2], cm[codes == 2])
+    curves = (pmiss_cm, pfa_cm, pmiss_asv, pfa_non, pfa_spf)
+
+    asv_step = pmiss_asv.size // _TEER_DECIMATED
+    cm_step = pmiss_cm.size // _TEER_DECIMATED
+    if asv_step > 0 and cm_step > 0:
+        # Coarse search on every step-th point, then a full search in a window around its answer.
+        coarse = _teer_search(pmiss_cm[::cm_step], pfa_cm[::cm_step], pmiss_asv[::asv_step],
+                              pfa_non[::asv_step], pfa_spf[::asv_step])
+        if coarse is None:
+            raise MetricError("t-EER is undefined: no ASV operating point in the allowed region")
+        asv_centre, cm_centre = coarse[1] * asv_step, coarse[2] * cm_step
+        asv_window = slice(max(asv_centre - _TEER_BIN_WIDTH, 0), min(asv_centre + _TEER_BIN_WIDTH, pmiss_asv.size))
+        cm_window = slice(max(cm_centre - _TEER_BIN_WIDTH, 0), min(cm_centre + _TEER_BIN_WIDTH, pmiss_cm.size))
+        curves = (pmiss_cm[cm_window], pfa_cm[cm_window], pmiss_asv[asv_window], pfa_non[asv_window],
+                  pfa_spf[asv_window])
+    found = _teer_search(*curves)
+    if found is None:
+        raise MetricError("t-EER is undefined: no ASV operating point in the allowed region")
+    return found[0]
+
+
+def t_eer(cm_scores: Any, asv_scores: Any, asv_keys: Any) -> float:
+    """Concurrent t-EER (fraction; the package prints percent) of per-trial CM and ASV scores.
+
+    `asv_keys` are target/nontarget/spoof; the CM's bona fide trials are the target and nontarget ones.
+    """
+    cm = as_scores(cm_scores, "cm_scores")
+    asv = as_scores(asv_scores, "asv_scores")
+    if asv.size != cm.size:
+        raise MetricError(f"mismatched lengths: {cm.size} CM scores but {asv.size} ASV scores")
+    codes = key_codes(asv_keys, asv.size, SASV_KEYS)
+    _require_codes(codes, SASV_KEYS, "the t-EER")
+    return _t_eer(cm, asv, codes)
+
+
+def track2_from_arrays(cm: np.ndarray | None, asv: np.ndarray | None, sasv: np.ndarray, codes: np.ndarray,
+                       asv_rates: ASVErrorRates) -> dict[str, float | None]:
+    """`track2_metrics` of validated arrays (see `check_track2`); CM/ASV parts only when both are given."""
+    a_dcf = adcf_curve_from_codes(sasv, codes, ADCF_ASVSPOOF5).min_adcf
+    if cm is None or asv is None:
+        return {"a_dcf": a_dcf, "min_tdcf": None, "t_eer": None}
+    return {
+        "a_dcf": a_dcf,
+        "min_tdcf": min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2], asv_rates),
+        "t_eer": _t_eer(cm, asv, codes),
+    }
+
+
+@dataclass(frozen=True)
+class Track2Inputs:
+    """Validated Track 2 arrays: float64 scores (None for an integrated SASV system) and SASV key codes."""
+
+    cm: np.ndarray | None
+    asv: np.ndarray | None
+    sasv: np.ndarray
+    codes: np.ndarray
+    asv_org: np.ndarray | None
+    asv_org_codes: np.ndarray | None
+
+
+def check_track2(cm_scores: Any, asv_scores: Any, sasv_scores: Any, cm_keys: Any, asv_keys: Any,
+                 asv_scores_org: Any = None, asv_keys_org: Any = None) -> Track2Inputs:
+    """Validate Track 2 inputs (MetricError on bad ones); `asv_keys_org` defaults to `asv_keys`."""
+    sasv = as_scores(sasv_scores, "sasv_scores")
+    codes = key_codes(asv_keys, sasv.size, SASV_KEYS)
+    cm = asv = None
+    if cm_scores is not None and asv_scores is not None:
+        cm, asv = as_scores(cm_scores, "cm_scores"), as_scores(asv_scores, "asv_scores")
+        for name, values in (("CM", cm), ("ASV", asv)):
+            if values.size != sasv.size:
+                raise MetricError(f"mismatched lengths: {sasv.size} SASV scores but {values.size} {name} scores")
+        # The package splits CM scores by cm_keys for the t-DCF and by asv_keys for the t-EER: they must agree.
+        disagree = (key_codes(cm_keys, sasv.size, CM_KEYS) == 1) != (codes == 2)
+        if disagree.any():
+            position = int(np.argmax(disagree))
+            raise MetricError(f"cm_keys and asv_keys disagree at position {position} (spoof in one, not the other)")
+    asv_org = org_codes = None
+    if asv_scores_org is not None:
+        asv_org = as_scores(asv_scores_org, "asv_scores_org")
+        org_codes = key_codes(asv_keys if asv_keys_org is None else asv_keys_org, asv_org.size, SASV_KEYS)
+    elif asv_keys_org is not None:
+        raise MetricError("asv_keys_org given without asv_scores_org")
+    return Track2Inputs(cm, asv, sasv, codes, asv_org, org_codes)
+
+
+def asv_rates_or_default(asv_org: np.ndarray | None, org_codes: np.ndarray | None) -> ASVErrorRates:
+    """The t-DCF's ASV error rates: the built-in ones, or those of validated ASV scores at their EER threshold."""
+    if asv_org is None or org_codes is None:
+        return ASVSPOOF5_ASV_RATES
+    return _asv_rates(asv_org, org_codes)
+
+
+def track2_metrics(cm_scores: Any, asv_scores: Any, sasv_scores: Any, cm_keys: Any, asv_keys: Any, *,
+                   asv_scores_org: Any = None, asv_keys_org: Any = None) -> dict[str, float | None]:
+    """Track 2: `a_dcf` (min a-DCF of the SASV scores), `min_tdcf` and `t_eer` (fraction).
+
+    `min_tdcf` and `t_eer` are None when `cm_scores` or `asv_scores` is None (an integrated SASV system).
+    The t-DCF's ASV error rates are the package's built-in pooled ones, or, given `asv_scores_org`
+    (keys: `asv_keys_org`, default `asv_keys`), those of that ASV at its EER threshold, with the
+    package's spoof-rate quirk (see `asv_rates_at_eer`).
+    """
+    data = check_track2(cm_scores, asv_scores, sasv_scores, cm_keys, asv_keys, asv_scores_org, asv_keys_org)
+    _require_codes(data.codes, SASV_KEYS, "Track 2")
+    rates = asv_rates_or_default(data.asv_org if data.cm is not None else None, data.asv_org_codes)
+    return track2_from_arrays(data.cm, data.asv, data.sasv, data.codes, rates)
