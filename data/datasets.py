@@ -19,10 +19,10 @@ from torch.utils.data import Dataset, Sampler
 
 from data.audio import AudioError, load_waveform
 from data.trials import TrialSampler, trial_rng
+from runtime.errors import unwrap_worker_error
 
 BAD_AUDIO_MODES = ("error", "skip")
 MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving up
-_WORKER_PREFIX = "Caught {name} in DataLoader worker process"
 
 Item = TypeVar("Item")
 Drawn = TypeVar("Drawn")
@@ -170,30 +170,6 @@ class WaveformDataset(Dataset):
                 raise
             return index, torch.zeros(self.samples or 1), str(error)
         return index, wave, ""
-
-
-def unwrap_worker_error(error: BaseException) -> BaseException:
-    """The project's exception as raised inside a DataLoader worker, without the worker traceback.
-
-    DataLoader re-raises a worker's exception as the same type whose message is
-    "Caught X in DataLoader worker process N." plus the whole traceback; the
-    original one-line message is the last `module.X: ...` line of that traceback.
-    """
-    kind = type(error)
-    text = str(error)
-    if not text.startswith(_WORKER_PREFIX.format(name=kind.__name__)):
-        return error
-    module = kind.__module__
-    name = kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
-    marker = f"\n{name}: "
-    position = text.rfind(marker)
-    if position < 0:
-        return error
-    message = text[position + len(marker):].strip()
-    try:
-        return kind(message)
-    except Exception:  # an exception type that takes other arguments: keep the original
-        return error
 
 
 def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], ...] = (AudioError,)) -> Iterator[Item]:

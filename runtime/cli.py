@@ -6,10 +6,9 @@ import shlex
 import sys
 from typing import Callable, Sequence
 
-from data.datasets import unwrap_worker_error
 from runtime import distributed
 from runtime.config import Config, build_config, load_config
-from runtime.errors import RunFailure, UserError
+from runtime.errors import RunFailure, UserError, unwrap_worker_error
 from runtime.signals import RunInterrupted
 
 # Bad input: one line on stderr, exit status 2.

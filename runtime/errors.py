@@ -13,3 +13,30 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """A run that could not finish, reported as one line saying what was kept."""
+
+
+_WORKER_PREFIX = "Caught {name} in DataLoader worker process"
+
+
+def unwrap_worker_error(error: BaseException) -> BaseException:
+    """The project's exception as raised inside a DataLoader worker, without the worker traceback.
+
+    DataLoader re-raises a worker's exception as the same type whose message is
+    "Caught X in DataLoader worker process N." plus the whole traceback; the
+    original one-line message is the last `module.X: ...` line of that traceback.
+    """
+    kind = type(error)
+    text = str(error)
+    if not text.startswith(_WORKER_PREFIX.format(name=kind.__name__)):
+        return error
+    module = kind.__module__
+    name = kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    marker = f"\n{name}: "
+    position = text.rfind(marker)
+    if position < 0:
+        return error
+    message = text[position + len(marker):].strip()
+    try:
+        return kind(message)
+    except Exception:  # an exception type that takes other arguments: keep the original
+        return error
