@@ -15,7 +15,7 @@ from pathlib import Path
 from data.protocols import read_sasv_trials
 from metrics.eer import sasv_eers
 from runtime import files
-from runtime.cli import add_config_args, config_from_args, run_cli
+from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
 from runtime.config import ConfigError
 from scoring.score_files import write_scores
 from scoring.verification import cosine_scores
@@ -24,8 +24,7 @@ from scoring.verification import cosine_scores
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, config_required=False)
-    parser.add_argument("--comment", default="Exp-SASV", help="folder with the embeddings; scores go there too")
-    parser.add_argument("--partitions", nargs="+", default=["dev", "eval"], choices=["dev", "eval"])
+    add_output_args(parser, help="folder with the embeddings; scores go there too")
     return parser.parse_args()
 
 

@@ -21,7 +21,7 @@ from data.datasets import partition_audio_dir
 from data.protocols import read_cm_protocol
 from models.build import load_system
 from runtime import files
-from runtime.cli import add_config_args, add_model_args, config_from_args, run_cli, weight_args
+from runtime.cli import add_config_args, add_output_args, add_model_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
 from runtime.device import resolve_device
 from scoring.countermeasure import cm_logits, cm_metrics
@@ -33,8 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, config_required=False)
     add_model_args(parser, asv=False, cm=True)
-    parser.add_argument("--comment", default="Exp-SASV", help="output folder")
-    parser.add_argument("--partitions", nargs="+", default=["dev", "eval"], choices=["dev", "eval"])
+    add_output_args(parser)
     return parser.parse_args()
 
 

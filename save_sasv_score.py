@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.build import load_system
 from runtime import files
-from runtime.cli import add_config_args, add_model_args, config_from_args, run_cli, weight_args
+from runtime.cli import add_config_args, add_output_args, add_model_args, config_from_args, run_cli, weight_args
 from runtime.device import resolve_device
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
@@ -26,8 +26,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, config_required=False)
     add_model_args(parser, asv=True, cm=True)  # with a _fixed model's checkpoint (back-end only)
-    parser.add_argument("--comment", default="Exp-SASV", help="output folder")
-    parser.add_argument("--partitions", nargs="+", default=["dev", "eval"], choices=["dev", "eval"])
+    add_output_args(parser)
     return parser.parse_args()
 
 

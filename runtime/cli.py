@@ -24,6 +24,13 @@ def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool) -
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: the config's, auto)")
 
 
+def add_output_args(parser: argparse.ArgumentParser, partitions: Sequence[str] = ("dev", "eval"), *,
+                    help: str = "output folder") -> None:
+    """--comment (the scripts' output folder, as in the original) and --partitions."""
+    parser.add_argument("--comment", default="Exp-SASV", help=help)
+    parser.add_argument("--partitions", nargs="+", default=list(partitions), choices=list(partitions))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     if args.config:
         config = load_config(args.config, args.overrides)
