@@ -17,7 +17,7 @@ from runtime.cli import add_config_args, config_from_args, resume_command, run_c
 from runtime.config import Config
 from runtime.device import resolve_device
 from scoring.inputs import check_data_layout
-from training.state import experiment_lock, prepare_experiment_dir
+from training.state import experiment_lock, prepare_experiment_dir, remove_if_unstarted
 from training.trainer import Trainer
 
 
@@ -65,18 +65,26 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     experiment_dir = Path(args.output_dir) / Path(args.config).stem
     # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
     with experiment_lock(experiment_dir, enabled=main_rank):
+        fresh = False
         if main_rank:
-            prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume, overwrite=args.overwrite)
+            fresh = prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
+                                           overwrite=args.overwrite)
         distributed.barrier()
-        trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
-        # printed when SIGINT/SIGTERM stops the run
-        trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
-        if args.resume:
-            resumed = resume_run(trainer)
-            if main_rank:
-                print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})" if resumed
-                      else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting from the beginning")
-        summary = trainer.fit()
+        try:
+            trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
+            # printed when SIGINT/SIGTERM stops the run
+            trainer.resume_hint = resume_command(sys.argv, launcher=distributed.launcher_prefix())
+            if args.resume:
+                resumed = resume_run(trainer)
+                if main_rank:
+                    print(f"resumed from {resumed} (epoch {trainer.state.epoch}, step {trainer.state.step})"
+                          if resumed else f"--resume: no checkpoint in {experiment_dir / 'weights'} yet; starting "
+                                          f"from the beginning")
+            summary = trainer.fit()
+        except BaseException:
+            if fresh:  # a start that failed before training leaves nothing that blocks a plain rerun
+                remove_if_unstarted(experiment_dir)
+            raise
     if main_rank:
         print(f"done: {experiment_dir} | {trainer.task.summary_text(summary)}")
 

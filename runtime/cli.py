@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from typing import Callable, Sequence
@@ -15,6 +16,9 @@ from runtime.signals import RunInterrupted
 USER_ERRORS = (UserError, FileExistsError)
 # A run that could not finish (non-finite loss, out of memory for a single item): one line, exit status 1.
 RUN_FAILURES = (RunFailure,)
+# The machine, not the input: a full disk, a read-only or missing place to write, a file where a folder should be.
+ENVIRONMENT_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                      errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EIO}
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool) -> None:
@@ -77,6 +81,14 @@ def run_cli(main: Callable[[], int | None]) -> None:
         sys.exit(2)
     except RUN_FAILURES as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_FAULTS:
+            raise
+        # Every output is written atomically: what existed before the failed write is still whole.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error} (earlier outputs are intact; nothing was half-written)",
+              file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -155,6 +155,12 @@ def extract(paths: list[Path], samples: int | None, networks: dict[str, Network]
             if bad_audio is not None:
                 bad_audio[str(paths[int(indices[row])])] = problems[row]
         for name, values in result.items():
+            nonfinite = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+            nonfinite[bad_rows] = False
+            if bool(nonfinite.any()):  # never written: a NaN embedding or score looks like a number downstream
+                path = paths[int(indices[int(nonfinite.nonzero()[0])])]
+                raise ScoringError(f"{path}: the network's {name} output is NaN/inf although the audio is sane; "
+                                   f"the weights (or the network) are broken")
             if bad_rows:
                 values[bad_rows] = float("nan")
             outputs[name].append(values)

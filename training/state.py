@@ -260,17 +260,33 @@ def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[N
         handle.close()  # releases the lock; the file stays (harmless, reused next time)
 
 
-def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run needs --resume or --overwrite."""
+def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, resume: bool, overwrite: bool,
+                           config_text: str | None = None) -> bool:
+    """Refuse to mix runs: an existing run needs --resume or --overwrite. Writes config.conf (`config_text`,
+    else the file at `config_path`) unless resuming a run that has one; returns whether the folder is new."""
     existing = experiment_dir.exists() and any(experiment_dir.iterdir())
     if existing and not (resume or overwrite):
         raise FileExistsError(f"{experiment_dir} already holds a run; pass --resume to continue it "
                               f"or --overwrite to start again")
     if overwrite and experiment_dir.exists():
         shutil.rmtree(experiment_dir)
+    fresh = not existing or overwrite
     experiment_dir.mkdir(parents=True, exist_ok=True)
     if config_path is not None and not (resume and (experiment_dir / "config.conf").exists()):
-        files.write_text(experiment_dir / "config.conf", Path(config_path).read_text())
+        files.write_text(experiment_dir / "config.conf",
+                         config_text if config_text is not None else Path(config_path).read_text())
+    return fresh
+
+
+def remove_if_unstarted(experiment_dir: Path) -> bool:
+    """After a start that failed before anything was trained or cached: remove the folder (it holds
+    config.conf alone), so that the same command can simply be run again. Whether it was removed."""
+    if not experiment_dir.is_dir():
+        return False
+    if any(path.is_file() and path.name != "config.conf" for path in experiment_dir.rglob("*")):
+        return False
+    shutil.rmtree(experiment_dir)
+    return True
 
 
 def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None) -> str:

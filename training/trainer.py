@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.datasets import iterate_batches
+from data.datasets import WorkerDied, iterate_batches
 from models.checkpoint import CheckpointError, load_checkpoint
 from runtime import distributed
 from runtime.config import Config, ConfigError
@@ -177,15 +177,22 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, then score the eval set with the best checkpoint; returns its summary."""
         with self.stop:
-            self.start_training()
-            if self.is_main:
-                (self.dir / "weights").mkdir(parents=True, exist_ok=True)
-            self._clock = time.time()
-            for epoch in range(self.state.epoch, self.config["epoch"]):
-                self._check_stop(f"{self.task.label}epoch {epoch + 1}")
-                self.train_epoch(epoch)
-                self._finish_epoch(epoch)
-            return self.test()
+            try:
+                self.start_training()
+                if self.is_main:
+                    (self.dir / "weights").mkdir(parents=True, exist_ok=True)
+                self._clock = time.time()
+                for epoch in range(self.state.epoch, self.config["epoch"]):
+                    self._check_stop(f"{self.task.label}epoch {epoch + 1}")
+                    self.train_epoch(epoch)
+                    self._finish_epoch(epoch)
+                return self.test()
+            except WorkerDied as error:
+                raise TrainingError(f"{error}; training stopped. {self.last_good()}") from None
+            except torch.distributed.DistError as error:  # under torchrun: another process died or hung up
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise TrainingError(f"another torchrun process stopped ({first_line}); training stopped. "
+                                    f"{self.last_good()}") from None
 
     def start_training(self) -> None:
         """Let the task build what training iterates, and put its objective behind DDP under torchrun."""
