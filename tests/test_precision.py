@@ -9,7 +9,8 @@ from torch import nn
 from runtime import distributed
 from models.build import build_sasv_model
 from runtime.config import build_config
-from training.state import optimisation_step, restore_rng, rng_snapshot
+from training.state import restore_rng, rng_snapshot
+from training.trainer import optimisation_step
 from models.aasist import AASIST
 from tiny_run import tiny_corpus
 from test_pipeline import tiny_config

@@ -170,23 +170,6 @@ def tidy_after_resume(experiment_dir: Path, restored: Path, state: TrainState, u
         files.write_csv(experiment_dir / "metrics.csv", metric_columns, state.metrics)
 
 
-def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                      parameters: list[torch.nn.Parameter], clip: float) -> bool:
-    """Backward, optional gradient-norm clipping, optimiser step through the (fp16) grad scaler.
-
-    False when the scaler skipped the step (fp16 gradients overflowed; it lowers its scale and
-    the weights stay as they were): such a step is not counted by the schedules."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, clip)
-    scale = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.step(optimizer)
-    scaler.update()
-    return scale is None or scaler.get_scale() >= scale
-
-
 def rng_snapshot() -> dict[str, Any]:
     """Every random stream training draws from, for a checkpoint (keys as stored in it)."""
     return {"torch_rng": torch.get_rng_state(),

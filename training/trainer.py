@@ -39,7 +39,7 @@ from runtime.files import atomic_copy, write_csv, write_json
 from runtime.signals import RunInterrupted, StopRequest, signal_name
 from scoring.extraction import ScoringError
 from training.state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes, last_good_checkpoint,
-                            optimisation_step, restore_rng, rng_snapshot, tidy_after_resume)
+                            restore_rng, rng_snapshot, tidy_after_resume)
 from training.task import Run, Task
 from training.tasks import TASKS
 
@@ -389,6 +389,23 @@ class Trainer:
     def _dev_row(self, epoch: int) -> dict[str, Any]:
         row = next((row for row in self.state.metrics if row["epoch"] == epoch), {})
         return {name[len("dev_"):]: value for name, value in row.items() if name.startswith("dev_") and value != ""}
+
+
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      parameters: list[torch.nn.Parameter], clip: float) -> bool:
+    """Backward, optional gradient-norm clipping, optimiser step through the (fp16) grad scaler.
+
+    False when the scaler skipped the step (fp16 gradients overflowed; it lowers its scale and
+    the weights stay as they were): such a step is not counted by the schedules."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    return scale is None or scaler.get_scale() >= scale
 
 
 def _csv_value(value: Any) -> Any:
