@@ -257,6 +257,8 @@ def _coerce(value: Any, field: Field, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: key '{key}' must be set (default {field.default!r}), got null")
     kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+    if str in kinds and isinstance(value, bool) and ("on" if value else "off") in (field.choices or ()):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on / off (amp: off, --set amp=off) as a boolean
     if float in kinds and isinstance(value, str):
         try:  # PyYAML reads 5e-5 (no dot) as a string
             value = float(value)
