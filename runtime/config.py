@@ -85,7 +85,8 @@ SCHEMA: dict = _section(
     audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/", choices=("flac", "wav")),
     resample=Field(bool, False, "resample / down-mix audio that is not 16 kHz mono instead of refusing it"),
     device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
-    amp=Field(str, "auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
+    amp=Field(str, "auto", "mixed precision of training: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a "
+              "grad scaler) or off, on CUDA and CPU alike; scoring is always fp32",
               choices=("auto", "bf16", "fp16", "off")),
     compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
                   "trained, or the stage's network (ignored under torchrun on CUDA, where SyncBatchNorm cannot be "

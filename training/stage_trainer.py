@@ -73,7 +73,7 @@ class StageTrainer(ResumableRun):
         self.loss: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         # Under torchrun a second signal is ignored, as in the SASV trainer (torchrun forwards the signal too).
         self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here

@@ -111,7 +111,7 @@ class Trainer(ResumableRun):
             groups.append({"params": list(self.speaker_loss.parameters()), "name": "speaker_loss"})
         self.optimizer = torch.optim.Adam(groups, lr=optim["lr"], weight_decay=optim["wd"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=optim["gamma"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         self.state = TrainState()
         self.embedding_cache = EmbeddingCache()
         self.scorer = SASVScorer(self.model, self.loss, device, batch_size=config["eval_batch_size"],
