@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -88,9 +89,11 @@ SCHEMA: dict = _section(
     amp=Field(str, "auto", "mixed precision of training: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a "
               "grad scaler) or off, on CUDA and CPU alike; scoring is always fp32",
               choices=("auto", "bf16", "fp16", "off")),
+    channels_last=Field(str, "auto", "keep the ResNet's weights and 4-D activations in channels_last (NHWC): auto "
+                        "(on CUDA only), on or off", choices=("auto", "on", "off")),
     compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
-                  "trained, or the stage's network (ignored under torchrun on CUDA, where SyncBatchNorm cannot be "
-                  "compiled; on CUDA the ResNet always runs in channels_last)"),
+                  "trained, or the stage's network (inductor: Triton kernels on CUDA, C++ built with the system "
+                  "compiler on CPU; ignored under torchrun on CUDA, where SyncBatchNorm cannot be compiled)"),
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
                                   "back-end on them; false runs the frozen networks every batch"),

@@ -84,3 +84,10 @@ def autocast_context(device: torch.device, amp: str) -> AbstractContextManager:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
+
+def channels_last_enabled(setting: str, device: torch.device) -> bool:
+    """The `channels_last` key: whether the ResNet keeps its weights and 4-D activations in channels_last
+    (NHWC). auto = on CUDA only (cuDNN's tensor-core kernels run fastest in it); on / off on any device."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting == "on"

@@ -33,7 +33,7 @@ from runtime import files
 from runtime.config import Config, ConfigError
 from training.loop import ResumableRun
 from training.state import TrainingError, TrainState, choose_resume_checkpoint, optimisation_step, tidy_after_resume
-from runtime.device import resolve_amp, seed_everything
+from runtime.device import channels_last_enabled, resolve_amp, seed_everything
 from runtime.signals import RunInterrupted, StopRequest, signal_name
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 
@@ -115,7 +115,7 @@ class StageTrainer(ResumableRun):
         self.model = distributed.synchronise_batchnorm(self.model.to(self.device), self.device)
         if self.loss is not None:
             self.loss.to(self.device)
-        if self.device.type == "cuda" and hasattr(self.model, "use_channels_last"):
+        if channels_last_enabled(self.config.channels_last, self.device) and hasattr(self.model, "use_channels_last"):
             self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
         if distributed.compile_allowed(self.config["compile"], self.device, self.warn):
             self.model.compile()  # in place: the state-dict keys stay as they are

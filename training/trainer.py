@@ -100,8 +100,8 @@ class Trainer(ResumableRun):
             self.speaker_loss = build_auxiliary_speaker_loss(config, len(self._training_trials[0].speakers)).to(device)
         # Both before the optimiser takes the parameters, and before DDP wraps the model (_train_loader).
         self.model = distributed.synchronise_batchnorm(self.model, device)
-        apply_kernel_options(self.model, device, compile=distributed.compile_allowed(config["compile"], device,
-                                                                                    self.warn))
+        apply_kernel_options(self.model, device, channels_last=config["channels_last"],
+                             compile=distributed.compile_allowed(config["compile"], device, self.warn))
         self.train_forward: torch.nn.Module | None = None  # set by _train_loader: waveforms or cached embeddings
         distributed.decorrelate_rng(config["seed"], 0)
         optim = config["optim"]
