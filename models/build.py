@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from runtime.config import Config, ConfigError
+from runtime.device import channels_last_enabled
 from losses import build_loss
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models import network_class
@@ -90,14 +91,16 @@ def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASV
     return model, loss
 
 
-def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: bool = False) -> SASVModel:
+def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: bool = False,
+                         channels_last: str = "auto") -> SASVModel:
     """Device-specific speed-ups that leave the weights and state-dict keys as they are.
 
-    On CUDA the ResNet runs in channels_last (no effect elsewhere). `compile` applies torch.compile, in
-    place (`nn.Module.compile`, so checkpoints keep their keys), to the networks that are trained:
-    the back-end, plus ASV / CM when they are not frozen.
+    `channels_last` (the config key: auto = CUDA only, on, off; see runtime.device.channels_last_enabled)
+    puts the ResNet in channels_last. `compile` applies torch.compile, in place (`nn.Module.compile`, so
+    checkpoints keep their keys), to the networks that are trained: the back-end, plus ASV / CM when
+    they are not frozen.
     """
-    if device.type == "cuda":
+    if channels_last_enabled(channels_last, device):
         model.asv_model.use_channels_last()
     if compile:
         subsystems = ((model.asv_model, model.train_asv), (model.cm_model, model.train_cm))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from runtime.errors import UserError
@@ -86,11 +87,14 @@ SCHEMA: dict = _section(
     audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/", choices=("flac", "wav")),
     resample=Field(bool, False, "resample / down-mix audio that is not 16 kHz mono instead of refusing it"),
     device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
-    amp=Field(str, "auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
+    amp=Field(str, "auto", "mixed precision of training: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a "
+              "grad scaler) or off, on CUDA and CPU alike; scoring is always fp32",
               choices=("auto", "bf16", "fp16", "off")),
+    channels_last=Field(str, "auto", "keep the ResNet's weights and 4-D activations in channels_last (NHWC): auto "
+                        "(on CUDA only), on or off", choices=("auto", "on", "off")),
     compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
-                  "trained, or the stage's network (ignored under torchrun on CUDA, where SyncBatchNorm cannot be "
-                  "compiled; on CUDA the ResNet always runs in channels_last)"),
+                  "trained, or the stage's network (inductor: Triton kernels on CUDA, C++ built with the system "
+                  "compiler on CPU; ignored under torchrun on CUDA, where SyncBatchNorm cannot be compiled)"),
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
                                   "back-end on them; false runs the frozen networks every batch"),
@@ -259,6 +263,8 @@ def _coerce(value: Any, field: Field, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: key '{key}' must be set (default {field.default!r}), got null")
     kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+    if str in kinds and isinstance(value, bool) and ("on" if value else "off") in (field.choices or ()):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on / off (amp: off, --set amp=off) as a boolean
     if float in kinds and isinstance(value, str):
         try:  # PyYAML reads 5e-5 (no dot) as a string
             value = float(value)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
+import warnings
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -47,15 +48,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision a run trains in: `auto` is bf16 on CUDA and off elsewhere (the CPU's fp32 is what
+    the demo and the goldens were computed with); bf16 / fp16 autocast on any device whose autocast
+    supports that dtype (CUDA and, with this torch, the CPU), and are an error on one that does not."""
     if amp == "auto":
         return "bf16" if device.type == "cuda" else "off"
-    return amp if device.type == "cuda" else "off"
+    if amp != "off" and not autocast_supported(device, amp):
+        raise ConfigError(f"amp {amp!r}: torch's autocast does not support {AMP_DTYPES[amp]} on {device.type}; "
+                          f"use amp: off or auto")
+    return amp
 
 
-def autocast_context(device: torch.device, amp: str) -> object:
-    """bf16/fp16 autocast on CUDA when asked; the fbank stays fp32 inside the ResNet."""
-    if amp == "off" or device.type != "cuda":
+def autocast_supported(device: torch.device, amp: str) -> bool:
+    """Whether torch.autocast really runs in `amp`'s dtype on `device` (it disables itself with a
+    warning where it does not, e.g. CUDA autocast without CUDA)."""
+    dtype = AMP_DTYPES[amp]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == dtype
+        except (RuntimeError, ValueError):  # a device type without autocast
+            return False
+
+
+def autocast_context(device: torch.device, amp: str) -> AbstractContextManager:
+    """The autocast of a resolved `amp` (see resolve_amp) on `device`, of whatever type; a no-op for off.
+    The fp32 islands (the ResNet's fbank, AASIST's sinc front end, frozen sub-systems) leave it
+    themselves."""
+    if amp == "off":
         return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def channels_last_enabled(setting: str, device: torch.device) -> bool:
+    """The `channels_last` key: whether the ResNet keeps its weights and 4-D activations in channels_last
+    (NHWC). auto = on CUDA only (cuDNN's tensor-core kernels run fastest in it); on / off on any device."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting == "on"

@@ -1,26 +1,32 @@
-"""Mixed-precision rules that hold on any device (checked here with CPU autocast): AASIST's sinc front end
-and frozen sub-systems run in fp32 under autocast; a grad-scaler step that overflowed is not counted."""
+"""Mixed-precision rules that hold on any device (checked here with CPU autocast, through the autocast_context
+that training uses, in bf16 and fp16): the ResNet's fbank, AASIST's sinc front end and frozen sub-systems
+run in fp32 under autocast, bit-identical to an fp32 run; a grad-scaler step that overflowed is not counted."""
 from __future__ import annotations
 
-
+import pytest
 import torch
+from test_pipeline import tiny_config
+from tiny_run import tiny_corpus
 from torch import nn
 
-from runtime import distributed
+from models.aasist import AASIST
 from models.build import build_sasv_model
+from models.resnet_se34v2 import ResNetSE34V2
+from runtime import distributed
 from runtime.config import build_config
+from runtime.device import AMP_DTYPES, autocast_context
 from training.state import restore_rng, rng_snapshot
 from training.trainer import optimisation_step
-from models.aasist import AASIST
-from tiny_run import tiny_corpus
-from test_pipeline import tiny_config
+
+CPU = torch.device("cpu")
 
 AASIST_CONFIG = {"architecture": "AASIST", "nb_samp": 8000, "first_conv": 32,
                  "filts": [12, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 8],
                  "pool_ratios": [0.5, 0.5, 0.5, 0.5], "temperatures": [2.0, 2.0, 100.0, 100.0]}
 
 
-def test_aasist_sinc_front_end_stays_fp32_under_autocast():
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_aasist_sinc_front_end_stays_fp32_under_autocast(amp):
     torch.manual_seed(0)
     model = AASIST(AASIST_CONFIG).eval()
     seen = {}
@@ -28,13 +34,36 @@ def test_aasist_sinc_front_end_stays_fp32_under_autocast():
     wave = torch.randn(2, 8000)
     with torch.no_grad():
         model(wave)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_context(CPU, amp):
             _, logits = model(wave)
     assert seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])  # front end bit-identical
-    assert logits.dtype == torch.bfloat16  # the rest of the network does run in bf16
+    assert logits.dtype == AMP_DTYPES[amp]  # the rest of the network does run in low precision
 
 
-def test_frozen_subsystems_run_in_fp32_under_autocast(tmp_path_factory):
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_resnet_fbank_stays_fp32_inside_the_forward(amp, channels_last):
+    """What reaches the first convolution in a full forward (train mode, gradients on), in either layout."""
+    torch.manual_seed(0)
+    model = ResNetSE34V2(n_out=16, n_mels=24, layers=(1, 1, 1, 1), num_filters=(8, 8, 16, 16)).train()
+    if channels_last:
+        model.use_channels_last()
+    seen, layouts = [], set()
+    model.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    # (the 1-channel input is both layouts at once; the first block's input tells them apart)
+    model.layer1.register_forward_pre_hook(
+        lambda _m, args: layouts.add(args[0].is_contiguous(memory_format=torch.channels_last)))
+    wave = torch.randn(2, 8000)
+    model(wave)
+    with autocast_context(CPU, amp):
+        embedding = model(wave)
+    assert seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])
+    assert layouts == {channels_last}
+    assert embedding.dtype == AMP_DTYPES[amp]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_frozen_subsystems_run_in_fp32_under_autocast(tmp_path_factory, amp):
     config = build_config(tiny_config(tiny_corpus(tmp_path_factory), model_arch="ResNetSE34V2_AASIST_OC_fixed"))
     torch.manual_seed(0)
     model, _ = build_sasv_model(config, load_weights=False)
@@ -42,10 +71,12 @@ def test_frozen_subsystems_run_in_fp32_under_autocast(tmp_path_factory):
     wave = torch.randn(2, 8000)
     with torch.no_grad():
         asv, (cm, _) = model.asv_embedding(wave), model.cm_embedding(wave)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_context(CPU, amp):
             asv_amp, (cm_amp, _) = model.asv_embedding(wave), model.cm_embedding(wave)
+            feats = model.score_embeddings(asv_amp, asv_amp, cm_amp)
     assert asv_amp.dtype == cm_amp.dtype == torch.float32
     assert torch.equal(asv, asv_amp) and torch.equal(cm, cm_amp)
+    assert feats.dtype == AMP_DTYPES[amp]  # the trained back-end does autocast
 
 
 def test_an_overflowed_scaler_step_leaves_the_weights_and_is_not_counted():
@@ -85,5 +116,5 @@ def test_compile_is_skipped_only_where_batchnorm_is_synchronised(monkeypatch):
     assert not distributed.compile_allowed(False, torch.device("cpu"), warnings.append) and not warnings
     monkeypatch.setattr(distributed, "syncs_batchnorm", lambda device: True)
     assert not distributed.compile_allowed(True, torch.device("cuda"), warnings.append)
-    assert warnings == ["warning: compile is ignored under torchrun on CUDA: torch.compile cannot trace "
-                        "SyncBatchNorm"]
+    assert warnings == [("warning: compile is ignored under torchrun on CUDA: torch.compile cannot trace "
+                         "SyncBatchNorm")]

@@ -69,7 +69,7 @@ class Trainer:
                               f"{', '.join(sorted(TASKS))}")
         self.task: Task = TASKS[config["system"]](config, run)
         distributed.decorrelate_rng(config["seed"], 0)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.state = TrainState()
         self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
         self._clock = time.time()  # wall-clock time accounted into state.seconds so far

@@ -129,8 +129,8 @@ class SASVTask(Task):
             self.speaker_loss = build_auxiliary_speaker_loss(config, len(self._training_trials[0].speakers)).to(device)
         # Both before the optimiser takes the parameters, and before DDP wraps the model.
         self.model = distributed.synchronise_batchnorm(self.model, device)
-        apply_kernel_options(self.model, device, compile=distributed.compile_allowed(config["compile"], device,
-                                                                                    run.warn))
+        apply_kernel_options(self.model, device, channels_last=config["channels_last"],
+                             compile=distributed.compile_allowed(config["compile"], device, run.warn))
         optim = config["optim"]
         groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
                   {"params": list(self.loss.parameters()), "name": "oc_center"}]

@@ -14,6 +14,7 @@ from data.datasets import leave_signals_to_main_process
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_subsystem_checkpoint
 from runtime import distributed
 from runtime.config import Config, ConfigError
+from runtime.device import channels_last_enabled
 from training.task import Run, Task
 
 # metrics.csv columns every stage writes after its own (dev metrics first).
@@ -58,7 +59,7 @@ class SubsystemTask(Task):
         self.model = distributed.synchronise_batchnorm(self.model.to(device), device)
         if self.loss is not None:
             self.loss.to(device)
-        if device.type == "cuda" and hasattr(self.model, "use_channels_last"):
+        if channels_last_enabled(self.config["channels_last"], device) and hasattr(self.model, "use_channels_last"):
             self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
         if distributed.compile_allowed(self.config["compile"], device, self.run.warn):
             self.model.compile()  # in place: the state-dict keys stay as they are
