@@ -59,9 +59,9 @@ SCHEMA: dict = _section(
     nonfinite_loss=Field(str, "error", "NaN/inf training loss: error stops, naming the step (weights/last.ckpt keeps "
                          "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
                          "(skipped_batches)", choices=("error", "skip")),
-    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf, or wrong-rate/multi-channel (unless resample) "
-                       "audio: error stops with one line naming the file; skip draws another training trial (sasv) "
-                       "or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
+    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf or implausibly loud (|x| > 32), or wrong-rate/"
+                       "multi-channel (unless resample) audio: error stops with one line naming the file; skip draws "
+                       "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
                        "trials that need the file (score nan, left out of the metrics, counted as "
                        "n_skipped_trials)", choices=("error", "skip")),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
