@@ -5,9 +5,9 @@ Every parser checks field counts, labels and duplicates and reports problems as
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 CM_KEYS = ("bonafide", "spoof")
 SASV_KEYS = ("target", "nontarget", "spoof")
@@ -42,13 +42,8 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
     path = Path(path)
     counts = (n_fields,) if isinstance(n_fields, int) else n_fields
     try:
-        handle = open(path, encoding="utf-8-sig")  # -sig: a leading byte-order mark is not part of the first field
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: protocol file not found") from None
-    except OSError as error:
-        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
-    with handle:
-        try:
+        # utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF as LF.
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 fields = line.split()
                 if not fields:
@@ -57,8 +52,12 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
                     expected = " or ".join(str(c) for c in counts)
                     raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
                 yield number, fields
-        except UnicodeDecodeError:
-            raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: protocol file not found") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+    except OSError as error:
+        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
 
 
 def _check_unique(seen: dict, key: object, path: str | Path, number: int, what: str) -> None:

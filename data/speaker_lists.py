@@ -10,15 +10,15 @@ number of DataLoader workers gives the same batches, crops and augmentations.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import read_audio, random_crop
+from data.audio import random_crop, read_audio
 from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
 from data.protocols import ProtocolError, read_cm_protocol
 
