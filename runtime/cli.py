@@ -15,7 +15,7 @@ from data.protocols import ProtocolError
 from runtime import distributed
 from models.build import build_sasv_model, fill_from_weight_files, subsystems_held
 from runtime.device import resolve_device
-from runtime.config import Config, ConfigError, build_config, load_config
+from runtime.config import Config, ConfigError, build_config, check_device_name, load_config
 from scoring.extraction import ScoringError
 from runtime.signals import RunInterrupted
 from training.state import TrainingError
@@ -42,6 +42,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     else:
         config = build_config({}, source="<defaults>", overrides=args.overrides)
     if args.device:
+        check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
     return config
 
