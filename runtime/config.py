@@ -728,6 +728,38 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     return build_config(values, source=str(path), overrides=overrides, stem=path.stem)
 
 
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (what yaml.safe_dump represents) of a config's values."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _comment(text: str) -> str:
+    """`text` on one line that YAML reads as part of a comment: line breaks and other unprintable
+    characters (which PyYAML refuses even in comments) are written as escapes."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Mappings in block style, lists in flow style ([3, 4, 6, 3])."""
+
+
+_ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def config_text(config: Config, command: Sequence[str]) -> str:
+    """The effective config as `.conf` text: every key, as the file and the --set overrides gave it or its
+    default / derived value, in SCHEMA order (block-style YAML), with `command` in a comment at the top.
+    load_config reads it back to the same values."""
+    body = yaml.dump(_plain(config), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=2**31 - 1)
+    return f"# command: {_comment(shlex.join(command))}\n{body}"
+
+
 def require_database(config: Config) -> Path:
     """The database root, checked to have the ASVspoof 2019 LA layout."""
     database = config["dirs"]["database"]
