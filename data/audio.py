@@ -25,6 +25,12 @@ from runtime.files import atomic_open
 from runtime.errors import UserError
 
 DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
+# Largest plausible |sample|. Integer files decode to [-1, 1), but the real ASVspoof 2019 LA files hold
+# samples outside the 16-bit range that libFLAC 1.3 decodes unclipped: up to 350388 / 32768 = 10.69 in the
+# fixtures (shared/fixtures/README.md section 0.1, golden/audio_loading.json max_int), so a bound of 10 would
+# refuse real data. 32 = 2**20 / 32768 leaves 3x headroom over that (20-bit integers in a 16-bit file) and
+# still refuses float files written unnormalised (int16 values stored as float: |x| up to 32768).
+MAX_ABS_SAMPLE = 32.0
 DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process
 _CACHE_FORMAT = "sasv-flac-int32-v1"  # bump to invalidate old disk entries
 
@@ -191,17 +197,14 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: b
         raise AudioError(f"empty audio file (0 bytes): {path}")
 
     waveform, file_rate = _decode(path, file_stat)
-    if waveform.ndim == 2:
-        channels = waveform.shape[1]
-        if channels > 1 and not resample:
-            raise AudioError(f"{path} has {channels} channels, expected mono (resample=True averages them)")
-        waveform = waveform.mean(axis=1) if channels > 1 else waveform[:, 0]
+    channels = waveform.shape[1] if waveform.ndim == 2 else 1
+    if channels > 1 and not resample:
+        raise AudioError(f"{path} has {channels} channels, expected mono (resample=True averages them)")
     if waveform.size == 0:
         raise AudioError(f"no audio samples in {path}")
-    finite = np.isfinite(waveform)
-    if not finite.all():
-        first = int(np.argmin(finite))
-        raise AudioError(f"{path} has {int((~finite).sum())} NaN/inf samples (first at index {first})")
+    _check_sample_values(waveform, path)  # before the down-mix, which could average a bad channel away
+    if waveform.ndim == 2:
+        waveform = waveform.mean(axis=1) if channels > 1 else waveform[:, 0]
     if file_rate != sample_rate:
         if not resample:
             raise AudioError(f"{path} is {file_rate} Hz, expected {sample_rate} Hz (resample=True converts it)")
@@ -209,6 +212,22 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: b
 
         waveform = torchaudio.functional.resample(torch.from_numpy(waveform), file_rate, sample_rate).numpy()
     return waveform
+
+
+def _check_sample_values(waveform: np.ndarray, path: str) -> None:
+    """NaN/inf samples, or samples beyond MAX_ABS_SAMPLE, are an AudioError; indices count frames."""
+    frames = waveform.reshape(len(waveform), -1)
+    finite = np.isfinite(frames).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise AudioError(f"{path} has {int((~finite).sum())} NaN/inf samples (first at index {first})")
+    peak = np.abs(frames).max(axis=1)
+    loud = peak > MAX_ABS_SAMPLE
+    if loud.any():
+        first = int(np.argmax(loud))
+        raise AudioError(f"{path} has {int(loud.sum())} samples beyond +-{MAX_ABS_SAMPLE:g} (first at index {first}: "
+                         f"{frames[first][np.argmax(np.abs(frames[first]))]:.6g}); not a plausible waveform "
+                         f"(unnormalised float audio?)")
 
 
 def pad_or_tile(x: np.ndarray, max_len: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """PyTorch datasets over ASVspoof 2019 LA audio: training trials and utterance batches.
 
 Bad audio (`data.audio.AudioError`: missing, corrupt, empty, wrong rate or channels,
-NaN/inf) either stops the run (`on_bad_audio="error"`) or is skipped: a training trial
+NaN/inf or implausibly loud samples) either stops the run (`on_bad_audio="error"`) or is skipped: a training trial
 is drawn again from the same per-trial generator, and a scoring item comes back as
 zeros together with the reason, so that the caller can mark what depends on it.
 """

@@ -1,13 +1,14 @@
 """Parsers for the ASVspoof 2019 LA / SASV 2022 protocol files.
 
-Every parser checks field counts and labels and reports problems as
-`ProtocolError("<file>:<line>: ...")`.
+Every parser checks field counts, labels and duplicates and reports problems as
+`ProtocolError("<file>:<line>: ...")`. A UTF-8 byte-order mark and CRLF line ends are accepted.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+
 from runtime.errors import UserError
 
 CM_KEYS = ("bonafide", "spoof")
@@ -43,13 +44,8 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
     path = Path(path)
     counts = (n_fields,) if isinstance(n_fields, int) else n_fields
     try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: protocol file not found") from None
-    except OSError as error:
-        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
-    with handle:
-        try:
+        # utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF as LF.
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 fields = line.split()
                 if not fields:
@@ -58,14 +54,19 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
                     expected = " or ".join(str(c) for c in counts)
                     raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
                 yield number, fields
-        except UnicodeDecodeError:
-            raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: protocol file not found") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+    except OSError as error:
+        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
 
 
-def _check_unique(seen: dict[str, int], name: str, path: str | Path, number: int, what: str) -> None:
-    if name in seen:
-        raise ProtocolError(f"{path}:{number}: duplicate {what} {name!r} (first on line {seen[name]})")
-    seen[name] = number
+def _check_unique(seen: dict, key: object, path: str | Path, number: int, what: str) -> None:
+    """`what` describes `key` in the message, e.g. "utterance id 'LA_T_1'"."""
+    if key in seen:
+        raise ProtocolError(f"{path}:{number}: duplicate {what} (first on line {seen[key]})")
+    seen[key] = number
 
 
 def read_cm_protocol(path: str | Path) -> list[CMEntry]:
@@ -74,7 +75,7 @@ def read_cm_protocol(path: str | Path) -> list[CMEntry]:
     for number, (speaker, utterance, _, attack, key) in _lines(path, 5):
         if key not in CM_KEYS:
             raise ProtocolError(f"{path}:{number}: unknown CM key {key!r}; expected one of {', '.join(CM_KEYS)}")
-        _check_unique(seen, utterance, path, number, "utterance id")
+        _check_unique(seen, utterance, path, number, f"utterance id {utterance!r}")
         entries.append(CMEntry(speaker, utterance, attack, key))
     if not entries:
         raise ProtocolError(f"{path}: protocol file is empty")
@@ -82,13 +83,16 @@ def read_cm_protocol(path: str | Path) -> list[CMEntry]:
 
 
 def read_sasv_trials(path: str | Path) -> list[SASVTrial]:
-    """`SPK UTT ATTACK KEY` lines (asv.{dev,eval}.gi.trl.txt)."""
-    trials = []
+    """`SPK UTT ATTACK KEY` lines (asv.{dev,eval}.gi.trl.txt); a (speaker, utterance) pair is one trial."""
+    trials, seen = [], {}
     for number, (speaker, utterance, attack, key) in _lines(path, 4):
         if key not in SASV_KEYS:
             raise ProtocolError(f"{path}:{number}: unknown trial key {key!r}; expected one of {', '.join(SASV_KEYS)}")
         if (key == "spoof") == (attack == "bonafide"):
             raise ProtocolError(f"{path}:{number}: key {key!r} does not match source {attack!r}")
+        # A repeated trial would count twice in the EERs.
+        _check_unique(seen, (speaker, utterance), path, number,
+                      f"trial of speaker {speaker!r} with test utterance {utterance!r}")
         trials.append(SASVTrial(speaker, utterance, attack, key))
     if not trials:
         raise ProtocolError(f"{path}: trial list is empty")
@@ -97,9 +101,10 @@ def read_sasv_trials(path: str | Path) -> list[SASVTrial]:
 
 def read_enrollment_files(path: str | Path) -> dict[str, str]:
     """`SPK FILE` lines (asv.{dev,eval}.gi.trn.txt): speaker -> concatenated enrollment file stem."""
-    files, seen = {}, {}
+    files, seen, seen_stems = {}, {}, {}
     for number, (speaker, stem) in _lines(path, 2):
-        _check_unique(seen, speaker, path, number, "speaker")
+        _check_unique(seen, speaker, path, number, f"speaker {speaker!r}")
+        _check_unique(seen_stems, stem, path, number, f"enrollment file {stem!r}")  # two speakers, one recording
         files[speaker] = stem
     if not files:
         raise ProtocolError(f"{path}: enrollment list is empty")
@@ -109,20 +114,22 @@ def read_enrollment_files(path: str | Path) -> dict[str, str]:
 def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...]) -> dict[str, list[str]]:
     """`SPK UTT1,UTT2,...` lines (asv.{dev,eval}.{female,male}.trn.txt): speaker -> utterances."""
     speakers: dict[str, list[str]] = {}
+    speaker_seen: dict[str, str] = {}  # speaker -> "file:line" where it was first listed
     first_seen: dict[str, str] = {}
     for path in paths:
         for number, (speaker, joined) in _lines(path, 2):
+            where = f"{path}:{number}"
             if speaker in speakers:
-                raise ProtocolError(f"{path}:{number}: speaker {speaker!r} is listed twice")
+                raise ProtocolError(f"{where}: speaker {speaker!r} is listed twice (also at {speaker_seen[speaker]})")
             utterances = [utt for utt in joined.split(",") if utt]
             if not utterances:
-                raise ProtocolError(f"{path}:{number}: speaker {speaker!r} has no enrollment utterances")
+                raise ProtocolError(f"{where}: speaker {speaker!r} has no enrollment utterances")
             for utt in utterances:
-                where = f"{path}:{number}"
                 if utt in first_seen:
                     raise ProtocolError(f"{where}: duplicate utterance id {utt!r} (also at {first_seen[utt]})")
                 first_seen[utt] = where
             speakers[speaker] = utterances
+            speaker_seen[speaker] = where
     return speakers
 
 

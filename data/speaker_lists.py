@@ -10,15 +10,15 @@ number of DataLoader workers gives the same batches, crops and augmentations.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import read_audio, random_crop
+from data.audio import random_crop, read_audio
 from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
 from data.protocols import ProtocolError, read_cm_protocol
 
@@ -37,24 +37,30 @@ class VerificationPair:
 
 
 def _read_lines(path: str | Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines; a UTF-8 byte-order mark and CRLF line ends are accepted."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ProtocolError(f"{path}: list file not found") from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{path}: not a text list (invalid UTF-8)") from None
     except OSError as error:
         raise ProtocolError(f"{path}: cannot read list file ({error.strerror})") from None
-    return [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # read_text already turned \r\n and \r into \n; str.splitlines would also break at \f, \x1c, ... and
+    # number the lines unlike an editor (and unlike the protocol readers).
+    return [(number, line.split()) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
 
 
 def read_voxceleb_train_list(path: str | Path, root: str | Path) -> list[LabelledUtterance]:
     """`speaker_id relative/path.wav` lines -> utterances with paths under `root`."""
-    utterances = []
+    utterances, seen = [], {}
     for number, fields in _read_lines(path):
         if len(fields) != 2:
             raise ProtocolError(f"{path}:{number}: expected 'speaker_id relative/path.wav', got {' '.join(fields)!r}")
+        if fields[1] in seen:  # it would be drawn twice as often as the others
+            raise ProtocolError(f"{path}:{number}: duplicate utterance {fields[1]!r} (first on line {seen[fields[1]]})")
+        seen[fields[1]] = number
         utterances.append(LabelledUtterance(fields[0], Path(root) / fields[1]))
     if not utterances:
         raise ProtocolError(f"{path}: training list is empty")
@@ -77,11 +83,16 @@ def speaker_classes(utterances: Sequence[LabelledUtterance]) -> dict[str, int]:
 
 def read_voxceleb_trials(path: str | Path) -> list[VerificationPair]:
     """`label enrol test` lines (VoxCeleb1 veri_test.txt style), label 1 = target, 0 = nontarget."""
-    pairs = []
+    pairs, seen = [], {}
     for number, fields in _read_lines(path):
         if len(fields) != 3 or fields[0] not in ("0", "1"):
             raise ProtocolError(f"{path}:{number}: expected '1|0 enrol/path.wav test/path.wav', "
                                 f"got {' '.join(fields)!r}")
+        pair = (fields[1], fields[2])
+        if pair in seen:  # a repeated trial would count twice in the EER
+            raise ProtocolError(f"{path}:{number}: duplicate trial {fields[1]!r} {fields[2]!r} "
+                                f"(first on line {seen[pair]})")
+        seen[pair] = number
         pairs.append(VerificationPair(fields[0] == "1", fields[1], fields[2]))
     if not pairs:
         raise ProtocolError(f"{path}: trial list is empty")

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from runtime.config import Config, ConfigError
-from runtime.device import channels_last_enabled
 from losses import build_loss
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models import network_class
 from models.sasv import SASVBackend, SASVModel
+from runtime.config import Config, ConfigError, non_finite
+from runtime.device import channels_last_enabled
 
 # AASIST's published model_config (clovaai/aasist config/AASIST.conf).
 AASIST_MODEL_CONFIG = {
@@ -35,14 +35,21 @@ def aasist_model_config(config: Config) -> dict:
     if path is None:
         return dict(AASIST_MODEL_CONFIG)
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is harmless
             values = json.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{config.source}: aasist_config file {path} does not exist") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}:{error.lineno}: invalid JSON in aasist_config ({error.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: aasist_config is not a text file (invalid UTF-8)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read aasist_config ({error.strerror})") from None
     if not isinstance(values, dict) or "model_config" not in values:
         raise ConfigError(f"{path}: aasist_config has no 'model_config' section")
+    found = non_finite(values["model_config"], "model_config")  # json reads NaN and Infinity
+    if found is not None:
+        raise ConfigError(f"{path}: key '{found[0]}' is {found[1]}; NaN and infinity are not valid values")
     return values["model_config"]
 
 

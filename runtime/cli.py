@@ -8,7 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from runtime import distributed
-from runtime.config import Config, build_config, load_config
+from runtime.config import Config, build_config, check_device_name, load_config
 from runtime.errors import RunFailure, UserError, unwrap_worker_error
 from runtime.signals import RunInterrupted
 
@@ -41,6 +41,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     else:
         config = build_config({}, source="<defaults>", overrides=args.overrides)
     if args.device:
+        check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
     return config
 

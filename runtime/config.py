@@ -2,20 +2,26 @@
 
 A `.conf` file is a YAML flow mapping (the original repo's JSON-like files,
 trailing commas included, load unchanged). Every key is declared in SCHEMA with
-its type, default and meaning; unknown keys, wrong types and missing sections
-are errors that name the key.
+its type, default and meaning, and every numeric key has its range in RANGES;
+unknown keys, keys given twice, wrong types, NaN/inf and out-of-range values and
+missing sections are errors that name the key.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import json
+import math
 import re
-from collections.abc import Iterable, Mapping
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
 from runtime.errors import UserError
 
 
@@ -61,9 +67,9 @@ SCHEMA: dict = _section(
     nonfinite_loss=Field(str, "error", "NaN/inf training loss: error stops, naming the step (weights/last.ckpt keeps "
                          "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
                          "(skipped_batches)", choices=("error", "skip")),
-    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf, or wrong-rate/multi-channel (unless resample) "
-                       "audio: error stops with one line naming the file; skip draws another training trial (sasv) "
-                       "or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
+    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf or implausibly loud (|x| > 32), or wrong-rate/"
+                       "multi-channel (unless resample) audio: error stops with one line naming the file; skip draws "
+                       "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
                        "trials that need the file (score nan, left out of the metrics, counted as "
                        "n_skipped_trials)", choices=("error", "skip")),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
@@ -289,7 +295,9 @@ def _unknown_key(key: str, section: dict, prefix: str, source: str) -> ConfigErr
     return ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
 
 
-def _merge(target: dict, values: Mapping, schema: dict, source: str, prefix: str = "") -> None:
+def _merge(target: dict, values: Mapping, schema: dict, source: str, prefix: str = "",
+           origins: dict[str, str] | None = None) -> None:
+    """Validate `values` into `target`; `origins` records the source (file or --set) that set each key."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {values!r}")
     for key, value in values.items():
@@ -299,9 +307,11 @@ def _merge(target: dict, values: Mapping, schema: dict, source: str, prefix: str
         if isinstance(item, dict):
             if value is None:
                 raise ConfigError(f"{source}: section '{prefix}{key}' is empty; remove it or give its keys")
-            _merge(target[key], value, item, source, f"{prefix}{key}.")
+            _merge(target[key], value, item, source, f"{prefix}{key}.", origins)
         else:
             target[key] = _coerce(value, item, f"{prefix}{key}", source)
+            if origins is not None:
+                origins[f"{prefix}{key}"] = source
 
 
 class Config(dict):
@@ -344,8 +354,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = _load_yaml(raw, f"--set {text}") if raw.strip() else None
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.strip(), value
 
@@ -385,16 +395,17 @@ def build_config(values: Mapping | None = None, *, source: str = "<dict>",
     """Validate `values` (+ `--set` overrides) against SCHEMA and fill defaults."""
     config = Config(_defaults(SCHEMA))
     config.source = source
-    _merge(config, values or {}, SCHEMA, source)
+    origins: dict[str, str] = {}
+    _merge(config, values or {}, SCHEMA, source, origins=origins)
     for text in overrides:
         key, value = parse_override(text)
         key, value = _into_mapping_field(config, key, value)
-        _merge(config, _nest(key, value), SCHEMA, f"--set {text}")
-    _derive(config, stem)
+        _merge(config, _nest(key, value), SCHEMA, f"--set {text}", origins=origins)
+    _derive(config, stem, origins)
     return config
 
 
-def _derive(config: Config, stem: str | None) -> None:
+def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = None) -> None:
     fixed = config["model_arch"].endswith("_fixed")
     if config["train_asv"] is None:
         config["train_asv"] = not fixed
@@ -411,7 +422,7 @@ def _derive(config: Config, stem: str | None) -> None:
         config["dirs"]["extra_trn_use"] = "full"
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
-    _check_ranges(config)
+    _check_values(config, origins or {})
     if config["speaker_loss"]["weight"] > 0 and not config["train_asv"]:
         raise ConfigError(f"{config.source}: speaker_loss.weight > 0 needs a trainable ASV sub-system "
                           f"(train_asv is false for {config['model_arch']})")
@@ -421,34 +432,209 @@ def _derive(config: Config, stem: str | None) -> None:
     _derive_subsystem_training(config)
 
 
+@dataclass(frozen=True)
+class Range:
+    """An interval of valid values; `low_open` / `high_open` exclude the bound. A list value is checked per entry."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            if self.low == 0:
+                return "positive" if self.low_open else "zero or more"
+            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+ZERO_OR_MORE = Range(0)
+ANY_FINITE = Range()
+DECAY_FACTOR = Range(0, 1, low_open=True)  # multiplies the learning rate: (0, 1]
+COSINE = Range(-1, 1)  # OC-softmax margins compare with cosine similarities
+ANGULAR_MARGIN = Range(0, round(math.pi / 2, 4))  # radians: cos(theta + m) with theta + m past pi/2 flips sign
+SEED = Range(0, 2**63 - 1)  # numpy seed sequences take no negative seed; torch.manual_seed takes 64 bits
+
+# Every numeric key of SCHEMA (ignored keys aside) and its valid values, in one place; a test checks that
+# none is missing. Sample counts also have a lower bound from the networks (_check_sample_counts).
+RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "batch_size": POSITIVE,
+    "eval_batch_size": POSITIVE,
+    "epoch": POSITIVE,
+    "trials_per_epoch": POSITIVE,
+    "save_top_k": POSITIVE,
+    "val_interval_epoch": POSITIVE,
+    "checkpoint_interval_steps": ZERO_OR_MORE,
+    "gradient_clip": ZERO_OR_MORE,
+    "train_samples": POSITIVE,
+    "test_samples": POSITIVE,
+    "enrollment_samples.dev": POSITIVE,
+    "enrollment_samples.eval": POSITIVE,
+    "sample_rate": Range(4000, 192000),  # telephone to studio rates; 16 for 16000 would resample to nothing
+    "asv_model.n_out": POSITIVE,
+    "asv_model.n_mels": Range(8),  # and a multiple of 8 (_check_values)
+    "optim.lr": POSITIVE,
+    "optim.wd": ZERO_OR_MORE,
+    "optim.gamma": DECAY_FACTOR,
+    "optim.scheduler_interval": POSITIVE,
+    "optim.r_real": COSINE,
+    "optim.r_fake": COSINE,
+    "optim.alpha": POSITIVE,
+    "optim.oc_dim": POSITIVE,
+    "loader.n_workers": ZERO_OR_MORE,
+    "speaker_loss.weight": ZERO_OR_MORE,
+    "speaker_loss.margin": ANGULAR_MARGIN,
+    "speaker_loss.scale": POSITIVE,
+    "asv_train.margin": ANGULAR_MARGIN,
+    "asv_train.scale": POSITIVE,
+    "asv_train.init_w": POSITIVE,  # w is clamped at 1e-6 before use (no gradient below): a start <= 0 never moves
+    "asv_train.init_b": ANY_FINITE,
+    "asv_train.n_per_speaker": POSITIVE,
+    "asv_train.max_per_speaker": POSITIVE,
+    "asv_train.samples": POSITIVE,
+    "asv_train.lr": POSITIVE,
+    "asv_train.wd": ZERO_OR_MORE,
+    "asv_train.lr_decay": DECAY_FACTOR,
+    "asv_train.lr_decay_epochs": POSITIVE,
+    "cm_train.lr": POSITIVE,
+    "cm_train.lr_min": ZERO_OR_MORE,  # and at most cm_train.lr (_derive_subsystem_training)
+    "cm_train.betas": Range(0, 1, high_open=True),  # torch.optim.Adam refuses others
+    "cm_train.wd": ZERO_OR_MORE,
+    "cm_train.class_weights": ZERO_OR_MORE,
+    "cm_train.samples": POSITIVE,
+    "demo_corpus.seed": SEED,
+}
+
+# Shortest inputs the networks accept, measured (tests/test_hostile_input.py runs them at and below it):
+# ResNetSE34V2's centred 512-point STFT reflect-pads the waveform by 256 samples, which needs more input than
+# the padding; the hop (160) and the stride-2 stages then always leave a frame.
+ASV_MIN_SAMPLES = 257
+AASIST_DEFAULT_FIRST_CONV = 128  # AASIST.conf and AASIST-L.conf
+
+
+def aasist_min_samples(first_conv: int) -> int:
+    """AASIST's sinc convolution (kernel first_conv, made odd) drops kernel - 1 samples, then a max-pool by 3
+    and six residual blocks each max-pool the frames by 3: at least 3**7 outputs of the convolution are needed."""
+    kernel = first_conv + 1 if first_conv % 2 == 0 else first_conv
+    return 3 ** 7 + kernel - 1
+
+
 # Network shapes: (key, required length or None for any non-empty list).
 _WIDTH_LISTS = (("asv_model.layers", 4), ("asv_model.num_filters", 4), ("backend.conv_channels", 3),
                 ("backend.hidden_dims", None))
-_POSITIVE = ("batch_size", "eval_batch_size", "epoch", "train_samples", "test_samples", "save_top_k",
-             "val_interval_epoch", "sample_rate", "trials_per_epoch", "optim.scheduler_interval",
-             "enrollment_samples.dev", "enrollment_samples.eval", "asv_model.n_out", "asv_model.n_mels",
-             "optim.oc_dim")
-_NOT_NEGATIVE = ("checkpoint_interval_steps", "loader.n_workers", "gradient_clip", "speaker_loss.weight")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def _check_ranges(config: Config) -> None:
-    """Values that would otherwise fail deep inside training (division by zero, bad shapes) are refused here."""
-    source = config.source
-    for key in _POSITIVE + _NOT_NEGATIVE:
+def check_device_name(name: str, where: str = "") -> None:
+    """A device name torch and resolve_device understand (torch.device("gpu") would raise a RuntimeError),
+    else a ConfigError naming it after `where`."""
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}{': ' if where else ''}unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
+
+
+def _origin(origins: Mapping[str, str], key: str, default: str) -> str:
+    """The source that set `key` (or the mapping key holding it, e.g. cm_model for cm_model.filts[0])."""
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rpartition(".")[0] if "." in key else ""
+    return default
+
+
+def non_finite(value: Any, key: str) -> tuple[str, float] | None:
+    """The first NaN/inf float inside `value` (nested mappings and lists) and its dotted key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    if isinstance(value, dict):
+        items = ((f"{key}.{name}" if key else str(name), item) for name, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{key}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for inner_key, item in items:
+        found = non_finite(item, inner_key)
+        if found is not None:
+            return found
+    return None
+
+
+def _cm_first_conv(config: Config) -> tuple[int, str]:
+    """AASIST's first_conv and where it comes from: cm_model, the aasist_config file, or AASIST's default."""
+    model_config, where = config["cm_model"], "cm_model.first_conv"
+    if model_config is None and config["aasist_config"]:
+        where = f"{config['aasist_config']} model_config.first_conv"
+        try:
+            model_config = json.loads(Path(config["aasist_config"]).read_text(encoding="utf-8-sig"))["model_config"]
+        except (OSError, ValueError, KeyError, TypeError):  # the model builder reports an unusable file
+            model_config = None
+    first_conv = model_config.get("first_conv") if isinstance(model_config, dict) else None
+    if isinstance(first_conv, int) and not isinstance(first_conv, bool) and first_conv > 0:
+        return first_conv, where
+    return AASIST_DEFAULT_FIRST_CONV, "AASIST's default first_conv"
+
+
+def _check_sample_counts(config: Config, origins: Mapping[str, str]) -> None:
+    """Crops and enrollment lengths at least as long as the networks that read them accept."""
+    first_conv, where = _cm_first_conv(config)
+    asv = (ASV_MIN_SAMPLES, "ResNetSE34V2 (512-point STFT)")
+    cm = (aasist_min_samples(first_conv), f"AASIST ({where} {first_conv})")
+    system = config["system"]
+    readers = {
+        "train_samples": [asv, cm] if system == "sasv" else [],
+        "test_samples": {"sasv": [asv, cm], "asv": [asv], "cm": [cm]}[system],
+        "enrollment_samples.dev": [asv],
+        "enrollment_samples.eval": [asv],
+        "asv_train.samples": [asv],
+        "cm_train.samples": [cm],
+    }
+    for key, networks in readers.items():
         value = config.get_path(key)
-        if value is not None and (value <= 0 if key in _POSITIVE else value < 0):
-            bound = "positive" if key in _POSITIVE else "zero or more"
-            raise ConfigError(f"{source}: key '{key}' must be {bound}, got {value}")
+        for minimum, network in networks:
+            if value < minimum:
+                raise ConfigError(f"{_origin(origins, key, config.source)}: key '{key}' is {value}, shorter than "
+                                  f"{network} accepts: at least {minimum} samples")
+
+
+def _check_values(config: Config, origins: Mapping[str, str]) -> None:
+    """Values that would otherwise fail deep inside training (division by zero, bad shapes) or give numbers
+    that look right but are not (NaN learning rates, negative weight decays) are refused here."""
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{_origin(origins, key, config.source)}: key '{key}' {message}")
+
+    found = non_finite(dict(config), "")
+    if found is not None:
+        raise fail(found[0], f"is {found[1]}; NaN and infinity are not valid values")
+    for key, valid in RANGES.items():
+        value = config.get_path(key)
+        values = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in values:
+            if item is None or not isinstance(item, (int, float)) or isinstance(item, bool):
+                continue  # unset (None) or a list entry of the wrong type, reported below
+            if item not in valid:
+                name = key if index is None else f"{key}[{index}]"
+                raise fail(name, f"must be {valid.describe()}, got {item}")
+    if config["asv_model"]["n_mels"] % 8:
+        raise fail("asv_model.n_mels", f"must be a multiple of 8 (three stride-2 stages halve the mel axis), "
+                                       f"got {config['asv_model']['n_mels']}")
+    check_device_name(config["device"], f"{_origin(origins, 'device', config.source)}: key 'device'")
     for key, length in _WIDTH_LISTS:
         value = config.get_path(key)
         if not value or (length is not None and len(value) != length) or \
                 not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             size = f"{length} positive integers" if length else "one or more positive integers"
-            raise ConfigError(f"{source}: key '{key}' must be a list of {size}, got {value!r}")
+            raise fail(key, f"must be a list of {size}, got {value!r}")
     for section in SCHEMA["dirs"]:
         value = config["dirs"][section]
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: key 'dirs.{section}' must be a list of paths, got {value!r}")
+            raise fail(f"dirs.{section}", f"must be a list of paths, got {value!r}")
+    _check_sample_counts(config, origins)
 
 
 def _derive_subsystem_training(config: Config) -> None:
@@ -459,35 +645,83 @@ def _derive_subsystem_training(config: Config) -> None:
     if asv["loss"] in PROTOTYPICAL_LOSSES and asv["n_per_speaker"] < 2:
         raise ConfigError(f"{source}: asv_train.n_per_speaker must be >= 2 for {asv['loss']}, "
                           f"got {asv['n_per_speaker']}")
-    for key in ("n_per_speaker", "max_per_speaker", "samples", "lr_decay_epochs"):
-        if asv[key] <= 0:
-            raise ConfigError(f"{source}: key 'asv_train.{key}' must be positive, got {asv[key]}")
     for key, root in (("train_list", "train_root"), ("trial_list", "trial_root"), ("eval_trial_list", "trial_root")):
         if asv[key] is not None and asv[root] is None:
             raise ConfigError(f"{source}: asv_train.{key} is set, so asv_train.{root} (the folder its paths are "
                               f"relative to) must be set too")
-    if cm["samples"] <= 0:
-        raise ConfigError(f"{source}: key 'cm_train.samples' must be positive, got {cm['samples']}")
-    for key in ("betas", "class_weights"):
+    for key in ("betas", "class_weights"):  # the table checked the range of each entry
         values = cm[key]
-        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise ConfigError(f"{source}: cm_train.{key} must be two non-negative numbers, got {values!r}")
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{source}: cm_train.{key} must be two numbers, got {values!r}")
+    if not sum(cm["class_weights"]) > 0:
+        raise ConfigError(f"{source}: cm_train.class_weights must not both be zero, got {cm['class_weights']!r}")
+    if cm["lr_min"] > cm["lr"]:
+        raise ConfigError(f"{source}: cm_train.lr_min ({cm['lr_min']}) must not exceed cm_train.lr ({cm['lr']})")
     if config["system"] == "cm" and cm["select_by"] == "min_tdcf" and not (cm["asv_scores"]["dev"] or cm["asv_model"]):
         raise ConfigError(f"{source}: cm_train.select_by is min_tdcf, which needs dev ASV scores: set "
                           f"cm_train.asv_scores.dev or cm_train.asv_model")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the later value).
+
+    Mappings are built parent first, so each one records the dotted key of the mappings below it
+    (`_keys`, by node) before they are built, and a duplicate is reported with its full key."""
+
+    def __init__(self, stream: str, source: str) -> None:
+        super().__init__(stream)
+        self.source = source
+        self._keys: dict[int, str] = {}
+
+    def _name_children(self, node: Any, key: str) -> None:
+        if isinstance(node, MappingNode):
+            self._keys[id(node)] = key
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                self._name_children(item, f"{key}[{index}]")
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, MappingNode):
+            prefix = self._keys.get(id(node), "")
+            lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a merge key (<<) may be overridden, and a non-scalar key is refused by PyYAML
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                try:
+                    first = lines.get(key)
+                except TypeError:  # unhashable: PyYAML reports it
+                    continue
+                if first is not None:
+                    where = f"lines {first} and {line}" if first != line else f"both on line {line}"
+                    raise ConfigError(f"{self.source}: key '{dotted}' is given twice ({where}); "
+                                      f"YAML would silently keep the second value")
+                lines[key] = line
+                self._name_children(value_node, dotted)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    loader = _StrictLoader(text, source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read and validate a `.conf` file."""
+    """Read and validate a `.conf` file (UTF-8, with or without a byte-order mark)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not a text config (invalid UTF-8 at byte {error.start})") from None
     try:
-        values = yaml.safe_load(text)
+        values = _load_yaml(text, str(path))
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as error:
@@ -500,6 +734,38 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     return build_config(values, source=str(path), overrides=overrides, stem=path.stem)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (what yaml.safe_dump represents) of a config's values."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _comment(text: str) -> str:
+    """`text` on one line that YAML reads as part of a comment: line breaks and other unprintable
+    characters (which PyYAML refuses even in comments) are written as escapes."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Mappings in block style, lists in flow style ([3, 4, 6, 3])."""
+
+
+_ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def config_text(config: Config, command: Sequence[str]) -> str:
+    """The effective config as `.conf` text: every key, as the file and the --set overrides gave it or its
+    default / derived value, in SCHEMA order (block-style YAML), with `command` in a comment at the top.
+    load_config reads it back to the same values."""
+    body = yaml.dump(_plain(config), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=2**31 - 1)
+    return f"# command: {_comment(shlex.join(command))}\n{body}"
 
 
 def require_database(config: Config) -> Path:

@@ -8,20 +8,25 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from runtime.config import ConfigError
+from runtime.config import ConfigError, check_device_name
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU; a CUDA request without CUDA is an error.
+    """`auto` -> CUDA when present, else CPU; an unknown name, or a CUDA request without CUDA or that
+    device, is a ConfigError naming it.
 
     A CUDA device also becomes the current one (`cuda:1` then leaves GPU 0 alone) and gets true
     fp32 convolutions (`use_ieee_fp32`)."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} requested but there are only {torch.cuda.device_count()} CUDA "
+                              f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if device.index is not None:
             torch.cuda.set_device(device)
         use_ieee_fp32(device)
