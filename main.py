@@ -14,7 +14,7 @@ import torch
 from data.synthetic import ensure_demo_corpus
 from runtime import distributed
 from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
-from runtime.config import Config
+from runtime.config import Config, config_text
 from runtime.device import resolve_device
 from scoring.inputs import check_data_layout
 from training.state import experiment_lock, prepare_experiment_dir, remove_if_unstarted
@@ -67,8 +67,11 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     with experiment_lock(experiment_dir, enabled=main_rank):
         fresh = False
         if main_rank:
+            # config.conf is the run as it was configured: the file plus --set overrides, read back the same.
             fresh = prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
-                                           overwrite=args.overwrite)
+                                           overwrite=args.overwrite,
+                                           config_text=config_text(config, [*distributed.launcher_prefix()
+                                                                            or ["python"], *sys.argv]))
         distributed.barrier()
         try:
             trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
