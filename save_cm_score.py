@@ -21,7 +21,7 @@ from data.datasets import partition_audio_dir
 from data.protocols import read_cm_protocol
 from models.build import load_system
 from runtime import files
-from runtime.cli import add_config_args, add_output_args, add_model_args, config_from_args, run_cli, weight_args
+from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
 from runtime.device import resolve_device
 from scoring.countermeasure import cm_logits, cm_metrics

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from models.build import load_system
 from runtime import files
-from runtime.cli import add_config_args, add_output_args, add_model_args, config_from_args, run_cli, weight_args
+from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.device import resolve_device
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
 from scoring.sasv import SASVScorer, sasv_metrics, skipped_summary, write_sasv_scores
-
 
 
 def parse_args() -> argparse.Namespace:

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import measure_eval  # noqa: E402
-from runtime.device import resolve_device  # noqa: E402
-from runtime.config import load_config  # noqa: E402
+
 from data.synthetic import ensure_demo_corpus  # noqa: E402
+from runtime.config import load_config  # noqa: E402
+from runtime.device import resolve_device  # noqa: E402
 
 
 def main() -> None:

@@ -41,15 +41,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.build import apply_kernel_options, build_sasv_model
-from runtime.device import resolve_device  # noqa: E402
-from runtime.config import Config, build_config  # noqa: E402
 from data.synthetic import ensure_demo_corpus  # noqa: E402
-from scoring.extraction import Extraction  # noqa: E402
-from scoring.sasv import SASVScorer, ScoringInputs  # noqa: E402
-from scoring.inputs import scoring_inputs  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from models.build import apply_kernel_options, build_sasv_model
 from models.checkpoint import load_sasv_weights  # noqa: E402
+from runtime.config import Config, build_config  # noqa: E402
+from runtime.device import resolve_device  # noqa: E402
+from scoring.extraction import Extraction  # noqa: E402
+from scoring.inputs import scoring_inputs  # noqa: E402
+from scoring.sasv import SASVScorer, ScoringInputs  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 # ASVspoof 2019 LA eval, SASV protocol (asv.eval.gi.trl.txt and its enrollments).
 ASVSPOOF_EVAL = {"trials": 102_579, "speakers": 67, "test_utterances": 7_355}

@@ -21,8 +21,8 @@ import soundfile
 import torch
 
 from data import flac_fallback
-from runtime.files import atomic_open
 from runtime.errors import UserError
+from runtime.files import atomic_open
 
 DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
 # Largest plausible |sample|. Integer files decode to [-1, 1), but the real ASVspoof 2019 LA files hold

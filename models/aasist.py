@@ -9,7 +9,7 @@ pool_ratios[2].
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from losses import build_loss
-from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models import network_class
+from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVBackend, SASVModel
 from runtime.config import Config, ConfigError, non_finite
 from runtime.device import channels_last_enabled

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from runtime.files import atomic_open
 from runtime.errors import UserError
+from runtime.files import atomic_open
 
 OUR_FORMAT = "sasv-toolkit"
 OUR_VERSION = 1

@@ -8,7 +8,7 @@ without gradient and in float32 even under autocast.
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +147,7 @@ class ResNetSE34V2(nn.Module):
         blocks += [SEBasicBlock(channels, channels) for _ in range(1, n_blocks)]
         return nn.Sequential(*blocks)
 
-    def use_channels_last(self) -> "ResNetSE34V2":
+    def use_channels_last(self) -> ResNetSE34V2:
         """Keep the 2-D convolutions' weights and activations in channels_last (NHWC), the layout that
         cuDNN's tensor-core kernels run fastest; results equal the default layout up to rounding."""
         self.channels_last = True

@@ -5,7 +5,7 @@ import argparse
 import errno
 import shlex
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from runtime import distributed
 from runtime.config import Config, build_config, check_device_name, load_config

@@ -14,9 +14,10 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
 # Checkpoints were once written through `.<name>.*.partial`; experiment folders may still hold such leftovers.

@@ -50,7 +50,7 @@ class StopRequest:
             raise KeyboardInterrupt(f"second {signal_name(signum)}: stopping without saving")
         self.requested = signum
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in HANDLED:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -1,8 +1,8 @@
 """Countermeasure scoring: bona fide logits of utterances, the CM EER and the min t-DCF with ASV scores."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,14 +45,14 @@ class Extraction:
     poll: Poll | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], device: torch.device, **changes: Any) -> "Extraction":
+    def from_config(cls, config: Mapping[str, Any], device: torch.device, **changes: Any) -> Extraction:
         """Scoring options of a config (eval_batch_size, loader workers, audio rules); scoring runs in fp32."""
         options = cls(device=device, batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
                       sample_rate=config["sample_rate"], resample=config["resample"],
                       on_bad_audio=config["on_bad_audio"])
         return dataclasses.replace(options, **changes)
 
-    def replace(self, **changes: Any) -> "Extraction":
+    def replace(self, **changes: Any) -> Extraction:
         return dataclasses.replace(self, **changes)
 
 

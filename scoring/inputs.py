@@ -4,8 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.datasets import partition_audio_dir
-from data.protocols import (ProtocolError, check_trials_enrolled, read_enrollment_files,
-                            read_sasv_trials)
+from data.protocols import ProtocolError, check_trials_enrolled, read_enrollment_files, read_sasv_trials
 from runtime.config import Config, ConfigError, require_database
 from scoring.sasv import ScoringInputs
 

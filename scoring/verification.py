@@ -6,21 +6,21 @@ embeddings (save_asv_embeddings.py -> save_asv_score.py) with the same rule.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from data.datasets import partition_audio_dir
 from data.protocols import ProtocolError, SASVTrial, check_trials_enrolled, read_enrollment_utterances, read_sasv_trials
 from data.speaker_lists import read_voxceleb_trials
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
 from runtime.config import Config, ConfigError, require_database
 from scoring.extraction import Extraction, extract_sharded
-from data.datasets import partition_audio_dir
 from scoring.inputs import enrollment_paths
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}

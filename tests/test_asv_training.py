@@ -17,13 +17,13 @@ from data.augment import Augmenter
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import plan_speaker_batches, read_voxceleb_train_list, read_voxceleb_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from training.trainer import Trainer
-from models.build import build_sasv_model
-from runtime.config import ConfigError, build_config
 from metrics import MetricError
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
+from models.build import build_sasv_model
 from models.checkpoint import load_asv_weights, load_checkpoint
+from runtime.config import ConfigError, build_config
+from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

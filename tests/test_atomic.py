@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from runtime.files import atomic_copy, atomic_open, remove_stale_temporaries
-from runtime import files
-from scoring.score_files import write_scores
-from models.checkpoint import load_checkpoint, save_checkpoint
 from tiny_run import QUIET_ENV, REPO
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from runtime import files
+from runtime.files import atomic_copy, atomic_open, remove_stale_temporaries
+from scoring.score_files import write_scores
 
 # Rewrites every kind of output file in a loop, version after version; each version is uniform
 # (every value equals the version number), so a file mixing two versions or cut short is detected.

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_run import QUIET_ENV, REPO, run_script, temporaries, tiny_corpus, write_config
 
 from data.audio import AudioError
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from data.protocols import read_enrollment_files, read_sasv_trials
 from data.trials import trial_rng
+from metrics.eer import sasv_eers
 from models.build import build_sasv_model
+from models.checkpoint import save_checkpoint
 from runtime.config import build_config
 from training.tasks.sasv import training_sampler
-from metrics.eer import sasv_eers
-from models.checkpoint import save_checkpoint
-from tiny_run import QUIET_ENV, REPO, run_script, temporaries, tiny_corpus, write_config
 
 PROTOCOLS = "protocols"
 DEV_TRIALS = f"{PROTOCOLS}/ASVspoof2019.LA.asv.dev.gi.trl.txt"

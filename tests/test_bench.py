@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tiny_run import QUIET_ENV, REPO, tiny_corpus, write_config
 
 

@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from models.aasist import AASIST
-from models.checkpoint import (CheckpointError, apply_state, load_asv_weights, load_checkpoint, load_cm_weights,
-                               save_checkpoint)
+from models.checkpoint import (
+    CheckpointError,
+    apply_state,
+    load_asv_weights,
+    load_checkpoint,
+    load_cm_weights,
+    save_checkpoint,
+)
 from models.resnet_se34v2 import ResNetSE34V2
 from models.sasv import SASVBackend, SASVModel
 

@@ -17,16 +17,15 @@ import torch
 from data.audio import AudioError
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from models.build import build_asv_network
-from models.build import build_sasv_model
-from scoring.score_files import read_asv_score_file
-from training.tasks.cm import cosine_factor
-from training.trainer import Trainer
-from runtime.config import ConfigError, build_config
-from training.state import TrainingError
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
+from models.build import build_asv_network, build_sasv_model
 from models.checkpoint import load_checkpoint, save_subsystem_checkpoint
+from runtime.config import ConfigError, build_config
+from scoring.score_files import read_asv_score_file
+from training.state import TrainingError
+from training.tasks.cm import cosine_factor
+from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

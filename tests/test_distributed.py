@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_run import QUIET_ENV, REPO, StderrWatch, tiny_corpus, write_config
 
 from data.datasets import EpochSampler
 from data.protocols import read_sasv_trials
-from runtime import distributed
 from models.build import build_sasv_model
+from models.checkpoint import load_checkpoint, load_sasv_weights
+from runtime import distributed
 from runtime.config import ConfigError, load_config
 from scoring.extraction import Extraction, extract
-from scoring.sasv import SASVScorer
 from scoring.inputs import scoring_inputs
-from models.checkpoint import load_checkpoint, load_sasv_weights
-from tiny_run import REPO, QUIET_ENV, StderrWatch, tiny_corpus, write_config
+from scoring.sasv import SASVScorer
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

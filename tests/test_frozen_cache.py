@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_pipeline import tiny_config
+from tiny_run import tiny_corpus
 
 from data.audio import load_waveform
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from models.build import apply_kernel_options, build_asv_network, build_sasv_model
 from runtime.config import build_config
-from training.tasks.sasv import training_sampler
+from runtime.device import seed_everything
+from runtime.signals import RunInterrupted
 from training import frozen_cache
 from training.frozen_cache import CachedTrialDataset, EmbeddingTable, cache_description, training_inputs
-from runtime.signals import RunInterrupted
-from runtime.device import seed_everything
+from training.tasks.sasv import training_sampler
 from training.trainer import Trainer
-from test_pipeline import tiny_config
-from tiny_run import tiny_corpus
 
 FIXED = "ResNetSE34V2_AASIST_OC_fixed"
 

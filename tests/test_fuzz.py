@@ -10,8 +10,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data.protocols import (ProtocolError, read_cm_protocol, read_enrollment_files, read_enrollment_utterances,
-                            read_sasv_trials)
+from data.protocols import (
+    ProtocolError,
+    read_cm_protocol,
+    read_enrollment_files,
+    read_enrollment_utterances,
+    read_sasv_trials,
+)
 from runtime.config import SCHEMA, Config, ConfigError, build_config, load_config
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,14 +13,14 @@ import torch
 
 from data.protocols import read_sasv_trials
 from data.synthetic import CorpusSpec, generate_corpus
-from models.build import build_sasv_model
-from runtime.config import load_config
-from scoring.extraction import Extraction
-from scoring.sasv import SASVScorer
-from scoring.inputs import scoring_inputs
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
+from models.build import build_sasv_model
 from models.checkpoint import load_sasv_weights
+from runtime.config import load_config
+from scoring.extraction import Extraction
+from scoring.inputs import scoring_inputs
+from scoring.sasv import SASVScorer
 
 REPO = Path(__file__).resolve().parent.parent
 

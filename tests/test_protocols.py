@@ -6,9 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from data.protocols import (ProtocolError, read_cm_protocol, read_enrollment_files, read_enrollment_utterances,
-                            read_sasv_trials, speaker_utterances)
-from data.trials import NONTARGET_BONAFIDE, NONTARGET_SPOOF, TARGET_BONAFIDE, TARGET_SPOOF, ZERO_EFFORT, TrialSampler, trial_rng
+from data.protocols import (
+    ProtocolError,
+    read_cm_protocol,
+    read_enrollment_files,
+    read_enrollment_utterances,
+    read_sasv_trials,
+    speaker_utterances,
+)
+from data.trials import (
+    NONTARGET_BONAFIDE,
+    NONTARGET_SPOOF,
+    TARGET_BONAFIDE,
+    TARGET_SPOOF,
+    ZERO_EFFORT,
+    TrialSampler,
+    trial_rng,
+)
 
 
 def protocol(fixtures: Path, name: str) -> Path:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import StderrWatch, run_main, start_main, temporaries, tiny_corpus, write_config
 
+from models.checkpoint import CheckpointError, load_checkpoint
 from runtime.config import build_config
 from runtime.signals import RunInterrupted, StopRequest
 from training.state import prepare_experiment_dir
 from training.trainer import Trainer
-from models.checkpoint import CheckpointError, load_checkpoint
-from tiny_run import StderrWatch, run_main, start_main, temporaries, tiny_corpus, write_config
 
 RUN = dict(epoch=2, trials_per_epoch=48, batch_size=8)  # 6 batches per epoch
 BATCHES = 6

@@ -215,8 +215,8 @@ def test_init_checkpoint_parts_are_not_replaced_by_the_subsystem_weight_files(fi
     import torch
 
     from models.build import build_sasv_model
-    from runtime.config import build_config
     from models.checkpoint import load_checkpoint
+    from runtime.config import build_config
 
     joint = fixtures / "golden" / "joint_seed_format.ckpt"
     other = tmp_path / "other_asv.model"  # a different ResNetSE34V2 in voxceleb_trainer's format

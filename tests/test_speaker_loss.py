@@ -4,17 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from data.protocols import read_cm_protocol
-from data.trials import TARGET_BONAFIDE, TrainTrial, trial_rng
-from runtime.config import ConfigError, build_config
-from training.tasks.sasv import training_sampler
-from training.tasks.sasv import speaker_classification_loss
-from losses import build_loss
-from models.checkpoint import load_checkpoint
 from test_pipeline import tiny_config
 from test_resume import checkpoint_tensors
 from tiny_run import run_main, tiny_corpus, write_config
+
+from data.protocols import read_cm_protocol
+from data.trials import TARGET_BONAFIDE, TrainTrial, trial_rng
+from losses import build_loss
+from models.checkpoint import load_checkpoint
+from runtime.config import ConfigError, build_config
+from training.tasks.sasv import speaker_classification_loss, training_sampler
 
 RUN = dict(epoch=2, trials_per_epoch=32, batch_size=8, speaker_loss={"weight": 0.5})
 

@@ -330,8 +330,8 @@ def test_every_system_rolls_off_the_top_band_and_repeated_systems_share_it():
 
 
 def test_the_demo_regenerates_a_corpus_written_for_another_spec(tmp_path):
-    from runtime.config import build_config
     from data.synthetic import ensure_demo_corpus
+    from runtime.config import build_config
 
     root = tmp_path / "demo"
     generate_corpus(root, CorpusSpec.tiny(seed=0), progress=False)

@@ -8,11 +8,13 @@ import errno
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 import torch
+from tiny_run import run_main, tiny_corpus, write_config
 from torch import nn
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_subsystem_checkpoint
@@ -21,7 +23,6 @@ from training import tasks
 from training.state import TrainingError, experiment_lock, prepare_experiment_dir
 from training.task import Run, Task
 from training.trainer import Trainer
-from tiny_run import run_main, tiny_corpus, write_config
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parent.parent

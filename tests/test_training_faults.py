@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import run_script, temporaries, tiny_corpus, write_config
 
 from models.build import build_sasv_model
-from runtime.config import build_config
-from scoring.extraction import AdaptiveBatch, Extraction, ScoringError, extract
-from scoring.sasv import SASVScorer
-from scoring.inputs import scoring_inputs
 from models.checkpoint import load_checkpoint
 from models.sasv import SASVModel
-from tiny_run import run_script, temporaries, tiny_corpus, write_config
+from runtime.config import build_config
+from scoring.extraction import AdaptiveBatch, Extraction, ScoringError, extract
+from scoring.inputs import scoring_inputs
+from scoring.sasv import SASVScorer
 
 RUN = dict(epoch=2, trials_per_epoch=24, batch_size=8)  # 3 batches per epoch
 

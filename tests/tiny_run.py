@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import tqdm
+from test_pipeline import tiny_config
 
 from data.synthetic import CorpusSpec, generate_corpus
-from test_pipeline import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 # One thread per process: on a busy 2-core machine OpenMP threads that wait on each other

@@ -23,23 +23,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from runtime.files import atomic_open
 from data.audio import AudioError
 from data.datasets import TrainTrialDataset, partition_audio_dir
 from data.trials import TrialSampler
 from models.build import aasist_model_config
-from runtime.config import Config
-from runtime import distributed
-from scoring.extraction import extract_sharded
 from models.sasv import SASVModel
+from runtime import distributed
+from runtime.config import Config
+from runtime.files import atomic_open
+from scoring.extraction import extract_sharded
 
 CACHE_VERSION = 3  # 2: content checksum labels each table; 3: frozen networks always fp32 (no amp in the key)
 DEFAULT_FOLDER = "frozen_embeddings"  # under the experiment folder when dirs.embedding is not set
@@ -61,7 +61,7 @@ def why_not_cached(config: Config, model: SASVModel) -> str | None:
     return None
 
 
-def _hash_tensor(digest: "hashlib._Hash", label: str, tensor: Tensor) -> None:
+def _hash_tensor(digest: hashlib._Hash, label: str, tensor: Tensor) -> None:
     """Feed `label`, the dtype, the shape and the raw bytes of `tensor` (any dtype) to `digest`."""
     data = tensor.detach().cpu().contiguous().reshape(-1)
     digest.update(f"{label}|{data.dtype}|{tuple(tensor.shape)}|".encode())
@@ -108,7 +108,7 @@ class EmbeddingTable:
     cm: Tensor  # [N, cm_dim] float32
 
     @classmethod
-    def concatenate(cls, parts: list["EmbeddingTable"]) -> "EmbeddingTable":
+    def concatenate(cls, parts: list[EmbeddingTable]) -> EmbeddingTable:
         parts = [part for part in parts if part.utterances]
         if not parts:
             return cls([], [], torch.empty(0, 0), torch.empty(0, 0))
@@ -129,7 +129,7 @@ class EmbeddingTable:
             torch.save(payload, handle)
 
     @classmethod
-    def load(cls, path: Path, description: dict) -> "EmbeddingTable":
+    def load(cls, path: Path, description: dict) -> EmbeddingTable:
         """The table stored in `path`; ValueError saying why when it is damaged or not this cache's."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)

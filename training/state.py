@@ -12,19 +12,20 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from runtime.errors import RunFailure, UserError
-from runtime.files import atomic_copy, remove_stale_temporaries
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from runtime import files
 from runtime.config import SCHEMA, Field
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from runtime.errors import RunFailure, UserError
+from runtime.files import atomic_copy, remove_stale_temporaries
 
 # Keys that may differ between a run and its resumption without changing what is trained.
 RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
@@ -60,7 +61,7 @@ class TrainState:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def next_epoch(self) -> "TrainState":
+    def next_epoch(self) -> TrainState:
         """The state once this epoch is complete: counters and logs kept, the in-epoch position and sums reset."""
         return TrainState(epoch=self.epoch + 1, step=self.step, best=list(self.best), metrics=self.metrics,
                           last_lr=self.last_lr)
@@ -72,7 +73,7 @@ class TrainState:
         return f"epoch {self.epoch + 1}, batch {self.batch}, step {self.step}"
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainState":
+    def from_dict(cls, values: dict) -> TrainState:
         known = {item.name for item in fields(cls)}
         state = cls(**{key: value for key, value in values.items() if key in known})
         if "redrawn" not in values:  # checkpoints written before the trainers were one

@@ -9,9 +9,10 @@ A new task is one file in training/tasks/ plus one line in `training.tasks.TASKS
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -38,8 +38,16 @@ from runtime.device import resolve_amp, seed_everything
 from runtime.files import atomic_copy, write_csv, write_json
 from runtime.signals import RunInterrupted, StopRequest, signal_name
 from scoring.extraction import ScoringError
-from training.state import (TrainingError, TrainState, choose_resume_checkpoint, config_changes, last_good_checkpoint,
-                            restore_rng, rng_snapshot, tidy_after_resume)
+from training.state import (
+    TrainingError,
+    TrainState,
+    choose_resume_checkpoint,
+    config_changes,
+    last_good_checkpoint,
+    restore_rng,
+    rng_snapshot,
+    tidy_after_resume,
+)
 from training.task import Run, Task
 from training.tasks import TASKS
 

@@ -80,8 +80,16 @@ rendering, sessions), ``attacks`` (recipes, waveform generators, synthesis of on
 file), ``corpus`` (spec, layout, protocols, writing, ``generate_corpus``).
 """
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, AttackRecipe, _top_band_rolloff
-from .corpus import (COMPLETE_MARKER, FORMAT_VERSION, IN_PROGRESS_MARKER, PARTITIONS, CorpusSpec,
-                     corpus_is_complete, ensure_demo_corpus, generate_corpus)
+from .corpus import (
+                     COMPLETE_MARKER,
+                     FORMAT_VERSION,
+                     IN_PROGRESS_MARKER,
+                     PARTITIONS,
+                     CorpusSpec,
+                     corpus_is_complete,
+                     ensure_demo_corpus,
+                     generate_corpus,
+)
 from .voices import Voice, sample_voice
 
 __all__ = [

@@ -1,16 +1,38 @@
 """Spoofing attacks: recipes, waveform generators, the shared top-band roll-off, synthesis of one file."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.signal import resample
 
-from .spectral import (FRAME, HOP, _frame_centres, _frame_count, _frequencies, _istft, _lifter, _mel_inverse,
-                       _mel_matrix, _smooth_frames, _stft)
-from .voices import (_MODEL_CHANNEL, Session, UtterancePlan, Voice, _average_vocal_tract_log, _blend_voices,
-                     _plan_utterance, _render, _set_level, _tts_voice, _vocal_tract_log)
+from .spectral import (
+    FRAME,
+    HOP,
+    _frame_centres,
+    _frame_count,
+    _frequencies,
+    _istft,
+    _lifter,
+    _mel_inverse,
+    _mel_matrix,
+    _smooth_frames,
+    _stft,
+)
+from .voices import (
+    _MODEL_CHANNEL,
+    Session,
+    UtterancePlan,
+    Voice,
+    _average_vocal_tract_log,
+    _blend_voices,
+    _plan_utterance,
+    _render,
+    _set_level,
+    _tts_voice,
+    _vocal_tract_log,
+)
 
 
 @dataclass(frozen=True)

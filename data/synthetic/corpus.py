@@ -8,10 +8,11 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -50,7 +51,7 @@ class CorpusSpec:
     eval_attacks: tuple[str, ...] = EVAL_ATTACKS
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "CorpusSpec":
+    def tiny(cls, seed: int = 0) -> CorpusSpec:
         return cls(
             seed=seed, n_train_speakers=6, n_dev_speakers=3, n_eval_speakers=3,
             n_dev_nontarget_speakers=2, n_eval_nontarget_speakers=2,

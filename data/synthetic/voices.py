@@ -264,7 +264,7 @@ class Session:
     level_dbfs: float
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "Session":
+    def sample(rng: np.random.Generator) -> Session:
         return Session(float(rng.uniform(50, 120)), float(rng.normal(0, 0.3)),
                        float(rng.uniform(38, 52)), float(rng.uniform(-22, -16)))
 

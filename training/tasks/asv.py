@@ -7,19 +7,25 @@ the ASVspoof SASV lists. weights/best.ckpt initialises system sasv through `asv_
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.augment import AugmentError, Augmenter
+from data.augment import Augmenter, AugmentError
 from data.datasets import partition_audio_dir
 from data.protocols import ProtocolError
-from data.speaker_lists import (CroppedUtteranceDataset, LabelledUtterance, SpeakerBatchSampler,
-                                asvspoof_bonafide_utterances, read_voxceleb_train_list, speaker_classes)
+from data.speaker_lists import (
+    CroppedUtteranceDataset,
+    LabelledUtterance,
+    SpeakerBatchSampler,
+    asvspoof_bonafide_utterances,
+    read_voxceleb_train_list,
+    speaker_classes,
+)
 from losses import build_loss
 from models.build import build_asv_network
 from models.checkpoint import CheckpointError, apply_state, load_asv_weights
@@ -28,8 +34,13 @@ from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
 from scoring.extraction import bad_audio_warning, count_unscored
 from scoring.score_files import write_scores
-from scoring.verification import (VerificationTrials, asvspoof_trials, score_trials, verification_metrics,
-                                  voxceleb_trials)
+from scoring.verification import (
+    VerificationTrials,
+    asvspoof_trials,
+    score_trials,
+    verification_metrics,
+    voxceleb_trials,
+)
 from training.task import Run
 from training.tasks.subsystem import COMMON_COLUMNS, SubsystemTask
 

@@ -10,8 +10,9 @@ best checkpoint), SV-EER, SPF-EER and min a-DCF of the dev trials.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
