@@ -163,7 +163,7 @@ def test_channels_last_resnet_equals_the_contiguous_one(corpus):
 def test_joint_training_under_bf16_autocast(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, amp="bf16")
     assert trainer.amp == "bf16" and not trainer.scaler.is_enabled()  # bf16 needs no scaling
-    model = trainer.model
+    model = trainer.task.model
     dtypes = record_training({"resnet": model.asv_model.layer1, "aasist": model.cm_model.encoder,
                               "sinc front end": model.cm_model.first_bn, "back-end": model.backend.conv1},
                              lambda out: out.dtype)
@@ -180,7 +180,7 @@ def test_joint_training_under_fp16_autocast_with_a_cpu_grad_scaler(corpus, tmp_p
     trainer = tiny_trainer(corpus, tmp_path, amp="fp16")
     # GradScaler("cuda") disabled itself on the CPU (with a warning): the scaler must be the device's own.
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
-    dtypes = record_training({"back-end": trainer.model.backend.conv1}, lambda out: out.dtype)
+    dtypes = record_training({"back-end": trainer.task.model.backend.conv1}, lambda out: out.dtype)
     row, _ = fit_and_check(trainer)
     assert dtypes == {"back-end": {torch.float16}}
     # The one step counts unless the scaler found inf gradients, skipped it and lowered its scale.
@@ -190,7 +190,7 @@ def test_joint_training_under_fp16_autocast_with_a_cpu_grad_scaler(corpus, tmp_p
 
 def test_joint_training_in_channels_last(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, channels_last="on")
-    resnet = trainer.model.asv_model
+    resnet = trainer.task.model.asv_model
     assert resnet.channels_last and resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     layouts = record_training({"layer1": resnet.layer1}, lambda out: out.is_contiguous(memory_format=torch.channels_last))
     row, _ = fit_and_check(trainer)

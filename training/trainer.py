@@ -63,7 +63,7 @@ class Trainer:
         self.device = device
         self.is_main = distributed.is_main()
         self.progress = progress and self.is_main
-        amp = resolve_amp(config["amp"], device)
+        self.amp = amp = resolve_amp(config["amp"], device)
         seed_everything(config["seed"])
         # Under torchrun a second signal is ignored: torchrun forwards the scheduler's signal that the workers
         # may also get directly, and kills them itself after its --shutdown-timeout.
