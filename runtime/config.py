@@ -588,7 +588,7 @@ def _check_sample_counts(config: Config, origins: Mapping[str, str]) -> None:
     system = config["system"]
     readers = {
         "train_samples": [asv, cm] if system == "sasv" else [],
-        "test_samples": {"sasv": [asv, cm], "asv": [asv], "cm": [cm]}[system],
+        "test_samples": {"sasv": [asv, cm], "asv": [asv], "cm": [cm]}.get(system, []),
         "enrollment_samples.dev": [asv],
         "enrollment_samples.eval": [asv],
         "asv_train.samples": [asv],

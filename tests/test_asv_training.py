@@ -447,14 +447,14 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
     straight.fit()
 
     stopped = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
-    original = stopped.validate
+    original = stopped.task.validate
 
     def validate_with_a_signal(epoch):
         if epoch == 0:
             stopped.stop.requested = signal.SIGINT  # arrives while the dev files are embedded
         return original(epoch)
 
-    stopped.validate = validate_with_a_signal
+    stopped.task.validate = validate_with_a_signal
     with pytest.raises(RunInterrupted, match=r"SIGINT at the dev scoring of asv epoch 1 \(its training is saved\) "
                                              r"\(step 2\); saved .*last.ckpt"):
         stopped.fit()

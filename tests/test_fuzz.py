@@ -179,7 +179,7 @@ def test_protocol_parsers_on_a_folder_and_a_missing_file():
 @given(st.one_of(TEXT, st.lists(st.sampled_from(["LA_E_1", "LA_E_2", "0.5", "-1e3", "nan", "inf", "x", " ", "\n"]),
                                 max_size=12).map(" ".join)))
 def test_asv_score_file_reader(text):
-    from save_cm_score import read_asv_scores
+    from scoring.score_files import read_asv_score_file as read_asv_scores
 
     trials = _write("trials.txt", "LA_0001 LA_E_1 bonafide target\nLA_0002 LA_E_2 A07 spoof\n")
     scores = _write("score_ASV.txt", text)

@@ -80,7 +80,10 @@ def parse_scores(path: Path) -> tuple[list[tuple[str, str, str]], np.ndarray]:
 
 def test_outputs_exist_and_parse(trained):
     _, config_path, experiment, stdout = trained
-    assert (experiment / "config.conf").read_text() == config_path.read_text()
+    written = (experiment / "config.conf").read_text()
+    assert written.startswith("# command: python ") and "--config" in written.splitlines()[0]
+    # the effective config: read back, it gives the same values as the file the run was started with
+    assert load_config(experiment / "config.conf").to_dict() == load_config(config_path).to_dict()
     with open(experiment / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == [1, 2]

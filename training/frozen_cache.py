@@ -39,7 +39,7 @@ from models.sasv import SASVModel
 from runtime import distributed
 from runtime.config import Config
 from runtime.files import atomic_open
-from scoring.extraction import extract_sharded
+from scoring.extraction import Extraction, extract_sharded
 
 CACHE_VERSION = 3  # 2: content checksum labels each table; 3: frozen networks always fp32 (no amp in the key)
 DEFAULT_FOLDER = "frozen_embeddings"  # under the experiment folder when dirs.embedding is not set
@@ -235,11 +235,10 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
         chunk = missing[start:start + SAVE_EVERY]
         problems: dict[str, str] = {}
         # Under torchrun each rank embeds its share of the chunk and every rank gets all rows.
-        fresh = extract_sharded([audio[u] for u in chunk], config["train_samples"], networks, device=device,
-                                batch_size=config["eval_batch_size"], num_workers=config["loader"]["n_workers"],
-                                sample_rate=config["sample_rate"], resample=config["resample"],
-                                desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}",
-                                progress=progress and main, on_bad_audio="skip", bad_audio=problems, poll=poll)
+        fresh = extract_sharded([audio[u] for u in chunk], config["train_samples"], networks,
+                                Extraction.from_config(config, device, progress=progress and main,
+                                                       on_bad_audio="skip", poll=poll),
+                                desc=f"frozen embeddings {start + len(chunk)}/{len(missing)}", bad_audio=problems)
         bad.update({u: problems[str(audio[u])] for u in chunk if str(audio[u]) in problems})
         good = [i for i, u in enumerate(chunk) if u not in bad]
         if good:  # bad files are not stored: they are tried again next time
