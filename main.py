@@ -70,8 +70,8 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
             # config.conf is the run as it was configured: the file plus --set overrides, read back the same.
             fresh = prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
                                            overwrite=args.overwrite,
-                                           config_text=config_text(config, [*(distributed.launcher_prefix() or ["python"]),
-                                                                            *sys.argv]))
+                                           config_text=config_text(
+                                               config, [*(distributed.launcher_prefix() or ["python"]), *sys.argv]))
         distributed.barrier()
         try:
             trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)

@@ -52,7 +52,8 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
                     continue
                 if len(fields) not in counts:
                     expected = " or ".join(str(c) for c in counts)
-                    raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
+                    raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: "
+                                        f"{line.strip()!r}")
                 yield number, fields
     except FileNotFoundError:
         raise ProtocolError(f"{path}: protocol file not found") from None
@@ -141,8 +142,10 @@ def speaker_utterances(entries: list[CMEntry]) -> dict[str, dict[str, list[str]]
     return speakers
 
 
-def check_trials_enrolled(trials: list[SASVTrial], enrolled: dict, trial_path: str | Path, enrollment_path: str | Path) -> None:
+def check_trials_enrolled(trials: list[SASVTrial], enrolled: dict, trial_path: str | Path,
+                          enrollment_path: str | Path) -> None:
     """Every claimed speaker must have an enrollment."""
     for index, trial in enumerate(trials, start=1):
         if trial.speaker not in enrolled:
-            raise ProtocolError(f"{trial_path}:{index}: speaker {trial.speaker!r} has no enrollment in {enrollment_path}")
+            raise ProtocolError(f"{trial_path}:{index}: speaker {trial.speaker!r} has no enrollment in "
+                                f"{enrollment_path}")

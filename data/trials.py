@@ -69,12 +69,12 @@ class TrialSampler:
         if kind in (NONTARGET_BONAFIDE, ZERO_EFFORT):
             first, second = rng.choice(len(self._bona_speakers), size=2, replace=False)
             enrolled, other = self._bona_speakers[first], self._bona_speakers[second]
-            return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._bonafide[other], rng), 1, kind,
-                              enrolled, other)
+            return TrainTrial(self._pick(self._bonafide[enrolled], rng), self._pick(self._bonafide[other], rng), 1,
+                              kind, enrolled, other)
         if kind == TARGET_SPOOF:
             speaker = self._spoof_speakers[rng.integers(len(self._spoof_speakers))]
-            return TrainTrial(self._pick(self._spoof_owner_bona[speaker], rng), self._pick(self._spoof[speaker], rng), 1, kind,
-                              speaker)
+            return TrainTrial(self._pick(self._spoof_owner_bona[speaker], rng), self._pick(self._spoof[speaker], rng),
+                              1, kind, speaker)
         # nontarget spoof: spoof of another speaker than the enrolled one
         attacker = self._spoof_speakers[rng.integers(len(self._spoof_speakers))]
         others = [s for s in self._bona_speakers if s != attacker]

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 
 class OCSoftmax(nn.Module):
-    """forward(feats [B, D], labels [B]) -> (loss, score [B]); label 0 = target bona fide, non-zero = any other trial."""
+    """forward(feats [B, D], labels [B]) -> (loss, score [B]); label 0 = target bona fide,
+    non-zero = any other trial."""
 
     def __init__(self, feat_dim: int = 256, r_real: float = 0.8, r_fake: float = 0.2, alpha: float = 10.0) -> None:
         super().__init__()
@@ -34,7 +35,8 @@ class OCSoftmax(nn.Module):
     def forward(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         scores = self.score(feats)
         if labels.shape != scores.shape:
-            raise ValueError(f"OCSoftmax: labels shape {tuple(labels.shape)} does not match batch {tuple(scores.shape)}")
+            raise ValueError(f"OCSoftmax: labels shape {tuple(labels.shape)} does not match batch "
+                             f"{tuple(scores.shape)}")
         is_target = labels.to(scores.device) == 0
         # Positive margin = violation: target below r_real, or non-target above r_fake.
         margins = torch.where(is_target, self.r_real - scores, scores - self.r_fake)

@@ -57,7 +57,8 @@ SCHEMA: dict = _section(
                               "processes together, batch_size / N each"),
     eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
     epoch=Field(int, 20, "number of training epochs"),
-    trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM protocol (as the original)"),
+    trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM "
+                                      "protocol (as the original)"),
     save_top_k=Field(int, 3, "keep this many best checkpoints by the dev metric (plus last.ckpt): SASV-EER; "
                               "asv: EER; cm: cm_train.select_by"),
     val_interval_epoch=Field(int, 1, "validate on the dev trials every N epochs"),
@@ -69,20 +70,26 @@ SCHEMA: dict = _section(
                          "(skipped_batches)", choices=("error", "skip")),
     on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf or implausibly loud (|x| > 32), or wrong-rate/"
                        "multi-channel (unless resample) audio: error stops with one line naming the file; skip draws "
-                       "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead and, in scoring, marks the "
+                       "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead "
+                       "and, in scoring, marks the "
                        "trials that need the file (score nan, left out of the metrics, counted as "
                        "n_skipped_trials)", choices=("error", "skip")),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
-    model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",
+    model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; "
+                     "ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",
                      choices=("ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC_fixed")),
     train_asv=Field(bool, None, "train the ASV network; default from model_arch"),
     train_cm=Field(bool, None, "train the CM network; default from model_arch"),
     dataloader=Field(str, None, "original dataloader name; selects the trial sampling when `trial_sampling` is not set",
                      choices=(None, "Datalaoder_sasv", "Datalaoder_sasv_4class", "Datalaoder_sasv_FADbona",
-                              "Datalaoder_sasv_FADbona_4class", "Datalaoder_sasv_FADfull", "Datalaoder_sasv_FADfull_4class")),
-    trial_sampling=Field(str, None, "four_class: target/nontarget x bona fide/spoof, equal odds (joint); two_class: half target, half nontarget split between zero-effort and same-speaker spoof (fixed). Default from model_arch",
+                              "Datalaoder_sasv_FADbona_4class", "Datalaoder_sasv_FADfull",
+                              "Datalaoder_sasv_FADfull_4class")),
+    trial_sampling=Field(str, None, "four_class: target/nontarget x bona fide/spoof, equal odds (joint); two_class: "
+                         "half target, half nontarget split between zero-effort and same-speaker spoof (fixed). "
+                         "Default from model_arch",
                          choices=(None, "four_class", "two_class")),
-    train_crop=Field(str, "first", "training crop: first (the original: first N samples, tiled when shorter) or random", choices=("first", "random")),
+    train_crop=Field(str, "first", "training crop: first (the original: first N samples, tiled when shorter) or random",
+                     choices=("first", "random")),
     train_samples=Field(int, 64600, "samples per training utterance"),
     test_samples=Field(int, 64600, "samples per test utterance when scoring"),
     enrollment_samples=_section(
@@ -90,7 +97,8 @@ SCHEMA: dict = _section(
         eval=Field(int, 1440000, "enrollment waveform length for eval scoring (original read_waveform_eval_2)"),
     ),
     sample_rate=Field(int, 16000, "expected sampling rate"),
-    audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/", choices=("flac", "wav")),
+    audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/",
+                    choices=("flac", "wav")),
     resample=Field(bool, False, "resample / down-mix audio that is not 16 kHz mono instead of refusing it"),
     device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
     amp=Field(str, "auto", "mixed precision of training: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a "
@@ -104,7 +112,8 @@ SCHEMA: dict = _section(
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
                                   "back-end on them; false runs the frozen networks every batch"),
-    asv_weight=Field(str, None, "initial ASV weights: voxceleb_trainer .model (e.g. baseline_v2_ap.model) or a joint checkpoint"),
+    asv_weight=Field(str, None, "initial ASV weights: voxceleb_trainer .model (e.g. baseline_v2_ap.model) or a "
+                     "joint checkpoint"),
     aasist_config=Field(str, None, "AASIST JSON config; its model_config builds the CM network"),
     aasist_weight=Field(str, None, "initial CM weights: AASIST .pth or a joint checkpoint"),
     init_checkpoint=Field(str, None, "initialise the parts a joint checkpoint holds (Lightning .ckpt or ours); "
@@ -113,14 +122,17 @@ SCHEMA: dict = _section(
     asv_model=_section(
         architecture=Field(str, "ResNetSE34V2", "ASV network, by its name in models.ASV_NETWORKS"),
         n_out=Field(int, 512, "speaker embedding size"),
-        encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling", choices=("ASP", "SAP")),
+        encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling",
+                           choices=("ASP", "SAP")),
         n_mels=Field(int, 64, "mel bands"),
-        feature_norm=Field(str, "instance", "log-mel normalisation: instance (the original: per band over time) or utterance (one mean/std per utterance, keeps the long-term spectrum)",
+        feature_norm=Field(str, "instance", "log-mel normalisation: instance (the original: per band over time) or "
+                           "utterance (one mean/std per utterance, keeps the long-term spectrum)",
                            choices=("instance", "utterance")),
         layers=Field(list, [3, 4, 6, 3], "SE basic blocks per stage"),
         num_filters=Field(list, [32, 64, 128, 256], "channels per stage"),
     ),
-    cm_model=Field(dict, None, "AASIST model_config written inline; overrides aasist_config; its `architecture` names the CM network in models.CM_NETWORKS"),
+    cm_model=Field(dict, None, "AASIST model_config written inline; overrides aasist_config; its `architecture` "
+                   "names the CM network in models.CM_NETWORKS"),
     backend=_section(
         conv_channels=Field(list, [64, 128, 256], "channels of the three fusion Conv1d blocks"),
         hidden_dims=Field(list, [512, 256], "fusion MLP widths; the last one is the OC-softmax feature size"),
@@ -159,7 +171,8 @@ SCHEMA: dict = _section(
                      "voxceleb_trainer asv_weight file replace it"),
         n_per_speaker=Field(int, None, "utterances per speaker in a batch; default 1 (aamsoftmax), 2 (angleproto, "
                             "softmaxproto, which need >= 2; a batch then never holds a speaker twice)"),
-        max_per_speaker=Field(int, 500, "at most this many utterances of a speaker per epoch (voxceleb_trainer's max_seg_per_spk)"),
+        max_per_speaker=Field(int, 500, "at most this many utterances of a speaker per epoch (voxceleb_trainer's "
+                              "max_seg_per_spk)"),
         samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled"),
         train_list=Field(str, None, "VoxCeleb-style training list, 'speaker_id relative/path.wav' per line; default: "
                          "the bona fide utterances of dirs.cm_trn_list"),
@@ -171,10 +184,13 @@ SCHEMA: dict = _section(
         trial_root=Field(str, None, "folder the trial_list / eval_trial_list paths are relative to"),
         enrollment=Field(str, "utterances", "ASVspoof trials: the speaker model is the mean embedding of its "
                          "asv.*.{female,male}.trn.txt utterances (utterances, as save_asv_embeddings.py) or the "
-                         "embedding of its dirs.enrollment_dir file cut to enrollment_samples (file, as the SASV model)",
+                         "embedding of its dirs.enrollment_dir file cut to enrollment_samples (file, as the SASV "
+                         "model)",
                          choices=("utterances", "file")),
-        musan_dir=Field(str, None, "MUSAN folder with noise/, speech/, music/ (e.g. musan_split); enables noise augmentation"),
-        rir_dir=Field(str, None, "room impulse responses folder (e.g. RIRS_NOISES/simulated_rirs); enables reverberation"),
+        musan_dir=Field(str, None, "MUSAN folder with noise/, speech/, music/ (e.g. musan_split); enables noise "
+                        "augmentation"),
+        rir_dir=Field(str, None, "room impulse responses folder (e.g. RIRS_NOISES/simulated_rirs); enables "
+                      "reverberation"),
         lr=Field(float, 0.001, "Adam learning rate (voxceleb_trainer)"),
         wd=Field(float, 0.0, "Adam weight decay"),
         lr_decay=Field(float, 0.95, "multiply the learning rate by this every lr_decay_epochs epochs (StepLR)"),
@@ -190,7 +206,8 @@ SCHEMA: dict = _section(
                         "constant: no decay", choices=("cosine", "constant")),
         class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [spoof, bona fide] (aasist)"),
         samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled"),
-        freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch (aasist)"),
+        freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch "
+                       "(aasist)"),
         select_by=Field(str, "eer", "dev metric that ranks checkpoints: eer (as aasist) or min_tdcf (needs ASV scores)",
                         choices=("eer", "min_tdcf")),
         asv_scores=_section(
@@ -203,24 +220,29 @@ SCHEMA: dict = _section(
     ),
     dirs=_section(
         database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/"),
-        enrollment_dir=Field(str, "enr_audio/", "folder with {dev,eval}/<entry of asv.*.gi.trn.txt>.flac concatenated enrollments"),
+        enrollment_dir=Field(str, "enr_audio/", "folder with {dev,eval}/<entry of asv.*.gi.trn.txt>.flac "
+                             "concatenated enrollments"),
         cm_trn_list=Field(str, "protocols/ASVspoof2019.LA.cm.train.trn.txt", "CM training protocol"),
         cm_dev_list=Field(str, "protocols/ASVspoof2019.LA.cm.dev.trl.txt", "CM dev protocol"),
         cm_eval_list=Field(str, "protocols/ASVspoof2019.LA.cm.eval.trl.txt", "CM eval protocol"),
         sasv_dev_trial=Field(str, "protocols/ASVspoof2019.LA.asv.dev.gi.trl.txt", "SASV dev trials"),
         sasv_eval_trial=Field(str, "protocols/ASVspoof2019.LA.asv.eval.gi.trl.txt", "SASV eval trials"),
         sasv_dev_trn_trial=Field(str, "protocols/ASVspoof2019.LA.asv.dev.gi.trn.txt", "dev speaker -> enrollment file"),
-        sasv_eval_trn_trial=Field(str, "protocols/ASVspoof2019.LA.asv.eval.gi.trn.txt", "eval speaker -> enrollment file"),
+        sasv_eval_trn_trial=Field(str, "protocols/ASVspoof2019.LA.asv.eval.gi.trn.txt",
+                                  "eval speaker -> enrollment file"),
         asv_dev_enrollment_lists=Field(list, ["protocols/ASVspoof2019.LA.asv.dev.female.trn.txt",
                                               "protocols/ASVspoof2019.LA.asv.dev.male.trn.txt"],
                                        "dev speaker -> enrollment utterances (for save_asv_embeddings.py)"),
         asv_eval_enrollment_lists=Field(list, ["protocols/ASVspoof2019.LA.asv.eval.female.trn.txt",
                                                "protocols/ASVspoof2019.LA.asv.eval.male.trn.txt"],
                                         "eval speaker -> enrollment utterances (for save_asv_embeddings.py)"),
-        extra_trn_lists=Field(list, [], "extra CM-format training protocols (e.g. FAD), audio in the train flac folder"),
-        extra_trn_use=Field(str, "bonafide", "bonafide: extra speakers add bona fide trials only (FADbona); full: spoof too (FADfull)",
+        extra_trn_lists=Field(list, [], "extra CM-format training protocols (e.g. FAD), audio in the train flac "
+                              "folder"),
+        extra_trn_use=Field(str, "bonafide", "bonafide: extra speakers add bona fide trials only (FADbona); full: "
+                            "spoof too (FADfull)",
                             choices=("bonafide", "full")),
-        spk_meta=Field(str, "spk_meta/", "unused: speaker metadata is built from the protocols in memory", ignored=True),
+        spk_meta=Field(str, "spk_meta/", "unused: speaker metadata is built from the protocols in memory",
+                       ignored=True),
         embedding=Field(str, None, "folder of the frozen-embedding cache (cache_frozen_embeddings), shared by runs: "
                         "entries are keyed by the frozen weights, architecture and crop; default: "
                         "<experiment>/frozen_embeddings/"),
@@ -230,10 +252,12 @@ SCHEMA: dict = _section(
     loss_weight=Field(list, [0.1, 0.9], "unused by the original", ignored=True),
     ngpus=Field(int, 1, "unused: use torchrun --nproc_per_node for several GPUs", ignored=True),
     progbar_refresh=Field(int, 10, "unused: tqdm refreshes itself", ignored=True),
-    pl_system=Field(str, "OC", "unused (PyTorch Lightning system name); dataloader / dirs.extra_trn_use select FAD sampling", ignored=True),
+    pl_system=Field(str, "OC", "unused (PyTorch Lightning system name); dataloader / dirs.extra_trn_use select FAD "
+                    "sampling", ignored=True),
     ecapa_weight=Field(str, None, "unused by the original", ignored=True),
     demo_corpus=_section(
-        root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see data/synthetic/)"),
+        root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see "
+                   "data/synthetic/)"),
         size=Field(str, "demo", "corpus size", choices=("demo", "tiny")),
         seed=Field(int, 0, "corpus seed"),
     ),

@@ -39,4 +39,5 @@ def check_data_layout(config: Config) -> None:
     for partition in ("train", "dev", "eval"):
         folder = partition_audio_dir(database, partition)
         if not folder.is_dir():
-            raise ConfigError(f"{config.source}: expected audio folder {folder} (ASVspoof 2019 LA layout under dirs.database)")
+            raise ConfigError(f"{config.source}: expected audio folder {folder} (ASVspoof 2019 LA layout under "
+                              "dirs.database)")

@@ -170,9 +170,11 @@ class SASVScorer:
                           leave=False):
             chunk = trials[start:start + batch_size]
             enr = torch.stack([load_waveform(inputs.enrollment_paths[t.speaker], inputs.enrollment_samples,
-                                             sample_rate=self.options.sample_rate, resample=self.options.resample) for t in chunk])
+                                             sample_rate=self.options.sample_rate, resample=self.options.resample)
+                               for t in chunk])
             tst = torch.stack([load_waveform(inputs.test_path(t.utterance), inputs.test_samples,
-                                             sample_rate=self.options.sample_rate, resample=self.options.resample) for t in chunk])
+                                             sample_rate=self.options.sample_rate, resample=self.options.resample)
+                               for t in chunk])
             with autocast_context(self.device, self.options.amp):
                 feats = self.model(enr.to(self.device), tst.to(self.device))
             scores.append(self.loss.score(feats.float()).cpu())

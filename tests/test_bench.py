@@ -30,4 +30,5 @@ def test_bench_train_prints_every_promised_number(corpus, tmp_path):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
     assert summary["device"] == "cpu"
     assert summary["eval_max_abs_diff"] < 1e-4  # cached scoring equals the per-trial path
-    assert summary["eval_speedup"] == pytest.approx(summary["eval_trials_per_s"] / summary["eval_trials_per_s_reference"])
+    assert summary["eval_speedup"] == pytest.approx(
+        summary["eval_trials_per_s"] / summary["eval_trials_per_s_reference"])

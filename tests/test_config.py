@@ -72,7 +72,8 @@ def test_original_joint_config_loads_unchanged(tmp_path):
 
 
 def test_fixed_arch_freezes_subsystems_and_uses_two_class_trials(tmp_path):
-    text = ORIGINAL_JOINT_CONF.replace('"ResNetSE34V2_AASIST_OC",\n    "ngpus"', '"ResNetSE34V2_AASIST_OC_fixed",\n    "ngpus"')
+    text = ORIGINAL_JOINT_CONF.replace('"ResNetSE34V2_AASIST_OC",\n    "ngpus"',
+                                       '"ResNetSE34V2_AASIST_OC_fixed",\n    "ngpus"')
     text = text.replace("Datalaoder_sasv_4class", "Datalaoder_sasv")
     config = load_config(write(tmp_path, text))
     assert not config["train_asv"] and not config["train_cm"]
@@ -92,7 +93,8 @@ def test_unknown_key_names_key_and_suggestion(tmp_path):
 
 
 def test_wrong_type_and_choice(tmp_path):
-    with pytest.raises(ConfigError, match=r"exp.conf: key 'batch_size' must be a integer|exp.conf: key 'batch_size' must be an? integer"):
+    with pytest.raises(ConfigError, match=r"exp.conf: key 'batch_size' must be a integer|"
+                                          r"exp.conf: key 'batch_size' must be an? integer"):
         load_config(write(tmp_path, '{"batch_size": "twenty"}'))
     with pytest.raises(ConfigError, match=r"key 'model_arch' is 'ResNet'; valid values"):
         load_config(write(tmp_path, '{"model_arch": "ResNet"}'))

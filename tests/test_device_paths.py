@@ -192,7 +192,8 @@ def test_joint_training_in_channels_last(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, channels_last="on")
     resnet = trainer.task.model.asv_model
     assert resnet.channels_last and resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    layouts = record_training({"layer1": resnet.layer1}, lambda out: out.is_contiguous(memory_format=torch.channels_last))
+    layouts = record_training({"layer1": resnet.layer1},
+                              lambda out: out.is_contiguous(memory_format=torch.channels_last))
     row, _ = fit_and_check(trainer)
     assert int(row["step"]) == 1 and layouts == {"layer1": {True}}
     assert resnet.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)  # kept by the optimiser

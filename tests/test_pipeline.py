@@ -37,8 +37,10 @@ def tiny_config(root: Path, **overrides) -> dict:
             "sasv_eval_trial": str(protocols / "ASVspoof2019.LA.asv.eval.gi.trl.txt"),
             "sasv_dev_trn_trial": str(protocols / "ASVspoof2019.LA.asv.dev.gi.trn.txt"),
             "sasv_eval_trn_trial": str(protocols / "ASVspoof2019.LA.asv.eval.gi.trn.txt"),
-            "asv_dev_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.dev.{g}.trn.txt") for g in ("female", "male")],
-            "asv_eval_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.eval.{g}.trn.txt") for g in ("female", "male")],
+            "asv_dev_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.dev.{g}.trn.txt")
+                                         for g in ("female", "male")],
+            "asv_eval_enrollment_lists": [str(protocols / f"ASVspoof2019.LA.asv.eval.{g}.trn.txt")
+                                          for g in ("female", "male")],
         },
         "device": "cpu", "seed": 7, "epoch": 2, "trials_per_epoch": 24, "batch_size": 8, "eval_batch_size": 16,
         "train_samples": 8000, "test_samples": 8000, "enrollment_samples": {"dev": 16000, "eval": 24000},

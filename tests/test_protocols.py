@@ -46,7 +46,8 @@ def test_real_sasv_trials_and_enrollment(fixtures):
     assert all((t.label == 0) == (t.key == "target") for t in trials)
     files = read_enrollment_files(protocol(fixtures, "asv.dev.gi.trn"))
     assert {t.speaker for t in trials} <= set(files)
-    lists = read_enrollment_utterances([protocol(fixtures, "asv.dev.female.trn"), protocol(fixtures, "asv.dev.male.trn")])
+    lists = read_enrollment_utterances([protocol(fixtures, "asv.dev.female.trn"),
+                                        protocol(fixtures, "asv.dev.male.trn")])
     assert set(lists) == set(files)
     # the concatenated enrollment file is named after the speaker's first enrollment utterance
     assert all(files[s] == f"{s}_{utts[0]}" for s, utts in lists.items())
@@ -58,7 +59,8 @@ def test_real_sasv_trials_and_enrollment(fixtures):
 @pytest.mark.parametrize("text, pattern", [
     ("LA_0001 LA_T_1 - - bonafide\nLA_0001 LA_T_2 - bonafide\n", r"bad.txt:2: expected 5 fields, got 4"),
     ("LA_0001 LA_T_1 - - genuine\n", r"bad.txt:1: unknown CM key 'genuine'"),
-    ("LA_0001 LA_T_1 - - bonafide\n\nLA_0002 LA_T_1 - A01 spoof\n", r"bad.txt:3: duplicate utterance id 'LA_T_1' \(first on line 1\)"),
+    ("LA_0001 LA_T_1 - - bonafide\n\nLA_0002 LA_T_1 - A01 spoof\n",
+     r"bad.txt:3: duplicate utterance id 'LA_T_1' \(first on line 1\)"),
     ("", r"bad.txt: protocol file is empty"),
 ])
 def test_cm_protocol_errors(tmp_path, text, pattern):
@@ -124,7 +126,8 @@ def test_four_class_sampler_draws_each_kind_correctly():
         enrolled, tested = trial.enrollment, trial.test
         assert enrolled.startswith("U"), "enrollment is always bona fide"
         if trial.kind == TARGET_BONAFIDE:
-            assert tested.startswith("U") and owner(tested) == owner(enrolled) and tested != enrolled and trial.label == 0
+            assert (tested.startswith("U") and owner(tested) == owner(enrolled) and tested != enrolled
+                    and trial.label == 0)
         elif trial.kind == NONTARGET_BONAFIDE:
             assert tested.startswith("U") and owner(tested) != owner(enrolled) and trial.label == 1
         elif trial.kind == TARGET_SPOOF:
@@ -167,6 +170,7 @@ def test_extra_bonafide_speakers_only_in_bonafide_trials():
 
 def test_sampler_rejects_unusable_protocols():
     with pytest.raises(ProtocolError, match="both bona fide and spoofed"):
-        TrialSampler({"A": {"bonafide": ["a1", "a2"], "spoof": []}, "B": {"bonafide": ["b1"], "spoof": []}}, "four_class")
+        TrialSampler({"A": {"bonafide": ["a1", "a2"], "spoof": []}, "B": {"bonafide": ["b1"], "spoof": []}},
+                     "four_class")
     with pytest.raises(ValueError, match="unknown trial sampling"):
         TrialSampler(toy_speakers(), "three_class")

@@ -299,7 +299,8 @@ def test_speakers_are_verifiable_by_simple_features(corpus):
     for partition in ("dev", "eval"):
         trials = [t for t in protocol(corpus, f"ASVspoof2019.LA.asv.{partition}.gi.trl.txt") if t[3] != "spoof"]
         centre = np.mean([features(partition, t[1])["mean"] for t in trials], axis=0)
-        models = {spk: [features(partition, u) for u in utts] for spk, (_, utts) in enrolment(corpus, partition).items()}
+        models = {spk: [features(partition, u) for u in utts]
+                  for spk, (_, utts) in enrolment(corpus, partition).items()}
         for claimed, utterance, _, kind in trials:
             test, model = features(partition, utterance), models[claimed]
             is_target.append(kind == "target")

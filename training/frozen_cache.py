@@ -12,11 +12,12 @@ path (`TrainTrialDataset`), which `cache_frozen_embeddings: false` keeps.
 Cache file `<dirs.embedding>/train-<key>.pt`. The key hashes the frozen weights (the bytes of
 every state-dict tensor, so any weight change gives another file), the architecture
 configs and the crop rule (train_crop, train_samples, sample_rate, resample, audio_ext); frozen
-networks always run in fp32 (models/sasv.py), so `amp` does not enter it. Each entry also records its audio file's size and
-modification time, and is embedded again when they change. The file is written atomically
-and carries a SHA-256 of its content: an unreadable, truncated or altered file is rebuilt
-after a one-line warning. Utterances whose audio is bad are not stored (retried next run).
-Under torchrun the processes embed the missing utterances in shares and rank 0 writes the file.
+networks always run in fp32 (models/sasv.py), so `amp` does not enter it. Each entry also
+records its audio file's size and modification time, and is embedded again when they change.
+The file is written atomically and carries a SHA-256 of its content: an unreadable,
+truncated or altered file is rebuilt after a one-line warning. Utterances whose audio is bad
+are not stored (retried next run). Under torchrun the processes embed the missing utterances
+in shares and rank 0 writes the file.
 """
 from __future__ import annotations
 

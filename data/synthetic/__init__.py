@@ -94,7 +94,7 @@ from .voices import Voice, sample_voice
 
 __all__ = [
     "ATTACKS", "COMPLETE_MARKER", "EVAL_ATTACKS", "FORMAT_VERSION", "IN_PROGRESS_MARKER", "PARTITIONS",
-    "TRAIN_ATTACKS", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "ensure_demo_corpus", "generate_corpus",
-    "sample_voice",
+    "TRAIN_ATTACKS", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "ensure_demo_corpus",
+    "generate_corpus", "sample_voice",
     "_top_band_rolloff",  # private, but the tests call it as synthetic._top_band_rolloff
 ]
