@@ -84,13 +84,13 @@ def test_cached_training_equals_frozen_networks_every_batch(corpus, tmp_path):
     assert not (tmp_path / "direct" / "frozen_embeddings").exists()
     assert cached.state.step == direct.state.step == 2 * 32 // 8
     initial = seeded_model(fixed_config(corpus)).backend.state_dict()  # both runs start from these
-    moved = max(float((cached.model.backend.state_dict()[k].float() - v.float()).abs().max())
+    moved = max(float((cached.task.model.backend.state_dict()[k].float() - v.float()).abs().max())
                 for k, v in initial.items())
     assert moved > 1e-3  # the comparison below is between two trainings that did something
     # Same weights up to float rounding: the frozen networks see the same crops, but batched
     # differently (a training batch mixes trials; the cache embeds eval_batch_size utterances at a time).
-    for name, tensor in direct.model.state_dict().items():
-        torch.testing.assert_close(cached.model.state_dict()[name], tensor, atol=1e-5, rtol=0, msg=name)
+    for name, tensor in direct.task.model.state_dict().items():
+        torch.testing.assert_close(cached.task.model.state_dict()[name], tensor, atol=1e-5, rtol=0, msg=name)
     torch.testing.assert_close(cached.loss.center, direct.loss.center, atol=1e-5, rtol=0)
     for name in ("scores/dev_epoch_001.txt", "scores/dev_epoch_002.txt", "scores/eval.txt"):
         a = np.loadtxt(tmp_path / "cached" / name, usecols=3)
