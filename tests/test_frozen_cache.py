@@ -91,7 +91,7 @@ def test_cached_training_equals_frozen_networks_every_batch(corpus, tmp_path):
     # differently (a training batch mixes trials; the cache embeds eval_batch_size utterances at a time).
     for name, tensor in direct.task.model.state_dict().items():
         torch.testing.assert_close(cached.task.model.state_dict()[name], tensor, atol=1e-5, rtol=0, msg=name)
-    torch.testing.assert_close(cached.loss.center, direct.loss.center, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.task.loss.center, direct.task.loss.center, atol=1e-5, rtol=0)
     for name in ("scores/dev_epoch_001.txt", "scores/dev_epoch_002.txt", "scores/eval.txt"):
         a = np.loadtxt(tmp_path / "cached" / name, usecols=3)
         b = np.loadtxt(tmp_path / "direct" / name, usecols=3)

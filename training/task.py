@@ -119,6 +119,10 @@ class Task:
         """Eval metrics of the loaded weights (writes scores/eval.txt), or None when there is no eval set."""
         raise NotImplementedError
 
+    def eval_text(self, metrics: dict[str, Any]) -> str | None:
+        """The eval metrics for the log line `eval (<checkpoint>): ...`, or None for no such line."""
+        return None
+
     def summary_text(self, summary: dict[str, Any]) -> str:
         """One line for the end of main.py."""
         raise NotImplementedError

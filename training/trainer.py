@@ -392,6 +392,9 @@ class Trainer:
             summary.update(result)
             if self.is_main:
                 write_json(self.dir / "metrics_eval.json", summary)
+            text = self.task.eval_text(result)
+            if text:
+                self.log(f"eval ({summary['checkpoint']}): {text}")
         return summary
 
     def _dev_row(self, epoch: int) -> dict[str, Any]:

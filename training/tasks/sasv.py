@@ -236,9 +236,11 @@ class SASVTask(Task):
         metrics = sasv_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
-        run.log(f"eval: {sasv_text(metrics)}")
         return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,
                 "skipped_audio": dict(sorted(result.bad_audio.items()))}
+
+    def eval_text(self, metrics: dict[str, Any]) -> str:
+        return sasv_text(metrics)
 
     def summary_text(self, summary: dict[str, Any]) -> str:
         return f"eval {sasv_text(summary)} ({summary['checkpoint']})"
