@@ -16,6 +16,7 @@ from runtime import distributed
 from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
 from runtime.config import Config, config_text
 from runtime.device import resolve_device
+from runtime.files import output_folder
 from scoring.inputs import check_data_layout
 from training.state import experiment_lock, prepare_experiment_dir, remove_if_unstarted
 from training.trainer import Trainer
@@ -62,7 +63,7 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     distributed.barrier()
     if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
         check_data_layout(config)
-    experiment_dir = Path(args.output_dir) / Path(args.config).stem
+    experiment_dir = output_folder(args.output_dir, "--output_dir") / Path(args.config).stem
     # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
     with experiment_lock(experiment_dir, enabled=main_rank):
         fresh = False

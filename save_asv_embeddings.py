@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from data.datasets import partition_audio_dir
 from data.protocols import read_cm_protocol, read_enrollment_utterances
@@ -38,7 +37,7 @@ def main() -> None:
     device = resolve_device(config["device"])
     model, _, loaded = load_system(config, device, weight_args(args), optional=("asv", "cm"))
     database = require_database(config)
-    out = Path(args.comment)
+    out = files.output_folder(args.comment, "--comment")
     networks = {}
     if "asv" in loaded:
         networks["asv"] = model.asv_embedding

@@ -45,7 +45,7 @@ def _load(path: Path) -> dict:
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
-    out = Path(args.comment)
+    out = Path(args.comment)  # the embeddings are read from here
     for part in args.partitions:
         trial_path = config["dirs"][f"sasv_{part}_trial"]
         trials = read_sasv_trials(trial_path)

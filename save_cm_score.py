@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ def main() -> None:
     model, _, _ = load_system(config, device, weight_args(args), need=("cm",))
     database = require_database(config)
     options = Extraction.from_config(config, device)
-    out = Path(args.comment)
+    out = files.output_folder(args.comment, "--comment")
     for part in args.partitions:
         entries = read_cm_protocol(config["dirs"][f"cm_{part}_list"])
         folder = partition_audio_dir(database, part)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from models.build import load_system
 from runtime import files
@@ -35,7 +34,7 @@ def main() -> None:
     device = resolve_device(config["device"])
     model, loss, _ = load_system(config, device, weight_args(args), need=("asv", "cm", "backend"))
     scorer = SASVScorer(model, loss, Extraction.from_config(config, device))
-    out = Path(args.comment)
+    out = files.output_folder(args.comment, "--comment")
     for part in args.partitions:
         inputs = scoring_inputs(config, part)
         scored = scorer.score_trials(inputs)

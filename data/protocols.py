@@ -149,3 +149,12 @@ def check_trials_enrolled(trials: list[SASVTrial], enrolled: dict, trial_path: s
         if trial.speaker not in enrolled:
             raise ProtocolError(f"{trial_path}:{index}: speaker {trial.speaker!r} has no enrollment in "
                                 f"{enrollment_path}")
+
+
+def check_every_key(keys: list[str], path: str | Path, expected: tuple[str, ...] = SASV_KEYS,
+                    needed_for: str = "the SASV metrics (SASV-, SV- and SPF-EER, a-DCF)") -> None:
+    """Refuse a list that lacks a class before any scoring: its metrics would be undefined."""
+    missing = [key for key in expected if key not in set(keys)]
+    if missing:
+        raise ProtocolError(f"{path}: no {' or '.join(missing)} trials; {needed_for} need "
+                            f"{', '.join(expected)} trials")

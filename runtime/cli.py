@@ -13,7 +13,7 @@ from runtime.errors import RunFailure, UserError, unwrap_worker_error
 from runtime.signals import RunInterrupted
 
 # Bad input: one line on stderr, exit status 2.
-USER_ERRORS = (UserError, FileExistsError)
+USER_ERRORS = (UserError,)
 # A run that could not finish (non-finite loss, out of memory for a single item): one line, exit status 1.
 RUN_FAILURES = (RunFailure,)
 # The machine, not the input: a full disk, a read-only or missing place to write, a file where a folder should be.

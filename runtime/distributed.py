@@ -83,6 +83,19 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     dist.destroy_process_group()
 
 
+# How gloo and NCCL report, as a plain RuntimeError, that another process of the group went away.
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "remote worker crash", "broken pipe",
+              "nccl communicator was aborted", "ncclremoteerror", "socket timeout")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error`, raised under torchrun, means that another process died or hung up."""
+    if isinstance(error, dist.DistError):
+        return True
+    return is_distributed() and isinstance(error, RuntimeError) and \
+        any(pattern in str(error).lower() for pattern in _PEER_LOST)
+
+
 def barrier() -> None:
     """Wait until every rank gets here (e.g. until rank 0 has written a file the others read)."""
     if is_distributed():

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from runtime.errors import UserError
+
 TEMP_SUFFIX = ".tmp"
 # Checkpoints were once written through `.<name>.*.partial`; experiment folders may still hold such leftovers.
 _OLD_CHECKPOINT_SUFFIX = ".partial"
@@ -64,6 +66,24 @@ def fsync_folder(folder: str | Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def output_folder(path: str | Path, option: str) -> Path:
+    """Create the folder an option names (with its parents) before any work, so that a file in its place
+    or a read-only location is reported at once, not after the scoring."""
+    path = Path(path)
+    blocker = next((part for part in (path, *path.parents) if part.exists() and not part.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{option} {path}: {blocker} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise UserError(f"{option} {path}: cannot create the folder (permission denied)") from None
+    except OSError as error:
+        raise UserError(f"{option} {path}: cannot create the folder ({error.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: the folder is not writable")
+    return path
 
 
 def atomic_copy(source: str | Path, target: str | Path) -> None:

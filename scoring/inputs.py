@@ -4,7 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.datasets import partition_audio_dir
-from data.protocols import ProtocolError, check_trials_enrolled, read_enrollment_files, read_sasv_trials
+from data.protocols import (
+    ProtocolError,
+    check_every_key,
+    check_trials_enrolled,
+    read_enrollment_files,
+    read_sasv_trials,
+)
 from runtime.config import Config, ConfigError, require_database
 from scoring.sasv import ScoringInputs
 
@@ -21,6 +27,7 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     database = require_database(config)
     trial_path = config["dirs"][f"sasv_{partition}_trial"]
     trials = read_sasv_trials(trial_path)
+    check_every_key([t.key for t in trials], trial_path)
     enrollment = enrollment_paths(config, partition)
     check_trials_enrolled(trials, enrollment, trial_path, config["dirs"][f"sasv_{partition}_trn_trial"])
     if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead

@@ -211,6 +211,10 @@ def set_python_rng_state(state: list) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+class ExperimentExists(UserError, FileExistsError):
+    """The experiment folder holds a run, and neither --resume nor --overwrite was given."""
+
+
 class ExperimentBusy(UserError):
     """Another live main.py holds the experiment folder."""
 
@@ -250,7 +254,7 @@ def prepare_experiment_dir(experiment_dir: Path, config_path: Path | None, *, re
     else the file at `config_path`) unless resuming a run that has one; returns whether the folder is new."""
     existing = experiment_dir.exists() and any(experiment_dir.iterdir())
     if existing and not (resume or overwrite):
-        raise FileExistsError(f"{experiment_dir} already holds a run; pass --resume to continue it "
+        raise ExperimentExists(f"{experiment_dir} already holds a run; pass --resume to continue it "
                               f"or --overwrite to start again")
     if overwrite and experiment_dir.exists():
         shutil.rmtree(experiment_dir)

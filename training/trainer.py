@@ -197,8 +197,12 @@ class Trainer:
                 return self.test()
             except WorkerDied as error:
                 raise TrainingError(f"{error}; training stopped. {self.last_good()}") from None
-            except torch.distributed.DistError as error:  # under torchrun: another process died or hung up
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            except RuntimeError as error:
+                if not distributed.peer_lost(error):  # under torchrun: another process died or hung up
+                    raise
+                text = str(error).strip()
+                first_line = text.splitlines()[0] if isinstance(error, torch.distributed.DistError) and text \
+                    else "the connection to it was lost"
                 raise TrainingError(f"another torchrun process stopped ({first_line}); training stopped. "
                                     f"{self.last_good()}") from None
 

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from runtime.errors import UserError
 from runtime.files import atomic_open
 
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, _Job, _synthesise, _to_pcm16
@@ -29,6 +30,10 @@ FORMAT_VERSION = 3  # 2: stronger speaker timbre, 48 training speakers, top-band
 PARTITIONS = ("train", "dev", "eval")
 _PARTITION_LETTER = {"train": "T", "dev": "D", "eval": "E"}
 _PROTOCOL_SUFFIX = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
+
+
+class CorpusExists(UserError, FileExistsError):
+    """The corpus folder holds data the generator did not write."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,7 @@ def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bo
     managed = [root / "LA", root / "protocols", root / "enr_audio"]
     ours = (root / COMPLETE_MARKER).exists() or (root / IN_PROGRESS_MARKER).exists()
     if not ours and any(path.exists() for path in managed):
-        raise FileExistsError(f"{root}: holds LA/, protocols/ or enr_audio/ not written by the synthetic "
+        raise CorpusExists(f"{root}: holds LA/, protocols/ or enr_audio/ not written by the synthetic "
                               "generator; refusing to overwrite it")
     (root / COMPLETE_MARKER).unlink(missing_ok=True)
     for path in managed:
