@@ -40,8 +40,17 @@ class SASVTrial:
         return 0 if self.key == "target" else 1
 
 
+def _not_found(path: str | Path) -> ProtocolError:
+    """A default path the config layer searched for (runtime.config.SearchedPath) names every place looked."""
+    places = getattr(path, "places", None)
+    if places:
+        return ProtocolError(f"{path}: protocol file not found; looked for {path.key} in {', '.join(places)}; "
+                             f"set {path.key} to its path")
+    return ProtocolError(f"{path}: protocol file not found")
+
+
 def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
-    path = Path(path)
+    searched, path = path, Path(path)
     counts = (n_fields,) if isinstance(n_fields, int) else n_fields
     try:
         # utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF as LF.
@@ -56,7 +65,7 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
                                         f"{line.strip()!r}")
                 yield number, fields
     except FileNotFoundError:
-        raise ProtocolError(f"{path}: protocol file not found") from None
+        raise _not_found(searched) from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
     except OSError as error:
