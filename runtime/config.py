@@ -219,7 +219,9 @@ SCHEMA: dict = _section(
                         "the dev/eval trials for the min t-DCF when asv_scores.dev/eval is not given"),
     ),
     dirs=_section(
-        database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/"),
+        database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/; a "
+                       "protocol key left at its default whose file is not there is looked for here, then in "
+                       "ASVspoof2019_LA_cm_protocols/ (cm_*) or ASVspoof2019_LA_asv_protocols/ (the others)"),
         enrollment_dir=Field(str, "enr_audio/", "folder with {dev,eval}/<entry of asv.*.gi.trn.txt>.flac "
                              "concatenated enrollments"),
         cm_trn_list=Field(str, "protocols/ASVspoof2019.LA.cm.train.trn.txt", "CM training protocol"),
