@@ -40,8 +40,19 @@ class SASVTrial:
         return 0 if self.key == "target" else 1
 
 
-def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
-    path = Path(path)
+def _not_found(path: str | Path) -> ProtocolError:
+    """A default path the config layer searched for (runtime.config.SearchedPath) names every place looked."""
+    places = getattr(path, "places", None)
+    if places:
+        return ProtocolError(f"{path}: protocol file not found; looked for {path.key} in {', '.join(places)}; "
+                             f"set {path.key} to its path")
+    return ProtocolError(f"{path}: protocol file not found")
+
+
+def _lines(path: str | Path, n_fields: int | tuple[int, ...],
+           columns: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty line; `columns` names the expected layout(s) in the error."""
+    searched, path = path, Path(path)
     counts = (n_fields,) if isinstance(n_fields, int) else n_fields
     try:
         # utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF as LF.
@@ -52,11 +63,14 @@ def _lines(path: str | Path, n_fields: int | tuple[int, ...]) -> Iterator[tuple[
                     continue
                 if len(fields) not in counts:
                     expected = " or ".join(str(c) for c in counts)
+                    if columns:
+                        raise ProtocolError(f"{path}:{number}: expected the columns {columns}, got {len(fields)} "
+                                            f"fields: {line.strip()!r}")
                     raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: "
                                         f"{line.strip()!r}")
                 yield number, fields
     except FileNotFoundError:
-        raise ProtocolError(f"{path}: protocol file not found") from None
+        raise _not_found(searched) from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
     except OSError as error:
@@ -112,13 +126,15 @@ def read_enrollment_files(path: str | Path) -> dict[str, str]:
     return files
 
 
-def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...]) -> dict[str, list[str]]:
-    """`SPK UTT1,UTT2,...` lines (asv.{dev,eval}.{female,male}.trn.txt): speaker -> utterances."""
+def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...],
+                               columns: str | None = None) -> dict[str, list[str]]:
+    """`SPK UTT1,UTT2,...` lines (asv.{dev,eval}.{female,male}.trn.txt, ASVspoof 5 enrollment lists):
+    speaker -> utterances. `columns` names the layout in the error for a line with another number of fields."""
     speakers: dict[str, list[str]] = {}
     speaker_seen: dict[str, str] = {}  # speaker -> "file:line" where it was first listed
     first_seen: dict[str, str] = {}
     for path in paths:
-        for number, (speaker, joined) in _lines(path, 2):
+        for number, (speaker, joined) in _lines(path, 2, columns):
             where = f"{path}:{number}"
             if speaker in speakers:
                 raise ProtocolError(f"{where}: speaker {speaker!r} is listed twice (also at {speaker_seen[speaker]})")

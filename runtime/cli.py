@@ -43,6 +43,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.device:
         check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
+    if distributed.is_main():  # once per run, not once per torchrun process
+        for default, found in getattr(config, "found_protocols", {}).items():
+            print(f"using protocol {found} ({default} does not exist)", file=sys.stderr)
     return config
 
 

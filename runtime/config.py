@@ -219,7 +219,9 @@ SCHEMA: dict = _section(
                         "the dev/eval trials for the min t-DCF when asv_scores.dev/eval is not given"),
     ),
     dirs=_section(
-        database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/"),
+        database=Field(str, None, "ASVspoof 2019 LA root holding ASVspoof2019_LA_{train,dev,eval}/flac/; a "
+                       "protocol key left at its default whose file is not there is looked for here, then in "
+                       "ASVspoof2019_LA_cm_protocols/ (cm_*) or ASVspoof2019_LA_asv_protocols/ (the others)"),
         enrollment_dir=Field(str, "enr_audio/", "folder with {dev,eval}/<entry of asv.*.gi.trn.txt>.flac "
                              "concatenated enrollments"),
         cm_trn_list=Field(str, "protocols/ASVspoof2019.LA.cm.train.trn.txt", "CM training protocol"),
@@ -342,6 +344,7 @@ class Config(dict):
     """A validated configuration: nested dicts with attribute access for reading."""
 
     source: str = "<defaults>"
+    found_protocols: dict[str, str]  # default protocol path -> where it was found instead (_locate_protocols)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -419,6 +422,7 @@ def build_config(values: Mapping | None = None, *, source: str = "<dict>",
     """Validate `values` (+ `--set` overrides) against SCHEMA and fill defaults."""
     config = Config(_defaults(SCHEMA))
     config.source = source
+    config.found_protocols = {}
     origins: dict[str, str] = {}
     _merge(config, values or {}, SCHEMA, source, origins=origins)
     for text in overrides:
@@ -454,6 +458,65 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
         raise ConfigError(f"{config.source}: optim.oc_dim ({config['optim']['oc_dim']}) must equal "
                           f"backend.hidden_dims[-1] ({config['backend']['hidden_dims'][-1]})")
     _derive_subsystem_training(config)
+    _locate_protocols(config, origins or {})
+
+
+# Where the ASVspoof 2019 LA distribution keeps each protocol left at its default (dirs.<key> -> sub-folder of
+# dirs.database). The official names equal the defaults' file names; asv.*.gi.trn.txt (one concatenated
+# enrollment file per speaker) is the SASV repositories' own and is looked for beside the official ASV lists.
+LA_PROTOCOL_FOLDERS = {"cm_trn_list": "ASVspoof2019_LA_cm_protocols", "cm_dev_list": "ASVspoof2019_LA_cm_protocols",
+                       "cm_eval_list": "ASVspoof2019_LA_cm_protocols"}
+for _key in ("sasv_dev_trial", "sasv_eval_trial", "sasv_dev_trn_trial", "sasv_eval_trn_trial",
+             "asv_dev_enrollment_lists", "asv_eval_enrollment_lists"):
+    LA_PROTOCOL_FOLDERS[_key] = "ASVspoof2019_LA_asv_protocols"
+
+
+class SearchedPath(str):
+    """A default protocol path found in none of the places looked; the protocol readers' not-found error
+    lists `places` (the value itself stays the configured default, so config.conf shows what was asked)."""
+
+    key: str
+    places: tuple[str, ...]
+
+    def __new__(cls, path: str, key: str, places: Sequence[str]) -> SearchedPath:
+        value = super().__new__(cls, path)
+        value.key, value.places = key, tuple(places)
+        return value
+
+    def __reduce__(self) -> tuple:  # keep key and places through deepcopy and pickling
+        return SearchedPath, (str(self), self.key, self.places)
+
+
+def protocol_places(default: str, database: str | None, folder: str) -> list[str]:
+    """Where a protocol left at its default is looked for, in order: the default path, then its file name in
+    the database root (the original scripts' place) and in the distribution's sub-folder `folder`."""
+    places = [default]
+    if database:
+        name = Path(default).name
+        places += [str(Path(database) / name), str(Path(database) / folder / name)]
+    return list(dict.fromkeys(places))
+
+
+def _locate_protocols(config: Config, origins: Mapping[str, str]) -> None:
+    """A protocol path the config names (file or --set) is used as given; one left at its default is looked
+    for in protocol_places. A path found elsewhere than the default replaces it, and is recorded in
+    config.found_protocols for the command line to report once."""
+    dirs = config["dirs"]
+    for key, folder in LA_PROTOCOL_FOLDERS.items():
+        if f"dirs.{key}" in origins:
+            continue
+        values = dirs[key] if isinstance(dirs[key], list) else [dirs[key]]
+        located = []
+        for default in values:
+            places = protocol_places(default, dirs["database"], folder)
+            found = next((place for place in places if Path(place).is_file()), None)
+            if found is None:
+                located.append(SearchedPath(default, f"dirs.{key}", places))
+            else:
+                located.append(found)
+                if found != default:
+                    config.found_protocols[default] = found
+        dirs[key] = located if isinstance(dirs[key], list) else located[0]
 
 
 @dataclass(frozen=True)
@@ -781,6 +844,7 @@ class _ConfigDumper(yaml.SafeDumper):
 
 _ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
     "tag:yaml.org,2002:seq", data, flow_style=True))
+_ConfigDumper.add_representer(SearchedPath, lambda dumper, data: dumper.represent_str(str(data)))
 
 
 def config_text(config: Config, command: Sequence[str]) -> str:
