@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from data.embeddings import EmbeddingError
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.checkpoint import load_checkpoint
-from runtime.config import ConfigError, build_config
+from runtime.config import ConfigError, build_config, load_config
 from training.tasks.b2 import B2Objective
 from training.trainer import Trainer
 
@@ -85,11 +86,11 @@ def build_data(root: Path, protocols: Path, seed: int = 0) -> Path:
 
 
 def b2_config(root: Path, **overrides) -> dict:
-    config = {"system": "b2", "device": "cpu", "seed": 3, "epoch": 8, "trials_per_epoch": 1024, "batch_size": 32,
-              "save_top_k": 2, "amp": "off",
-              "dirs": {"cm_trn_list": str(root / "cm.train.txt"), "sasv_dev_trial": str(root / "dev.trl.txt"),
-                       "sasv_eval_trial": str(root / "eval.trl.txt")},
-              "b2": {"embeddings": str(root / "emb"), "hidden_dims": [64, 32], "lr": 0.01, "lr_decay": 0.001}}
+    """configs/B2_backend_tiny.conf pointed at the data under `root`."""
+    config = yaml.safe_load((REPO / "configs" / "B2_backend_tiny.conf").read_text())
+    config["dirs"] = {"cm_trn_list": str(root / "cm.train.txt"), "sasv_dev_trial": str(root / "dev.trl.txt"),
+                      "sasv_eval_trial": str(root / "eval.trl.txt")}
+    config["b2"]["embeddings"] = str(root / "emb")
     config.update(overrides)
     return config
 
@@ -153,7 +154,8 @@ def test_learns_and_writes_the_standard_outputs(trained, data):
 def test_eval_scores_equal_a_hand_written_forward_pass(trained, data):
     experiment, _ = trained
     summary = json.loads((experiment / "metrics_eval.json").read_text())
-    state = {k: v.double().numpy() for k, v in load_checkpoint(experiment / summary["checkpoint"]).backend_state.items()}
+    saved = load_checkpoint(experiment / summary["checkpoint"]).backend_state
+    state = {key: value.double().numpy() for key, value in saved.items()}
     tables = {name: pickle.loads((data / "emb" / f"{name}.pk").read_bytes())
               for name in ("spk_model_eval", "asv_embd_eval", "cm_embd_eval")}
     for speaker, utterance, key, score in score_rows(experiment / "scores" / "eval.txt")[::7]:
@@ -332,3 +334,11 @@ def test_config_defaults_for_b2():
     assert build_config({})["trial_sampling"] == "four_class"
     with pytest.raises(ConfigError, match="b2.class_weights must be two numbers"):
         build_config({"system": "b2", "b2": {"class_weights": [1.0]}})
+
+
+def test_the_real_data_config_has_the_baseline_recipe():
+    config = load_config(REPO / "configs" / "B2_backend.conf")
+    assert (config["system"], config["epoch"], config["batch_size"], config["amp"]) == ("b2", 10, 24, "off")
+    assert (config["trial_sampling"], config["trials_per_epoch"]) == ("two_class", None)  # one trial per utterance
+    assert config["b2"] == {"embeddings": "embeddings/", "hidden_dims": [256, 128, 64], "enrollment": "utterance",
+                            "lr": 0.0001, "wd": 0.001, "lr_decay": 0.0001, "class_weights": [0.1, 0.9]}
