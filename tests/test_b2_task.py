@@ -26,6 +26,7 @@ from training.tasks.b2 import B2Objective
 from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
+torch.set_num_threads(1)  # tiny matrices: OpenMP threads that wait on each other on a busy machine only slow them
 CPU = torch.device("cpu")
 ASV_DIM, CM_DIM = 4, 4
 COLUMNS = ["epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_eer", "dev_spf_eer", "dev_min_a_dcf",
