@@ -61,7 +61,8 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     if main_rank:
         ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
     distributed.barrier()
-    if config["system"] != "asv":  # the asv stage may train and validate on VoxCeleb lists alone
+    # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
+    if config["system"] not in ("asv", "b2"):
         check_data_layout(config)
     experiment_dir = output_folder(args.output_dir, "--output_dir") / Path(args.config).stem
     # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.

@@ -17,6 +17,7 @@ _EXPORTS = {
     "ResNetSE34V2": "models.resnet_se34v2",
     "AASIST": "models.aasist",
     "SASVBackend": "models.sasv",
+    "B2Backend": "models.b2_backend",
     "SASVModel": "models.sasv",
     "Checkpoint": "models.checkpoint",
     "CheckpointError": "models.checkpoint",

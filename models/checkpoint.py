@@ -391,6 +391,17 @@ def save_subsystem_checkpoint(path: str | os.PathLike, *, asv_model: nn.Module |
     return _write_atomically(Path(path), payload)
 
 
+def save_backend_checkpoint(path: str | os.PathLike, *, backend: nn.Module, config: dict | None = None,
+                            extra: dict | None = None) -> Path:
+    """Write a back-end trained alone on embeddings (system b2) atomically in this toolkit's format: its
+    weights are the file's backend_state, and it holds no ASV or CM weights."""
+    _check_plain(config, "config")
+    _check_plain(extra, "extra")
+    payload = {"format": OUR_FORMAT, "version": OUR_VERSION, "asv_state": None, "cm_state": None,
+               "backend_state": _cpu_state(backend), "oc_center": None, "config": config, "extra": extra}
+    return _write_atomically(Path(path), payload)
+
+
 def _write_atomically(path: Path, payload: dict) -> Path:
     with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
         torch.save(payload, handle)

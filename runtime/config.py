@@ -49,17 +49,18 @@ SCHEMA: dict = _section(
     config_name=Field(str, None, "a name recorded in config.conf (defaults to the config file stem); the "
                                  "experiment folder is <output_dir>/<config file stem>"),
     system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
-                 "speaker model, see asv_train) or cm (AASIST countermeasure, see cm_train); asv and cm write "
+                 "speaker model, see asv_train), cm (AASIST countermeasure, see cm_train) or b2 (the SASV 2022 "
+                 "baseline B2 back-end on pre-extracted embeddings, see b2); asv and cm write "
                  "weights/best.ckpt, which asv_weight / aasist_weight accept; any name in training.tasks.TASKS"),
     seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
-    batch_size=Field(int, 20, "per optimisation step: training trials (sasv), speakers (asv; "
+    batch_size=Field(int, 20, "per optimisation step: training trials (sasv, b2), speakers (asv; "
                               "asv_train.n_per_speaker utterances each) or utterances (cm); under torchrun all "
                               "processes together, batch_size / N each"),
     eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
     epoch=Field(int, 20, "number of training epochs"),
     trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM "
                                       "protocol (as the original)"),
-    save_top_k=Field(int, 3, "keep this many best checkpoints by the dev metric (plus last.ckpt): SASV-EER; "
+    save_top_k=Field(int, 3, "keep this many best checkpoints by the dev metric (plus last.ckpt): SASV-EER (sasv, b2); "
                               "asv: EER; cm: cm_train.select_by"),
     val_interval_epoch=Field(int, 1, "validate on the dev trials every N epochs"),
     checkpoint_interval_steps=Field(int, 0, "also save a resumable weights/last.ckpt every N optimisation steps, so "
@@ -85,8 +86,8 @@ SCHEMA: dict = _section(
                               "Datalaoder_sasv_FADbona_4class", "Datalaoder_sasv_FADfull",
                               "Datalaoder_sasv_FADfull_4class")),
     trial_sampling=Field(str, None, "four_class: target/nontarget x bona fide/spoof, equal odds (joint); two_class: "
-                         "half target, half nontarget split between zero-effort and same-speaker spoof (fixed). "
-                         "Default from model_arch",
+                         "half target, half nontarget split between zero-effort and same-speaker spoof (fixed; "
+                         "the SASV 2022 baseline B2's). Default from model_arch; system b2: two_class",
                          choices=(None, "four_class", "two_class")),
     train_crop=Field(str, "first", "training crop: first (the original: first N samples, tiled when shorter) or random",
                      choices=("first", "random")),
@@ -257,6 +258,24 @@ SCHEMA: dict = _section(
     pl_system=Field(str, "OC", "unused (PyTorch Lightning system name); dataloader / dirs.extra_trn_use select FAD "
                     "sampling", ignored=True),
     ecapa_weight=Field(str, None, "unused by the original", ignored=True),
+    b2=_section(
+        embeddings=Field(str, None, "system b2: folder with save_asv_embeddings.py's pickles asv_embd_{trn,dev,"
+                         "eval}.pk, cm_embd_{trn,dev,eval}.pk and spk_model_{dev,eval}.pk; training trials are drawn "
+                         "from dirs.cm_trn_list (trial_sampling), dev / eval trials are dirs.sasv_{dev,eval}_trial"),
+        hidden_dims=Field(list, [256, 128, 64], "widths of the DNN's hidden layers (Linear + LeakyReLU 0.3 each; "
+                          "the baseline's dnn_l_nodes)"),
+        enrollment=Field(str, "utterance", "enrollment side of a training trial: utterance (the baseline: the ASV "
+                         "embedding of one bona fide utterance of the claimed speaker, another than the test one in "
+                         "a target trial) or speaker_model (the mean of the speaker's bona fide training "
+                         "embeddings, the test utterance left out, like the dev / eval speaker models)",
+                         choices=("utterance", "speaker_model")),
+        lr=Field(float, 0.0001, "Adam learning rate (the baseline's)"),
+        wd=Field(float, 0.001, "Adam weight decay (the baseline's)"),
+        lr_decay=Field(float, 0.0001, "per-step Keras-style decay, lr / (1 + lr_decay * step) (the baseline's "
+                       "keras scheduler); 0: constant"),
+        class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [other trials, target bona fide] (the "
+                            "baseline's loss_weight)"),
+    ),
     demo_corpus=_section(
         root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see "
                    "data/synthetic/)"),
@@ -444,7 +463,7 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
         if loader is not None:
             config["trial_sampling"] = "four_class" if loader.endswith("4class") else "two_class"
         else:
-            config["trial_sampling"] = "two_class" if fixed else "four_class"
+            config["trial_sampling"] = "two_class" if fixed or config["system"] == "b2" else "four_class"
     loader = config["dataloader"] or ""
     if "FADfull" in loader:
         config["dirs"]["extra_trn_use"] = "full"
@@ -596,6 +615,10 @@ RANGES: dict[str, Range] = {
     "cm_train.wd": ZERO_OR_MORE,
     "cm_train.class_weights": ZERO_OR_MORE,
     "cm_train.samples": POSITIVE,
+    "b2.lr": POSITIVE,
+    "b2.wd": ZERO_OR_MORE,
+    "b2.lr_decay": ZERO_OR_MORE,
+    "b2.class_weights": ZERO_OR_MORE,
     "demo_corpus.seed": SEED,
 }
 
@@ -615,7 +638,7 @@ def aasist_min_samples(first_conv: int) -> int:
 
 # Network shapes: (key, required length or None for any non-empty list).
 _WIDTH_LISTS = (("asv_model.layers", 4), ("asv_model.num_filters", 4), ("backend.conv_channels", 3),
-                ("backend.hidden_dims", None))
+                ("backend.hidden_dims", None), ("b2.hidden_dims", None))
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -725,7 +748,7 @@ def _check_values(config: Config, origins: Mapping[str, str]) -> None:
 
 
 def _derive_subsystem_training(config: Config) -> None:
-    """Defaults and consistency of the asv_train / cm_train sections (systems asv and cm)."""
+    """Defaults and consistency of the asv_train / cm_train / b2 sections (systems asv, cm and b2)."""
     asv, cm, source = config["asv_train"], config["cm_train"], config.source
     if asv["n_per_speaker"] is None:
         asv["n_per_speaker"] = 2 if asv["loss"] in PROTOTYPICAL_LOSSES else 1
@@ -736,12 +759,13 @@ def _derive_subsystem_training(config: Config) -> None:
         if asv[key] is not None and asv[root] is None:
             raise ConfigError(f"{source}: asv_train.{key} is set, so asv_train.{root} (the folder its paths are "
                               f"relative to) must be set too")
-    for key in ("betas", "class_weights"):  # the table checked the range of each entry
-        values = cm[key]
+    for key in ("cm_train.betas", "cm_train.class_weights", "b2.class_weights"):  # RANGES checked each entry
+        values = config.get_path(key)
         if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"{source}: cm_train.{key} must be two numbers, got {values!r}")
-    if not sum(cm["class_weights"]) > 0:
-        raise ConfigError(f"{source}: cm_train.class_weights must not both be zero, got {cm['class_weights']!r}")
+            raise ConfigError(f"{source}: {key} must be two numbers, got {values!r}")
+    for key in ("cm_train.class_weights", "b2.class_weights"):
+        if not sum(config.get_path(key)) > 0:
+            raise ConfigError(f"{source}: {key} must not both be zero, got {config.get_path(key)!r}")
     if cm["lr_min"] > cm["lr"]:
         raise ConfigError(f"{source}: cm_train.lr_min ({cm['lr_min']}) must not exceed cm_train.lr ({cm['lr']})")
     if config["system"] == "cm" and cm["select_by"] == "min_tdcf" and not (cm["asv_scores"]["dev"] or cm["asv_model"]):

@@ -213,5 +213,9 @@ def skipped_summary(trial_scores: TrialScores, what: str, shown: int = 3) -> str
 
 def write_sasv_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) -> None:
     """`SPK UTT KEY score` per trial, in trial order."""
-    trials = inputs.trials
+    write_trial_scores(path, inputs.trials, scores)
+
+
+def write_trial_scores(path: Path, trials: list[SASVTrial], scores: np.ndarray) -> None:
+    """`SPK UTT KEY score` per trial of `trials`, in their order."""
     write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)

@@ -304,7 +304,7 @@ def test_cm_learning_rate_floor_above_the_rate(tmp_path):
 def test_every_numeric_key_has_a_range():
     numeric = {key for key, field in _fields(SCHEMA) if not field.ignored and
                set(field.kind if isinstance(field.kind, tuple) else (field.kind,)) & {int, float}}
-    numeric_lists = {"cm_train.betas", "cm_train.class_weights"}
+    numeric_lists = {"cm_train.betas", "cm_train.class_weights", "b2.class_weights"}
     assert numeric | numeric_lists == set(RANGES)
     for key, field in _fields(SCHEMA):
         if key in RANGES and field.default is not None and not isinstance(field.default, list):

@@ -122,7 +122,7 @@ def test_a_fourth_task_is_one_class_and_one_registry_line(toy, tmp_path):
 def test_an_unknown_task_is_a_config_error(tmp_path):
     from runtime.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"toy.conf: system: unknown task 'nope'; known: asv, cm, sasv"):
+    with pytest.raises(ConfigError, match=r"toy.conf: system: unknown task 'nope'; known: asv, b2, cm, sasv"):
         Trainer(build_config({"system": "nope"}, source="toy.conf"), tmp_path, CPU, progress=False)
 
 
