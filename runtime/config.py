@@ -379,7 +379,8 @@ class Config(dict):
         return node
 
     def to_dict(self) -> dict:
-        return copy.deepcopy(dict(self))
+        """A deep copy made of plain Python data (what checkpoints store: no class of ours inside)."""
+        return _plain(dict(self))
 
 
 class _View(dict):
@@ -848,12 +849,15 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
 
 
 def _plain(value: Any) -> Any:
-    """Plain dicts and lists (what yaml.safe_dump represents) of a config's values."""
+    """A deep copy in plain dicts, lists, strings and numbers (what yaml.safe_dump represents and what
+    checkpoints may hold): a SearchedPath becomes its path."""
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
-    return value
+    if isinstance(value, str):
+        return str(value)
+    return copy.deepcopy(value)
 
 
 def _comment(text: str) -> str:
@@ -868,7 +872,6 @@ class _ConfigDumper(yaml.SafeDumper):
 
 _ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
     "tag:yaml.org,2002:seq", data, flow_style=True))
-_ConfigDumper.add_representer(SearchedPath, lambda dumper, data: dumper.represent_str(str(data)))
 
 
 def config_text(config: Config, command: Sequence[str]) -> str:
