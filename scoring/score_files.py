@@ -24,6 +24,11 @@ def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Seq
     write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def write_trial_scores(path: str | Path, trials: Sequence[SASVTrial], scores: Sequence[float]) -> None:
+    """The SASV score format: `SPK UTT KEY score` per trial, in trial order."""
+    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)
+
+
 def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of the non-blank lines of a score file."""
     try:
