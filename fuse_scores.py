@@ -67,8 +67,9 @@ def load_partition(config: Config, part: str, asv_path: Path, cm_path: Path) -> 
     trial_path, protocol_path = config["dirs"][f"sasv_{part}_trial"], config["dirs"][f"cm_{part}_list"]
     trials = read_sasv_trials(trial_path)
     asv = read_trial_scores(asv_path, trial_path, trials)
-    protocol = {entry.utterance: entry for entry in read_cm_protocol(protocol_path)}
-    by_utterance = read_cm_score_file(cm_path, protocol_path)
+    entries = read_cm_protocol(protocol_path)
+    protocol = {entry.utterance: entry for entry in entries}
+    by_utterance = read_cm_score_file(cm_path, protocol_path, entries)
     for number, trial in enumerate(trials, start=1):
         if trial.utterance not in by_utterance:
             raise ProtocolError(f"{cm_path}: no score for utterance {trial.utterance} of trial {number} of "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.protocols import SASV_KEYS, ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
+from data.protocols import SASV_KEYS, CMEntry, ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
 from runtime.files import write_text
 
 
@@ -118,14 +118,17 @@ def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, n
     return {key: scores[(keys_array == key) & np.isfinite(scores)] for key in SASV_KEYS}
 
 
-def read_cm_score_file(path: str | Path, protocol_path: str | Path) -> dict[str, float]:
+def read_cm_score_file(path: str | Path, protocol_path: str | Path, entries: Sequence[CMEntry] | None = None
+                       ) -> dict[str, float]:
     """utterance -> CM score (higher = bona fide) from `UTT score` or `UTT ATTACK KEY score` lines.
 
     Every utterance must be in the CM protocol `protocol_path` (else the file belongs to another
     partition), once, with a finite score; in the four-field format its key must be the protocol's.
+    `entries` (the parsed `protocol_path`) saves reading the protocol again.
     """
     path = Path(path)
-    protocol = {entry.utterance: entry for entry in read_cm_protocol(protocol_path)}
+    entries = read_cm_protocol(protocol_path) if entries is None else entries
+    protocol = {entry.utterance: entry for entry in entries}
     rows = _score_rows(path, "CM")
     widths = {len(fields) for _, fields in rows}
     if len(widths) != 1 or not widths <= {2, 4}:

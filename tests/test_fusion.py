@@ -243,3 +243,31 @@ def test_command_line_exit_status_and_outputs(synthetic):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "score_ASV_eval.txt:2: score 'x' is not a number" in result.stderr
     assert not list(out.glob("score_SASV_*")) and not list(out.glob("metrics_*"))
+
+
+# --------------------------------------------------------------------------- the real SASV 2022 dev protocol
+def test_fusion_on_the_real_dev_protocols(fixtures, tmp_path, monkeypatch):
+    """Synthetic scores on the real dev trial list and CM protocol (29,548 trials, 24,844 utterances,
+    an utterance in several trials): every trial finds its CM score, and calibration helps."""
+    from data.protocols import read_cm_protocol, read_sasv_trials
+
+    protocols = fixtures / "protocols"
+    trials = read_sasv_trials(protocols / "ASVspoof2019.LA.asv.dev.gi.trl.txt")
+    entries = read_cm_protocol(protocols / "ASVspoof2019.LA.cm.dev.trl.txt")
+    rng = np.random.default_rng(5)
+    out = tmp_path / "out"
+    out.mkdir()
+    asv = [0.2 * rng.normal(-1.5 if t.key == "nontarget" else 1.5) for t in trials]
+    cm = {e.utterance: 4.0 * rng.normal(-1.5 if e.key == "spoof" else 1.5) for e in entries}
+    (out / "score_ASV_dev.txt").write_text("".join(f"{t.utterance} {s!r}\n" for t, s in zip(trials, asv)))
+    (out / "score_CM_dev_no_softmax.txt").write_text("".join(f"{e.utterance} {cm[e.utterance]!r}\n" for e in entries))
+    config = tmp_path / "real.conf"
+    config.write_text(json.dumps({"dirs": {"sasv_dev_trial": str(protocols / "ASVspoof2019.LA.asv.dev.gi.trl.txt"),
+                                           "cm_dev_list": str(protocols / "ASVspoof2019.LA.cm.dev.trl.txt")}}))
+    run_fusion(monkeypatch, config, out, "--partitions", "dev")
+    keys = [t.key for t in trials]
+    summed = np.array([float(line.split()[3]) for line in (out / "score_SASV_dev_sum.txt").read_text().splitlines()])
+    np.testing.assert_array_equal(summed, np.array(asv) + np.array([cm[t.utterance] for t in trials]))
+    linear = json.loads((out / "metrics_dev_linear.json").read_text())
+    assert linear["n_trials"] == 29548
+    assert linear["sasv_eer"] < min(sasv_eers(np.array(asv), keys)["sasv_eer"], sasv_eers(summed, keys)["sasv_eer"])
