@@ -24,7 +24,7 @@ from models.sasv import SASVModel
 from runtime import distributed
 from runtime.device import autocast_context
 from scoring.extraction import AdaptiveBatch, EmbeddingCache, Extraction, ScoringError, extract_sharded
-from scoring.score_files import write_scores
+from scoring.score_files import write_trial_scores
 
 
 @dataclass
@@ -214,8 +214,3 @@ def skipped_summary(trial_scores: TrialScores, what: str, shown: int = 3) -> str
 def write_sasv_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) -> None:
     """`SPK UTT KEY score` per trial, in trial order."""
     write_trial_scores(path, inputs.trials, scores)
-
-
-def write_trial_scores(path: Path, trials: list[SASVTrial], scores: np.ndarray) -> None:
-    """`SPK UTT KEY score` per trial of `trials`, in their order."""
-    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)

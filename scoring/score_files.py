@@ -1,4 +1,4 @@
-"""Score files: the writer of the toolkit's `<fields...> <score>` text format, and the ASV score reader."""
+"""Score files: the writer of the toolkit's `<fields...> <score>` text format, and the readers of ASV and CM scores."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.protocols import SASV_KEYS, ProtocolError, read_sasv_trials
+from data.protocols import SASV_KEYS, CMEntry, ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
 from runtime.files import write_text
 
 
@@ -24,48 +24,128 @@ def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Seq
     write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def write_trial_scores(path: str | Path, trials: Sequence[SASVTrial], scores: Sequence[float]) -> None:
+    """The SASV score format: `SPK UTT KEY score` per trial, in trial order."""
+    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)
+
+
+def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines of a score file."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return [(number, line.split()) for number, line in enumerate(handle, start=1) if line.strip()]
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: {what} score file not found") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: not a text score file (invalid UTF-8)") from None
+    except OSError as error:
+        raise ProtocolError(f"{path}: cannot read {what} score file ({error.strerror})") from None
+
+
+def _score(path: Path, number: int, text: str, *, allow_nan: bool) -> float:
+    """The score field of line `number`; `nan` (a trial left out for bad audio) only when `allow_nan`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ProtocolError(f"{path}:{number}: score {text!r} is not a number") from None
+    if not np.isfinite(value) and not (allow_nan and np.isnan(value)):
+        raise ProtocolError(f"{path}:{number}: score {text!r} is not finite")
+    return value
+
+
+def read_trial_scores(path: str | Path, trial_path: str | Path, trials: Sequence[SASVTrial] | None = None, *,
+                      allow_nan: bool = False) -> np.ndarray:
+    """One score per trial of `trial_path`, in its order: lines `SPK UTT KEY score` or `UTT score`.
+
+    Every line must name the trial on the same line of the trial list, so a missing, repeated,
+    reordered or foreign trial is reported at the first line where the file departs from the list.
+    `trials` (the parsed `trial_path`) saves reading the list again.
+    """
+    path = Path(path)
+    trials = read_sasv_trials(trial_path) if trials is None else trials
+    rows = _score_rows(path, "ASV")
+    widths = {len(fields) for _, fields in rows}
+    if len(widths) != 1 or not widths <= {2, 4}:
+        raise ProtocolError(f"{path}: expected lines 'SPK UTT KEY score' or 'UTT score' in the order of {trial_path}, "
+                            f"one format per file")
+    width = widths.pop()
+    for index, (number, fields) in enumerate(rows):
+        if index >= len(trials):
+            raise ProtocolError(f"{path}:{number}: {len(rows)} scores for the {len(trials)} trials of {trial_path}; "
+                                f"line {number} is beyond the last trial")
+        trial = trials[index]
+        wanted = [trial.utterance] if width == 2 else [trial.speaker, trial.utterance, trial.key]
+        if fields[:-1] != wanted:
+            raise ProtocolError(f"{path}:{number}: expected '{' '.join(wanted)} <score>' (trial {index + 1} of "
+                                f"{trial_path}), got {' '.join(fields)!r}")
+    if len(rows) < len(trials):
+        missing = trials[len(rows)]
+        raise ProtocolError(f"{path}: {len(rows)} scores for the {len(trials)} trials of {trial_path}; the first "
+                            f"trial without a score is {missing.speaker} {missing.utterance} "
+                            f"(trial {len(rows) + 1})")
+    return np.array([_score(path, number, fields[-1], allow_nan=allow_nan) for number, fields in rows])
+
+
 def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, np.ndarray]:
     """target / nontarget / spoof ASV scores of the trials in `trial_path`.
 
     Accepted lines (one format per file): `SRC KEY score` (the organisers' asv.*.gi.trl.scores.txt),
-    `SPK UTT KEY score` or `UTT score` (save_asv_score.py), the last two in trial-list order. The
-    trial counts per key must match `trial_path`, so scores of another partition are refused. A `nan`
-    score (a trial left out for bad audio) is dropped.
+    `SPK UTT KEY score` or `UTT score` (save_asv_score.py), the last two in trial-list order
+    (`read_trial_scores`). The trial counts per key must match `trial_path`, so scores of another
+    partition are refused. A `nan` score (a trial left out for bad audio) is dropped.
     """
     path = Path(path)
     trials = read_sasv_trials(trial_path)
-    try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: ASV score file not found") from None
-    widths = {len(row) for row in rows}
+    rows = _score_rows(path, "ASV")
+    widths = {len(fields) for _, fields in rows}
     if len(widths) != 1 or not widths <= {2, 3, 4}:
         raise ProtocolError(f"{path}: expected lines 'SRC KEY score', 'SPK UTT KEY score' or 'UTT score', "
                             f"one format per file")
-    width = widths.pop()
-    if width == 3:
-        keys = [row[1] for row in rows]
-        unknown = sorted(set(keys) - set(SASV_KEYS))
-        if unknown:
-            raise ProtocolError(f"{path}: unknown trial keys {unknown}; expected {', '.join(SASV_KEYS)}")
-        expected, found = Counter(t.key for t in trials), Counter(keys)
-        if expected != found:
-            raise ProtocolError(f"{path}: {dict(found)} scores, but {trial_path} has {dict(expected)} trials "
-                                f"(scores of another partition?)")
-    else:
-        if len(rows) != len(trials):
-            raise ProtocolError(f"{path}: {len(rows)} scores for {len(trials)} trials in {trial_path}")
-        for number, (row, trial) in enumerate(zip(rows, trials), start=1):
-            wanted = [trial.utterance] if width == 2 else [trial.speaker, trial.utterance, trial.key]
-            if row[:-1] != wanted:
-                raise ProtocolError(f"{path}:{number}: expected '{' '.join(wanted)} <score>' (line {number} of "
-                                    f"{trial_path}), got {' '.join(row)!r}")
-        keys = [t.key for t in trials]
-    scores = np.empty(len(rows))
-    for number, row in enumerate(rows, start=1):
-        try:
-            scores[number - 1] = float(row[-1])
-        except ValueError:
-            raise ProtocolError(f"{path}:{number}: score {row[-1]!r} is not a number") from None
+    if widths != {3}:
+        scores = read_trial_scores(path, trial_path, trials, allow_nan=True)
+        keys = np.asarray([t.key for t in trials])
+        return {key: scores[(keys == key) & np.isfinite(scores)] for key in SASV_KEYS}
+    keys = [fields[1] for _, fields in rows]
+    unknown = sorted(set(keys) - set(SASV_KEYS))
+    if unknown:
+        raise ProtocolError(f"{path}: unknown trial keys {unknown}; expected {', '.join(SASV_KEYS)}")
+    expected, found = Counter(t.key for t in trials), Counter(keys)
+    if expected != found:
+        raise ProtocolError(f"{path}: {dict(found)} scores, but {trial_path} has {dict(expected)} trials "
+                            f"(scores of another partition?)")
+    scores = np.array([_score(path, number, fields[-1], allow_nan=True) for number, fields in rows])
     keys_array = np.asarray(keys)
     return {key: scores[(keys_array == key) & np.isfinite(scores)] for key in SASV_KEYS}
+
+
+def read_cm_score_file(path: str | Path, protocol_path: str | Path, entries: Sequence[CMEntry] | None = None
+                       ) -> dict[str, float]:
+    """utterance -> CM score (higher = bona fide) from `UTT score` or `UTT ATTACK KEY score` lines.
+
+    Every utterance must be in the CM protocol `protocol_path` (else the file belongs to another
+    partition), once, with a finite score; in the four-field format its key must be the protocol's.
+    `entries` (the parsed `protocol_path`) saves reading the protocol again.
+    """
+    path = Path(path)
+    entries = read_cm_protocol(protocol_path) if entries is None else entries
+    protocol = {entry.utterance: entry for entry in entries}
+    rows = _score_rows(path, "CM")
+    widths = {len(fields) for _, fields in rows}
+    if len(widths) != 1 or not widths <= {2, 4}:
+        raise ProtocolError(f"{path}: expected lines 'UTT score' or 'UTT ATTACK KEY score', one format per file")
+    scores: dict[str, float] = {}
+    first_line: dict[str, int] = {}
+    for number, fields in rows:
+        utterance = fields[0]
+        entry = protocol.get(utterance)
+        if entry is None:
+            raise ProtocolError(f"{path}:{number}: utterance {utterance!r} is not in {protocol_path}")
+        if utterance in first_line:
+            raise ProtocolError(f"{path}:{number}: duplicate utterance {utterance!r} (first on line "
+                                f"{first_line[utterance]})")
+        if len(fields) == 4 and fields[2] != entry.key:
+            raise ProtocolError(f"{path}:{number}: key {fields[2]!r}, but {utterance} is {entry.key!r} in "
+                                f"{protocol_path}")
+        first_line[utterance] = number
+        scores[utterance] = _score(path, number, fields[-1], allow_nan=False)
+    return scores

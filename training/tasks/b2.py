@@ -31,7 +31,8 @@ from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_che
 from runtime import distributed
 from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
-from scoring.sasv import sasv_metrics, sasv_text, write_trial_scores
+from scoring.sasv import sasv_metrics, sasv_text
+from scoring.score_files import write_trial_scores
 from training.task import Run, Task
 from training.tasks.sasv import METRIC_COLUMNS
 

@@ -1,0 +1,133 @@
+"""Score-level fusion baselines: SASV scores from separate ASV and CM scores, and their metrics.
+
+Reads from --comment (default Exp-SASV), for each partition:
+  score_ASV_{part}.txt            save_asv_score.py: "UTT score" (or "SPK UTT KEY score") in trial order
+  score_CM_{part}_no_softmax.txt  save_cm_score.py: "UTT score", the bona fide logit, CM-protocol order
+(--asv_scores / --cm_scores take other files; "{part}" in them becomes dev or eval.)
+Fusions (--fusion, default all; see scoring/fusion.py):
+  sum      ASV score + CM score, raw (SASV 2022 Baseline 1)
+  linear   sum of the two sub-systems' log-odds, each calibrated on dev by logistic regression
+  product  log(P(target) * P(bona fide)) from the same calibrations
+Writes to --comment, nothing unless every input is valid:
+  score_SASV_{part}_{fusion}.txt  "SPK UTT KEY score" in the order of asv.{part}.gi.trl.txt
+  metrics_{part}_{fusion}.json    sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions), n_trials, inputs
+  fusion_calibration.json         the calibrations fitted on dev (linear, product)
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.protocols import ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
+from runtime import files
+from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
+from runtime.config import Config
+from scoring.fusion import CALIBRATED, FUSIONS, FusionError, fit_calibrations, fuse
+from scoring.sasv import sasv_metrics, sasv_text
+from scoring.score_files import read_cm_score_file, read_trial_scores, write_trial_scores
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, config_required=False)
+    add_output_args(parser, help="folder with the ASV and CM score files; the fused scores go there too")
+    parser.add_argument("--fusion", choices=[*FUSIONS, "all"], default="all")
+    parser.add_argument("--asv_scores", help="ASV score file, '{part}' for the partition "
+                                             "(default: <comment>/score_ASV_{part}.txt)")
+    parser.add_argument("--cm_scores", help="CM score file, '{part}' for the partition "
+                                            "(default: <comment>/score_CM_{part}_no_softmax.txt)")
+    parser.add_argument("--prior", type=float, default=0.5,
+                        help="positive-class prior of the logistic calibrations (default 0.5)")
+    return parser.parse_args()
+
+
+@dataclass
+class PartitionScores:
+    """One partition's trials with the ASV and the CM score of each trial."""
+    trials: list[SASVTrial]
+    asv: np.ndarray
+    cm: np.ndarray  # the CM score of each trial's test utterance
+    cm_utterances: np.ndarray  # every CM-scored utterance's score (for the CM calibration) ...
+    cm_bonafide: np.ndarray  # ... and whether it is bona fide in the CM protocol
+    asv_path: Path
+    cm_path: Path
+
+
+def score_paths(args: argparse.Namespace, part: str) -> tuple[Path, Path]:
+    out = Path(args.comment)
+    asv = args.asv_scores.replace("{part}", part) if args.asv_scores else out / f"score_ASV_{part}.txt"
+    cm = args.cm_scores.replace("{part}", part) if args.cm_scores else out / f"score_CM_{part}_no_softmax.txt"
+    return Path(asv), Path(cm)
+
+
+def load_partition(config: Config, part: str, asv_path: Path, cm_path: Path) -> PartitionScores:
+    trial_path, protocol_path = config["dirs"][f"sasv_{part}_trial"], config["dirs"][f"cm_{part}_list"]
+    trials = read_sasv_trials(trial_path)
+    asv = read_trial_scores(asv_path, trial_path, trials)
+    entries = read_cm_protocol(protocol_path)
+    protocol = {entry.utterance: entry for entry in entries}
+    by_utterance = read_cm_score_file(cm_path, protocol_path, entries)
+    for number, trial in enumerate(trials, start=1):
+        if trial.utterance not in by_utterance:
+            raise ProtocolError(f"{cm_path}: no score for utterance {trial.utterance} of trial {number} of "
+                                f"{trial_path}")
+        if (protocol[trial.utterance].key == "spoof") != (trial.key == "spoof"):  # protocols of different origins
+            raise ProtocolError(f"{trial_path}:{number}: trial key {trial.key!r}, but {trial.utterance} is "
+                                f"{protocol[trial.utterance].key!r} in {protocol_path}")
+    utterances = sorted(by_utterance)
+    return PartitionScores(trials=trials, asv=asv, cm=np.array([by_utterance[t.utterance] for t in trials]),
+                           cm_utterances=np.array([by_utterance[u] for u in utterances]),
+                           cm_bonafide=np.array([protocol[u].key == "bonafide" for u in utterances]),
+                           asv_path=asv_path, cm_path=cm_path)
+
+
+def main() -> None:
+    args = parse_args()
+    config = config_from_args(args)
+    fusions = list(FUSIONS) if args.fusion == "all" else [args.fusion]
+    calibrate = any(fusion in CALIBRATED for fusion in fusions)
+    if calibrate:  # the calibration is fitted on dev, whichever partitions are fused
+        missing = [str(path) for path in score_paths(args, "dev") if not path.is_file()]
+        if missing:
+            raise FusionError(f"{', '.join(f for f in fusions if f in CALIBRATED)} fusion is calibrated on dev "
+                              f"scores, but {' and '.join(missing)} not found (run save_asv_score.py / "
+                              f"save_cm_score.py with --partitions dev, or use --fusion sum)")
+    parts = [part for part in ("dev", "eval") if part in args.partitions or (part == "dev" and calibrate)]
+    scores = {part: load_partition(config, part, *score_paths(args, part)) for part in parts}
+    calibrations = None
+    if calibrate:
+        dev = scores["dev"]
+        calibrations = fit_calibrations(dev.asv, [t.key for t in dev.trials], dev.cm_utterances, dev.cm_bonafide,
+                                        args.prior)
+    # Everything is computed before anything is written: bad input leaves the folder as it was.
+    outputs = []
+    for part in args.partitions:
+        data = scores[part]
+        keys = [t.key for t in data.trials]
+        for fusion in fusions:
+            fused = fuse(fusion, data.asv, data.cm, calibrations if fusion in CALIBRATED else None)
+            result = sasv_metrics(fused, keys)
+            result.update(fusion=fusion, n_trials=len(keys), asv_scores=str(data.asv_path),
+                          cm_scores=str(data.cm_path))
+            if fusion in CALIBRATED:
+                result.update(calibrated_on=[str(path) for path in score_paths(args, "dev")],
+                              calibration=calibrations.as_dict())
+            outputs.append((part, fusion, fused, result))
+    out = Path(args.comment)
+    if calibrations is not None:
+        dev = scores["dev"]
+        files.write_json(out / "fusion_calibration.json",
+                         {**calibrations.as_dict(), "asv_scores": str(dev.asv_path), "cm_scores": str(dev.cm_path),
+                          "output": "calibrated log-odds = scale * score + offset"})
+    for part, fusion, fused, result in outputs:
+        write_trial_scores(out / f"score_SASV_{part}_{fusion}.txt", scores[part].trials, fused)
+        files.write_json(out / f"metrics_{part}_{fusion}.json", result)
+        print(f"{part} {fusion:>7}: {sasv_text(result)} ({result['n_trials']} trials) -> "
+              f"{out / f'score_SASV_{part}_{fusion}.txt'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
