@@ -183,6 +183,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if isinstance(raw, Mapping) and raw.get("format") == OUR_FORMAT:
         return _from_ours(raw, path)
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        if not raw["state_dict"]:  # otherwise reported later as weights missing for every part, not this file
+            raise CheckpointError(f"{path}: its state_dict is empty; the file holds no weights")
         return _from_lightning(raw, path)
     if isinstance(raw, Mapping) and raw and all(isinstance(value, Tensor) for value in raw.values()):
         return _from_flat_state(raw, path)

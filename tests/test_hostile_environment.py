@@ -18,7 +18,7 @@ from test_pipeline import tiny_config
 from tiny_run import QUIET_ENV, REPO, run_script, temporaries, tiny_corpus, write_config
 
 from data.protocols import ProtocolError
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
 from runtime.config import build_config
 from runtime.errors import UserError
 from runtime.files import output_folder
@@ -76,6 +76,19 @@ def test_a_trial_list_without_a_class_is_refused_before_any_scoring(corpus, tmp_
     config["dirs"]["sasv_eval_trial"] = str(trial_list)
     with pytest.raises(ProtocolError, match=rf"^{trial_list}: no {dropped} trials; the SASV metrics"):
         scoring_inputs(config, "eval")
+
+
+# =========================================================================== weight files
+@pytest.mark.parametrize("content, expected", [
+    ({"state_dict": {}, "epoch": 3}, "its state_dict is empty; the file holds no weights"),
+    ({}, "not a recognised checkpoint"),
+    ({"state_dict": "weights"}, "not a recognised checkpoint"),
+])
+def test_a_checkpoint_without_weights_names_the_file(tmp_path, content, expected):
+    path = tmp_path / "model.ckpt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: {expected}"):
+        load_checkpoint(path)
 
 
 # =========================================================================== network outputs
