@@ -3,6 +3,7 @@ networks that output NaN, a killed data-loading worker and a killed torchrun pro
 that names the culprit (and what was kept), never a traceback or a file holding NaN."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -19,9 +20,10 @@ from tiny_run import QUIET_ENV, REPO, run_script, temporaries, tiny_corpus, writ
 
 from data.protocols import ProtocolError
 from models.checkpoint import CheckpointError, load_checkpoint
+from runtime.cli import run_cli
 from runtime.config import build_config
 from runtime.errors import UserError
-from runtime.files import output_folder
+from runtime.files import atomic_open, output_folder
 from scoring.extraction import Extraction, ScoringError, extract
 from scoring.inputs import scoring_inputs
 
@@ -63,6 +65,26 @@ def test_a_second_start_on_a_folder_with_a_run_is_one_line(corpus, tmp_path, cap
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "already holds a run; pass --resume" in err and "Errno" not in err
     assert (tmp_path / "exp" / "tiny" / "weights" / "last.ckpt").read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("code, strerror", [(errno.ENOSPC, "No space left on device"),
+                                             (errno.EROFS, "Read-only file system"),
+                                             (errno.EACCES, "Permission denied")])
+def test_a_write_the_machine_refuses_is_one_line_that_says_nothing_was_half_written(tmp_path, capsys, code, strerror):
+    target = tmp_path / "scores.txt"
+    target.write_text("earlier\n")
+
+    def failing_write():
+        with atomic_open(target) as handle:
+            handle.write("new\n")
+            raise OSError(code, strerror, str(target))
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(failing_write)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert err == f"error: {target}: {strerror} (earlier outputs are intact; nothing was half-written)\n"
+    assert target.read_text() == "earlier\n" and not temporaries(tmp_path)
 
 
 # =========================================================================== trial lists
