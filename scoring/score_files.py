@@ -296,25 +296,30 @@ def _score_text(value: float | None) -> str:
     return ABSENT if value is None else format_score(value)
 
 
-def write_track2_scores(path: str | Path, speakers: Sequence[str], filenames: Sequence[str],
-                        sasv: Sequence[float], cm: Sequence[float] | None = None,
-                        asv: Sequence[float] | None = None) -> None:
+def track2_score_text(speakers: Sequence[str], filenames: Sequence[str], sasv: Sequence[float],
+                      cm: Sequence[float] | None = None, asv: Sequence[float] | None = None) -> str:
     """The ASVspoof 5 Track 2 score file: header, then `spk filename cm-score asv-score sasv-score` per trial,
     tab-separated, `-` for a part not given. A trial scored nan (bad audio, skipped) keeps its `nan`."""
     absent = [None] * len(sasv)
     lines = ["\t".join(TRACK2_SCORE_HEADER)]
     for row in zip(speakers, filenames, absent if cm is None else cm, absent if asv is None else asv, sasv):
         lines.append("\t".join([row[0], row[1], *(_score_text(value) for value in row[2:])]))
-    write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def write_track2_keys(path: str | Path, speakers: Sequence[str], filenames: Sequence[str],
-                      asv_keys: Sequence[str], attacks: Sequence[str]) -> None:
+def write_track2_scores(path: str | Path, speakers: Sequence[str], filenames: Sequence[str],
+                        sasv: Sequence[float], cm: Sequence[float] | None = None,
+                        asv: Sequence[float] | None = None) -> None:
+    write_text(path, track2_score_text(speakers, filenames, sasv, cm, asv))
+
+
+def track2_key_text(speakers: Sequence[str], filenames: Sequence[str], asv_keys: Sequence[str],
+                    attacks: Sequence[str]) -> str:
     """The matching Track 2 key file, `spk filename cm-label asv-label attack`, tab-separated."""
     lines = ["\t".join(("spk", "filename", "cm-label", "asv-label", "attack"))]
     for speaker, filename, key, attack in zip(speakers, filenames, asv_keys, attacks):
         lines.append("\t".join((speaker, filename, "spoof" if key == "spoof" else "bonafide", key, attack)))
-    write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ the toolkit's SASV score files
