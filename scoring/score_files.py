@@ -163,7 +163,7 @@ def _table(path: str | Path, what: str) -> tuple[int, list[str], list[tuple[int,
 
 def _require_header(path: str | Path, line: int, header: list[str], expected: tuple[str, ...], what: str) -> None:
     if tuple(header) != expected:
-        raise ProtocolError(f"{path}:{line}: {what} header must be '{chr(9).join(expected)}' (tab-separated), "
+        raise ProtocolError(f"{path}:{line}: {what} header must be '{' '.join(expected)}' (tab-separated), "
                             f"got '{' '.join(header)}'")
 
 
