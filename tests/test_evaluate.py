@@ -195,7 +195,8 @@ def _set_field(lines: list[str], number: int, column: int, value: str) -> list[s
 
 BAD_TRACK2 = {
     "missing trial": ("sasv", lambda lines: lines[:5] + lines[6:], "no score for trial E_"),
-    "duplicated trial": ("sasv", lambda lines: lines + [lines[7]], ".tsv:3602: duplicate trial E_1004 E_0000006 (first on line 8)"),
+    "duplicated trial": ("sasv", lambda lines: lines + [lines[7]],
+                         ".tsv:3602: duplicate trial E_1004 E_0000006 (first on line 8)"),
     "unknown trial": ("sasv", lambda lines: lines[:1] + ["X_1\tE_9\t1.0\t1.0\t2.0"] + lines[1:],
                       "sasv.tsv:2: trial X_1 E_9 is not in"),
     "non-numeric score": ("sasv", lambda lines: _set_field(lines, 4, 4, "high"), "sasv.tsv:4: sasv-score 'high'"),
