@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri  # the standard normal quantile (probit), without loading scipy.stats
 
 from data.protocols import ProtocolError
 from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, adcf_curve_from_codes
@@ -61,18 +61,18 @@ def _det_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str) ->
     """DET plot of (label, positive scores, negative scores): miss rate against false-alarm rate, probit axes."""
     figure = _figure(5.5, 5.0)
     axes = figure.subplots()
-    low, high = (norm.ppf(p) for p in _DET_RANGE)
+    low, high = (ndtri(p) for p in _DET_RANGE)
     for label, positive, negative in curves:
         miss, false_alarm, _ = det_curve(positive, negative)
         miss, false_alarm = _thin(miss, false_alarm)
-        clipped = (norm.ppf(np.clip(rate, *_DET_RANGE)) for rate in (false_alarm, miss))
+        clipped = (ndtri(np.clip(rate, *_DET_RANGE)) for rate in (false_alarm, miss))
         axes.plot(*clipped, label=label, linewidth=1.4)
     axes.plot([low, high], [low, high], color="grey", linewidth=0.6, linestyle=":", label="EER line")
     ticks = [p for p in _DET_TICKS if _DET_RANGE[0] <= p <= _DET_RANGE[1]]
     labels = [f"{100 * p:g}" for p in ticks]
     for set_ticks, set_labels, set_limits in ((axes.set_xticks, axes.set_xticklabels, axes.set_xlim),
                                              (axes.set_yticks, axes.set_yticklabels, axes.set_ylim)):
-        set_ticks(norm.ppf(ticks))
+        set_ticks(ndtri(ticks))
         set_labels(labels, fontsize=7)
         set_limits(low, high)
     axes.set_xlabel("false-alarm rate (%)")
