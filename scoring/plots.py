@@ -101,9 +101,15 @@ def _histogram_figure(groups: list[tuple[str, np.ndarray]], what: str) -> bytes:
     axes = figure.subplots()
     values = np.concatenate([scores for _, scores in groups])
     edges = np.histogram_bin_edges(values, bins=int(min(80, max(10, math.sqrt(values.size)))))
-    for label, scores in groups:
+    from matplotlib import colormaps
+
+    # The bona fide classes drawn thick; 20 distinct colours so that 13+ attacks do not share one.
+    colours = colormaps["tab20" if len(groups) > 10 else "tab10"].colors
+    bona_fide = 1 if groups[0][0] == "bona fide" else 2  # classes before the attacks
+    for number, (label, scores) in enumerate(groups):
         if scores.size:
-            axes.hist(scores, bins=edges, density=True, histtype="step", linewidth=1.3 if len(groups) < 6 else 1.0,
+            axes.hist(scores, bins=edges, density=True, histtype="step", color=colours[number % len(colours)],
+                      linewidth=2.0 if number < bona_fide else 1.0, zorder=3 if number < bona_fide else 2,
                       label=f"{label} ({scores.size})")
     axes.set_xlabel(f"{what} score")
     axes.set_ylabel("density")
