@@ -97,12 +97,12 @@ def _class_scores(scores: np.ndarray, trials: ScoredTrials, bona_fide_classes: b
 
 
 def _histogram_figure(groups: list[tuple[str, np.ndarray]], what: str) -> bytes:
+    from matplotlib import colormaps
+
     figure = _figure(6.5, 4.5)
     axes = figure.subplots()
     values = np.concatenate([scores for _, scores in groups])
     edges = np.histogram_bin_edges(values, bins=int(min(80, max(10, math.sqrt(values.size)))))
-    from matplotlib import colormaps
-
     # The bona fide classes drawn thick; 20 distinct colours so that 13+ attacks do not share one.
     colours = colormaps["tab20" if len(groups) > 10 else "tab10"].colors
     bona_fide = 1 if groups[0][0] == "bona fide" else 2  # classes before the attacks

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tiny_run import run_main, run_script, tiny_corpus, write_config
 
-from data.protocols import read_sasv_trials
+from data.protocols import ProtocolError, read_sasv_trials
 from metrics import min_adcf, sasv_eers, track1_metrics, track2_metrics
 from scoring.report import build_report
 from scoring.sasv import sasv_metrics
-from scoring.score_files import read_track2
+from scoring.score_files import read_track1, read_track2
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TOLERANCE = {"a_dcf": 1e-9, "min_dcf": 1e-9, "eer": 1e-9, "act_dcf": 1e-9, "min_tdcf": 1e-9, "cllr": 1e-6,
@@ -262,3 +264,25 @@ def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path,
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["pooled"] == report["pooled"] and again["per_attack"] == report["per_attack"]
     assert (experiment / "report" / "track2_scores.tsv").read_text().splitlines()[1].split("\t")[2:4] == ["-", "-"]
+
+
+FIELDS = st.sampled_from(["spk", "filename", "cm-score", "asv-score", "sasv-score", "cm-label", "asv-label", "attack",
+                          "codec", "E_1", "E_2", "F_1", "-", "1.5", "-2", "nan", "inf", "x", "bonafide", "spoof",
+                          "target", "nontarget", "A17", "C01", "track_2_tag", "dummy"])
+LINES = st.lists(st.lists(FIELDS, min_size=0, max_size=6).map("\t".join), max_size=6).map("\n".join)
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scores=LINES, keys=LINES)
+def test_fuzzed_track_files_give_trials_or_one_line_error(tmp_path, scores, keys):
+    score_path, key_path = tmp_path / "scores.tsv", tmp_path / "keys.tsv"
+    score_path.write_text("spk\tfilename\tcm-score\tasv-score\tsasv-score\n" + scores)
+    key_path.write_text("spk\tfilename\tcm-label\tasv-label\n" + keys)
+    for reader in (read_track2, read_track1):
+        try:
+            trials = reader(score_path, key_path)
+        except ProtocolError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(tmp_path))
+        else:
+            assert len(trials) and all(np.isfinite(part).all() for part in (trials.sasv, trials.cm, trials.asv)
+                                       if part is not None)
