@@ -4,6 +4,8 @@ Writes to --comment (default Exp-SASV):
   score_SASV_{part}.txt   "SPK UTT KEY score" in trial order (higher = target bona fide)
   metrics_{part}.json     sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions), n_trials, n_skipped_trials,
                           skipped_audio (on_bad_audio: skip; skipped trials have the score nan)
+  report_{part}/          the evaluation report (scoring/report.py, docs/evaluation.md): report.json/.md/.csv,
+                          plots, and the ASVspoof 5 Track 2 files track2_scores.tsv, track2_keys.tsv
 Each test utterance and each speaker's enrollment goes through the networks once.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from runtime.cli import add_config_args, add_model_args, add_output_args, config
 from runtime.device import resolve_device
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
+from scoring.report import write_sasv_report
 from scoring.sasv import SASVScorer, sasv_metrics, skipped_summary, write_sasv_scores
 
 
@@ -45,6 +48,8 @@ def main() -> None:
         result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,
                       skipped_audio=dict(sorted(scored.bad_audio.items())))
         files.write_json(out / f"metrics_{part}.json", result)
+        write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials, scored.scores,
+                          scored.skipped)
         print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
               f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
               f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")

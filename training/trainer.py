@@ -2,7 +2,8 @@
 
 Outputs in the experiment folder (docs/outputs.md): config.conf, metrics.csv, scores/dev_epoch_NNN.txt,
 scores/eval.txt, metrics_eval.json, weights/last.ckpt and the best-k copies
-weights/epoch=NNN-<selection>_dev=X.ckpt (the stages also write weights/best.ckpt).
+weights/epoch=NNN-<selection>_dev=X.ckpt (the stages also write weights/best.ckpt; system sasv's evaluation
+writes the report/ folder, scoring/report.py).
 
 Rules every run follows:
   * `weights/last.ckpt` holds the whole state: weights, optimiser, scheduler, grad scaler, RNG states,

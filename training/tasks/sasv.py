@@ -29,6 +29,7 @@ from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
 from scoring.extraction import EmbeddingCache
 from scoring.inputs import scoring_inputs
+from scoring.report import write_sasv_report
 from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary, write_sasv_scores
 from training.frozen_cache import training_inputs
 from training.task import Run, Task
@@ -234,6 +235,10 @@ class SASVTask(Task):
         if run.is_main:
             write_sasv_scores(run.dir / "scores" / "eval.txt", inputs, result.scores)
         metrics = sasv_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
+        if run.is_main:  # after sasv_metrics, which refuses non-finite scores with its own error
+            metrics_csv = run.dir / "metrics.csv"
+            write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
+                              result.scores, result.skipped, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
         return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,

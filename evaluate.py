@@ -1,0 +1,63 @@
+"""Evaluation report of a score file: pooled, per-attack and per-codec metrics, tables and plots.
+
+Inputs (one kind per call):
+  --sasv SCORES --sasv_keys KEYS       ASVspoof 5 Track 2 files (tab-separated, header line):
+                                       `spk filename cm-score asv-score sasv-score` (`-` for an absent part)
+                                       and `spk filename cm-label asv-label [attack] [codec]`
+  --cm SCORES --cm_keys KEYS           ASVspoof 5 Track 1 files: `filename cm-score`, `filename cm-label [attack]
+                                       [codec]`
+  --sasv_scores FILE --trials PROTOCOL this toolkit's `SPK UTT KEY score` (scores/eval.txt, score_SASV_eval.txt)
+                                       and its trial list `SPK UTT ATTACK KEY`; --cm_protocol takes the attack
+                                       labels from an ASVspoof 2019 LA CM protocol (`SPK UTT - ATTACK KEY`) instead
+  --metrics_csv FILE                   also plot training curves from main.py's metrics.csv
+Writes into --out (default `report`): report.json, report.md, report.csv and PNG plots (docs/evaluation.md),
+and prints the pooled line. Bad input: one line naming the file and line, and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runtime.cli import run_cli
+from scoring.asvspoof5_files import read_sasv_score_file, read_track1, read_track2
+from scoring.report import pooled_text, write_report
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sasv", help="ASVspoof 5 Track 2 score file")
+    parser.add_argument("--sasv_keys", help="ASVspoof 5 Track 2 key file")
+    parser.add_argument("--cm", help="ASVspoof 5 Track 1 (CM) score file")
+    parser.add_argument("--cm_keys", help="ASVspoof 5 Track 1 key file")
+    parser.add_argument("--sasv_scores", help="this toolkit's SASV scores, `SPK UTT KEY score`")
+    parser.add_argument("--trials", help="the trial list of --sasv_scores (asv.{dev,eval}.gi.trl.txt)")
+    parser.add_argument("--cm_protocol", help="with --sasv_scores: attack labels from this CM protocol")
+    parser.add_argument("--metrics_csv", help="main.py's metrics.csv: adds training.png")
+    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    args = parser.parse_args()
+    pairs = {"--sasv/--sasv_keys": (args.sasv, args.sasv_keys), "--cm/--cm_keys": (args.cm, args.cm_keys),
+             "--sasv_scores/--trials": (args.sasv_scores, args.trials)}
+    given = [name for name, pair in pairs.items() if any(pair)]
+    if len(given) != 1:
+        parser.error(f"give exactly one of {', '.join(pairs)} (got {', '.join(given) or 'none'})")
+    if not all(pairs[given[0]]):
+        parser.error(f"{given[0]} go together")
+    if args.cm_protocol and not args.sasv_scores:
+        parser.error("--cm_protocol goes with --sasv_scores/--trials")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.sasv:
+        trials = read_track2(args.sasv, args.sasv_keys)
+    elif args.cm:
+        trials = read_track1(args.cm, args.cm_keys)
+    else:
+        trials = read_sasv_score_file(args.sasv_scores, args.trials, args.cm_protocol)
+    report = write_report(args.out, trials, metrics_csv=args.metrics_csv)
+    print(f"{pooled_text(report)} -> {Path(args.out) / 'report.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

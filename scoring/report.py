@@ -1,0 +1,246 @@
+"""The evaluation report: pooled, per-attack and per-codec metrics of scored trials, written as report.json,
+report.md (the tables a paper prints), report.csv and the plots of scoring.plots, into one folder.
+
+Every number comes from metrics/ (nothing is recomputed here); all are fractions (the markdown shows EERs
+in percent). Which metrics a report holds depends on its inputs:
+  SASV scores + target/nontarget/spoof keys: sasv_eer, sv_eer, spf_eer, min_a_dcf (the a_dcf package's
+      default costs, as `scoring.sasv.sasv_metrics` and the training logs) and a_dcf (ASVspoof 5 Track 2 costs);
+  plus CM and ASV scores (a tandem system): min_tdcf (the organisers' ASV error rates) and t_eer;
+  CM scores: min_dcf, act_dcf, cllr (bits) and eer of ASVspoof 5 Track 1.
+A per-attack cell holds every bona fide trial plus that attack's spoofs, a per-codec cell the trials of that
+codec, as the ASVspoof 5 evaluation package does; a cell lacking a class it needs holds None.
+Nothing is written unless every input check passes.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrics.adcf import min_adcf
+from metrics.asvspoof5 import ASVSPOOF5_ASV_RATES, track1_from_scores, track2_from_arrays
+from metrics.eer import as_scores, key_codes, sasv_eers
+from metrics.errors import MetricError
+from runtime.files import atomic_open, write_text
+from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
+
+SASV_METRICS = ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf")
+TANDEM_METRICS = ("min_tdcf", "t_eer")
+CM_METRICS = ("min_dcf", "act_dcf", "cllr", "eer")
+PERCENT = ("sasv_eer", "sv_eer", "spf_eer", "t_eer", "eer")
+LABELS = {"sasv_eer": "SASV-EER", "sv_eer": "SV-EER", "spf_eer": "SPF-EER", "min_a_dcf": "min a-DCF",
+          "a_dcf": "min a-DCF (ASVspoof 5)", "min_tdcf": "min t-DCF", "t_eer": "t-EER", "min_dcf": "CM min DCF",
+          "act_dcf": "CM act DCF", "cllr": "CM Cllr", "eer": "CM EER"}
+REPORT_FILES = ("report.json", "report.md", "report.csv")
+POOLED = "pooled"
+
+Cell = dict[str, Any]
+
+
+def metric_names(trials: ScoredTrials) -> tuple[str, ...]:
+    """The metrics the inputs allow, in report order."""
+    names: tuple[str, ...] = ()
+    if trials.sasv is not None:
+        names += SASV_METRICS + (TANDEM_METRICS if trials.cm is not None and trials.asv is not None else ())
+    if trials.cm is not None:
+        names += CM_METRICS
+    return names
+
+
+def cell_metrics(trials: ScoredTrials, mask: np.ndarray, *, strict: bool = False) -> Cell:
+    """Trial counts and every metric of `metric_names` on the trials in `mask`.
+
+    `strict` (the pooled cell): a metric that cannot be computed is a MetricError; otherwise it is None."""
+    cell: Cell = {}
+    if trials.asv_keys is not None:
+        keys = trials.asv_keys[mask]
+        codes = key_codes(keys, keys.size)
+        counts = np.bincount(codes, minlength=3)
+        cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=int(counts[2]))
+    else:
+        spoof = int(np.count_nonzero(trials.cm_keys[mask] == "spoof"))
+        cell.update(n_bonafide=int(np.count_nonzero(mask)) - spoof, n_spoof=spoof)
+    names = metric_names(trials)
+    cell.update({name: None for name in names})
+    if trials.sasv is not None:
+        cell.update(_guarded(lambda: _sasv_cell(trials, mask, keys, codes), strict))
+    if trials.cm is not None:
+        cell.update(_guarded(lambda: _cm_cell(trials, mask), strict))
+    return {name: _plain(value) for name, value in cell.items()}
+
+
+def _sasv_cell(trials: ScoredTrials, mask: np.ndarray, keys: np.ndarray, codes: np.ndarray) -> Cell:
+    sasv = trials.sasv[mask]
+    cell: Cell = dict(sasv_eers(sasv, keys))
+    cell["min_a_dcf"] = min_adcf(sasv, keys)[0]
+    cm = None if trials.cm is None or trials.asv is None else trials.cm[mask]
+    asv = None if cm is None else trials.asv[mask]
+    tandem = track2_from_arrays(cm, asv, sasv, codes, ASVSPOOF5_ASV_RATES)
+    cell["a_dcf"] = tandem["a_dcf"]
+    if cm is not None:
+        cell.update(min_tdcf=tandem["min_tdcf"], t_eer=tandem["t_eer"])
+    return cell
+
+
+def _cm_cell(trials: ScoredTrials, mask: np.ndarray) -> Cell:
+    bona = trials.cm[mask & (trials.cm_keys == "bonafide")]
+    spoof = trials.cm[mask & (trials.cm_keys == "spoof")]
+    if not bona.size or not spoof.size:
+        raise MetricError("no bona fide or no spoof CM trials: the Track 1 metrics are undefined")
+    return track1_from_scores(bona, spoof)
+
+
+def _guarded(compute: Any, strict: bool) -> Cell:
+    """`compute()`, or nothing when a non-strict cell lacks what a metric needs."""
+    try:
+        return compute()
+    except MetricError:
+        if strict:
+            raise
+        return {}
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, (float, np.floating)) else value
+
+
+def condition_masks(trials: ScoredTrials) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(attack -> every bona fide trial + that attack's spoofs, codec -> that codec's trials), sorted."""
+    is_spoof = trials.cm_keys == "spoof"
+    attacks, codecs = {}, {}
+    if trials.attack is not None:
+        for attack in sorted(set(trials.attack[is_spoof].tolist())):
+            attacks[attack] = ~is_spoof | (trials.attack == attack)
+    if trials.codec is not None:
+        for codec in sorted(set(trials.codec.tolist())):
+            codecs[codec] = trials.codec == codec
+    return attacks, codecs
+
+
+def build_report(trials: ScoredTrials) -> dict[str, Any]:
+    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec}; cells as `cell_metrics`."""
+    if len(trials) == 0:
+        raise MetricError(f"{trials.source}: no trials to report on")
+    if trials.sasv is not None and trials.asv_keys is None:
+        raise MetricError(f"{trials.source}: SASV scores need target/nontarget/spoof keys")
+    for name in ("sasv", "cm", "asv"):  # finite float64, one per trial (the readers already check)
+        values = getattr(trials, name)
+        if values is not None and as_scores(values, f"{trials.source}: {name} scores").size != len(trials):
+            raise MetricError(f"{trials.source}: {values.size} {name} scores for {len(trials)} trials")
+    attacks, codecs = condition_masks(trials)
+    return {
+        "source": trials.source,
+        "metrics": list(metric_names(trials)),
+        "n_skipped_trials": trials.n_skipped,
+        POOLED: cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True),
+        "per_attack": {attack: cell_metrics(trials, mask) for attack, mask in attacks.items()},
+        "per_codec": {codec: cell_metrics(trials, mask) for codec, mask in codecs.items()},
+    }
+
+
+# ------------------------------------------------------------------ text forms
+
+
+def _shown(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if name in PERCENT else f"{value:.4f}"
+
+
+def pooled_text(report: dict[str, Any]) -> str:
+    """One line: the pooled metrics and the trial count."""
+    pooled = report[POOLED]
+    parts = [f"{LABELS[name]} {_shown(name, pooled[name])}{'%' if name in PERCENT else ''}"
+             for name in report["metrics"]]
+    trials = sum(value for name, value in pooled.items() if name.startswith("n_"))
+    return f"pooled: {'  '.join(parts)} ({trials} trials)"
+
+
+def _counts(cell: Cell) -> str:
+    return ", ".join(f"{value} {name[2:]}" for name, value in cell.items() if name.startswith("n_"))
+
+
+def _table(report: dict[str, Any], rows: dict[str, Cell], what: str) -> list[str]:
+    names = report["metrics"]
+    header = [what, *(f"{LABELS[n]} (%)" if n in PERCENT else LABELS[n] + (" (bits)" if n == "cllr" else "")
+                      for n in names)]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(names)]
+    for condition, cell in [*rows.items(), (f"**{POOLED}**", report[POOLED])]:
+        lines.append("| " + " | ".join([condition, *(_shown(n, cell[n]) for n in names)]) + " |")
+    return lines
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """Markdown tables: attacks as rows plus the pooled row; the same per codec when codecs are known."""
+    lines = ["# Evaluation report", "",
+             f"Scores: `{report['source']}`; {_counts(report[POOLED])}"
+             + (f"; {report['n_skipped_trials']} trials left out (score nan, bad audio)"
+                if report["n_skipped_trials"] else "") + ".",
+             "EERs in percent; DCFs normalised; Cllr in bits. `-`: not computable for that condition.", ""]
+    if report["per_attack"]:
+        lines += ["## Per attack", "", "Each row: every bona fide trial plus that attack's spoofs.", "",
+                  *_table(report, report["per_attack"], "attack"), ""]
+    if report["per_codec"]:
+        lines += ["## Per codec", "", "Each row: the trials of that codec.", "",
+                  *_table(report, report["per_codec"], "codec"), ""]
+    if not report["per_attack"] and not report["per_codec"]:
+        lines += ["## Pooled", "", *_table(report, {}, "condition"), ""]
+    return "\n".join(lines)
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """`group,condition,<counts>,<metrics>`: one row pooled, one per attack, one per codec (exact fractions)."""
+    counts = [name for name in report[POOLED] if name.startswith("n_")]
+    columns = ["group", "condition", *counts, *report["metrics"]]
+    rows = [(POOLED, POOLED, report[POOLED])]
+    rows += [("attack", name, cell) for name, cell in report["per_attack"].items()]
+    rows += [("codec", name, cell) for name, cell in report["per_codec"].items()]
+    buffer = io.StringIO()
+    buffer.write(",".join(columns) + "\n")
+    for group, condition, cell in rows:
+        values = ["" if cell[name] is None else repr(cell[name]) for name in columns[2:]]
+        buffer.write(",".join([group, _csv_field(condition), *values]) + "\n")
+    return buffer.getvalue()
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
+                 extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Compute the report and render its plots, then write every file into `folder` (each atomically).
+
+    Any bad input raises before the first file is written. `extra_files`: name -> text written alongside."""
+    from scoring.plots import render_plots  # matplotlib loads only when a report is written
+
+    report = build_report(trials)
+    texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
+             "report.csv": report_csv(report), **(extra_files or {})}
+    images = render_plots(trials, metrics_csv)
+    folder = Path(folder)
+    for name, text in texts.items():
+        write_text(folder / name, text)
+    for name, image in images.items():
+        with atomic_open(folder / name, "wb") as handle:
+            handle.write(image)
+    return report
+
+
+def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
+                      skipped: np.ndarray | None = None, *, metrics_csv: str | Path | None = None) -> dict[str, Any]:
+    """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
+    official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score; `-` for the CM and
+    ASV parts) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
+    speakers, utterances = [t.speaker for t in trials], [t.utterance for t in trials]
+    keys, attacks = [t.key for t in trials], [t.attack for t in trials]
+    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped)
+    extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores),
+             "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks)}
+    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra)

@@ -1,0 +1,288 @@
+"""evaluate.py and scoring/report.py: the official package's golden numbers through the ASVspoof 5 file readers,
+per-attack cells against metrics computed directly on the subset, the pooled row against sasv_metrics, bad input
+(one line, nothing written), the plots, and the report main.py writes on the tiny corpus."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny_run import run_main, run_script, tiny_corpus, write_config
+
+from data.protocols import ProtocolError, read_sasv_trials
+from metrics import min_adcf, sasv_eers, track1_metrics, track2_metrics
+from scoring.asvspoof5_files import read_track1, read_track2
+from scoring.report import build_report
+from scoring.sasv import sasv_metrics
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TOLERANCE = {"a_dcf": 1e-9, "min_dcf": 1e-9, "eer": 1e-9, "act_dcf": 1e-9, "min_tdcf": 1e-9, "cllr": 1e-6,
+             "t_eer": 1e-8}  # README 6b; the package's t-EER (percent, 1e-6) as a fraction
+
+
+@pytest.fixture(scope="module")
+def golden(fixtures):
+    with np.load(fixtures / "golden" / "asvspoof5_metrics.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    with open(fixtures / "golden" / "asvspoof5_metrics.json") as handle:
+        return arrays, json.load(handle)
+
+
+def _tsv(path: Path, header: list[str], columns: list) -> Path:
+    """A tab-separated file written here, independently of the writer under test."""
+    lines = ["\t".join(header)] + ["\t".join(v if isinstance(v, str) else repr(float(v)) for v in row)
+                                   for row in zip(*columns)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def track_files(golden, tmp_path_factory):
+    """The golden trials as Track 2 and Track 1 score and key files (shuffled key order, scores in file order)."""
+    t, _ = golden
+    folder = tmp_path_factory.mktemp("asvspoof5")
+    order = np.random.default_rng(1).permutation(t["filename"].size)
+    files = {
+        "sasv": _tsv(folder / "sasv.tsv", ["spk", "filename", "cm-score", "asv-score", "sasv-score"],
+                     [t["spk"], t["filename"], t["cm_score"], t["asv_score"], t["sasv_score"]]),
+        "sasv_keys": _tsv(folder / "sasv_keys.tsv", ["spk", "filename", "cm-label", "asv-label", "codec", "attack"],
+                          [t[name][order] for name in ("spk", "filename", "cm_key", "asv_key", "codec", "attack")]),
+        "cm": _tsv(folder / "cm.tsv", ["filename", "cm-score"], [t["filename"], t["cm_score"]]),
+        "cm_keys": _tsv(folder / "cm_keys.tsv", ["filename", "cm-label", "attack", "codec"],
+                        [t[name][order] for name in ("filename", "cm_key", "attack", "codec")]),
+    }
+    return folder, files
+
+
+def evaluate(capsys, monkeypatch, *argv: str) -> tuple[int, str, str]:
+    return run_script("evaluate.py", list(argv), capsys, monkeypatch)
+
+
+def _golden(values: dict, name: str) -> float | None:
+    """A golden value under our name: the package's t-EER is in percent, ours a fraction."""
+    return values["t_eer_percent"] / 100 if name == "t_eer" else values[name]
+
+
+def _check(ours: dict, theirs: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        assert ours[name] == pytest.approx(_golden(theirs, name), abs=TOLERANCE[name], rel=0), name
+
+
+def _cell(table: dict, row: str, column: str) -> dict:
+    """One cell of a golden `*_full` table, {metric: value}."""
+    i, j = table["attacks"].index(row), table["codecs"].index(column)
+    return {name: values[i][j] for name, values in table.items() if name not in ("attacks", "codecs")}
+
+
+@pytest.mark.parametrize("track", ["track2", "track1"])
+def test_golden_through_evaluate(track_files, golden, track, capsys, monkeypatch, tmp_path):
+    _, expected = golden
+    _, files = track_files
+    args = ["--sasv", str(files["sasv"]), "--sasv_keys", str(files["sasv_keys"])] if track == "track2" else \
+        ["--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"])]
+    status, out, err = evaluate(capsys, monkeypatch, *args, "--out", str(tmp_path / "out"))
+    assert status == 0, err
+    assert out.startswith("pooled: ") and out.count("\n") == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    names = ("a_dcf", "min_tdcf", "t_eer") if track == "track2" else ()
+    cm_names = ("min_dcf", "eer", "cllr", "act_dcf")
+    _check(report["pooled"], expected["track2_pooled"], names)
+    _check(report["pooled"], expected["track1_pooled"], cm_names)  # Track 2 files carry the CM scores too
+    for full, metric_names in (("track2_full", names), ("track1_full", cm_names)):
+        table = expected[full]
+        for attack in table["attacks"][1:]:
+            _check(report["per_attack"][attack], _cell(table, attack, "pooled"), metric_names)
+        for codec in table["codecs"][1:]:
+            _check(report["per_codec"][codec], _cell(table, "pooled", codec), metric_names)
+    assert sorted(report["per_attack"]) == ["A17", "A18", "A19", "A20", "A21", "A22"]
+    assert sorted(report["per_codec"]) == ["-", "C01", "C02"]
+
+
+def test_per_attack_cell_equals_metrics_on_the_subset(track_files):
+    _, files = track_files
+    trials = read_track2(files["sasv"], files["sasv_keys"])
+    report = build_report(trials)
+    keep = (trials.cm_keys == "bonafide") | (trials.attack == "A20")  # all bona fide + the attack's spoofs
+    sasv, cm, asv, keys, cm_keys = (trials.sasv[keep], trials.cm[keep], trials.asv[keep], trials.asv_keys[keep],
+                                    trials.cm_keys[keep])
+    expected = {**sasv_eers(sasv, keys), "min_a_dcf": min_adcf(sasv, keys)[0],
+                **track2_metrics(cm, asv, sasv, cm_keys, keys), **track1_metrics(cm, cm_keys)}
+    cell = report["per_attack"]["A20"]
+    assert {name: cell[name] for name in expected} == expected
+    assert (cell["n_target"], cell["n_nontarget"], cell["n_spoof"]) == (600, 1500, int(np.sum(trials.attack == "A20")))
+
+
+def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
+    """A trial list `SPK UTT ATTACK KEY` and scores `SPK UTT KEY score` (file in reverse order) of 60 trials."""
+    rng = np.random.default_rng(5)
+    keys = ["target"] * 20 + ["nontarget"] * 20 + ["spoof"] * 20
+    attacks = ["bonafide"] * 40 + ["A07", "A08"] * 10
+    scores = rng.normal(size=60) + np.array([2.0 if k == "target" else 0.0 for k in keys])
+    rows = [(f"LA_{i % 4:04d}", f"LA_E_{i:07d}", attack, key) for i, (attack, key) in enumerate(zip(attacks, keys))]
+    trial_path = folder / "trials.txt"
+    trial_path.write_text("".join(" ".join(row) + "\n" for row in rows))
+    texts = ["nan" if i == skipped else repr(float(s)) for i, s in enumerate(scores)]
+    score_path = folder / "eval.txt"
+    score_path.write_text("".join(f"{r[0]} {r[1]} {r[3]} {t}\n" for r, t in reversed(list(zip(rows, texts)))))
+    return trial_path, score_path, scores, keys
+
+
+def test_pooled_equals_sasv_metrics_and_skipped_trials_are_left_out(tmp_path, capsys, monkeypatch):
+    trial_path, score_path, scores, keys = _toolkit_files(tmp_path, skipped=3)
+    status, out, err = evaluate(capsys, monkeypatch, "--sasv_scores", str(score_path), "--trials", str(trial_path),
+                                "--out", str(tmp_path / "out"))
+    assert status == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    skipped = np.arange(60) == 3
+    expected = sasv_metrics(np.where(skipped, np.nan, scores), keys, skipped)
+    assert {name: report["pooled"][name] for name in expected} == expected
+    assert report["n_skipped_trials"] == 1 and report["pooled"]["n_target"] == 19
+    assert set(report["metrics"]) == {"sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf"}
+    assert sorted(report["per_attack"]) == ["A07", "A08"] and report["per_codec"] == {}
+    assert f"SASV-EER {100 * expected['sasv_eer']:.2f}%" in out
+    # The markdown table: the attacks as rows, then the pooled row.
+    table = [line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == ["attack", "---", "A07", "A08", "**pooled**"]
+    with open(tmp_path / "out" / "report.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["group"], row["condition"]) for row in rows] == [("pooled", "pooled"), ("attack", "A07"),
+                                                                  ("attack", "A08")]
+    assert float(rows[0]["sasv_eer"]) == expected["sasv_eer"]
+
+
+def test_cm_protocol_gives_the_attack_labels(tmp_path, capsys, monkeypatch):
+    trial_path, score_path, _, _ = _toolkit_files(tmp_path)
+    trials = read_sasv_trials(trial_path)
+    protocol = tmp_path / "cm.txt"
+    protocol.write_text("".join(f"{t.speaker} {t.utterance} - {'-' if t.key != 'spoof' else 'A1' + t.attack[-1]} "
+                                f"{'spoof' if t.key == 'spoof' else 'bonafide'}\n" for t in trials))
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv_scores", str(score_path), "--trials", str(trial_path),
+                              "--cm_protocol", str(protocol), "--out", str(tmp_path / "out"))
+    assert status == 0, err
+    assert sorted(json.loads((tmp_path / "out" / "report.json").read_text())["per_attack"]) == ["A17", "A18"]
+
+
+def test_plots_are_pngs(track_files, tmp_path, capsys, monkeypatch):
+    _, files = track_files
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text("epoch,step,lr,train_loss,dev_sasv_eer,dev_sv_eer,dev_spf_eer\n"
+                           "1,3,0.001,2.5,0.4,0.3,0.5\n2,6,0.0005,1.5,,,\n3,9,0.00025,1.0,0.2,0.1,0.3\n")
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys", str(files["sasv_keys"]),
+                              "--metrics_csv", str(metrics_csv), "--out", str(tmp_path / "out"))
+    assert status == 0, err
+    images = sorted(path.name for path in (tmp_path / "out").glob("*.png"))
+    assert images == ["adcf.png", "det_cm.png", "det_sasv.png", "hist_cm.png", "hist_sasv.png", "training.png"]
+    for name in images:
+        content = (tmp_path / "out" / name).read_bytes()
+        assert content.startswith(PNG) and len(content) > 5000, name
+    assert not [path for path in (tmp_path / "out").iterdir() if path.name.startswith(".")]
+
+
+def _edit(path: Path, folder: Path, change) -> Path:
+    lines = path.read_text().splitlines()
+    changed = folder / path.name
+    changed.write_text("\n".join(change(lines)) + "\n")
+    return changed
+
+
+def _set_field(lines: list[str], number: int, column: int, value: str) -> list[str]:
+    fields = lines[number - 1].split("\t")
+    fields[column] = value
+    return lines[:number - 1] + ["\t".join(fields)] + lines[number:]
+
+
+BAD_TRACK2 = {
+    "missing trial": ("sasv", lambda lines: lines[:5] + lines[6:], "no score for trial E_"),
+    "duplicated trial": ("sasv", lambda lines: lines + [lines[7]],
+                         ".tsv:3602: duplicate trial E_1004 E_0000006 (first on line 8)"),
+    "unknown trial": ("sasv", lambda lines: lines[:1] + ["X_1\tE_9\t1.0\t1.0\t2.0"] + lines[1:],
+                      "sasv.tsv:2: trial X_1 E_9 is not in"),
+    "non-numeric score": ("sasv", lambda lines: _set_field(lines, 4, 4, "high"), "sasv.tsv:4: sasv-score 'high'"),
+    "non-finite score": ("sasv", lambda lines: _set_field(lines, 9, 2, "inf"), "sasv.tsv:9: cm-score 'inf' is not"),
+    "header mismatch": ("sasv", lambda lines: ["spk\tfilename\tcm\tasv\tsasv"] + lines[1:], "sasv.tsv:1: "),
+    "absent part on one line": ("sasv", lambda lines: _set_field(lines, 6, 3, "-"), "sasv.tsv:6: asv-score is '-'"),
+    "short line": ("sasv", lambda lines: lines[:2] + [lines[2].rsplit("\t", 1)[0]] + lines[3:], "sasv.tsv:3: "),
+    "unknown key label": ("sasv_keys", lambda lines: _set_field(lines, 2, 3, "impostor"),
+                          "sasv_keys.tsv:2: unknown asv-label 'impostor'"),
+    "empty score file": ("sasv", lambda lines: [], "sasv.tsv: Track 2 score file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRACK2))
+def test_bad_track2_input_one_line_and_nothing_written(track_files, case, tmp_path, capsys, monkeypatch):
+    _, files = track_files
+    which, change, needle = BAD_TRACK2[case]
+    paths = dict(files, **{which: _edit(files[which], tmp_path, change)})
+    status, out, err = evaluate(capsys, monkeypatch, "--sasv", str(paths["sasv"]), "--sasv_keys",
+                                str(paths["sasv_keys"]), "--out", str(tmp_path / "out"))
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out").exists() and out == ""
+
+
+def test_bad_toolkit_and_metrics_csv_input(tmp_path, capsys, monkeypatch):
+    trial_path, score_path, _, _ = _toolkit_files(tmp_path)
+    wrong_key = _edit(score_path, tmp_path / "edited" if (tmp_path / "edited").mkdir() is None else tmp_path,
+                      lambda lines: [lines[0].replace(" spoof ", " target ")] + lines[1:])
+    bad_csv = tmp_path / "metrics.csv"
+    bad_csv.write_text("epoch,step,lr,train_loss\n1,3,0.001,lots\n")
+    cases = [(["--sasv_scores", str(wrong_key), "--trials", str(trial_path)], "eval.txt:1: key 'target', but "),
+             (["--sasv_scores", str(score_path), "--trials", str(trial_path), "--metrics_csv", str(bad_csv)],
+              "metrics.csv:2: train_loss 'lots' is not a number"),
+             (["--sasv_scores", str(tmp_path / "none.txt"), "--trials", str(trial_path)], "none.txt: SASV score file")]
+    for argv, needle in cases:
+        status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "out"))
+        assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    corpus = tiny_corpus(tmp_path_factory)
+    config = write_config(tmp_path / "tiny.conf", corpus, epoch=1)
+    result = run_main(config, tmp_path / "exp")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()] == ["epoch 1", "eval", "done"]
+    experiment = tmp_path / "exp" / "tiny"
+    summary = json.loads((experiment / "metrics_eval.json").read_text())
+    report = json.loads((experiment / "report" / "report.json").read_text())
+    assert {name: report["pooled"][name] for name in ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf")} == \
+        {name: summary[name] for name in ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf")}
+    assert sorted(path.name for path in (experiment / "report").iterdir()) == [
+        "adcf.png", "det_sasv.png", "hist_sasv.png", "report.csv", "report.json", "report.md",
+        "track2_keys.tsv", "track2_scores.tsv", "training.png"]
+    assert sorted(path.name for path in (experiment / "scores").iterdir()) == ["dev_epoch_001.txt", "eval.txt"]
+    # The official Track 2 files read back through evaluate.py give the same pooled numbers.
+    report_dir = experiment / "report"
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(report_dir / "track2_scores.tsv"),
+                              "--sasv_keys", str(report_dir / "track2_keys.tsv"), "--out", str(tmp_path / "again"))
+    assert status == 0, err
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["pooled"] == report["pooled"] and again["per_attack"] == report["per_attack"]
+    assert (experiment / "report" / "track2_scores.tsv").read_text().splitlines()[1].split("\t")[2:4] == ["-", "-"]
+
+
+FIELDS = st.sampled_from(["spk", "filename", "cm-score", "asv-score", "sasv-score", "cm-label", "asv-label", "attack",
+                          "codec", "E_1", "E_2", "F_1", "-", "1.5", "-2", "nan", "inf", "x", "bonafide", "spoof",
+                          "target", "nontarget", "A17", "C01", "track_2_tag", "dummy"])
+LINES = st.lists(st.lists(FIELDS, min_size=0, max_size=6).map("\t".join), max_size=6).map("\n".join)
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scores=LINES, keys=LINES)
+def test_fuzzed_track_files_give_trials_or_one_line_error(tmp_path, scores, keys):
+    score_path, key_path = tmp_path / "scores.tsv", tmp_path / "keys.tsv"
+    score_path.write_text("spk\tfilename\tcm-score\tasv-score\tsasv-score\n" + scores)
+    key_path.write_text("spk\tfilename\tcm-label\tasv-label\n" + keys)
+    for reader in (read_track2, read_track1):
+        try:
+            trials = reader(score_path, key_path)
+        except ProtocolError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(tmp_path))
+        else:
+            assert len(trials) and all(np.isfinite(part).all() for part in (trials.sasv, trials.cm, trials.asv)
+                                       if part is not None)
