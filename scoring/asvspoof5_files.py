@@ -268,7 +268,7 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     (`SPK UTT - ATTACK KEY`). A `nan` score (a trial skipped for bad audio) leaves the trial out, as the
     toolkit's metrics do."""
     trials = read_sasv_trials(trial_path)
-    scores = read_trial_scores(path, trial_path, trials, allow_nan=True)
+    scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
     attacks = [t.attack for t in trials]
     if cm_protocol is not None:
         entries = {entry.utterance: entry for entry in read_cm_protocol(cm_protocol)}

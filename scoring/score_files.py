@@ -54,7 +54,7 @@ def _score(path: Path, number: int, text: str, *, allow_nan: bool) -> float:
 
 
 def read_trial_scores(path: str | Path, trial_path: str | Path, trials: Sequence[SASVTrial] | None = None, *,
-                      allow_nan: bool = False) -> np.ndarray:
+                      allow_nan: bool = False, what: str = "ASV") -> np.ndarray:
     """One score per trial of `trial_path`, in its order: lines `SPK UTT KEY score` or `UTT score`.
 
     Every line must name the trial on the same line of the trial list, so a missing, repeated,
@@ -63,7 +63,7 @@ def read_trial_scores(path: str | Path, trial_path: str | Path, trials: Sequence
     """
     path = Path(path)
     trials = read_sasv_trials(trial_path) if trials is None else trials
-    rows = _score_rows(path, "ASV")
+    rows = _score_rows(path, what)
     widths = {len(fields) for _, fields in rows}
     if len(widths) != 1 or not widths <= {2, 4}:
         raise ProtocolError(f"{path}: expected lines 'SPK UTT KEY score' or 'UTT score' in the order of {trial_path}, "

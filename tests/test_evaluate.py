@@ -117,7 +117,8 @@ def test_per_attack_cell_equals_metrics_on_the_subset(track_files):
 
 
 def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
-    """A trial list `SPK UTT ATTACK KEY` and scores `SPK UTT KEY score` (file in reverse order) of 60 trials."""
+    """A trial list `SPK UTT ATTACK KEY` and scores `SPK UTT KEY score` of 60 trials (in trial order, as the
+    toolkit writes them)."""
     rng = np.random.default_rng(5)
     keys = ["target"] * 20 + ["nontarget"] * 20 + ["spoof"] * 20
     attacks = ["bonafide"] * 40 + ["A07", "A08"] * 10
@@ -127,7 +128,7 @@ def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path
     trial_path.write_text("".join(" ".join(row) + "\n" for row in rows))
     texts = ["nan" if i == skipped else repr(float(s)) for i, s in enumerate(scores)]
     score_path = folder / "eval.txt"
-    score_path.write_text("".join(f"{r[0]} {r[1]} {r[3]} {t}\n" for r, t in reversed(list(zip(rows, texts)))))
+    score_path.write_text("".join(f"{r[0]} {r[1]} {r[3]} {t}\n" for r, t in zip(rows, texts)))
     return trial_path, score_path, scores, keys
 
 
@@ -228,10 +229,11 @@ def test_bad_track2_input_one_line_and_nothing_written(track_files, case, tmp_pa
 def test_bad_toolkit_and_metrics_csv_input(tmp_path, capsys, monkeypatch):
     trial_path, score_path, _, _ = _toolkit_files(tmp_path)
     wrong_key = _edit(score_path, tmp_path / "edited" if (tmp_path / "edited").mkdir() is None else tmp_path,
-                      lambda lines: [lines[0].replace(" spoof ", " target ")] + lines[1:])
+                      lambda lines: [lines[0].replace(" target ", " nontarget ")] + lines[1:])
     bad_csv = tmp_path / "metrics.csv"
     bad_csv.write_text("epoch,step,lr,train_loss\n1,3,0.001,lots\n")
-    cases = [(["--sasv_scores", str(wrong_key), "--trials", str(trial_path)], "eval.txt:1: key 'target', but "),
+    cases = [(["--sasv_scores", str(wrong_key), "--trials", str(trial_path)],
+              "eval.txt:1: expected 'LA_0000 LA_E_0000000 target <score>'"),
              (["--sasv_scores", str(score_path), "--trials", str(trial_path), "--metrics_csv", str(bad_csv)],
               "metrics.csv:2: train_loss 'lots' is not a number"),
              (["--sasv_scores", str(tmp_path / "none.txt"), "--trials", str(trial_path)], "none.txt: SASV score file")]
