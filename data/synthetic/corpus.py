@@ -301,17 +301,3 @@ def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bo
         _write_text(root / "protocols" / name, lines)
     _finish(root, payload)
     return root
-
-
-def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) -> Path | None:
-    """Generate the corpus a config's `demo_corpus` section names, when it is missing or incomplete."""
-    if not settings["root"]:
-        return None
-    root = Path(settings["root"])
-    seed = settings["seed"]
-    spec = CorpusSpec.tiny(seed) if settings["size"] == "tiny" else CorpusSpec(seed=seed)
-    # A corpus of another size, seed or generator version is regenerated, not silently reused.
-    if not corpus_is_complete(root, spec):
-        print(f"generating the synthetic demo corpus in {root} ...")
-        generate_corpus(root, spec, progress=progress)
-    return root
