@@ -23,8 +23,11 @@ from .spectral import _frequencies, _istft, _stft
 QUALITIES = (1, 2, 3)
 
 
-def _lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float) -> np.ndarray:
-    gain = 1.0 / (1.0 + np.exp((_frequencies(sample_rate) - cutoff_hz) / 60.0))
+def _lowpass(signal: np.ndarray, sample_rate: int, cutoff_hz: float, highpass_hz: float = 0.0) -> np.ndarray:
+    freqs = _frequencies(sample_rate)
+    gain = 1.0 / (1.0 + np.exp((freqs - cutoff_hz) / 60.0))
+    if highpass_hz:
+        gain = gain / (1.0 + np.exp(-(freqs - highpass_hz) / 30.0))
     return _istft(_stft(signal) * gain[None], len(signal))
 
 
@@ -65,7 +68,7 @@ def _neural(signal: np.ndarray, sample_rate: int, rng: np.random.Generator, step
 # id -> (what it stands for, signal, sample rate, rng, quality -> coded signal)
 CODECS: dict[str, tuple[str, Callable[[np.ndarray, int, np.random.Generator, int], np.ndarray]]] = {
     "C01": ("opus, wideband", lambda x, sr, rng, q: _spectral_holes(_lowpass(x, sr, 6000 + 500 * q), 50, 2)),
-    "C02": ("amr, wideband", lambda x, sr, rng, q: _companding(_lowpass(x, sr, 6400), sr, rng, 8 + q)),
+    "C02": ("amr, wideband", lambda x, sr, rng, q: _companding(_lowpass(x, sr, 6400), sr, rng, 4 + q)),
     "C03": ("speex, wideband", lambda x, sr, rng, q: _neural(_lowpass(x, sr, 7000), sr, rng, 5 - q)),
     "C04": ("Encodec", lambda x, sr, rng, q: _neural(x, sr, rng, 7 - 2 * q)),
     "C05": ("mp3", lambda x, sr, rng, q: _spectral_holes(_lowpass(x, sr, 7000), 30 + 10 * q, 3)),
@@ -76,7 +79,7 @@ CODECS: dict[str, tuple[str, Callable[[np.ndarray, int, np.random.Generator, int
     "C09": ("amr, narrowband", lambda x, sr, rng, q: _narrowband(x, sr, lambda y, r: _companding(y, r, rng, 6 + q))),
     "C10": ("speex, narrowband", lambda x, sr, rng, q: _narrowband(x, sr, lambda y, r: _neural(y, r, rng, 5 - q))),
     "C11": ("device and channel, narrowband",
-            lambda x, sr, rng, q: _narrowband(_lowpass(x, sr, 3400), sr, lambda y, r: _companding(y, r, rng, 8))),
+            lambda x, sr, rng, q: _narrowband(_lowpass(x, sr, 3400, 300), sr, lambda y, r: _companding(y, r, rng, 8))),
 }
 NARROWBAND_CODECS = ("C08", "C09", "C10", "C11")
 

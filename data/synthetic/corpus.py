@@ -229,8 +229,9 @@ def corpus_is_complete(root: Path, spec: CorpusSpec | None = None) -> bool:
 def _start(root: Path, spec: Any, managed: list[Path]) -> str:
     """Make ``root`` ready for a new corpus (refusing foreign data in ``managed``); returns the marker text."""
     ours = (root / COMPLETE_MARKER).exists() or (root / IN_PROGRESS_MARKER).exists()
-    if not ours and any(path.exists() for path in managed):
-        names = ", ".join(f"{path.name}/" if path.suffix == "" else path.name for path in managed)
+    present = [f"{path.name}/" if path.is_dir() else path.name for path in managed if path.exists()]
+    if not ours and present:
+        names = ", ".join(present)
         raise CorpusExists(f"{root}: holds {names} not written by the synthetic generator; refusing to overwrite it")
     (root / COMPLETE_MARKER).unlink(missing_ok=True)
     for path in managed:
