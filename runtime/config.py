@@ -281,6 +281,8 @@ SCHEMA: dict = _section(
                    "data/synthetic/)"),
         size=Field(str, "demo", "corpus size", choices=("demo", "tiny")),
         seed=Field(int, 0, "corpus seed"),
+        layout=Field(str, "asvspoof2019", "file layout: the ASVspoof 2019 LA one, or the ASVspoof 5 public "
+                     "release's (docs/demo.md)", choices=("asvspoof2019", "asvspoof5")),
     ),
 )
 

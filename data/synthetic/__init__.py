@@ -75,11 +75,19 @@ Every utterance has its own random stream derived from ``CorpusSpec.seed``, so
 the same spec gives byte-identical files. A marker file is written last;
 ``corpus_is_complete`` checks it, so an interrupted generation is redone.
 
+The same voices and systems can also be written in the ASVspoof 5 public-release
+layout, with simulated codec conditions: ``generate_asvspoof5_corpus`` (module
+``asvspoof5``, which documents it).
+
 Modules: ``spectral`` (STFT, mel, lifter), ``voices`` (voices, utterance plans,
 rendering, sessions), ``attacks`` (recipes, waveform generators, synthesis of one
-file), ``corpus`` (spec, layout, protocols, writing, ``generate_corpus``).
+file), ``corpus`` (spec, layout, protocols, writing, ``generate_corpus``),
+``asvspoof5`` (the ASVspoof 5 layout), ``codecs`` (simulated codec conditions),
+``demo`` (``ensure_demo_corpus``, either layout).
 """
+from .asvspoof5 import Asvspoof5Spec, generate_asvspoof5_corpus
 from .attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, AttackRecipe, _top_band_rolloff
+from .codecs import CODECS, apply_codec
 from .corpus import (
                      COMPLETE_MARKER,
                      FORMAT_VERSION,
@@ -87,14 +95,14 @@ from .corpus import (
                      PARTITIONS,
                      CorpusSpec,
                      corpus_is_complete,
-                     ensure_demo_corpus,
                      generate_corpus,
 )
+from .demo import ensure_demo_corpus
 from .voices import Voice, sample_voice
 
 __all__ = [
-    "ATTACKS", "COMPLETE_MARKER", "EVAL_ATTACKS", "FORMAT_VERSION", "IN_PROGRESS_MARKER", "PARTITIONS",
-    "TRAIN_ATTACKS", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "ensure_demo_corpus",
-    "generate_corpus", "sample_voice",
+    "ATTACKS", "CODECS", "COMPLETE_MARKER", "EVAL_ATTACKS", "FORMAT_VERSION", "IN_PROGRESS_MARKER", "PARTITIONS",
+    "TRAIN_ATTACKS", "Asvspoof5Spec", "AttackRecipe", "CorpusSpec", "Voice", "corpus_is_complete", "ensure_demo_corpus",
+    "apply_codec", "generate_asvspoof5_corpus", "generate_corpus", "sample_voice",
     "_top_band_rolloff",  # private, but the tests call it as synthetic._top_band_rolloff
 ]

@@ -228,13 +228,20 @@ def _pitch_shift(signal: np.ndarray, ratio: float) -> np.ndarray:
 _SAME_SYSTEM = {"A16": "A04", "A19": "A06"}
 
 
-def _top_band_rolloff(signal: np.ndarray, seed: int, attack: str, sample_rate: int) -> np.ndarray:
+def _system_number(attack: str) -> int:
+    """The number seeding a 2019 system's fixed traits (repeated systems share it)."""
+    return int(_SAME_SYSTEM.get(attack, attack)[1:])
+
+
+def _top_band_rolloff(signal: np.ndarray, seed: int, attack: str, sample_rate: int,
+                      system: int | None = None) -> np.ndarray:
     """Every system under-produces the top band: a fixed per-system roll-off (12-24 dB) above 5.8-7.2 kHz.
 
     This is the artefact shared by all attacks (real LA countermeasures find the highest
     sub-band the most telling), so a CM trained on A01-A06 can detect the unseen systems.
+    ``system``: the number seeding it, when not the 2019 attack's.
     """
-    system_rng = np.random.default_rng([seed, 11, int(_SAME_SYSTEM.get(attack, attack)[1:])])
+    system_rng = np.random.default_rng([seed, 11, _system_number(attack) if system is None else system])
     cutoff_hz, depth_db = system_rng.uniform(5800, 7200), system_rng.uniform(12, 24)
     freqs = _frequencies(sample_rate)
     gain_db = -depth_db / (1.0 + np.exp(-(freqs - cutoff_hz) / 250.0))
@@ -264,6 +271,9 @@ class _Job:
     seed: tuple[int, ...]
     n_samples: int
     enrolment: bool = False
+    # Seeds the system's fixed traits (TTS voice error, top-band roll-off) when they are not the 2019
+    # attack's: ASVspoof 5 systems built from the same recipe are distinct systems.
+    system: int | None = None
 
 
 def _natural(voice: Voice, n_samples: int, rng: np.random.Generator,
@@ -303,7 +313,8 @@ def _synthesise(job: _Job, voices: list[Voice], seed: int, sample_rate: int) -> 
     context: dict = {"sample_rate": sample_rate, "target_voice": target, "source_voice": source}
     if recipe.acoustic == "tts":
         # A TTS system is one fixed model per target: its voice error depends on (speaker, attack).
-        system_rng = np.random.default_rng([seed, 7, job.speaker, int(job.attack[1:])])
+        system = int(job.attack[1:]) if job.system is None else job.system
+        system_rng = np.random.default_rng([seed, 7, job.speaker, system])
         voice = _tts_voice(target, system_rng)
         plan = _plan_utterance(rng, job.n_samples, sample_rate, voice.speaking_rate, regular=True, prosody=prosody)
         signal, f0 = _render(plan, voice, _MODEL_CHANNEL, rng, sample_rate)
@@ -333,7 +344,7 @@ def _synthesise(job: _Job, voices: list[Voice], seed: int, sample_rate: int) -> 
     context.setdefault("plan", plan)
     context.update(f0=f0, voice_gain=plan.voice_gain)
     waveform = _WAVEFORM_GENERATORS[recipe.waveform](signal, context, rng, **options)
-    waveform = _top_band_rolloff(waveform, seed, job.attack, sample_rate)
+    waveform = _top_band_rolloff(waveform, seed, job.attack, sample_rate, job.system)
     return _set_level(waveform, float(rng.uniform(-22, -16)))
 
 

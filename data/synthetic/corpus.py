@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +91,8 @@ class _Speaker:
     strata: tuple[float, float]  # quantiles of f0 and vocal-tract length within the gender
 
 
-def _speakers(spec: CorpusSpec) -> list[_Speaker]:
+def _speakers(spec: Any) -> list[_Speaker]:
+    """Speakers of every partition (``spec``: a CorpusSpec or another spec with its size fields)."""
     groups = [("eval", spec.n_eval_speakers, True), ("eval", spec.n_eval_nontarget_speakers, False),
               ("dev", spec.n_dev_speakers, True), ("dev", spec.n_dev_nontarget_speakers, False),
               ("train", spec.n_train_speakers, True)]
@@ -114,7 +115,11 @@ def _speakers(spec: CorpusSpec) -> list[_Speaker]:
     return speakers
 
 
-def _plan_jobs(spec: CorpusSpec, speakers: list[_Speaker]) -> list[_Job]:
+def _plan_jobs(spec: Any, speakers: list[_Speaker],
+               attacks: Mapping[str, tuple[str, ...]] | None = None) -> list[_Job]:
+    """Every file to synthesise, in a fixed order; ``attacks``: per partition (default: the 2019 split)."""
+    if attacks is None:
+        attacks = {"train": spec.train_attacks, "dev": spec.train_attacks, "eval": spec.eval_attacks}
     duration_rng = np.random.default_rng([spec.seed, 2])
     jobs: list[_Job] = []
 
@@ -125,7 +130,6 @@ def _plan_jobs(spec: CorpusSpec, speakers: list[_Speaker]) -> list[_Job]:
                          int(seconds * spec.sample_rate), enrolment))
 
     for partition in PARTITIONS:
-        attacks = spec.eval_attacks if partition == "eval" else spec.train_attacks
         members = [i for i, s in enumerate(speakers) if s.partition == partition]
         for index in members:
             for _ in range(spec.bonafide_per_speaker):
@@ -138,7 +142,7 @@ def _plan_jobs(spec: CorpusSpec, speakers: list[_Speaker]) -> list[_Job]:
             # Conversion sources: another speaker of the same gender when there is one.
             others = [i for i in members if i != index and speakers[i].gender == speakers[index].gender]
             others = others or [i for i in members if i != index]
-            for attack in attacks:
+            for attack in attacks[partition]:
                 for _ in range(spec.spoof_per_speaker_per_attack):
                     add(partition, index, attack, others[int(duration_rng.integers(len(others)))], False)
     # Unique random 7-digit utterance numbers, as in the real database.
@@ -222,6 +226,48 @@ def corpus_is_complete(root: Path, spec: CorpusSpec | None = None) -> bool:
     return spec is None or written.get("spec") == spec.to_json()
 
 
+def _start(root: Path, spec: Any, managed: list[Path]) -> str:
+    """Make ``root`` ready for a new corpus (refusing foreign data in ``managed``); returns the marker text."""
+    ours = (root / COMPLETE_MARKER).exists() or (root / IN_PROGRESS_MARKER).exists()
+    present = [f"{path.name}/" if path.is_dir() else path.name for path in managed if path.exists()]
+    if not ours and present:
+        names = ", ".join(present)
+        raise CorpusExists(f"{root}: holds {names} not written by the synthetic generator; refusing to overwrite it")
+    (root / COMPLETE_MARKER).unlink(missing_ok=True)
+    for path in managed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"format_version": FORMAT_VERSION, "spec": spec.to_json()}, indent=1)
+    _write_text(root / IN_PROGRESS_MARKER, [payload])
+    return payload
+
+
+def _voices(spec: Any, speakers: list[_Speaker]) -> list[Voice]:
+    return [sample_voice(np.random.default_rng([spec.seed, 0, index]), s.gender, *s.strata)
+            for index, s in enumerate(speakers)]
+
+
+def _run(tasks: list, produce: Callable[[Any], Any], workers: int, progress: bool) -> Iterator[tuple[Any, Any]]:
+    """(task, produce(task)) in order, in ``workers`` processes when more than one."""
+    with contextlib.ExitStack() as stack:
+        results: Iterator = map(produce, tasks)
+        if workers > 1:
+            # Every job has its own seed, so the files do not depend on the worker count.
+            start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context(start)))
+            results = pool.map(produce, tasks, chunksize=8)
+        yield from tqdm(zip(tasks, results), total=len(tasks), desc="synthetic corpus", unit="utt",
+                        disable=not progress)
+
+
+def _finish(root: Path, payload: str) -> None:
+    _write_text(root / COMPLETE_MARKER, [payload])
+    (root / IN_PROGRESS_MARKER).unlink()
+
+
 def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bool = True,
                     workers: int | None = None) -> Path:
     """Write the corpus under ``root`` (no-op when already complete for ``spec``); returns ``root``.
@@ -233,38 +279,18 @@ def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bo
     root = Path(root)
     if corpus_is_complete(root, spec):
         return root
-    managed = [root / "LA", root / "protocols", root / "enr_audio"]
-    ours = (root / COMPLETE_MARKER).exists() or (root / IN_PROGRESS_MARKER).exists()
-    if not ours and any(path.exists() for path in managed):
-        raise CorpusExists(f"{root}: holds LA/, protocols/ or enr_audio/ not written by the synthetic "
-                              "generator; refusing to overwrite it")
-    (root / COMPLETE_MARKER).unlink(missing_ok=True)
-    for path in managed:
-        shutil.rmtree(path, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"format_version": FORMAT_VERSION, "spec": spec.to_json()}, indent=1)
-    _write_text(root / IN_PROGRESS_MARKER, [payload])
-
+    payload = _start(root, spec, [root / "LA", root / "protocols", root / "enr_audio"])
     speakers = _speakers(spec)
-    voices = [sample_voice(np.random.default_rng([spec.seed, 0, index]), s.gender, *s.strata)
-              for index, s in enumerate(speakers)]
+    voices = _voices(spec, speakers)
     jobs = _plan_jobs(spec, speakers)
     for partition in PARTITIONS:
         _flac_dir(root, partition).mkdir(parents=True, exist_ok=True)
     workers = workers or _default_workers(jobs, spec.sample_rate)
     produce = functools.partial(_produce, voices=voices, spec=spec, root=root)
     enrolment_audio: dict[int, dict[str, np.ndarray]] = {}
-    with contextlib.ExitStack() as stack:
-        results: Iterator = map(produce, jobs)
-        if workers > 1:
-            # Every job has its own seed, so the files do not depend on the worker count.
-            start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context(start)))
-            results = pool.map(produce, jobs, chunksize=8)
-        for job, pcm in tqdm(zip(jobs, results), total=len(jobs), desc="synthetic corpus",
-                             unit="utt", disable=not progress):
-            if pcm is not None:
-                enrolment_audio.setdefault(job.speaker, {})[job.utterance] = pcm
+    for job, pcm in _run(jobs, produce, workers, progress):
+        if pcm is not None:
+            enrolment_audio.setdefault(job.speaker, {})[job.utterance] = pcm
     for speaker, recordings in enrolment_audio.items():
         folder = root / "enr_audio" / speakers[speaker].partition
         folder.mkdir(parents=True, exist_ok=True)
@@ -274,20 +300,5 @@ def generate_corpus(root: Path, spec: CorpusSpec = CorpusSpec(), *, progress: bo
     (root / "protocols").mkdir(exist_ok=True)
     for name, lines in _protocol_lines(spec, speakers, jobs).items():
         _write_text(root / "protocols" / name, lines)
-    _write_text(root / COMPLETE_MARKER, [payload])
-    (root / IN_PROGRESS_MARKER).unlink()
-    return root
-
-
-def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) -> Path | None:
-    """Generate the corpus a config's `demo_corpus` section names, when it is missing or incomplete."""
-    if not settings["root"]:
-        return None
-    root = Path(settings["root"])
-    seed = settings["seed"]
-    spec = CorpusSpec.tiny(seed) if settings["size"] == "tiny" else CorpusSpec(seed=seed)
-    # A corpus of another size, seed or generator version is regenerated, not silently reused.
-    if not corpus_is_complete(root, spec):
-        print(f"generating the synthetic demo corpus in {root} ...")
-        generate_corpus(root, spec, progress=progress)
+    _finish(root, payload)
     return root
