@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.audio import AudioError, load_waveform
 from data.trials import TrialSampler, trial_rng
-from runtime.errors import RunFailure, unwrap_worker_error
+from runtime.errors import unwrap_worker_error, worker_died
 
 BAD_AUDIO_MODES = ("error", "skip")
 MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving up
@@ -173,10 +173,6 @@ class WaveformDataset(Dataset):
         return index, wave, ""
 
 
-class WorkerDied(RunFailure):
-    """A DataLoader worker process was killed (often by the out-of-memory killer)."""
-
-
 def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], ...] = (AudioError,)) -> Iterator[Item]:
     """Iterate a DataLoader; `errors` raised in its workers come out as their original one-line message.
 
@@ -197,10 +193,9 @@ def iterate_batches(loader: Iterable[Item], errors: tuple[type[BaseException], .
             failure = unwrap_worker_error(error).with_traceback(None)
             failure.__context__ = None
         except RuntimeError as error:
-            if "DataLoader worker (pid" not in str(error):
+            failure = worker_died(error)
+            if failure is None:
                 raise
-            failure = WorkerDied(f"a data-loading worker process died ({str(error).strip()}); the out-of-memory "
-                                 f"killer does this: lower loader.n_workers or the batch size")
         else:
             yield batch
             continue

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from runtime import distributed
 from runtime.config import Config, build_config, check_device_name, load_config
-from runtime.errors import RunFailure, UserError, unwrap_worker_error
+from runtime.errors import RunFailure, UserError, unwrap_worker_error, worker_died
 from runtime.signals import RunInterrupted
 
 # Bad input: one line on stderr, exit status 2.
@@ -85,6 +85,12 @@ def run_cli(main: Callable[[], int | None]) -> None:
         sys.exit(2)
     except RUN_FAILURES as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as error:
+        died = worker_died(error)  # a script's extraction loader lost a worker
+        if died is None:
+            raise
+        print(f"error: {died}", file=sys.stderr)
         sys.exit(1)
     except OSError as error:
         if error.errno not in ENVIRONMENT_FAULTS:

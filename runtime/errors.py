@@ -40,3 +40,18 @@ def unwrap_worker_error(error: BaseException) -> BaseException:
         return kind(message)
     except Exception:  # an exception type that takes other arguments: keep the original
         return error
+
+
+class WorkerDied(RunFailure):
+    """A DataLoader worker process was killed (often by the out-of-memory killer)."""
+
+
+def worker_died(error: BaseException) -> WorkerDied | None:
+    """The one-line failure for `error` when it says that a DataLoader worker died, else None.
+
+    DataLoader reports it from its SIGCHLD handler, so it can surface anywhere in the main process
+    (in a forward pass as well as in `next(batches)`)."""
+    if not isinstance(error, RuntimeError) or "DataLoader worker (pid" not in str(error):
+        return None
+    return WorkerDied(f"a data-loading worker process died ({str(error).strip()}); the out-of-memory "
+                      f"killer does this: lower loader.n_workers or the batch size")

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.datasets import WorkerDied, iterate_batches
+from data.datasets import iterate_batches
 from models.checkpoint import CheckpointError, load_checkpoint
 from runtime import distributed
 from runtime.config import Config, ConfigError
 from runtime.device import resolve_amp, seed_everything
+from runtime.errors import WorkerDied, worker_died
 from runtime.files import atomic_copy, write_csv, write_json
 from runtime.signals import RunInterrupted, StopRequest, signal_name
 from scoring.extraction import ScoringError
@@ -199,6 +200,9 @@ class Trainer:
             except WorkerDied as error:
                 raise TrainingError(f"{error}; training stopped. {self.last_good()}") from None
             except RuntimeError as error:
+                died = worker_died(error)
+                if died is not None:
+                    raise TrainingError(f"{died}; training stopped. {self.last_good()}") from None
                 if not distributed.peer_lost(error):  # under torchrun: another process died or hung up
                     raise
                 text = str(error).strip()
