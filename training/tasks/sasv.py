@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from data import corpus
 from data.datasets import EpochSampler, leave_signals_to_main_process
 from data.protocols import read_cm_protocol, speaker_utterances
 from data.trials import TrialSampler
@@ -39,7 +40,7 @@ METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_e
 
 def training_sampler(config: Config) -> tuple[TrialSampler, int]:
     """The trial sampler over the training protocol(s) and the default epoch length."""
-    entries = read_cm_protocol(config["dirs"]["cm_trn_list"])
+    entries = corpus.cm_entries(config, "train")  # dirs.cm_trn_list or dirs.asvspoof5_train_list
     speakers = speaker_utterances(entries)
     extra: dict = {}
     for path in config["dirs"]["extra_trn_lists"]:
