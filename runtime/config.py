@@ -564,9 +564,7 @@ def _locate_protocols(config: Config, origins: Mapping[str, str]) -> None:
             default = dirs[key]
             place = str(Path(dirs["database"]) / default) if dirs["database"] else default
             if Path(place).is_file():
-                dirs[key] = place
-                if place != default:
-                    config.found_protocols[default] = place
+                dirs[key] = place  # where the release keeps it: not worth a notice
             else:
                 dirs[key] = SearchedPath(default, f"dirs.{key}", [place])
     for key, folder in LA_PROTOCOL_FOLDERS.items():

@@ -201,6 +201,7 @@ class SASVTask(Task):
                                  worker_init_fn=leave_signals_to_main_process if workers else None,
                                  generator=torch.Generator().manual_seed(config["seed"]))
         self.dev_inputs = scoring_inputs(config, "dev")
+        scoring_inputs(config, "eval")  # a bad eval list or missing enrollment stops the run now, not after training
 
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
         batch_size = self.loader.batch_size  # this rank's share of the step's batch_size trials
