@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_pipeline import tiny_config
-from tiny_run import QUIET_ENV, run_main, tiny_corpus
+from tiny_run import QUIET_ENV, run_main, run_script, tiny_corpus
 
 from data.audio import load_waveform
 from data.protocols import ProtocolError, read_cm_protocol, read_enrollment_utterances, read_sasv_trials
@@ -160,3 +160,20 @@ def test_trial_of_an_unenrolled_speaker_names_the_trial_line(release, tmp_path):
     _rewrite(trials, lambda lines: [*lines[:3], "LA_9999 " + lines[3].split(" ", 1)[1], *lines[4:]])
     with pytest.raises(ProtocolError, match=rf"^{trials}:4: speaker 'LA_9999' has no enrollment in .*enroll\.tsv$"):
         scoring_inputs(build_config(release_config(corpus, copy)), "dev")
+
+
+def test_scripts_score_the_release_layout(trained, release, tmp_path, capsys, monkeypatch):
+    _, root = release
+    config_path, experiment = trained
+    common = ["--config", str(config_path), "--model", str(experiment / "weights" / "last.ckpt"),
+              "--comment", str(tmp_path / "out"), "--partitions", "dev"]
+    status, _, err = run_script("save_sasv_score.py", common, capsys, monkeypatch)
+    assert status == 0, err
+    rows = [line.split() for line in (tmp_path / "out" / "score_SASV_dev.txt").read_text().splitlines()]
+    listed = [line.split() for line in (root / "ASVspoof5.dev.track_2.trial.tsv").read_text().splitlines()]
+    assert [row[:3] for row in rows] == [[f[0], f[1], f[4]] for f in listed]
+    status, _, err = run_script("save_cm_score.py", common, capsys, monkeypatch)
+    assert status == 0, err
+    metrics = json.loads((tmp_path / "out" / "metrics_CM_dev.json").read_text())
+    assert np.isfinite(metrics["cm_eer"]) and metrics["min_tdcf"] is None
+    assert metrics["n_utterances"] == len((root / "ASVspoof5.dev.track_1.tsv").read_text().splitlines())
