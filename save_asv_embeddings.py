@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data.datasets import partition_audio_dir
-from data.protocols import read_cm_protocol, read_enrollment_utterances
+from data import corpus
 from models.build import load_system
 from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
@@ -20,7 +19,7 @@ from runtime.device import resolve_device
 from scoring.extraction import Extraction, extract
 from scoring.verification import speaker_model
 
-PARTITIONS = {"trn": "cm_trn_list", "dev": "cm_dev_list", "eval": "cm_eval_list"}
+PARTITIONS = ("trn", "dev", "eval")  # the CM lists (data.corpus.cm_list) of the config's dataset
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +35,7 @@ def main() -> None:
     config = config_from_args(args)
     device = resolve_device(config["device"])
     model, _, loaded = load_system(config, device, weight_args(args), optional=("asv", "cm"))
-    database = require_database(config)
+    require_database(config)
     out = files.output_folder(args.comment, "--comment")
     networks = {}
     if "asv" in loaded:
@@ -46,8 +45,8 @@ def main() -> None:
     options = Extraction.from_config(config, device)
     written = []
     for part in args.partitions:
-        entries = read_cm_protocol(config["dirs"][PARTITIONS[part]])
-        folder = partition_audio_dir(database, part)
+        entries = corpus.cm_entries(config, part)
+        folder = corpus.audio_dir(config, part)
         utterances = [entry.utterance for entry in entries]
         bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
         paths = [folder / f"{u}.{config['audio_ext']}" for u in utterances]
@@ -59,7 +58,7 @@ def main() -> None:
             files.write_pickle(path, {utterances[i]: matrix[i].numpy() for i in good})
             written.append(path.name)
         if part != "trn" and "asv" in loaded:
-            speakers = read_enrollment_utterances(config["dirs"][f"asv_{part}_enrollment_lists"])
+            speakers = corpus.enrollment_utterances(config, part)
             pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
             enrollment_paths = [folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs]
             enrollment = extract(enrollment_paths, config["test_samples"], {"asv": model.asv_embedding}, options,

@@ -12,7 +12,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from data.protocols import read_sasv_trials
+from data import corpus
 from metrics.eer import sasv_eers
 from runtime import files
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
@@ -47,8 +47,8 @@ def main() -> None:
     config = config_from_args(args)
     out = Path(args.comment)  # the embeddings are read from here
     for part in args.partitions:
-        trial_path = config["dirs"][f"sasv_{part}_trial"]
-        trials = read_sasv_trials(trial_path)
+        trial_path = corpus.trial_list(config, part)
+        trials = corpus.sasv_trials(config, part)
         scores, skipped = cosine_scores(_load(out / f"spk_model_{part}.pk"), _load(out / f"asv_embd_{part}.pk"),
                                         trials, trial_path, skip_missing=config["on_bad_audio"] == "skip")
         result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])

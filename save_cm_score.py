@@ -16,8 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from data.datasets import partition_audio_dir
-from data.protocols import read_cm_protocol
+from data import corpus
 from models.build import load_system
 from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
@@ -41,12 +40,12 @@ def main() -> None:
     config = config_from_args(args)
     device = resolve_device(config["device"])
     model, _, _ = load_system(config, device, weight_args(args), need=("cm",))
-    database = require_database(config)
+    require_database(config)
     options = Extraction.from_config(config, device)
     out = files.output_folder(args.comment, "--comment")
     for part in args.partitions:
-        entries = read_cm_protocol(config["dirs"][f"cm_{part}_list"])
-        folder = partition_audio_dir(database, part)
+        entries = corpus.cm_entries(config, part)
+        folder = corpus.audio_dir(config, part)
         bad_audio: dict[str, str] = {}
         paths = [folder / f"{e.utterance}.{config['audio_ext']}" for e in entries]
         logits = cm_logits(lambda wave: model.cm_embedding(wave)[1], paths, config["test_samples"], options,
@@ -61,12 +60,17 @@ def main() -> None:
             print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
                   f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
         asv_path = out / f"score_ASV_{part}.txt"
-        asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) if asv_path.is_file() else None
+        # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
+        asv2019 = corpus.dataset(config) == corpus.ASVSPOOF2019_LA
+        asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
+            if asv2019 and asv_path.is_file() else None
         scored = cm_metrics(bonafide_logit, np.array([e.key == "bonafide" for e in entries]), asv)
         result = {"cm_eer": scored["eer"], "cm_threshold": scored["threshold"], "min_tdcf": scored["min_tdcf"],
                   "n_utterances": len(entries), "n_skipped_utterances": len(bad_audio),
                   "skipped_audio": dict(sorted(bad_audio.items()))}
-        if asv is None:
+        if not asv2019:
+            result["min_tdcf_note"] = "the t-DCF is defined for ASVspoof 2019 LA only"
+        elif asv is None:
             result["min_tdcf_note"] = f"no {asv_path}; run save_asv_score.py first"
         elif "min_tdcf_note" in scored:
             result["min_tdcf_note"] = scored["min_tdcf_note"]

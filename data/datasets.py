@@ -1,4 +1,4 @@
-"""PyTorch datasets over ASVspoof 2019 LA audio: training trials and utterance batches.
+"""PyTorch datasets over ASVspoof audio: training trials and utterance batches.
 
 Bad audio (`data.audio.AudioError`: missing, corrupt, empty, wrong rate or channels,
 NaN/inf or implausibly loud samples) either stops the run (`on_bad_audio="error"`) or is skipped: a training trial
@@ -28,13 +28,18 @@ MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving
 Item = TypeVar("Item")
 Drawn = TypeVar("Drawn")
 
-PARTITION_FOLDERS = {"train": "ASVspoof2019_LA_train", "trn": "ASVspoof2019_LA_train",
-                     "dev": "ASVspoof2019_LA_dev", "eval": "ASVspoof2019_LA_eval"}
+# The audio folder of each partition ("trn" is "train") under dirs.database, per config `dataset`.
+PARTITION_FOLDERS = {
+    "asvspoof2019_la": {"train": "ASVspoof2019_LA_train/flac", "dev": "ASVspoof2019_LA_dev/flac",
+                        "eval": "ASVspoof2019_LA_eval/flac"},
+    "asvspoof5": {"train": "flac_T", "dev": "flac_D", "eval": "flac_E_eval"},
+}
 
 
-def partition_audio_dir(database: str | Path, partition: str) -> Path:
-    """`<database>/ASVspoof2019_LA_<partition>/flac`."""
-    return Path(database) / PARTITION_FOLDERS[partition] / "flac"
+def partition_audio_dir(database: str | Path, partition: str, dataset: str = "asvspoof2019_la") -> Path:
+    """The audio folder of `partition` (train / trn, dev, eval): `<database>/ASVspoof2019_LA_<partition>/flac`
+    for ASVspoof 2019 LA, `<database>/flac_{T,D,E_eval}` for ASVspoof 5."""
+    return Path(database) / PARTITION_FOLDERS[dataset]["train" if partition == "trn" else partition]
 
 
 class TrainTrialDataset(Dataset):

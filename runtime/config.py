@@ -44,10 +44,25 @@ def _section(**fields: Field | dict) -> dict:
 
 PROTOTYPICAL_LOSSES = ("angleproto", "softmaxproto")  # need >= 2 utterances per speaker in a batch
 ASVSPOOF_URL = "https://datashare.ed.ac.uk/handle/10283/3336"
+ASVSPOOF5_URL = "https://zenodo.org/records/14498691"
+# dirs.<key> -> the ASVspoof 5 release's file name; a key left at its default is looked for in dirs.database.
+ASVSPOOF5_PROTOCOLS = {
+    "asvspoof5_train_list": "ASVspoof5.train.tsv",
+    "asvspoof5_dev_cm_list": "ASVspoof5.dev.track_1.tsv",
+    "asvspoof5_eval_cm_list": "ASVspoof5.eval.track_1.tsv",
+    "asvspoof5_dev_trial": "ASVspoof5.dev.track_2.trial.tsv",
+    "asvspoof5_eval_trial": "ASVspoof5.eval.track_2.trial.tsv",
+    "asvspoof5_dev_enroll": "ASVspoof5.dev.track_2.enroll.tsv",
+    "asvspoof5_eval_enroll": "ASVspoof5.eval.track_2.enroll.tsv",
+}
 
 SCHEMA: dict = _section(
     config_name=Field(str, None, "a name recorded in config.conf (defaults to the config file stem); the "
                                  "experiment folder is <output_dir>/<config file stem>"),
+    dataset=Field(str, "asvspoof2019_la", "the corpus layout under dirs.database: asvspoof2019_la (ASVspoof 2019 LA "
+                  "with the SASV 2022 protocols, dirs.cm_* / dirs.sasv_*) or asvspoof5 (the ASVspoof 5 release: "
+                  "flac_T/, flac_D/, flac_E_eval/ and the dirs.asvspoof5_* lists; docs/asvspoof5.md)",
+                  choices=("asvspoof2019_la", "asvspoof5")),
     system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
                  "speaker model, see asv_train), cm (AASIST countermeasure, see cm_train) or b2 (the SASV 2022 "
                  "baseline B2 back-end on pre-extracted embeddings, see b2); asv and cm write "
@@ -94,8 +109,10 @@ SCHEMA: dict = _section(
     train_samples=Field(int, 64600, "samples per training utterance"),
     test_samples=Field(int, 64600, "samples per test utterance when scoring"),
     enrollment_samples=_section(
-        dev=Field(int, 960000, "enrollment waveform length for dev scoring (original read_waveform_eval_1)"),
-        eval=Field(int, 1440000, "enrollment waveform length for eval scoring (original read_waveform_eval_2)"),
+        dev=Field(int, 960000, "enrollment waveform length for dev scoring (original read_waveform_eval_1); "
+                  "dataset asvspoof5: the length each enrollment utterance is cut or tiled to, default test_samples"),
+        eval=Field(int, 1440000, "enrollment waveform length for eval scoring (original read_waveform_eval_2); "
+                   "dataset asvspoof5: as dev"),
     ),
     sample_rate=Field(int, 16000, "expected sampling rate"),
     audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/",
@@ -246,6 +263,20 @@ SCHEMA: dict = _section(
                             choices=("bonafide", "full")),
         spk_meta=Field(str, "spk_meta/", "unused: speaker metadata is built from the protocols in memory",
                        ignored=True),
+        asvspoof5_train_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_train_list"], "dataset asvspoof5: training "
+                                   "utterance list (training trials and CM training); default: in dirs.database"),
+        asvspoof5_dev_cm_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_cm_list"], "dataset asvspoof5: dev "
+                                    "Track 1 utterance list (CM dev)"),
+        asvspoof5_eval_cm_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_cm_list"], "dataset asvspoof5: eval "
+                                     "Track 1 utterance list (CM eval)"),
+        asvspoof5_dev_trial=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_trial"], "dataset asvspoof5: dev Track 2 "
+                                  "(SASV) trials"),
+        asvspoof5_eval_trial=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_trial"], "dataset asvspoof5: eval "
+                                   "Track 2 (SASV) trials"),
+        asvspoof5_dev_enroll=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_enroll"], "dataset asvspoof5: dev "
+                                   "speaker -> enrollment utterances (the speaker model is their mean embedding)"),
+        asvspoof5_eval_enroll=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_enroll"], "dataset asvspoof5: eval "
+                                    "speaker -> enrollment utterances"),
         embedding=Field(str, None, "folder of the frozen-embedding cache (cache_frozen_embeddings), shared by runs: "
                         "entries are keyed by the frozen weights, architecture and crop; default: "
                         "<experiment>/frozen_embeddings/"),
@@ -472,6 +503,10 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
         config["dirs"]["extra_trn_use"] = "full"
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
+    if config["dataset"] == "asvspoof5":  # single enrollment utterances, not 60-90 s concatenations
+        for partition in ("dev", "eval"):
+            if f"enrollment_samples.{partition}" not in (origins or {}):
+                config["enrollment_samples"][partition] = config["test_samples"]
     _check_values(config, origins or {})
     if config["speaker_loss"]["weight"] > 0 and not config["train_asv"]:
         raise ConfigError(f"{config.source}: speaker_loss.weight > 0 needs a trainable ASV sub-system "
@@ -521,9 +556,19 @@ def protocol_places(default: str, database: str | None, folder: str) -> list[str
 
 def _locate_protocols(config: Config, origins: Mapping[str, str]) -> None:
     """A protocol path the config names (file or --set) is used as given; one left at its default is looked
-    for in protocol_places. A path found elsewhere than the default replaces it, and is recorded in
-    config.found_protocols for the command line to report once."""
+    for in protocol_places (ASVspoof 5 lists: in dirs.database). A path found elsewhere than the default
+    replaces it, and is recorded in config.found_protocols for the command line to report once."""
     dirs = config["dirs"]
+    if config["dataset"] == "asvspoof5":
+        for key in ASVSPOOF5_PROTOCOLS:
+            if f"dirs.{key}" in origins:
+                continue
+            default = dirs[key]
+            place = str(Path(dirs["database"]) / default) if dirs["database"] else default
+            if Path(place).is_file():
+                dirs[key] = place  # where the release keeps it: not worth a notice
+            else:
+                dirs[key] = SearchedPath(default, f"dirs.{key}", [place])
     for key, folder in LA_PROTOCOL_FOLDERS.items():
         if f"dirs.{key}" in origins:
             continue
@@ -769,6 +814,10 @@ def _derive_subsystem_training(config: Config) -> None:
     for key in ("cm_train.class_weights", "b2.class_weights"):
         if not sum(config.get_path(key)) > 0:
             raise ConfigError(f"{source}: {key} must not both be zero, got {config.get_path(key)!r}")
+    if config["dataset"] == "asvspoof5" and config["system"] == "cm" and (
+            cm["select_by"] == "min_tdcf" or cm["asv_scores"]["dev"] or cm["asv_scores"]["eval"] or cm["asv_model"]):
+        raise ConfigError(f"{source}: the min t-DCF (cm_train.select_by min_tdcf, cm_train.asv_scores, "
+                          f"cm_train.asv_model) is ASVspoof 2019's; dataset asvspoof5 selects by eer")
     if cm["lr_min"] > cm["lr"]:
         raise ConfigError(f"{source}: cm_train.lr_min ({cm['lr_min']}) must not exceed cm_train.lr ({cm['lr']})")
     if config["system"] == "cm" and cm["select_by"] == "min_tdcf" and not (cm["asv_scores"]["dev"] or cm["asv_model"]):
@@ -886,8 +935,16 @@ def config_text(config: Config, command: Sequence[str]) -> str:
 
 
 def require_database(config: Config) -> Path:
-    """The database root, checked to have the ASVspoof 2019 LA layout."""
+    """The database root, checked to exist (scoring.inputs.check_data_layout checks its audio folders)."""
     database = config["dirs"]["database"]
+    if config.get("dataset") == "asvspoof5":
+        expected = "the ASVspoof 5 release root with flac_T/, flac_D/, flac_E_eval/"
+        if not database:
+            raise ConfigError(f"{config.source}: dirs.database is not set; point it at {expected} (download from "
+                              f"{ASVSPOOF5_URL})")
+        if not Path(database).is_dir():
+            raise ConfigError(f"{config.source}: dirs.database folder {database} does not exist; expected {expected}")
+        return Path(database)
     if not database:
         raise ConfigError(f"{config.source}: dirs.database is not set; point it at the ASVspoof 2019 LA root "
                           f"(download from {ASVSPOOF_URL})")

@@ -3,48 +3,76 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.datasets import partition_audio_dir
+from data import corpus
 from data.protocols import (
     ProtocolError,
     check_every_key,
     check_trials_enrolled,
     read_enrollment_files,
-    read_sasv_trials,
 )
 from runtime.config import Config, ConfigError, require_database
 from scoring.sasv import ScoringInputs
 
 
 def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
-    """speaker -> `<enrollment_dir>/<partition>/<entry of asv.<partition>.gi.trn.txt>.flac`."""
+    """speaker -> `<enrollment_dir>/<partition>/<entry of asv.<partition>.gi.trn.txt>.flac` (ASVspoof 2019 LA)."""
     listing = config["dirs"][f"sasv_{partition}_trn_trial"]
     folder = Path(config["dirs"]["enrollment_dir"]) / partition
     return {speaker: folder / f"{stem}.flac" for speaker, stem in read_enrollment_files(listing).items()}
 
 
+def _listing_line(path: str | Path, speaker: str) -> int:
+    """The line of `path` that lists `speaker` first (for error messages)."""
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.split()[:1] == [speaker]:
+                return number
+    return 0
+
+
+def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str]:
+    """speaker -> enrollment audio files, and the list they come from. ASVspoof 2019 LA: one concatenated file
+    per speaker (dirs.sasv_<part>_trn_trial, enrollment_dir); ASVspoof 5: the utterances of
+    dirs.asvspoof5_<part>_enroll in the partition's audio folder."""
+    if corpus.dataset(config) == corpus.ASVSPOOF5:
+        audio, ext = corpus.audio_dir(config, partition), config["audio_ext"]
+        return ({speaker: [audio / f"{utt}.{ext}" for utt in utts]
+                 for speaker, utts in corpus.enrollment_utterances(config, partition).items()},
+                corpus.enrollment_list(config, partition))
+    return ({speaker: [path] for speaker, path in enrollment_paths(config, partition).items()},
+            config["dirs"][f"sasv_{partition}_trn_trial"])
+
+
 def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
-    """The SASV trials of `partition` (dev or eval) with their audio locations."""
-    database = require_database(config)
-    trial_path = config["dirs"][f"sasv_{partition}_trial"]
-    trials = read_sasv_trials(trial_path)
+    """The SASV trials of `partition` (dev or eval) with their audio locations, checked before any scoring:
+    every claimed speaker enrolled, every enrollment file there (unless on_bad_audio is skip)."""
+    require_database(config)
+    trial_path = corpus.trial_list(config, partition)
+    trials = corpus.sasv_trials(config, partition)
     check_every_key([t.key for t in trials], trial_path)
-    enrollment = enrollment_paths(config, partition)
-    check_trials_enrolled(trials, enrollment, trial_path, config["dirs"][f"sasv_{partition}_trn_trial"])
+    enrollment, listing = enrollment_files(config, partition)
+    check_trials_enrolled(trials, enrollment, trial_path, listing)
     if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead
         for speaker in sorted({t.speaker for t in trials}):
-            if not enrollment[speaker].is_file():
-                raise ProtocolError(f"{enrollment[speaker]}: enrollment file of speaker {speaker} is missing")
+            for path in enrollment[speaker]:
+                if path.is_file():
+                    continue
+                if corpus.dataset(config) == corpus.ASVSPOOF5:
+                    raise ProtocolError(f"{listing}:{_listing_line(listing, speaker)}: enrollment utterance "
+                                        f"{path.stem} of speaker {speaker} is missing ({path})")
+                raise ProtocolError(f"{path}: enrollment file of speaker {speaker} is missing")
     samples = config["enrollment_samples"][partition]
-    return ScoringInputs(trials=trials, test_dir=partition_audio_dir(database, partition),
+    return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],
                          enrollment_samples=samples, audio_ext=config["audio_ext"])
 
 
 def check_data_layout(config: Config) -> None:
-    """Fail early, naming the path, when the database layout is not ASVspoof 2019 LA."""
-    database = require_database(config)
+    """Fail early, naming the path, when an audio folder of the config's dataset is not under dirs.database."""
+    require_database(config)
     for partition in ("train", "dev", "eval"):
-        folder = partition_audio_dir(database, partition)
+        folder = corpus.audio_dir(config, partition)
         if not folder.is_dir():
-            raise ConfigError(f"{config.source}: expected audio folder {folder} (ASVspoof 2019 LA layout under "
+            name = "ASVspoof 5" if corpus.dataset(config) == corpus.ASVSPOOF5 else "ASVspoof 2019 LA"
+            raise ConfigError(f"{config.source}: expected audio folder {folder} ({name} layout under "
                               "dirs.database)")

@@ -33,7 +33,8 @@ class ScoringInputs:
 
     trials: list[SASVTrial]
     test_dir: Path  # <database>/ASVspoof2019_LA_<part>/flac
-    enrollment_paths: dict[str, Path]  # speaker -> concatenated enrollment file
+    # speaker -> enrollment files: [the concatenated file] (ASVspoof 2019 LA) or its utterances (ASVspoof 5)
+    enrollment_paths: dict[str, list[Path]]
     test_samples: int
     enrollment_samples: int
     audio_ext: str = "flac"
@@ -42,6 +43,15 @@ class ScoringInputs:
         return self.test_dir / f"{utterance}.{self.audio_ext}"
 
 
+
+
+def speaker_embeddings(rows: torch.Tensor, row_of: dict[Path, int], files: list[list[Path]]) -> torch.Tensor:
+    """Per speaker, the mean of its enrollment files' embeddings (as the organisers' SASV baseline); a
+    speaker with one file gets that file's row itself, bit for bit."""
+    if not files:
+        return rows
+    return torch.stack([rows[row_of[paths[0]]] if len(paths) == 1 else
+                        rows[[row_of[path] for path in paths]].mean(dim=0) for paths in files])
 
 
 @dataclass
@@ -105,9 +115,12 @@ class SASVScorer:
         bad_cache = cache.bad if cache is not None else None
 
         enrollment_batch = max(1, self.batch_size * inputs.test_samples // max(inputs.enrollment_samples, 1))
-        enrollment = self._cached_extract([inputs.enrollment_paths[s] for s in speakers], inputs.enrollment_samples,
-                                          {"asv": model.asv_embedding}, enrollment_batch, "enrollment", asv_cache,
-                                          bad_cache)
+        # Each enrollment file once, in speaker order (one file per speaker: the same batches as ever).
+        enrollment_files = list(dict.fromkeys(path for s in speakers for path in inputs.enrollment_paths[s]))
+        enrolled = self._cached_extract(enrollment_files, inputs.enrollment_samples, {"asv": model.asv_embedding},
+                                        enrollment_batch, "enrollment", asv_cache, bad_cache)["asv"]
+        enrollment = {"asv": speaker_embeddings(enrolled, {path: row for row, path in enumerate(enrollment_files)},
+                                                [inputs.enrollment_paths[s] for s in speakers])}
         test_paths = [inputs.test_path(u) for u in utterances]
         test_asv = self._cached_extract(test_paths, inputs.test_samples, {"asv": model.asv_embedding},
                                         self.batch_size, "test ASV", asv_cache, bad_cache)
@@ -134,8 +147,8 @@ class SASVScorer:
             [trials[i] for i in share], speaker_index, enrollment, utterance_index, test_asv, test_cm, backend_batch))
         scores = distributed.assemble_rows(pieces)
         bad = set(self._bad_audio)
-        skipped = np.array([str(inputs.enrollment_paths[t.speaker]) in bad or str(inputs.test_path(t.utterance)) in bad
-                            for t in inputs.trials], dtype=bool)
+        skipped = np.array([any(str(path) in bad for path in inputs.enrollment_paths[t.speaker])
+                            or str(inputs.test_path(t.utterance)) in bad for t in inputs.trials], dtype=bool)
         scores = scores.copy()
         scores[skipped] = np.nan
         return TrialScores(scores=scores, skipped=skipped, bad_audio=dict(self._bad_audio))
@@ -161,7 +174,11 @@ class SASVScorer:
 
     @torch.no_grad()
     def score_per_trial(self, inputs: ScoringInputs, batch_size: int = 2) -> np.ndarray:
-        """The original's literal path: full model per trial batch (reference for tests and benchmarks)."""
+        """The original's literal path: full model per trial batch (reference for tests and benchmarks); one
+        enrollment file per speaker (ASVspoof 2019 LA)."""
+        if any(len(paths) != 1 for paths in inputs.enrollment_paths.values()):
+            raise ValueError("score_per_trial runs the full model on one enrollment file per speaker; "
+                             "use score() for several enrollment utterances")
         self.model.eval()
         self.loss.eval()
         scores = []
@@ -169,7 +186,7 @@ class SASVScorer:
         for start in tqdm(range(0, len(trials), batch_size), desc="per-trial", disable=not self.options.progress,
                           leave=False):
             chunk = trials[start:start + batch_size]
-            enr = torch.stack([load_waveform(inputs.enrollment_paths[t.speaker], inputs.enrollment_samples,
+            enr = torch.stack([load_waveform(inputs.enrollment_paths[t.speaker][0], inputs.enrollment_samples,
                                              sample_rate=self.options.sample_rate, resample=self.options.resample)
                                for t in chunk])
             tst = torch.stack([load_waveform(inputs.test_path(t.utterance), inputs.test_samples,

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.datasets import partition_audio_dir
-from data.protocols import ProtocolError, SASVTrial, check_trials_enrolled, read_enrollment_utterances, read_sasv_trials
+from data import corpus
+from data.protocols import ProtocolError, SASVTrial, check_trials_enrolled
 from data.speaker_lists import read_voxceleb_trials
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
 from runtime.config import Config, ConfigError, require_database
 from scoring.extraction import Extraction, extract_sharded
-from scoring.inputs import enrollment_paths
+from scoring.inputs import enrollment_files
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
 
@@ -71,23 +71,21 @@ def voxceleb_trials(list_path: str | Path, root: str | Path, samples: int) -> Ve
 
 def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("target", "nontarget")
                     ) -> VerificationTrials:
-    """The `keys` trials of dirs.sasv_<partition>_trial; enrollment as asv_train.enrollment says."""
-    database = require_database(config)
-    dirs = config["dirs"]
-    trial_path = dirs[f"sasv_{partition}_trial"]
-    trials = [t for t in read_sasv_trials(trial_path) if t.key in keys]
+    """The `keys` trials of the partition's trial list (data.corpus); enrollment as asv_train.enrollment says."""
+    require_database(config)
+    trial_path = corpus.trial_list(config, partition)
+    trials = [t for t in corpus.sasv_trials(config, partition) if t.key in keys]
     if not trials:
         raise ProtocolError(f"{trial_path}: no {' or '.join(keys)} trials")
-    audio = partition_audio_dir(database, partition)
+    audio = corpus.audio_dir(config, partition)
     ext = config["audio_ext"]
     if config["asv_train"]["enrollment"] == "utterances":
-        listing = dirs[f"asv_{partition}_enrollment_lists"]
+        listing = corpus.enrollment_list(config, partition)
         enrollment = {speaker: [audio / f"{utt}.{ext}" for utt in utts]
-                      for speaker, utts in read_enrollment_utterances(listing).items()}
+                      for speaker, utts in corpus.enrollment_utterances(config, partition).items()}
         enrollment_samples = config["test_samples"]
     else:
-        listing = dirs[f"sasv_{partition}_trn_trial"]
-        enrollment = {speaker: [path] for speaker, path in enrollment_paths(config, partition).items()}
+        enrollment, listing = enrollment_files(config, partition)
         enrollment_samples = config["enrollment_samples"][partition]
     check_trials_enrolled(trials, enrollment, trial_path, listing)
     return VerificationTrials(

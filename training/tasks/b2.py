@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data import corpus
 from data.datasets import EpochSampler
 from data.embeddings import EmbeddingError, embedding_size, read_embeddings
-from data.protocols import CMEntry, SASVTrial, read_cm_protocol, read_sasv_trials, speaker_utterances
+from data.protocols import CMEntry, SASVTrial, speaker_utterances
 from data.trials import TrainTrial, TrialSampler, trial_rng
 from models.b2_backend import B2Backend
 from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint, save_backend_checkpoint
@@ -125,11 +126,11 @@ class B2Task(Task):
     def _read_training_pool(self) -> None:
         """Training embeddings, the trial sampler over the utterances that have them, and their rows."""
         config = self.config
-        protocol = config["dirs"]["cm_trn_list"]
+        protocol = corpus.cm_list(config, "train")
         asv_path, asv = self._pickle("asv_embd_trn.pk")
         cm_path, cm = self._pickle("cm_embd_trn.pk")
         self.asv_dim, self.cm_dim = embedding_size(asv), embedding_size(cm)
-        entries = read_cm_protocol(protocol)
+        entries = corpus.read_cm_entries(protocol, corpus.dataset(config))
         kept: list[CMEntry] = []
         for number, entry in enumerate(entries, start=1):
             gaps = [path for path, table in ((asv_path, asv), (cm_path, cm)) if entry.utterance not in table]
@@ -155,8 +156,8 @@ class B2Task(Task):
 
     def _trial_rows(self, partition: str) -> TrialRows:
         """The SASV trials of `partition` with their speaker-model and test-utterance rows."""
-        trial_path = self.config["dirs"][f"sasv_{partition}_trial"]
-        trials = read_sasv_trials(trial_path)
+        trial_path = corpus.trial_list(self.config, partition)
+        trials = corpus.read_trials(trial_path, corpus.dataset(self.config))
         model_path, models = self._pickle(f"spk_model_{partition}.pk")
         asv_path, asv = self._pickle(f"asv_embd_{partition}.pk")
         cm_path, cm = self._pickle(f"cm_embd_{partition}.pk")

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.datasets import partition_audio_dir
-from data.protocols import SASV_KEYS, CMEntry, read_cm_protocol
+from data import corpus
+from data.protocols import SASV_KEYS, CMEntry
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from models.build import build_asv_network, build_cm_network
 from models.checkpoint import load_asv_weights, load_cm_weights
@@ -64,8 +64,8 @@ class CMTask(SubsystemTask):
         factor = cosine_factor(total_steps, settings["lr_min"] / settings["lr"]) \
             if settings["scheduler"] == "cosine" else _constant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=factor)
-        self.dev_entries = read_cm_protocol(config["dirs"]["cm_dev_list"])
-        self.eval_entries = read_cm_protocol(config["dirs"]["cm_eval_list"])
+        self.dev_entries = corpus.cm_entries(config, "dev")
+        self.eval_entries = corpus.cm_entries(config, "eval")
         self._asv_scores: dict[str, dict[str, np.ndarray] | None] = {}
 
     def _build_network(self) -> nn.Module:
@@ -84,8 +84,8 @@ class CMTask(SubsystemTask):
 
     def _train_loader(self) -> tuple[DataLoader, ShuffledEpochSampler]:
         config = self.config
-        entries = read_cm_protocol(config["dirs"]["cm_trn_list"])
-        audio = partition_audio_dir(self.database, "train")
+        entries = corpus.cm_entries(config, "train")
+        audio = corpus.audio_dir(config, "train")
         dataset = CroppedUtteranceDataset([audio / f"{e.utterance}.{config['audio_ext']}" for e in entries],
                                           [int(e.key == "bonafide") for e in entries],
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
@@ -144,7 +144,7 @@ class CMTask(SubsystemTask):
     def _score(self, partition: str, entries: Sequence[CMEntry], what: str) -> tuple[np.ndarray, dict]:
         """Bona fide logits of `entries` and the counts of those not scored (bad audio)."""
         config, bad_audio = self.config, {}
-        audio = partition_audio_dir(self.database, partition)
+        audio = corpus.audio_dir(config, partition)
         self.model.eval()
         paths = [audio / f"{e.utterance}.{config['audio_ext']}" for e in entries]
         logits = cm_logits(lambda wave: self.model(wave)[1], paths, config["test_samples"],

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from data import corpus
 from data.datasets import EpochSampler, leave_signals_to_main_process
 from data.protocols import read_cm_protocol, speaker_utterances
 from data.trials import TrialSampler
@@ -40,7 +41,7 @@ METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_e
 
 def training_sampler(config: Config) -> tuple[TrialSampler, int]:
     """The trial sampler over the training protocol(s) and the default epoch length."""
-    entries = read_cm_protocol(config["dirs"]["cm_trn_list"])
+    entries = corpus.cm_entries(config, "train")  # dirs.cm_trn_list or dirs.asvspoof5_train_list
     speakers = speaker_utterances(entries)
     extra: dict = {}
     for path in config["dirs"]["extra_trn_lists"]:
@@ -201,6 +202,7 @@ class SASVTask(Task):
                                  worker_init_fn=leave_signals_to_main_process if workers else None,
                                  generator=torch.Generator().manual_seed(config["seed"]))
         self.dev_inputs = scoring_inputs(config, "dev")
+        scoring_inputs(config, "eval")  # a bad eval list or missing enrollment stops the run now, not after training
 
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
         batch_size = self.loader.batch_size  # this rank's share of the step's batch_size trials

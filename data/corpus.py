@@ -1,0 +1,82 @@
+"""Which protocol lists and audio folder a config's `dataset` uses, read into the toolkit's own records.
+
+ASVspoof 2019 LA (dirs.cm_* / dirs.sasv_* / dirs.asv_*_enrollment_lists) and the ASVspoof 5 release
+(dirs.asvspoof5_*) give the same things: CM entries (speaker, utterance, attack, key) that the training
+samplers and CM scoring read, SASV trials, and speaker -> enrollment utterances. Everything that reads a
+protocol by partition goes through here, so the rest of the toolkit does not know which corpus it has.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from data import asvspoof5
+from data.datasets import partition_audio_dir
+from data.protocols import CMEntry, SASVTrial, read_cm_protocol, read_enrollment_utterances, read_sasv_trials
+
+ASVSPOOF2019_LA, ASVSPOOF5 = "asvspoof2019_la", "asvspoof5"
+_PART = {"train": "trn", "trn": "trn", "dev": "dev", "eval": "eval"}
+
+
+def dataset(config: Mapping[str, Any]) -> str:
+    return config.get("dataset") or ASVSPOOF2019_LA
+
+
+def audio_dir(config: Mapping[str, Any], partition: str) -> Path:
+    """The folder holding `<utterance>.<audio_ext>` of `partition` (train / trn, dev, eval)."""
+    return partition_audio_dir(config["dirs"]["database"], partition, dataset(config))
+
+
+def cm_list(config: Mapping[str, Any], partition: str) -> str:
+    """The utterance list of `partition`: dirs.cm_{trn,dev,eval}_list or dirs.asvspoof5_{train_list,*_cm_list}."""
+    part = _PART[partition]
+    if dataset(config) == ASVSPOOF5:
+        return config["dirs"]["asvspoof5_train_list" if part == "trn" else f"asvspoof5_{part}_cm_list"]
+    return config["dirs"][f"cm_{part}_list"]
+
+
+def read_cm_entries(path: str | Path, name: str = ASVSPOOF2019_LA) -> list[CMEntry]:
+    """A CM protocol of dataset `name` as CMEntry records (attack "-" for bona fide, as in 2019 LA)."""
+    if name == ASVSPOOF5:
+        return [CMEntry(e.speaker, e.utterance, "-" if e.key == asvspoof5.BONAFIDE else e.attack, e.key)
+                for e in asvspoof5.read_utterance_list(path)]
+    return read_cm_protocol(path)
+
+
+def cm_entries(config: Mapping[str, Any], partition: str) -> list[CMEntry]:
+    return read_cm_entries(cm_list(config, partition), dataset(config))
+
+
+def trial_list(config: Mapping[str, Any], partition: str) -> str:
+    """dirs.sasv_{dev,eval}_trial or dirs.asvspoof5_{dev,eval}_trial."""
+    key = f"asvspoof5_{partition}_trial" if dataset(config) == ASVSPOOF5 else f"sasv_{partition}_trial"
+    return config["dirs"][key]
+
+
+def read_trials(path: str | Path, name: str = ASVSPOOF2019_LA) -> list[SASVTrial]:
+    """SASV trials of dataset `name`; ASVspoof 5's keys are target / nontarget / spoof already (SASV_KEYS).
+    A 3-column challenge list names no attack: its spoof trials get attack "-"."""
+    if name == ASVSPOOF5:
+        return [SASVTrial(t.speaker, t.utterance, t.attack or "-", t.key) for t in asvspoof5.read_trials(path)]
+    return read_sasv_trials(path)
+
+
+def sasv_trials(config: Mapping[str, Any], partition: str) -> list[SASVTrial]:
+    return read_trials(trial_list(config, partition), dataset(config))
+
+
+def enrollment_list(config: Mapping[str, Any], partition: str) -> str | list[str]:
+    """Where speaker -> enrollment utterances is listed: dirs.asv_<part>_enrollment_lists (2019 LA, two files)
+    or dirs.asvspoof5_<part>_enroll."""
+    if dataset(config) == ASVSPOOF5:
+        return config["dirs"][f"asvspoof5_{partition}_enroll"]
+    return config["dirs"][f"asv_{partition}_enrollment_lists"]
+
+
+def enrollment_utterances(config: Mapping[str, Any], partition: str) -> dict[str, list[str]]:
+    """speaker -> enrollment utterance ids (in the partition's audio folder), in list order."""
+    listing = enrollment_list(config, partition)
+    if dataset(config) == ASVSPOOF5:
+        return asvspoof5.read_enrollment(listing)
+    return read_enrollment_utterances(listing)
