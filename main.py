@@ -61,6 +61,8 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     if main_rank:
         ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
     distributed.barrier()
+    if config["demo_corpus"]["root"]:  # read again: the protocol files a new corpus holds are found now
+        config = config_from_args(args)
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
     if config["system"] not in ("asv", "b2"):
         check_data_layout(config)

@@ -49,7 +49,7 @@ def main() -> None:
                       skipped_audio=dict(sorted(scored.bad_audio.items())))
         files.write_json(out / f"metrics_{part}.json", result)
         write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials, scored.scores,
-                          scored.skipped)
+                          scored.skipped, cm=scored.cm, asv=scored.asv)
         print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
               f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
               f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")

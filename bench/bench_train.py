@@ -271,7 +271,7 @@ def eval_at_asvspoof_scale(config: Config, device: torch.device, *, subset_trial
     scorer._extract = timed_extract  # times the scorer's own stages (what SASVScorer.score runs)
     reset_peak_memory(device)
     start = time.perf_counter()
-    speakers, enrollment, utterances, test_asv, test_cm = scorer.embeddings(subset)
+    speakers, enrollment, utterances, test_asv, test_cm, _ = scorer.embeddings(subset)
     cached = scorer.score_from_embeddings(subset.trials, speakers, enrollment, utterances, test_asv, test_cm)
     synchronize(device)
     subset_seconds = time.perf_counter() - start

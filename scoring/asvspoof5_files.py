@@ -59,12 +59,16 @@ class ScoredTrials:
 
 
 def sasv_trials_from_scores(source: str, speakers: Sequence[str], keys: Sequence[str], attacks: Sequence[str],
-                            scores: np.ndarray, skipped: np.ndarray | None = None) -> ScoredTrials:
-    """ScoredTrials of the toolkit's SASV scores (one per trial); `skipped` trials (bad audio) are left out."""
+                            scores: np.ndarray, skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
+                            asv: np.ndarray | None = None) -> ScoredTrials:
+    """ScoredTrials of the toolkit's SASV scores (one per trial) and, when given, the CM and ASV scores of
+    the same trials; `skipped` trials (bad audio) are left out."""
     asv_keys = np.asarray(keys, dtype=str)
+    parts = {name: None if value is None else np.asarray(value, dtype=np.float64)
+             for name, value in (("cm", cm), ("asv", asv))}
     trials = ScoredTrials(source=source, cm_keys=np.where(asv_keys == "spoof", "spoof", "bonafide"),
                           asv_keys=asv_keys, sasv=np.asarray(scores, dtype=np.float64),
-                          attack=np.asarray(attacks, dtype=str))
+                          attack=np.asarray(attacks, dtype=str), **parts)
     return trials if skipped is None else trials.subset(~np.asarray(skipped, dtype=bool))
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from metrics.adcf import min_adcf
-from metrics.asvspoof5 import ASVSPOOF5_ASV_RATES, track1_from_scores, track2_from_arrays
+from metrics.asvspoof5 import ASVSPOOF5_ASV_RATES, min_tdcf_asvspoof5, t_eer, track1_from_scores, track2_from_arrays
 from metrics.eer import as_scores, key_codes, sasv_eers
 from metrics.errors import MetricError
 from runtime.files import atomic_open, write_text
@@ -76,13 +76,21 @@ def _sasv_cell(trials: ScoredTrials, mask: np.ndarray, keys: np.ndarray, codes: 
     sasv = trials.sasv[mask]
     cell: Cell = dict(sasv_eers(sasv, keys))
     cell["min_a_dcf"] = min_adcf(sasv, keys)[0]
-    cm = None if trials.cm is None or trials.asv is None else trials.cm[mask]
-    asv = None if cm is None else trials.asv[mask]
-    tandem = track2_from_arrays(cm, asv, sasv, codes, ASVSPOOF5_ASV_RATES)
-    cell["a_dcf"] = tandem["a_dcf"]
-    if cm is not None:
-        cell.update(min_tdcf=tandem["min_tdcf"], t_eer=tandem["t_eer"])
+    cell["a_dcf"] = track2_from_arrays(None, None, sasv, codes, ASVSPOOF5_ASV_RATES)["a_dcf"]
+    if trials.cm is not None and trials.asv is not None:
+        # The tandem metrics can be undefined where the SASV ones are not (e.g. no ASV threshold in the t-EER's
+        # region): such a metric is None (`-` in the tables), never an error that loses the whole report.
+        cm, asv = trials.cm[mask], trials.asv[mask]
+        cell["min_tdcf"] = _or_none(lambda: min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2], ASVSPOOF5_ASV_RATES))
+        cell["t_eer"] = _or_none(lambda: t_eer(cm, asv, keys))
     return cell
+
+
+def _or_none(compute: Any) -> float | None:
+    try:
+        return compute()
+    except MetricError:
+        return None
 
 
 def _cm_cell(trials: ScoredTrials, mask: np.ndarray) -> Cell:
@@ -234,13 +242,14 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
 
 
 def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
-                      skipped: np.ndarray | None = None, *, metrics_csv: str | Path | None = None) -> dict[str, Any]:
+                      skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
+                      asv: np.ndarray | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
-    official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score; `-` for the CM and
-    ASV parts) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
+    official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
+    parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
     speakers, utterances = [t.speaker for t in trials], [t.utterance for t in trials]
     keys, attacks = [t.key for t in trials], [t.attack for t in trials]
-    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped)
-    extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores),
+    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv)
+    extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks)}
     return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra)

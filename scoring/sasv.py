@@ -9,6 +9,7 @@ With on_bad_audio: skip a trial whose audio is bad scores NaN and is marked in `
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def speaker_embeddings(rows: torch.Tensor, row_of: dict[Path, int], files: list[
                         rows[[row_of[path] for path in paths]].mean(dim=0) for paths in files])
 
 
+def _cm_embedding_and_score(model: SASVModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The CM's embedding with its bona fide logit (index 1) as a last column: one pass gives both."""
+    def network(wave: torch.Tensor) -> torch.Tensor:
+        embedding, logits = model.cm_embedding(wave)
+        return torch.cat([embedding, logits[:, 1:2].to(embedding.dtype)], dim=1)
+    return network
+
+
 @dataclass
 class TrialScores:
     """SASV scores in trial order; trials whose audio was bad (on_bad_audio: skip) are NaN and marked."""
@@ -61,6 +70,10 @@ class TrialScores:
     scores: np.ndarray
     skipped: np.ndarray  # bool per trial
     bad_audio: dict[str, str]  # file -> reason
+    # The joint model's sub-system scores of the same trials (for min t-DCF / t-EER and the Track 2 file):
+    # cosine of the enrollment and test ASV embeddings, and the CM's bona fide logit of the test utterance.
+    asv: np.ndarray | None = None
+    cm: np.ndarray | None = None
 
     @property
     def n_skipped(self) -> int:
@@ -104,8 +117,9 @@ class SASVScorer:
 
     @torch.no_grad()
     def embeddings(self, inputs: ScoringInputs, cache: EmbeddingCache | None = None
-                   ) -> tuple[dict[str, int], torch.Tensor, dict[str, int], torch.Tensor, torch.Tensor]:
-        """(speaker index, enrollment ASV embeddings, utterance index, test ASV embeddings, CM embeddings)."""
+                   ) -> tuple[dict[str, int], torch.Tensor, dict[str, int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(speaker index, enrollment ASV embeddings, utterance index, test ASV embeddings, CM embeddings,
+        CM bona fide logits)."""
         self.model.eval()
         speakers = sorted({trial.speaker for trial in inputs.trials})
         utterances = sorted({trial.utterance for trial in inputs.trials})
@@ -124,11 +138,10 @@ class SASVScorer:
         test_paths = [inputs.test_path(u) for u in utterances]
         test_asv = self._cached_extract(test_paths, inputs.test_samples, {"asv": model.asv_embedding},
                                         self.batch_size, "test ASV", asv_cache, bad_cache)
-        test_cm = self._cached_extract(test_paths, inputs.test_samples,
-                                       {"cm": lambda wave: model.cm_embedding(wave)[0]},
-                                       self.batch_size, "test CM", cm_cache, bad_cache)
+        test_cm = self._cached_extract(test_paths, inputs.test_samples, {"cm": _cm_embedding_and_score(model)},
+                                       self.batch_size, "test CM", cm_cache, bad_cache)["cm"]
         return ({s: i for i, s in enumerate(speakers)}, enrollment["asv"],
-                {u: i for i, u in enumerate(utterances)}, test_asv["asv"], test_cm["cm"])
+                {u: i for i, u in enumerate(utterances)}, test_asv["asv"], test_cm[:, :-1], test_cm[:, -1])
 
     @torch.no_grad()
     def score(self, inputs: ScoringInputs, cache: EmbeddingCache | None = None, backend_batch: int = 4096
@@ -141,7 +154,7 @@ class SASVScorer:
                      ) -> TrialScores:
         """Scores plus which trials were skipped because their enrollment or test audio was bad."""
         self._bad_audio = {}
-        speaker_index, enrollment, utterance_index, test_asv, test_cm = self.embeddings(inputs, cache)
+        speaker_index, enrollment, utterance_index, test_asv, test_cm, test_cm_score = self.embeddings(inputs, cache)
         trials = inputs.trials
         pieces = distributed.gather_shards(len(trials), lambda share: self.score_from_embeddings(
             [trials[i] for i in share], speaker_index, enrollment, utterance_index, test_asv, test_cm, backend_batch))
@@ -149,9 +162,16 @@ class SASVScorer:
         bad = set(self._bad_audio)
         skipped = np.array([any(str(path) in bad for path in inputs.enrollment_paths[t.speaker])
                             or str(inputs.test_path(t.utterance)) in bad for t in inputs.trials], dtype=bool)
+        from scoring.verification import cosine  # here: verification imports scoring.inputs, which imports this
+
         scores = scores.copy()
-        scores[skipped] = np.nan
-        return TrialScores(scores=scores, skipped=skipped, bad_audio=dict(self._bad_audio))
+        enrollment_rows = [speaker_index[t.speaker] for t in trials]
+        test_rows = [utterance_index[t.utterance] for t in trials]
+        asv = cosine(enrollment[enrollment_rows].float().numpy(), test_asv[test_rows].float().numpy())
+        cm = test_cm_score[test_rows].double().numpy()
+        for values in (scores, asv, cm):
+            values[skipped] = np.nan
+        return TrialScores(scores=scores, skipped=skipped, bad_audio=dict(self._bad_audio), asv=asv, cm=cm)
 
     @torch.no_grad()
     def score_from_embeddings(self, trials: list[SASVTrial], speaker_index: dict[str, int], enrollment: torch.Tensor,

@@ -115,7 +115,7 @@ def test_enrollment_is_the_mean_of_the_utterance_embeddings(trained, release):
     torch.set_num_threads(2)
     scorer = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=8, progress=False))
     inputs = scoring_inputs(config, "dev")
-    speakers, enrollment, utterances, test_asv, test_cm = scorer.embeddings(inputs)
+    speakers, enrollment, utterances, test_asv, test_cm, _ = scorer.embeddings(inputs)
     listed = read_enrollment_utterances([root / "ASVspoof5.dev.track_2.enroll.tsv"])
     assert all(len(utts) >= 2 for utts in listed.values())
     with torch.no_grad():

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_run import run_main, run_script, tiny_corpus, write_config
 
+from data.audio import load_waveform
 from data.protocols import ProtocolError, read_sasv_trials
 from metrics import min_adcf, sasv_eers, track1_metrics, track2_metrics
+from models.build import load_system
+from runtime.config import load_config
 from scoring.asvspoof5_files import read_track1, read_track2
+from scoring.inputs import scoring_inputs
 from scoring.report import build_report
 from scoring.sasv import sasv_metrics
 
@@ -255,8 +260,9 @@ def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path,
     assert {name: report["pooled"][name] for name in ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf")} == \
         {name: summary[name] for name in ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf")}
     assert sorted(path.name for path in (experiment / "report").iterdir()) == [
-        "adcf.png", "det_sasv.png", "hist_sasv.png", "report.csv", "report.json", "report.md",
-        "track2_keys.tsv", "track2_scores.tsv", "training.png"]
+        "adcf.png", "det_cm.png", "det_sasv.png", "hist_cm.png", "hist_sasv.png", "report.csv", "report.json",
+        "report.md", "track2_keys.tsv", "track2_scores.tsv", "training.png"]
+    assert all(np.isfinite(report["pooled"][name]) for name in ("min_tdcf", "t_eer", "eer", "min_dcf"))
     assert sorted(path.name for path in (experiment / "scores").iterdir()) == ["dev_epoch_001.txt", "eval.txt"]
     # The official Track 2 files read back through evaluate.py give the same pooled numbers.
     report_dir = experiment / "report"
@@ -265,7 +271,26 @@ def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path,
     assert status == 0, err
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["pooled"] == report["pooled"] and again["per_attack"] == report["per_attack"]
-    assert (experiment / "report" / "track2_scores.tsv").read_text().splitlines()[1].split("\t")[2:4] == ["-", "-"]
+    _check_track2_parts(experiment, report_dir / "track2_scores.tsv")
+
+
+def _check_track2_parts(experiment: Path, track2: Path) -> None:
+    """cm-score and asv-score of the joint model, recomputed here from the networks of the best checkpoint:
+    the CM's bona fide logit of the test utterance and the cosine of the two ASV embeddings."""
+    config = load_config(experiment / "config.conf")
+    model, _, _ = load_system(config, torch.device("cpu"), {"model": str(next(experiment.glob("weights/epoch=*")))},
+                              need=("asv", "cm", "backend"))
+    inputs = scoring_inputs(config, "eval")
+    rows = [line.split("\t") for line in track2.read_text().splitlines()[1:]]
+    for trial, row in list(zip(inputs.trials, rows))[:3]:
+        assert row[:2] == [trial.speaker, trial.utterance]
+        test = load_waveform(inputs.test_path(trial.utterance), inputs.test_samples)[None]
+        enrollment = load_waveform(inputs.enrollment_paths[trial.speaker][0], inputs.enrollment_samples)[None]
+        with torch.no_grad():
+            logits = model.cm_model(test)[1]
+            a, b = model.asv_embedding(enrollment)[0].double(), model.asv_embedding(test)[0].double()
+        assert float(row[2]) == pytest.approx(float(logits[0, 1]), abs=1e-5)
+        assert float(row[3]) == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
 
 
 FIELDS = st.sampled_from(["spk", "filename", "cm-score", "asv-score", "sasv-score", "cm-label", "asv-label", "attack",

@@ -132,7 +132,7 @@ def test_cached_scoring_equals_per_trial_path(trained):
     assert cached.shape == (len(inputs.trials),)
     np.testing.assert_allclose(cached, literal, atol=1e-5, rtol=0)
     # a wrong enrollment (rolled speakers) would be caught by that tolerance, with room to spare
-    speakers, enrollment, utterances, test_asv, test_cm = scorer.embeddings(inputs)
+    speakers, enrollment, utterances, test_asv, test_cm, _ = scorer.embeddings(inputs)
     rolled = scorer.score_from_embeddings(inputs.trials, speakers, enrollment.roll(1, 0), utterances, test_asv, test_cm)
     assert np.abs(rolled - literal).max() > 10 * 1e-5
 

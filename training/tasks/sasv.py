@@ -240,7 +240,8 @@ class SASVTask(Task):
         if run.is_main:  # after sasv_metrics, which refuses non-finite scores with its own error
             metrics_csv = run.dir / "metrics.csv"
             write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
-                              result.scores, result.skipped, metrics_csv=metrics_csv if metrics_csv.is_file() else None)
+                              result.scores, result.skipped, cm=result.cm, asv=result.asv,
+                              metrics_csv=metrics_csv if metrics_csv.is_file() else None)
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
         return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,
