@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data import corpus
 from models.build import load_system
 from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
@@ -49,7 +50,8 @@ def main() -> None:
                       skipped_audio=dict(sorted(scored.bad_audio.items())))
         files.write_json(out / f"metrics_{part}.json", result)
         write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials, scored.scores,
-                          scored.skipped, cm=scored.cm, asv=scored.asv)
+                          scored.skipped, cm=scored.cm, asv=scored.asv,
+                          codecs=corpus.utterance_codecs(config, part), first=corpus.primary_metric(config))
         print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
               f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
               f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")

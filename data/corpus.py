@@ -48,6 +48,19 @@ def cm_entries(config: Mapping[str, Any], partition: str) -> list[CMEntry]:
     return read_cm_entries(cm_list(config, partition), dataset(config))
 
 
+def utterance_codecs(config: Mapping[str, Any], partition: str) -> dict[str, str] | None:
+    """utterance -> codec condition ("-": not coded) from the partition's ASVspoof 5 utterance list, for the
+    per-codec report; None for a dataset without codec conditions."""
+    if dataset(config) != ASVSPOOF5:
+        return None
+    return {entry.utterance: entry.codec for entry in asvspoof5.read_utterance_list(cm_list(config, partition))}
+
+
+def primary_metric(config: Mapping[str, Any]) -> str:
+    """The metric a report puts first: the benchmark's own (ASVspoof 5: a-DCF; SASV 2022: SASV-EER)."""
+    return "a_dcf" if dataset(config) == ASVSPOOF5 else "sasv_eer"
+
+
 def trial_list(config: Mapping[str, Any], partition: str) -> str:
     """dirs.sasv_{dev,eval}_trial or dirs.asvspoof5_{dev,eval}_trial."""
     key = f"asvspoof5_{partition}_trial" if dataset(config) == ASVSPOOF5 else f"sasv_{partition}_trial"

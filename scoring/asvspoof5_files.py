@@ -60,7 +60,7 @@ class ScoredTrials:
 
 def sasv_trials_from_scores(source: str, speakers: Sequence[str], keys: Sequence[str], attacks: Sequence[str],
                             scores: np.ndarray, skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
-                            asv: np.ndarray | None = None) -> ScoredTrials:
+                            asv: np.ndarray | None = None, codec: Sequence[str] | None = None) -> ScoredTrials:
     """ScoredTrials of the toolkit's SASV scores (one per trial) and, when given, the CM and ASV scores of
     the same trials; `skipped` trials (bad audio) are left out."""
     asv_keys = np.asarray(keys, dtype=str)
@@ -68,7 +68,8 @@ def sasv_trials_from_scores(source: str, speakers: Sequence[str], keys: Sequence
              for name, value in (("cm", cm), ("asv", asv))}
     trials = ScoredTrials(source=source, cm_keys=np.where(asv_keys == "spoof", "spoof", "bonafide"),
                           asv_keys=asv_keys, sasv=np.asarray(scores, dtype=np.float64),
-                          attack=np.asarray(attacks, dtype=str), **parts)
+                          attack=np.asarray(attacks, dtype=str),
+                          codec=None if codec is None else np.asarray(codec, dtype=str), **parts)
     return trials if skipped is None else trials.subset(~np.asarray(skipped, dtype=bool))
 
 
@@ -254,11 +255,13 @@ def write_track2_scores(path: str | Path, speakers: Sequence[str], filenames: Se
 
 
 def track2_key_text(speakers: Sequence[str], filenames: Sequence[str], asv_keys: Sequence[str],
-                    attacks: Sequence[str]) -> str:
-    """The matching Track 2 key file, `spk filename cm-label asv-label attack`, tab-separated."""
-    lines = ["\t".join(("spk", "filename", "cm-label", "asv-label", "attack"))]
-    for speaker, filename, key, attack in zip(speakers, filenames, asv_keys, attacks):
-        lines.append("\t".join((speaker, filename, "spoof" if key == "spoof" else "bonafide", key, attack)))
+                    attacks: Sequence[str], codecs: Sequence[str] | None = None) -> str:
+    """The matching Track 2 key file, `spk filename cm-label asv-label attack` (+ `codec` when known),
+    tab-separated."""
+    lines = ["\t".join(("spk", "filename", "cm-label", "asv-label", "attack", *(("codec",) if codecs else ())))]
+    for index, (speaker, filename, key, attack) in enumerate(zip(speakers, filenames, asv_keys, attacks)):
+        codec = (codecs[index],) if codecs else ()
+        lines.append("\t".join((speaker, filename, "spoof" if key == "spoof" else "bonafide", key, attack, *codec)))
     return "\n".join(lines) + "\n"
 
 

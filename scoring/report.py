@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,9 @@ def condition_masks(trials: ScoredTrials) -> tuple[dict[str, np.ndarray], dict[s
     return attacks, codecs
 
 
-def build_report(trials: ScoredTrials) -> dict[str, Any]:
-    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec}; cells as `cell_metrics`."""
+def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, Any]:
+    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec}; cells as `cell_metrics`.
+    `first`: a metric the tables show first (the benchmark's primary one)."""
     if len(trials) == 0:
         raise MetricError(f"{trials.source}: no trials to report on")
     if trials.sasv is not None and trials.asv_keys is None:
@@ -139,9 +141,12 @@ def build_report(trials: ScoredTrials) -> dict[str, Any]:
         if values is not None and as_scores(values, f"{trials.source}: {name} scores").size != len(trials):
             raise MetricError(f"{trials.source}: {values.size} {name} scores for {len(trials)} trials")
     attacks, codecs = condition_masks(trials)
+    names = list(metric_names(trials))
+    if first in names:
+        names.insert(0, names.pop(names.index(first)))
     return {
         "source": trials.source,
-        "metrics": list(metric_names(trials)),
+        "metrics": names,
         "n_skipped_trials": trials.n_skipped,
         POOLED: cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True),
         "per_attack": {attack: cell_metrics(trials, mask) for attack, mask in attacks.items()},
@@ -222,13 +227,13 @@ def _csv_field(text: str) -> str:
 
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
-                 extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+                 extra_files: dict[str, str] | None = None, first: str | None = None) -> dict[str, Any]:
     """Compute the report and render its plots, then write every file into `folder` (each atomically).
 
     Any bad input raises before the first file is written. `extra_files`: name -> text written alongside."""
     from scoring.plots import render_plots  # matplotlib loads only when a report is written
 
-    report = build_report(trials)
+    report = build_report(trials, first)
     texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
              "report.csv": report_csv(report), **(extra_files or {})}
     images = render_plots(trials, metrics_csv)
@@ -243,13 +248,15 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
 
 def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
                       skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
-                      asv: np.ndarray | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
+                      asv: np.ndarray | None = None, codecs: Mapping[str, str] | None = None,
+                      first: str | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
     official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
     parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
     speakers, utterances = [t.speaker for t in trials], [t.utterance for t in trials]
     keys, attacks = [t.key for t in trials], [t.attack for t in trials]
-    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv)
+    codec = None if codecs is None else [codecs.get(utterance, "-") for utterance in utterances]
+    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
-             "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks)}
-    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra)
+             "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}
+    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first)

@@ -29,6 +29,9 @@ LA_FOLDERS = {"flac_T": "ASVspoof2019_LA_train", "flac_D": "ASVspoof2019_LA_dev"
               "flac_E_eval": "ASVspoof2019_LA_eval"}
 
 
+CODECS = ("-", "C01", "C08")
+
+
 def build_release(corpus: Path, root: Path) -> Path:
     """The tiny 2019 corpus in the ASVspoof 5 release layout under `root`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -48,9 +51,11 @@ def build_release(corpus: Path, root: Path) -> Path:
             "".join(f"{t.speaker} {t.utterance} {gender[t.speaker]} {t.attack} {t.key}\n" for t in trials))
     for name, la in (("train", "cm.train.trn"), ("dev.track_1", "cm.dev.trl"), ("eval.track_1", "cm.eval.trl")):
         lines = []
-        for e in read_cm_protocol(protocols / f"ASVspoof2019.LA.{la}.txt"):
+        for index, e in enumerate(read_cm_protocol(protocols / f"ASVspoof2019.LA.{la}.txt")):
             attack, tag = ("bonafide", "-") if e.key == "bonafide" else (e.attack, "AC1")
-            lines.append(f"{e.speaker} {e.utterance} {gender.get(e.speaker, 'F')} - - - {tag} {attack} {e.key} -\n")
+            codec = "-" if name == "train" else CODECS[index % 3]  # codec conditions in dev and eval
+            lines.append(f"{e.speaker} {e.utterance} {gender.get(e.speaker, 'F')} {codec} - - {tag} {attack} {e.key} "
+                         f"-\n")
         (root / f"ASVspoof5.{name}.tsv").write_text("".join(lines))
     return root
 
@@ -103,6 +108,24 @@ def test_joint_training_writes_the_standard_outputs(trained, release):
     rows = [line.split() for line in (experiment / "scores" / "eval.txt").read_text().splitlines()]
     assert [row[:3] for row in rows] == [[f[0], f[1], f[4]] for f in (line.split() for line in lines)]
     assert summary["n_trials"] == len(lines)
+
+
+def test_the_report_puts_a_dcf_first_and_has_a_row_per_codec(trained, release):
+    _, root = release
+    _, experiment = trained
+    report = json.loads((experiment / "report" / "report.json").read_text())
+    assert report["metrics"][0] == "a_dcf"  # ASVspoof 5's primary metric
+    codec_of = {line.split()[1]: line.split()[3] for line in
+                (root / "ASVspoof5.eval.track_1.tsv").read_text().splitlines()}
+    trials = [line.split() for line in (root / "ASVspoof5.eval.track_2.trial.tsv").read_text().splitlines()]
+    assert sorted(report["per_codec"]) == sorted({codec_of[t[1]] for t in trials})
+    for codec, cell in report["per_codec"].items():
+        wanted = [t[4] for t in trials if codec_of[t[1]] == codec]
+        assert (cell["n_target"], cell["n_nontarget"], cell["n_spoof"]) == \
+            tuple(wanted.count(key) for key in ("target", "nontarget", "spoof"))
+    keys = (experiment / "report" / "track2_keys.tsv").read_text().splitlines()
+    assert keys[0].split("\t") == ["spk", "filename", "cm-label", "asv-label", "attack", "codec"]
+    assert [line.split("\t")[5] for line in keys[1:]] == [codec_of[t[1]] for t in trials]
 
 
 def test_enrollment_is_the_mean_of_the_utterance_embeddings(trained, release):

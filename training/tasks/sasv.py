@@ -241,6 +241,8 @@ class SASVTask(Task):
             metrics_csv = run.dir / "metrics.csv"
             write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
                               result.scores, result.skipped, cm=result.cm, asv=result.asv,
+                              codecs=corpus.utterance_codecs(self.config, "eval"),
+                              first=corpus.primary_metric(self.config),
                               metrics_csv=metrics_csv if metrics_csv.is_file() else None)
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
