@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.protocols import CM_KEYS, SASV_KEYS, ProtocolError, _check_unique, _lines, read_enrollment_utterances
+from data.protocols import CM_KEYS, SASV_KEYS, ProtocolError, check_unique, protocol_lines, read_enrollment_utterances
 
 GENDERS = ("F", "M")
 BONAFIDE = "bonafide"
@@ -66,7 +66,7 @@ class Track2Trial:
 def _layout_lines(path: str | Path, layouts: dict[int, str]) -> list[tuple[int, list[str]]]:
     """The lines of `path`, all in the layout its first line has."""
     described = " or ".join(f"({names})" for names in layouts.values())
-    lines = list(_lines(path, tuple(layouts), described))
+    lines = list(protocol_lines(path, tuple(layouts), described))
     if not lines:
         raise ProtocolError(f"{path}: protocol file is empty")
     width = len(lines[0][1])
@@ -100,7 +100,7 @@ def read_utterance_list(path: str | Path) -> list[UtteranceEntry]:
             attack = BONAFIDE
         elif attack in (BONAFIDE, "-"):
             raise ProtocolError(f"{path}:{number}: key 'spoof' without an attack (got {attack!r})")
-        _check_unique(seen, utterance, path, number, f"utterance id {utterance!r}")
+        check_unique(seen, utterance, path, number, f"utterance id {utterance!r}")
         entries.append(UtteranceEntry(speaker, utterance, gender, codec, attack, key, **extra))
     return entries
 
@@ -118,7 +118,7 @@ def read_trials(path: str | Path) -> list[Track2Trial]:
         _check(path, number, "trial key", key, SASV_KEYS)
         if attack is not None and (key == "spoof") == (attack == BONAFIDE):
             raise ProtocolError(f"{path}:{number}: key {key!r} does not match attack {attack!r}")
-        _check_unique(seen, (speaker, utterance), path, number,
+        check_unique(seen, (speaker, utterance), path, number,
                       f"trial of speaker {speaker!r} with test utterance {utterance!r}")
         trials.append(Track2Trial(speaker, utterance, key, attack, gender))
     return trials

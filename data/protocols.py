@@ -40,44 +40,53 @@ class SASVTrial:
         return 0 if self.key == "target" else 1
 
 
-def _not_found(path: str | Path) -> ProtocolError:
+def _not_found(path: str | Path, what: str) -> ProtocolError:
     """A default path the config layer searched for (runtime.config.SearchedPath) names every place looked."""
     places = getattr(path, "places", None)
     if places:
-        return ProtocolError(f"{path}: protocol file not found; looked for {path.key} in {', '.join(places)}; "
+        return ProtocolError(f"{path}: {what} not found; looked for {path.key} in {', '.join(places)}; "
                              f"set {path.key} to its path")
-    return ProtocolError(f"{path}: protocol file not found")
+    return ProtocolError(f"{path}: {what} not found")
 
 
-def _lines(path: str | Path, n_fields: int | tuple[int, ...],
-           columns: str | None = None) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each non-empty line; `columns` names the expected layout(s) in the error."""
-    searched, path = path, Path(path)
-    counts = (n_fields,) if isinstance(n_fields, int) else n_fields
+def read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
+    """(line number, line) of each non-blank line of the text file `path` (`what` it is, for the errors).
+
+    utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF and CR as
+    line ends, so lines are numbered as an editor numbers them (str.splitlines would also break at \f, ...)."""
     try:
-        # utf-8-sig: a leading byte-order mark is not part of the first field; text mode reads CRLF as LF.
-        with open(path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) not in counts:
-                    expected = " or ".join(str(c) for c in counts)
-                    if columns:
-                        raise ProtocolError(f"{path}:{number}: expected the columns {columns}, got {len(fields)} "
-                                            f"fields: {line.strip()!r}")
-                    raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: "
-                                        f"{line.strip()!r}")
-                yield number, fields
+        with open(Path(path), encoding="utf-8-sig") as handle:
+            return [(number, line.rstrip("\n")) for number, line in enumerate(handle, start=1) if line.strip()]
     except FileNotFoundError:
-        raise _not_found(searched) from None
+        raise _not_found(path, what) from None
     except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a text protocol file (invalid UTF-8)") from None
+        raise ProtocolError(f"{path}: not a text {what} (invalid UTF-8)") from None
     except OSError as error:
-        raise ProtocolError(f"{path}: cannot read protocol file ({error.strerror})") from None
+        raise ProtocolError(f"{path}: cannot read {what} ({error.strerror})") from None
 
 
-def _check_unique(seen: dict, key: object, path: str | Path, number: int, what: str) -> None:
+def read_fields(path: str | Path, what: str) -> list[tuple[int, list[str]]]:
+    """(line number, whitespace-separated fields) of each non-blank line (see `read_lines`)."""
+    return [(number, line.split()) for number, line in read_lines(path, what)]
+
+
+def protocol_lines(path: str | Path, n_fields: int | tuple[int, ...],
+                   columns: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty line of a protocol file; `columns` names the expected
+    layout(s) in the error."""
+    counts = (n_fields,) if isinstance(n_fields, int) else n_fields
+    for number, line in read_lines(path, "protocol file"):
+        fields = line.split()
+        if len(fields) not in counts:
+            if columns:
+                raise ProtocolError(f"{path}:{number}: expected the columns {columns}, got {len(fields)} "
+                                    f"fields: {line.strip()!r}")
+            expected = " or ".join(str(c) for c in counts)
+            raise ProtocolError(f"{path}:{number}: expected {expected} fields, got {len(fields)}: {line.strip()!r}")
+        yield number, fields
+
+
+def check_unique(seen: dict, key: object, path: str | Path, number: int, what: str) -> None:
     """`what` describes `key` in the message, e.g. "utterance id 'LA_T_1'"."""
     if key in seen:
         raise ProtocolError(f"{path}:{number}: duplicate {what} (first on line {seen[key]})")
@@ -87,10 +96,10 @@ def _check_unique(seen: dict, key: object, path: str | Path, number: int, what: 
 def read_cm_protocol(path: str | Path) -> list[CMEntry]:
     """`SPK UTT - ATTACK KEY` lines (cm.{train.trn,dev.trl,eval.trl}.txt)."""
     entries, seen = [], {}
-    for number, (speaker, utterance, _, attack, key) in _lines(path, 5):
+    for number, (speaker, utterance, _, attack, key) in protocol_lines(path, 5):
         if key not in CM_KEYS:
             raise ProtocolError(f"{path}:{number}: unknown CM key {key!r}; expected one of {', '.join(CM_KEYS)}")
-        _check_unique(seen, utterance, path, number, f"utterance id {utterance!r}")
+        check_unique(seen, utterance, path, number, f"utterance id {utterance!r}")
         entries.append(CMEntry(speaker, utterance, attack, key))
     if not entries:
         raise ProtocolError(f"{path}: protocol file is empty")
@@ -100,13 +109,13 @@ def read_cm_protocol(path: str | Path) -> list[CMEntry]:
 def read_sasv_trials(path: str | Path) -> list[SASVTrial]:
     """`SPK UTT ATTACK KEY` lines (asv.{dev,eval}.gi.trl.txt); a (speaker, utterance) pair is one trial."""
     trials, seen = [], {}
-    for number, (speaker, utterance, attack, key) in _lines(path, 4):
+    for number, (speaker, utterance, attack, key) in protocol_lines(path, 4):
         if key not in SASV_KEYS:
             raise ProtocolError(f"{path}:{number}: unknown trial key {key!r}; expected one of {', '.join(SASV_KEYS)}")
         if (key == "spoof") == (attack == "bonafide"):
             raise ProtocolError(f"{path}:{number}: key {key!r} does not match source {attack!r}")
         # A repeated trial would count twice in the EERs.
-        _check_unique(seen, (speaker, utterance), path, number,
+        check_unique(seen, (speaker, utterance), path, number,
                       f"trial of speaker {speaker!r} with test utterance {utterance!r}")
         trials.append(SASVTrial(speaker, utterance, attack, key))
     if not trials:
@@ -117,9 +126,9 @@ def read_sasv_trials(path: str | Path) -> list[SASVTrial]:
 def read_enrollment_files(path: str | Path) -> dict[str, str]:
     """`SPK FILE` lines (asv.{dev,eval}.gi.trn.txt): speaker -> concatenated enrollment file stem."""
     files, seen, seen_stems = {}, {}, {}
-    for number, (speaker, stem) in _lines(path, 2):
-        _check_unique(seen, speaker, path, number, f"speaker {speaker!r}")
-        _check_unique(seen_stems, stem, path, number, f"enrollment file {stem!r}")  # two speakers, one recording
+    for number, (speaker, stem) in protocol_lines(path, 2):
+        check_unique(seen, speaker, path, number, f"speaker {speaker!r}")
+        check_unique(seen_stems, stem, path, number, f"enrollment file {stem!r}")  # two speakers, one recording
         files[speaker] = stem
     if not files:
         raise ProtocolError(f"{path}: enrollment list is empty")
@@ -134,7 +143,7 @@ def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...],
     speaker_seen: dict[str, str] = {}  # speaker -> "file:line" where it was first listed
     first_seen: dict[str, str] = {}
     for path in paths:
-        for number, (speaker, joined) in _lines(path, 2, columns):
+        for number, (speaker, joined) in protocol_lines(path, 2, columns):
             where = f"{path}:{number}"
             if speaker in speakers:
                 raise ProtocolError(f"{where}: speaker {speaker!r} is listed twice (also at {speaker_seen[speaker]})")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.audio import random_crop, read_audio
 from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
-from data.protocols import ProtocolError, read_cm_protocol
+from data.protocols import ProtocolError, read_cm_protocol, read_fields
 
 
 @dataclass(frozen=True)
@@ -36,26 +36,10 @@ class VerificationPair:
     test: str
 
 
-def _read_lines(path: str | Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of the non-blank lines; a UTF-8 byte-order mark and CRLF line ends are accepted."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: list file not found") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a text list (invalid UTF-8)") from None
-    except OSError as error:
-        raise ProtocolError(f"{path}: cannot read list file ({error.strerror})") from None
-    # read_text already turned \r\n and \r into \n; str.splitlines would also break at \f, \x1c, ... and
-    # number the lines unlike an editor (and unlike the protocol readers).
-    return [(number, line.split()) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
-
-
 def read_voxceleb_train_list(path: str | Path, root: str | Path) -> list[LabelledUtterance]:
     """`speaker_id relative/path.wav` lines -> utterances with paths under `root`."""
     utterances, seen = [], {}
-    for number, fields in _read_lines(path):
+    for number, fields in read_fields(path, "list file"):
         if len(fields) != 2:
             raise ProtocolError(f"{path}:{number}: expected 'speaker_id relative/path.wav', got {' '.join(fields)!r}")
         if fields[1] in seen:  # it would be drawn twice as often as the others
@@ -84,7 +68,7 @@ def speaker_classes(utterances: Sequence[LabelledUtterance]) -> dict[str, int]:
 def read_voxceleb_trials(path: str | Path) -> list[VerificationPair]:
     """`label enrol test` lines (VoxCeleb1 veri_test.txt style), label 1 = target, 0 = nontarget."""
     pairs, seen = [], {}
-    for number, fields in _read_lines(path):
+    for number, fields in read_fields(path, "list file"):
         if len(fields) != 3 or fields[0] not in ("0", "1"):
             raise ProtocolError(f"{path}:{number}: expected '1|0 enrol/path.wav test/path.wav', "
                                 f"got {' '.join(fields)!r}")

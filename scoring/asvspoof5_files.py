@@ -11,16 +11,23 @@ Every problem is one ProtocolError naming the file and line.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from data.protocols import CM_KEYS, SASV_KEYS, ProtocolError, read_cm_protocol, read_sasv_trials
+from data.protocols import (
+    CM_KEYS,
+    SASV_KEYS,
+    ProtocolError,
+    check_unique,
+    read_cm_protocol,
+    read_fields,
+    read_sasv_trials,
+)
 from runtime.files import write_text
-from scoring.score_files import format_score, read_trial_scores
+from scoring.score_files import format_score, parse_score, read_trial_scores
 
 TRACK2_SCORE_HEADER = ("spk", "filename", "cm-score", "asv-score", "sasv-score")
 TRACK1_SCORE_HEADER = ("filename", "cm-score")
@@ -78,17 +85,7 @@ def sasv_trials_from_scores(source: str, speakers: Sequence[str], keys: Sequence
 
 def _table(path: str | Path, what: str) -> tuple[int, list[str], list[tuple[int, list[str]]]]:
     """(header line number, header, [(line number, fields)]) of a header-first table; rows as wide as the header."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = [(number, line.split()) for number, line in enumerate(handle, start=1)]
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: {what} is not a text file (invalid UTF-8)") from None
-    except OSError as error:
-        raise ProtocolError(f"{path}: cannot read {what} ({error.strerror})") from None
-    lines = [(number, fields) for number, fields in lines if fields]
+    lines = read_fields(path, what)
     if not lines:
         raise ProtocolError(f"{path}: {what} is empty (expected a header line)")
     (header_line, header), rows = lines[0], lines[1:]
@@ -118,22 +115,6 @@ def _columns(path: str | Path, line: int, header: list[str], required: tuple[str
     return index
 
 
-def _number(text: str, path: str | Path, number: int, column: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not finite")
-    return value
-
-
-def _unique(seen: dict, key: tuple, path: str | Path, number: int) -> None:
-    if key in seen:
-        raise ProtocolError(f"{path}:{number}: duplicate trial {' '.join(key)} (first on line {seen[key]})")
-    seen[key] = number
-
-
 def _label(value: str, allowed: tuple[str, ...], path: str | Path, number: int, column: str) -> str:
     if value not in allowed:
         raise ProtocolError(f"{path}:{number}: unknown {column} {value!r}; expected one of {', '.join(allowed)}")
@@ -151,7 +132,7 @@ def _read_keys(path: str | Path, trial_columns: tuple[str, ...], track2: bool) -
         if track2 and _DUMMY[0] in index and fields[index[_DUMMY[0]]] == _DUMMY[1]:
             continue  # the full key table's placeholder rows, which the package drops too
         trial = tuple(fields[index[name]] for name in trial_columns)
-        _unique(seen, trial, path, number)
+        check_unique(seen, trial, path, number, f"trial {' '.join(trial)}")
         cm_label = _label(fields[index["cm-label"]], CM_KEYS, path, number, "cm-label")
         asv_label = None
         if track2:
@@ -191,7 +172,7 @@ def _score_column(path: str | Path, column: str, position: int, aligned: list[li
     for field, line in zip(fields, lines):
         if field == ABSENT:
             raise ProtocolError(f"{path}:{line}: {column} is '-' here but a number on other lines")
-    return np.array([_number(field, path, line, column) for field, line in zip(fields, lines)])
+    return np.array([parse_score(path, line, field, column=column) for field, line in zip(fields, lines)])
 
 
 def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
@@ -202,7 +183,7 @@ def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     _require_header(score_path, header_line, header, TRACK2_SCORE_HEADER, "Track 2 score file")
     scores, seen = {}, {}
     for number, fields in rows:
-        _unique(seen, (fields[0], fields[1]), score_path, number)
+        check_unique(seen, (fields[0], fields[1]), score_path, number, f"trial {fields[0]} {fields[1]}")
         scores[(fields[0], fields[1])] = (number, fields[2:])
     keys, index = _read_keys(key_path, ("spk", "filename"), track2=True)
     aligned = _align(score_path, key_path, scores, keys)
@@ -223,12 +204,12 @@ def read_track1(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     _require_header(score_path, header_line, header, TRACK1_SCORE_HEADER, "Track 1 score file")
     scores, seen = {}, {}
     for number, fields in rows:
-        _unique(seen, (fields[0],), score_path, number)
+        check_unique(seen, (fields[0],), score_path, number, f"trial {fields[0]}")
         scores[(fields[0],)] = (number, fields[1:])
     keys, index = _read_keys(key_path, ("filename",), track2=False)
     aligned = _align(score_path, key_path, scores, keys)
     lines = [seen[row[1]] for row in keys]
-    cm = np.array([_number(row[0], score_path, line, "cm-score") for row, line in zip(aligned, lines)])
+    cm = np.array([parse_score(score_path, line, row[0], column="cm-score") for row, line in zip(aligned, lines)])
     return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=np.array([row[2] for row in keys], dtype=str),
                         cm=cm, attack=_labels(keys, 4, index, "attack"), codec=_labels(keys, 5, index, "codec"))
 

@@ -82,16 +82,10 @@ def _sasv_cell(trials: ScoredTrials, mask: np.ndarray, keys: np.ndarray, codes: 
         # The tandem metrics can be undefined where the SASV ones are not (e.g. no ASV threshold in the t-EER's
         # region): such a metric is None (`-` in the tables), never an error that loses the whole report.
         cm, asv = trials.cm[mask], trials.asv[mask]
-        cell["min_tdcf"] = _or_none(lambda: min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2], ASVSPOOF5_ASV_RATES))
-        cell["t_eer"] = _or_none(lambda: t_eer(cm, asv, keys))
+        cell.update(_guarded(lambda: {"min_tdcf": min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2],
+                                                                     ASVSPOOF5_ASV_RATES)}, strict=False))
+        cell.update(_guarded(lambda: {"t_eer": t_eer(cm, asv, keys)}, strict=False))
     return cell
-
-
-def _or_none(compute: Any) -> float | None:
-    try:
-        return compute()
-    except MetricError:
-        return None
 
 
 def _cm_cell(trials: ScoredTrials, mask: np.ndarray) -> Cell:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.protocols import SASV_KEYS, CMEntry, ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
+from data.protocols import SASV_KEYS, CMEntry, ProtocolError, SASVTrial, read_cm_protocol, read_fields, read_sasv_trials
 from runtime.files import write_text
 
 
@@ -31,25 +31,17 @@ def write_trial_scores(path: str | Path, trials: Sequence[SASVTrial], scores: Se
 
 def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of the non-blank lines of a score file."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return [(number, line.split()) for number, line in enumerate(handle, start=1) if line.strip()]
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: {what} score file not found") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a text score file (invalid UTF-8)") from None
-    except OSError as error:
-        raise ProtocolError(f"{path}: cannot read {what} score file ({error.strerror})") from None
+    return read_fields(path, f"{what} score file")
 
 
-def _score(path: Path, number: int, text: str, *, allow_nan: bool) -> float:
-    """The score field of line `number`; `nan` (a trial left out for bad audio) only when `allow_nan`."""
+def parse_score(path: str | Path, number: int, text: str, *, column: str = "score", allow_nan: bool = False) -> float:
+    """The score field `text` of line `number`; `nan` (a trial left out for bad audio) only when `allow_nan`."""
     try:
         value = float(text)
     except ValueError:
-        raise ProtocolError(f"{path}:{number}: score {text!r} is not a number") from None
+        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not a number") from None
     if not np.isfinite(value) and not (allow_nan and np.isnan(value)):
-        raise ProtocolError(f"{path}:{number}: score {text!r} is not finite")
+        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not finite")
     return value
 
 
@@ -83,7 +75,7 @@ def read_trial_scores(path: str | Path, trial_path: str | Path, trials: Sequence
         raise ProtocolError(f"{path}: {len(rows)} scores for the {len(trials)} trials of {trial_path}; the first "
                             f"trial without a score is {missing.speaker} {missing.utterance} "
                             f"(trial {len(rows) + 1})")
-    return np.array([_score(path, number, fields[-1], allow_nan=allow_nan) for number, fields in rows])
+    return np.array([parse_score(path, number, fields[-1], allow_nan=allow_nan) for number, fields in rows])
 
 
 def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, np.ndarray]:
@@ -113,7 +105,7 @@ def read_asv_score_file(path: str | Path, trial_path: str | Path) -> dict[str, n
     if expected != found:
         raise ProtocolError(f"{path}: {dict(found)} scores, but {trial_path} has {dict(expected)} trials "
                             f"(scores of another partition?)")
-    scores = np.array([_score(path, number, fields[-1], allow_nan=True) for number, fields in rows])
+    scores = np.array([parse_score(path, number, fields[-1], allow_nan=True) for number, fields in rows])
     keys_array = np.asarray(keys)
     return {key: scores[(keys_array == key) & np.isfinite(scores)] for key in SASV_KEYS}
 
@@ -147,5 +139,5 @@ def read_cm_score_file(path: str | Path, protocol_path: str | Path, entries: Seq
             raise ProtocolError(f"{path}:{number}: key {fields[2]!r}, but {utterance} is {entry.key!r} in "
                                 f"{protocol_path}")
         first_line[utterance] = number
-        scores[utterance] = _score(path, number, fields[-1], allow_nan=False)
+        scores[utterance] = parse_score(path, number, fields[-1], allow_nan=False)
     return scores
