@@ -58,10 +58,8 @@ def main() -> None:
 def train(args: argparse.Namespace, config: Config, device: torch.device) -> None:
     """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
     main_rank = distributed.is_main()
-    if main_rank:
-        ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
-    distributed.barrier()
-    if config["demo_corpus"]["root"]:  # read again: the protocol files a new corpus holds are found now
+    generated = main_rank and ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
+    if distributed.broadcast_object(generated):  # read again: the protocol files of the new corpus are found now
         config = config_from_args(args)
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
     if config["system"] not in ("asv", "b2"):

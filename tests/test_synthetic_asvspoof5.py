@@ -3,12 +3,17 @@ attack splits, enrollment, determinism, regeneration; and the 2019 layout left a
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from tiny_run import QUIET_ENV, REPO
 
 from data.asvspoof5 import read_enrollment, read_trials, read_utterance_list
 from data.synthetic import Asvspoof5Spec, CorpusSpec, corpus_is_complete, generate_asvspoof5_corpus, generate_corpus
@@ -161,8 +166,23 @@ def test_the_demo_section_picks_the_layout(tmp_path):
 
     config = build_config({"demo_corpus": {"root": str(tmp_path / "d"), "size": "tiny", "seed": 0,
                                            "layout": "asvspoof5"}})
-    ensure_demo_corpus(config["demo_corpus"], progress=False)
+    assert ensure_demo_corpus(config["demo_corpus"], progress=False) is True  # generated now
     assert corpus_is_complete(tmp_path / "d", SPEC) and (tmp_path / "d" / "ASVspoof5.train.tsv").is_file()
+    assert ensure_demo_corpus(config["demo_corpus"], progress=False) is False  # already there
+
+
+def test_the_demo_config_trains_on_the_corpus_it_has_just_generated(tmp_path):
+    """The release's protocol files are looked for when the config is read, before main.py generates the
+    corpus; main.py reads the config again after generating it."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--config", str(REPO / "configs" / "demo_asvspoof5.conf"),
+         "--output_dir", "exp", "--no_progress", "--set", "dirs.database=d/", "demo_corpus.root=d",
+         "demo_corpus.size=tiny", "epoch=1", "trials_per_epoch=16"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **QUIET_ENV}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("generating the synthetic demo corpus in d ...")
+    report = json.loads((tmp_path / "exp" / "demo_asvspoof5" / "report" / "report.json").read_text())
+    assert report["metrics"][0] == "a_dcf" and report["per_codec"]
 
 
 def test_the_2019_layout_is_unchanged(tmp_path):

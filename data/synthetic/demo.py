@@ -11,10 +11,11 @@ from .corpus import CorpusSpec, corpus_is_complete, generate_corpus
 LAYOUTS = ("asvspoof2019", "asvspoof5")
 
 
-def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) -> Path | None:
-    """Generate the corpus a config's `demo_corpus` section names, when it is missing or incomplete."""
+def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) -> bool:
+    """Generate the corpus a config's `demo_corpus` section names, when it is missing or incomplete;
+    whether it was generated now."""
     if not settings["root"]:
-        return None
+        return False
     root = Path(settings["root"])
     seed, tiny = settings["seed"], settings["size"] == "tiny"
     if settings.get("layout", "asvspoof2019") == "asvspoof5":
@@ -26,4 +27,5 @@ def ensure_demo_corpus(settings: Mapping[str, Any], *, progress: bool = True) ->
     if not corpus_is_complete(root, spec):
         print(f"generating the synthetic demo corpus in {root} ...")
         generate(root, spec, progress=progress)
-    return root
+        return True
+    return False
