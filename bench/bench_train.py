@@ -47,8 +47,11 @@ from models.checkpoint import load_sasv_weights  # noqa: E402
 from runtime.config import Config, build_config  # noqa: E402
 from runtime.device import resolve_device  # noqa: E402
 from scoring.extraction import Extraction  # noqa: E402
-from scoring.inputs import scoring_inputs  # noqa: E402
-from scoring.sasv import SASVScorer, ScoringInputs  # noqa: E402
+from scoring.inputs import (
+    ScoringInputs,  # noqa: E402
+    scoring_inputs,  # noqa: E402
+)
+from scoring.sasv import SASVScorer  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 # ASVspoof 2019 LA eval, SASV protocol (asv.eval.gi.trl.txt and its enrollments).

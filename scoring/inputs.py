@@ -1,17 +1,35 @@
 """Where a config's trials and audio are: enrollment files, SASV scoring inputs, the database layout check."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from data import corpus
 from data.protocols import (
     ProtocolError,
+    SASVTrial,
     check_every_key,
     check_trials_enrolled,
     read_enrollment_files,
+    read_lines,
 )
 from runtime.config import Config, ConfigError, require_database
-from scoring.sasv import ScoringInputs
+
+
+@dataclass
+class ScoringInputs:
+    """What a SASV evaluation needs: the trials and where their audio lives."""
+
+    trials: list[SASVTrial]
+    test_dir: Path  # the partition's audio folder (corpus.audio_dir)
+    # speaker -> enrollment files: [the concatenated file] (ASVspoof 2019 LA) or its utterances (ASVspoof 5)
+    enrollment_paths: dict[str, list[Path]]
+    test_samples: int
+    enrollment_samples: int
+    audio_ext: str = "flac"
+
+    def test_path(self, utterance: str) -> Path:
+        return self.test_dir / f"{utterance}.{self.audio_ext}"
 
 
 def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
@@ -23,11 +41,7 @@ def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
 
 def _listing_line(path: str | Path, speaker: str) -> int:
     """The line of `path` that lists `speaker` first (for error messages)."""
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.split()[:1] == [speaker]:
-                return number
-    return 0
+    return next((number for number, line in read_lines(path, "enrollment list") if line.split()[0] == speaker), 0)
 
 
 def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str]:

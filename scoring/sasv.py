@@ -25,25 +25,9 @@ from models.sasv import SASVModel
 from runtime import distributed
 from runtime.device import autocast_context
 from scoring.extraction import AdaptiveBatch, EmbeddingCache, Extraction, ScoringError, extract_sharded
+from scoring.inputs import ScoringInputs
 from scoring.score_files import write_trial_scores
-
-
-@dataclass
-class ScoringInputs:
-    """What a SASV evaluation needs: the trials and where their audio lives."""
-
-    trials: list[SASVTrial]
-    test_dir: Path  # <database>/ASVspoof2019_LA_<part>/flac
-    # speaker -> enrollment files: [the concatenated file] (ASVspoof 2019 LA) or its utterances (ASVspoof 5)
-    enrollment_paths: dict[str, list[Path]]
-    test_samples: int
-    enrollment_samples: int
-    audio_ext: str = "flac"
-
-    def test_path(self, utterance: str) -> Path:
-        return self.test_dir / f"{utterance}.{self.audio_ext}"
-
-
+from scoring.verification import cosine
 
 
 def speaker_embeddings(rows: torch.Tensor, row_of: dict[Path, int], files: list[list[Path]]) -> torch.Tensor:
@@ -162,8 +146,6 @@ class SASVScorer:
         bad = set(self._bad_audio)
         skipped = np.array([any(str(path) in bad for path in inputs.enrollment_paths[t.speaker])
                             or str(inputs.test_path(t.utterance)) in bad for t in inputs.trials], dtype=bool)
-        from scoring.verification import cosine  # here: verification imports scoring.inputs, which imports this
-
         scores = scores.copy()
         enrollment_rows = [speaker_index[t.speaker] for t in trials]
         test_rows = [utterance_index[t.utterance] for t in trials]
