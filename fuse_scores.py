@@ -9,7 +9,8 @@ Fusions (--fusion, default all; see scoring/fusion.py):
   linear   sum of the two sub-systems' log-odds, each calibrated on dev by logistic regression
   product  log(P(target) * P(bona fide)) from the same calibrations
 Writes to --comment, nothing unless every input is valid:
-  score_SASV_{part}_{fusion}.txt  "SPK UTT KEY score" in the order of asv.{part}.gi.trl.txt
+  score_SASV_{part}_{fusion}.txt  "SPK UTT KEY score" in the order of the config's trial list
+                                  (asv.{part}.gi.trl.txt, or ASVspoof5.{part}.track_2.trial.tsv)
   metrics_{part}_{fusion}.json    sasv_eer, sv_eer, spf_eer, min_a_dcf (fractions), n_trials, inputs
   fusion_calibration.json         the calibrations fitted on dev (linear, product)
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.protocols import ProtocolError, SASVTrial, read_cm_protocol, read_sasv_trials
+from data import corpus
+from data.protocols import ProtocolError, SASVTrial
 from runtime import files
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
 from runtime.config import Config
@@ -64,10 +66,10 @@ def score_paths(args: argparse.Namespace, part: str) -> tuple[Path, Path]:
 
 
 def load_partition(config: Config, part: str, asv_path: Path, cm_path: Path) -> PartitionScores:
-    trial_path, protocol_path = config["dirs"][f"sasv_{part}_trial"], config["dirs"][f"cm_{part}_list"]
-    trials = read_sasv_trials(trial_path)
+    trial_path, protocol_path = corpus.trial_list(config, part), corpus.cm_list(config, part)
+    trials = corpus.sasv_trials(config, part)
     asv = read_trial_scores(asv_path, trial_path, trials)
-    entries = read_cm_protocol(protocol_path)
+    entries = corpus.cm_entries(config, part)
     protocol = {entry.utterance: entry for entry in entries}
     by_utterance = read_cm_score_file(cm_path, protocol_path, entries)
     for number, trial in enumerate(trials, start=1):

@@ -1,22 +1,21 @@
 """Cosine ASV scores from save_asv_embeddings.py output, in SASV trial order, and the SV-EER.
 
 Reads asv_embd_{part}.pk and spk_model_{part}.pk from --comment and writes there:
-  score_ASV_{part}.txt      "UTT score" per line, in the order of asv.{part}.gi.trl.txt
+  score_ASV_{part}.txt      "UTT score" per line, in the order of the config's trial list
   metrics_ASV_{part}.json   sv_eer (and sasv_eer, spf_eer of the ASV score alone), fractions; n_trials,
                             n_skipped_trials (on_bad_audio: skip: trials without embedding or speaker model, score nan)
 """
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
 from data import corpus
+from data.embeddings import read_embeddings
 from metrics.eer import sasv_eers
 from runtime import files
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
-from runtime.config import ConfigError
 from scoring.score_files import write_scores
 from scoring.verification import cosine_scores
 
@@ -28,20 +27,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path} not found; run save_asv_embeddings.py --comment {path.parent} first")
-    try:
-        with open(path, "rb") as handle:
-            value = pickle.load(handle)
-    except Exception as error:  # truncated or foreign file: say which, not where pickle failed
-        raise ConfigError(f"{path}: not a readable embeddings pickle ({type(error).__name__}: {error}); "
-                          f"rerun save_asv_embeddings.py --comment {path.parent}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a dict of id -> embedding, got a {type(value).__name__}")
-    return value
-
-
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
@@ -49,8 +34,9 @@ def main() -> None:
     for part in args.partitions:
         trial_path = corpus.trial_list(config, part)
         trials = corpus.sasv_trials(config, part)
-        scores, skipped = cosine_scores(_load(out / f"spk_model_{part}.pk"), _load(out / f"asv_embd_{part}.pk"),
-                                        trials, trial_path, skip_missing=config["on_bad_audio"] == "skip")
+        scores, skipped = cosine_scores(read_embeddings(out / f"spk_model_{part}.pk"),
+                                        read_embeddings(out / f"asv_embd_{part}.pk"), trials, trial_path,
+                                        skip_missing=config["on_bad_audio"] == "skip")
         result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
         write_scores(out / f"score_ASV_{part}.txt", ([t.utterance for t in trials],), scores)
         result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))

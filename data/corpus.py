@@ -13,10 +13,21 @@ from typing import Any
 
 from data import asvspoof5
 from data.datasets import partition_audio_dir
-from data.protocols import CMEntry, SASVTrial, read_cm_protocol, read_enrollment_utterances, read_sasv_trials
+from data.protocols import (
+    CMEntry,
+    ProtocolError,
+    SASVTrial,
+    read_cm_protocol,
+    read_enrollment_utterances,
+    read_fields,
+    read_sasv_trials,
+)
 
 ASVSPOOF2019_LA, ASVSPOOF5 = "asvspoof2019_la", "asvspoof5"
 _PART = {"train": "trn", "trn": "trn", "dev": "dev", "eval": "eval"}
+# Column count -> dataset, for lists whose dataset no config says (extra training lists, evaluate.py).
+_CM_LAYOUTS = {5: ASVSPOOF2019_LA, **dict.fromkeys(asvspoof5.UTTERANCE_LAYOUTS, ASVSPOOF5)}
+_TRIAL_LAYOUTS = {4: ASVSPOOF2019_LA, **dict.fromkeys(asvspoof5.TRIAL_LAYOUTS, ASVSPOOF5)}
 
 
 def dataset(config: Mapping[str, Any]) -> str:
@@ -36,8 +47,24 @@ def cm_list(config: Mapping[str, Any], partition: str) -> str:
     return config["dirs"][f"cm_{part}_list"]
 
 
-def read_cm_entries(path: str | Path, name: str = ASVSPOOF2019_LA) -> list[CMEntry]:
-    """A CM protocol of dataset `name` as CMEntry records (attack "-" for bona fide, as in 2019 LA)."""
+def list_dataset(path: str | Path, layouts: Mapping[int, str], what: str) -> str:
+    """The dataset whose layout the first line of the list `path` has, told by its number of columns."""
+    lines = read_fields(path, "protocol file")
+    if not lines:
+        return ASVSPOOF2019_LA  # its reader names the empty file
+    number, fields = lines[0]
+    if len(fields) not in layouts:
+        counts = {name: " or ".join(str(n) for n, owner in layouts.items() if owner == name)
+                  for name in dict.fromkeys(layouts.values())}
+        raise ProtocolError(f"{path}:{number}: not a {what} of ASVspoof 2019 LA ({counts[ASVSPOOF2019_LA]} "
+                            f"columns) or ASVspoof 5 ({counts[ASVSPOOF5]} columns); got {len(fields)} fields")
+    return layouts[len(fields)]
+
+
+def read_cm_entries(path: str | Path, name: str | None = ASVSPOOF2019_LA) -> list[CMEntry]:
+    """A CM protocol of dataset `name` (None: told by its columns) as CMEntry records (attack "-" for bona
+    fide, as in 2019 LA)."""
+    name = name or list_dataset(path, _CM_LAYOUTS, "CM protocol or utterance list")
     if name == ASVSPOOF5:
         return [CMEntry(e.speaker, e.utterance, "-" if e.key == asvspoof5.BONAFIDE else e.attack, e.key)
                 for e in asvspoof5.read_utterance_list(path)]
@@ -67,9 +94,10 @@ def trial_list(config: Mapping[str, Any], partition: str) -> str:
     return config["dirs"][key]
 
 
-def read_trials(path: str | Path, name: str = ASVSPOOF2019_LA) -> list[SASVTrial]:
-    """SASV trials of dataset `name`; ASVspoof 5's keys are target / nontarget / spoof already (SASV_KEYS).
-    A 3-column challenge list names no attack: its spoof trials get attack "-"."""
+def read_trials(path: str | Path, name: str | None = ASVSPOOF2019_LA) -> list[SASVTrial]:
+    """SASV trials of dataset `name` (None: told by its columns); ASVspoof 5's keys are target / nontarget /
+    spoof already (SASV_KEYS). A 3-column challenge list names no attack: its spoof trials get attack "-"."""
+    name = name or list_dataset(path, _TRIAL_LAYOUTS, "SASV trial list")
     if name == ASVSPOOF5:
         return [SASVTrial(t.speaker, t.utterance, t.attack or "-", t.key) for t in asvspoof5.read_trials(path)]
     return read_sasv_trials(path)

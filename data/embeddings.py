@@ -14,9 +14,13 @@ import numpy as np
 
 from runtime.errors import UserError
 
-# The globals a pickled dict of numpy vectors needs (numpy 1 and 2 module names).
+# The globals a pickled dict of numpy vectors needs (numpy 1 and 2 module names). Protocol 5, which
+# save_asv_embeddings.py writes, rebuilds arrays with _frombuffer (bytes -> array); protocol 2 stores bytes
+# through _codecs.encode (str -> bytes). Neither runs code.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("collections", "OrderedDict"),

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.audio import random_crop, read_audio
 from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
-from data.protocols import ProtocolError, read_cm_protocol, read_fields
+from data.protocols import CMEntry, ProtocolError, read_fields
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,10 @@ def read_voxceleb_train_list(path: str | Path, root: str | Path) -> list[Labelle
     return utterances
 
 
-def asvspoof_bonafide_utterances(protocol: str | Path, audio_dir: str | Path, audio_ext: str = "flac"
-                                 ) -> list[LabelledUtterance]:
-    """The bona fide utterances of a CM protocol, labelled by speaker, in protocol order."""
-    entries = [entry for entry in read_cm_protocol(protocol) if entry.key == "bonafide"]
+def asvspoof_bonafide_utterances(entries: Sequence[CMEntry], protocol: str | Path, audio_dir: str | Path,
+                                 audio_ext: str = "flac") -> list[LabelledUtterance]:
+    """The bona fide utterances of CM protocol entries (read from `protocol`), labelled by speaker, in order."""
+    entries = [entry for entry in entries if entry.key == "bonafide"]
     if not entries:
         raise ProtocolError(f"{protocol}: no bona fide utterance to train a speaker model on")
     return [LabelledUtterance(entry.speaker, Path(audio_dir) / f"{entry.utterance}.{audio_ext}") for entry in entries]

@@ -256,8 +256,8 @@ SCHEMA: dict = _section(
         asv_eval_enrollment_lists=Field(list, ["protocols/ASVspoof2019.LA.asv.eval.female.trn.txt",
                                                "protocols/ASVspoof2019.LA.asv.eval.male.trn.txt"],
                                         "eval speaker -> enrollment utterances (for save_asv_embeddings.py)"),
-        extra_trn_lists=Field(list, [], "extra CM-format training protocols (e.g. FAD), audio in the train flac "
-                              "folder"),
+        extra_trn_lists=Field(list, [], "extra training protocols (e.g. FAD) in the 2019 CM layout or an ASVspoof 5 "
+                              "utterance-list layout (told by the columns), audio in the train audio folder"),
         extra_trn_use=Field(str, "bonafide", "bonafide: extra speakers add bona fide trials only (FADbona); full: "
                             "spoof too (FADfull)",
                             choices=("bonafide", "full")),

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data import corpus
 from data.protocols import (
     CM_KEYS,
     SASV_KEYS,
     ProtocolError,
     check_unique,
-    read_cm_protocol,
     read_fields,
-    read_sasv_trials,
 )
 from runtime.files import write_text
 from scoring.score_files import format_score, parse_score, read_trial_scores
@@ -252,14 +251,14 @@ def track2_key_text(speakers: Sequence[str], filenames: Sequence[str], asv_keys:
 def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: str | Path | None = None
                          ) -> ScoredTrials:
     """The toolkit's SASV scores (`SPK UTT KEY score` in the order of `trial_path`, read by
-    `read_trial_scores`) with attack labels from the trial list's source column or, given, the CM protocol
-    (`SPK UTT - ATTACK KEY`). A `nan` score (a trial skipped for bad audio) leaves the trial out, as the
-    toolkit's metrics do."""
-    trials = read_sasv_trials(trial_path)
+    `read_trial_scores`) with attack labels from the trial list's attack column or, given, the CM protocol.
+    Either list may be ASVspoof 2019 LA's or ASVspoof 5's (told by its columns). A `nan` score (a trial
+    skipped for bad audio) leaves the trial out, as the toolkit's metrics do."""
+    trials = corpus.read_trials(trial_path, None)
     scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
     attacks = [t.attack for t in trials]
     if cm_protocol is not None:
-        entries = {entry.utterance: entry for entry in read_cm_protocol(cm_protocol)}
+        entries = {entry.utterance: entry for entry in corpus.read_cm_entries(cm_protocol, None)}
         for number, trial in enumerate(trials, start=1):
             entry = entries.get(trial.utterance)
             if entry is None or (entry.key == "spoof") != (trial.key == "spoof"):

@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
-from data.embeddings import EmbeddingError
+from data.embeddings import EmbeddingError, read_embeddings
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.checkpoint import load_checkpoint
+from runtime import files
 from runtime.config import ConfigError, build_config, load_config
 from training.tasks.b2 import B2Objective
 from training.trainer import Trainer
@@ -343,3 +344,19 @@ def test_the_real_data_config_has_the_baseline_recipe():
     assert (config["trial_sampling"], config["trials_per_epoch"]) == ("two_class", None)  # one trial per utterance
     assert config["b2"] == {"embeddings": "embeddings/", "hidden_dims": [256, 128, 64], "enrollment": "utterance",
                             "lr": 0.0001, "wd": 0.001, "lr_decay": 0.0001, "class_weights": [0.1, 0.9]}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_embedding_pickles_of_every_protocol_read_back(tmp_path, protocol):
+    """save_asv_embeddings.py writes protocol 5 (runtime.files.write_pickle); older tools wrote 2 to 4."""
+    table = {"LA_E_1": np.arange(4, dtype=np.float32), "LA_E_2": np.full((1, 4), 0.5, dtype=np.float32)}
+    path = tmp_path / "asv_embd_eval.pk"
+    if protocol == 5:
+        files.write_pickle(path, table)
+        assert pickle.loads(path.read_bytes())["LA_E_1"].dtype == np.float32
+    else:
+        path.write_bytes(pickle.dumps(table, protocol=protocol))
+    vectors = read_embeddings(path)
+    assert list(vectors) == ["LA_E_1", "LA_E_2"]
+    np.testing.assert_array_equal(vectors["LA_E_1"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(vectors["LA_E_2"], [0.5] * 4)

@@ -1,7 +1,7 @@
 """System `b2`: the SASV 2022 baseline B2, a DNN back-end trained on pre-extracted embeddings.
 
 Inputs are save_asv_embeddings.py's pickles in `b2.embeddings`. A training trial is drawn per
-(seed, epoch, index) from dirs.cm_trn_list by data.trials.TrialSampler (`trial_sampling`, two_class by
+(seed, epoch, index) from the training list (data.corpus) by data.trials.TrialSampler (`trial_sampling`, two_class by
 default as in the baseline: half target bona fide, a quarter zero-effort nontarget, a quarter spoof of
 the claimed speaker); its enrollment side is the ASV embedding of one bona fide utterance of the claimed
 speaker (or, with `b2.enrollment: speaker_model`, the speaker's mean without the test utterance). The

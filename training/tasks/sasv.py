@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from data import corpus
 from data.datasets import EpochSampler, leave_signals_to_main_process
-from data.protocols import read_cm_protocol, speaker_utterances
+from data.protocols import speaker_utterances
 from data.trials import TrialSampler
 from losses import build_loss
 from models.build import apply_kernel_options, build_sasv_model
@@ -45,7 +45,7 @@ def training_sampler(config: Config) -> tuple[TrialSampler, int]:
     speakers = speaker_utterances(entries)
     extra: dict = {}
     for path in config["dirs"]["extra_trn_lists"]:
-        for speaker, lists in speaker_utterances(read_cm_protocol(path)).items():
+        for speaker, lists in speaker_utterances(corpus.read_cm_entries(path, None)).items():
             merged = extra.setdefault(speaker, {"bonafide": [], "spoof": []})
             merged["bonafide"] += lists["bonafide"]
             merged["spoof"] += lists["spoof"]
