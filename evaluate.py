@@ -7,8 +7,9 @@ Inputs (one kind per call):
   --cm SCORES --cm_keys KEYS           ASVspoof 5 Track 1 files: `filename cm-score`, `filename cm-label [attack]
                                        [codec]`
   --sasv_scores FILE --trials PROTOCOL this toolkit's `SPK UTT KEY score` (scores/eval.txt, score_SASV_eval.txt)
-                                       and its trial list `SPK UTT ATTACK KEY`; --cm_protocol takes the attack
-                                       labels from an ASVspoof 2019 LA CM protocol (`SPK UTT - ATTACK KEY`) instead
+                                       and its trial list (`SPK UTT ATTACK KEY`, or an ASVspoof 5 Track 2 trial
+                                       list); --cm_protocol takes the attack labels from a CM protocol instead
+                                       (`SPK UTT - ATTACK KEY`, or an ASVspoof 5 utterance list)
   --metrics_csv FILE                   also plot training curves from main.py's metrics.csv
 Writes into --out (default `report`): report.json, report.md, report.csv and PNG plots (docs/evaluation.md),
 and prints the pooled line. Bad input: one line naming the file and line, and nothing written.
@@ -30,7 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cm", help="ASVspoof 5 Track 1 (CM) score file")
     parser.add_argument("--cm_keys", help="ASVspoof 5 Track 1 key file")
     parser.add_argument("--sasv_scores", help="this toolkit's SASV scores, `SPK UTT KEY score`")
-    parser.add_argument("--trials", help="the trial list of --sasv_scores (asv.{dev,eval}.gi.trl.txt)")
+    parser.add_argument("--trials", help="the trial list of --sasv_scores (asv.{dev,eval}.gi.trl.txt or "
+                                             "ASVspoof5.{dev,eval}.track_2.trial.tsv)")
     parser.add_argument("--cm_protocol", help="with --sasv_scores: attack labels from this CM protocol")
     parser.add_argument("--metrics_csv", help="main.py's metrics.csv: adds training.png")
     parser.add_argument("--out", default="report", help="output folder (default: report)")
