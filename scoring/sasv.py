@@ -215,8 +215,9 @@ def sasv_metrics(scores: np.ndarray, keys: list[str], skipped: np.ndarray | None
 
 
 def sasv_text(metrics: dict[str, float]) -> str:
-    """The one-line summary of `sasv_metrics`."""
-    return (f"SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER {100 * metrics['sv_eer']:.2f}%  "
+    """The one-line summary of `sasv_metrics`, led by ASVspoof 5's primary metric where it was computed."""
+    primary = f"a-DCF (ASVspoof 5) {metrics['a_dcf']:.4f}  " if metrics.get("a_dcf") is not None else ""
+    return (f"{primary}SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER {100 * metrics['sv_eer']:.2f}%  "
             f"SPF-EER {100 * metrics['spf_eer']:.2f}%  min a-DCF {metrics['min_a_dcf']:.4f}")
 
 

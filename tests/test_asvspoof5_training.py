@@ -82,6 +82,7 @@ def trained(release, tmp_path_factory):
     config_path.write_text(json.dumps(release_config(corpus, root)))
     result = run_main(config_path, work / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
+    (work / "exp" / "tiny5" / "stdout.txt").write_text(result.stdout)
     return config_path, work / "exp" / "tiny5"
 
 
@@ -115,6 +116,10 @@ def test_the_report_puts_a_dcf_first_and_has_a_row_per_codec(trained, release):
     _, experiment = trained
     report = json.loads((experiment / "report" / "report.json").read_text())
     assert report["metrics"][0] == "a_dcf"  # ASVspoof 5's primary metric
+    a_dcf = json.loads((experiment / "metrics_eval.json").read_text())["a_dcf"]
+    assert a_dcf == report["pooled"]["a_dcf"]
+    done = (experiment / "stdout.txt").read_text().splitlines()[-1]
+    assert done.startswith("done: ") and f"| eval a-DCF (ASVspoof 5) {a_dcf:.4f}  SASV-EER " in done, done
     codec_of = {line.split()[1]: line.split()[3] for line in
                 (root / "ASVspoof5.eval.track_1.tsv").read_text().splitlines()}
     trials = [line.split() for line in (root / "ASVspoof5.eval.track_2.trial.tsv").read_text().splitlines()]

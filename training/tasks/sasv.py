@@ -239,11 +239,13 @@ class SASVTask(Task):
         metrics = sasv_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if run.is_main:  # after sasv_metrics, which refuses non-finite scores with its own error
             metrics_csv = run.dir / "metrics.csv"
-            write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
-                              result.scores, result.skipped, cm=result.cm, asv=result.asv,
-                              codecs=corpus.utterance_codecs(self.config, "eval"),
-                              first=corpus.primary_metric(self.config),
-                              metrics_csv=metrics_csv if metrics_csv.is_file() else None)
+            first = corpus.primary_metric(self.config)
+            report = write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
+                                       result.scores, result.skipped, cm=result.cm, asv=result.asv,
+                                       codecs=corpus.utterance_codecs(self.config, "eval"), first=first,
+                                       metrics_csv=metrics_csv if metrics_csv.is_file() else None)
+            if first == "a_dcf" and report["pooled"]["a_dcf"] is not None:  # ASVspoof 5's primary metric
+                metrics["a_dcf"] = report["pooled"]["a_dcf"]
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
         return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,
