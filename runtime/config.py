@@ -193,7 +193,8 @@ SCHEMA: dict = _section(
                               "max_seg_per_spk)"),
         samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled"),
         train_list=Field(str, None, "VoxCeleb-style training list, 'speaker_id relative/path.wav' per line; default: "
-                         "the bona fide utterances of dirs.cm_trn_list"),
+                         "the bona fide utterances of the dataset's training list (dirs.cm_trn_list or "
+                         "dirs.asvspoof5_train_list)"),
         train_root=Field(str, None, "folder the train_list paths are relative to"),
         trial_list=Field(str, None, "VoxCeleb-style dev trials, 'label enrol/path.wav test/path.wav' (label 1 = "
                          "same speaker); default: the bona fide trials (target, nontarget) of dirs.sasv_dev_trial"),
@@ -292,7 +293,8 @@ SCHEMA: dict = _section(
     b2=_section(
         embeddings=Field(str, None, "system b2: folder with save_asv_embeddings.py's pickles asv_embd_{trn,dev,"
                          "eval}.pk, cm_embd_{trn,dev,eval}.pk and spk_model_{dev,eval}.pk; training trials are drawn "
-                         "from dirs.cm_trn_list (trial_sampling), dev / eval trials are dirs.sasv_{dev,eval}_trial"),
+                         "from the dataset's training list (trial_sampling), dev / eval trials are its trial lists "
+                         "(dirs.sasv_{dev,eval}_trial or dirs.asvspoof5_{dev,eval}_trial)"),
         hidden_dims=Field(list, [256, 128, 64], "widths of the DNN's hidden layers (Linear + LeakyReLU 0.3 each; "
                           "the baseline's dnn_l_nodes)"),
         enrollment=Field(str, "utterance", "enrollment side of a training trial: utterance (the baseline: the ASV "
