@@ -3,12 +3,19 @@
 Writes to --comment (default Exp-SASV):
   asv_embd_{trn,dev,eval}.pk, cm_embd_{trn,dev,eval}.pk   utterance id -> float32 vector
   spk_model_{dev,eval}.pk                                  speaker -> mean ASV embedding of its enrollment utterances
-With on_bad_audio: skip, unreadable utterances are left out (and listed on stderr).
+Every list is read and, with on_bad_audio: error, every audio file checked before any extraction; a
+partition's files are written together once all of them are computed. With on_bad_audio: skip,
+unreadable utterances are left out (and listed on stderr), and so is the model of a speaker with an
+unreadable enrollment utterance (as SASV scoring skips that speaker's trials).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from data import corpus
 from models.build import load_system
@@ -17,6 +24,7 @@ from runtime.cli import add_config_args, add_model_args, add_output_args, config
 from runtime.config import require_database
 from runtime.device import resolve_device
 from scoring.extraction import Extraction, extract
+from scoring.inputs import check_enrollment_audio, check_listed_audio
 from scoring.verification import speaker_model
 
 PARTITIONS = ("trn", "dev", "eval")  # the CM lists (data.corpus.cm_list) of the config's dataset
@@ -28,6 +36,23 @@ def parse_args() -> argparse.Namespace:
     add_model_args(parser, asv=True, cm=True)
     add_output_args(parser, list(PARTITIONS))
     return parser.parse_args()
+
+
+def speaker_models(asv_embedding: Callable, enrollment: dict[str, list[Path]], samples: int, options: Extraction,
+                   part: str, bad_audio: dict[str, str]) -> dict[str, np.ndarray]:
+    """speaker -> mean ASV embedding of its enrollment utterances, each embedded once. A speaker with an
+    unreadable enrollment utterance (on_bad_audio: skip) gets no model, so that save_asv_score.py skips its
+    trials, as SASV scoring does."""
+    paths = [path for utterances in enrollment.values() for path in utterances]
+    matrix = extract(paths, samples, {"asv": asv_embedding}, options, desc=f"{part} enrollment",
+                     bad_audio=bad_audio)["asv"].numpy()
+    models, row = {}, 0
+    for speaker, utterances in enrollment.items():
+        rows = range(row, row + len(utterances))
+        row += len(utterances)
+        if not any(str(paths[i]) in bad_audio for i in rows):
+            models[speaker] = speaker_model([matrix[i] for i in rows])
+    return models
 
 
 def main() -> None:
@@ -43,35 +68,33 @@ def main() -> None:
     if "cm" in loaded:
         networks["cm"] = lambda wave: model.cm_embedding(wave)[0]
     options = Extraction.from_config(config, device)
-    written = []
-    for part in args.partitions:
-        entries = corpus.cm_entries(config, part)
+    ext, check = config["audio_ext"], config["on_bad_audio"] == "error"
+    plans = {}
+    for part in args.partitions:  # every list read and every file checked before any extraction
+        utterances = [entry.utterance for entry in corpus.cm_entries(config, part)]
         folder = corpus.audio_dir(config, part)
-        utterances = [entry.utterance for entry in entries]
+        paths = [folder / f"{u}.{ext}" for u in utterances]
+        speakers = corpus.enrollment_utterances(config, part) if part != "trn" and "asv" in loaded else {}
+        enrollment = {speaker: [folder / f"{u}.{ext}" for u in utts] for speaker, utts in speakers.items()}
+        if check:
+            check_listed_audio(utterances, paths, corpus.cm_list(config, part))
+            if enrollment:
+                check_enrollment_audio(enrollment, corpus.enrollment_list(config, part))
+        plans[part] = (utterances, paths, enrollment)
+    written = []
+    for part, (utterances, paths, enrollment) in plans.items():
         bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
-        paths = [folder / f"{u}.{config['audio_ext']}" for u in utterances]
         embeddings = extract(paths, config["test_samples"], networks, options, desc=f"{part} utterances",
                              bad_audio=bad_audio)
         good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
-        for name, matrix in embeddings.items():
-            path = out / f"{name}_embd_{part}.pk"
-            files.write_pickle(path, {utterances[i]: matrix[i].numpy() for i in good})
-            written.append(path.name)
-        if part != "trn" and "asv" in loaded:
-            speakers = corpus.enrollment_utterances(config, part)
-            pairs = [(speaker, utt) for speaker, utts in speakers.items() for utt in utts]
-            enrollment_paths = [folder / f"{utt}.{config['audio_ext']}" for _, utt in pairs]
-            enrollment = extract(enrollment_paths, config["test_samples"], {"asv": model.asv_embedding}, options,
-                                 desc=f"{part} enrollment", bad_audio=bad_audio)["asv"].numpy()
-            usable = [str(path) not in bad_audio for path in enrollment_paths]
-            models = {}
-            for speaker in speakers:
-                rows = [i for i, (owner, _) in enumerate(pairs) if owner == speaker and usable[i]]
-                if rows:  # a speaker without any readable enrollment gets no model (its trials are then skipped)
-                    models[speaker] = speaker_model([enrollment[i] for i in rows])
-            path = out / f"spk_model_{part}.pk"
-            files.write_pickle(path, models)
-            written.append(path.name)
+        tables = {f"{name}_embd_{part}.pk": {utterances[i]: matrix[i].numpy() for i in good}
+                  for name, matrix in embeddings.items()}
+        if enrollment:
+            tables[f"spk_model_{part}.pk"] = speaker_models(model.asv_embedding, enrollment, config["test_samples"],
+                                                            options, part, bad_audio)
+        for name, table in tables.items():  # a partition's files are written together, once all are computed
+            files.write_pickle(out / name, table)
+            written.append(name)
         if bad_audio:
             shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])
             print(f"warning: {part}: {len(bad_audio)} audio file(s) skipped (on_bad_audio: skip), left out of the "

@@ -20,8 +20,8 @@ from runtime.cli import add_config_args, add_model_args, add_output_args, config
 from runtime.device import resolve_device
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
-from scoring.report import write_sasv_report
-from scoring.sasv import SASVScorer, sasv_metrics, skipped_summary, write_sasv_scores
+from scoring.report import primary_metric, write_sasv_report
+from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary, write_sasv_scores
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,13 +48,13 @@ def main() -> None:
             print(skipped_summary(scored, part), file=sys.stderr)
         result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,
                       skipped_audio=dict(sorted(scored.bad_audio.items())))
+        report = write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials,
+                                   scored.scores, scored.skipped, cm=scored.cm, asv=scored.asv, codecs=inputs.codecs,
+                                   first=corpus.primary_metric(config))
+        result.update(primary_metric(report))
         files.write_json(out / f"metrics_{part}.json", result)
-        write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials, scored.scores,
-                          scored.skipped, cm=scored.cm, asv=scored.asv,
-                          codecs=corpus.utterance_codecs(config, part), first=corpus.primary_metric(config))
-        print(f"{part}: SASV-EER {100 * result['sasv_eer']:.2f}%  SV-EER {100 * result['sv_eer']:.2f}%  "
-              f"SPF-EER {100 * result['spf_eer']:.2f}%  min a-DCF {result['min_a_dcf']:.4f} "
-              f"({len(inputs.trials) - scored.n_skipped} trials) -> {out / f'score_SASV_{part}.txt'}")
+        print(f"{part}: {sasv_text(result)} ({len(inputs.trials) - scored.n_skipped} trials) -> "
+              f"{out / f'score_SASV_{part}.txt'}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ protocol by partition goes through here, so the rest of the toolkit does not kno
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,40 @@ def cm_entries(config: Mapping[str, Any], partition: str) -> list[CMEntry]:
     return read_cm_entries(cm_list(config, partition), dataset(config))
 
 
-def utterance_codecs(config: Mapping[str, Any], partition: str) -> dict[str, str] | None:
-    """utterance -> codec condition ("-": not coded) from the partition's ASVspoof 5 utterance list, for the
-    per-codec report; None for a dataset without codec conditions."""
+def trial_codecs(config: Mapping[str, Any], partition: str, trials: Sequence[SASVTrial]) -> list[str] | None:
+    """The codec condition ("-": not coded) of each trial's test utterance, from the partition's ASVspoof 5
+    utterance list, for the per-codec report; None for a dataset without codec conditions. A test utterance
+    the list lacks is an error (counting it as uncoded would move it to the wrong row)."""
     if dataset(config) != ASVSPOOF5:
         return None
-    return {entry.utterance: entry.codec for entry in asvspoof5.read_utterance_list(cm_list(config, partition))}
+    list_path = cm_list(config, partition)
+    codec = {entry.utterance: entry.codec for entry in asvspoof5.read_utterance_list(list_path)}
+    for number, trial in enumerate(trials, start=1):
+        if trial.utterance not in codec:
+            raise ProtocolError(f"{trial_list(config, partition)}:{number}: test utterance {trial.utterance} is "
+                                f"not in {list_path}, which gives the codec condition of every trial")
+    return [codec[trial.utterance] for trial in trials]
+
+
+def label_attacks(trials: Sequence[SASVTrial], trial_path: str | Path, entries: Sequence[CMEntry],
+                  list_path: str | Path) -> list[SASVTrial]:
+    """`trials` with the attack of each spoof trial taken from an utterance list (`entries`, read from
+    `list_path`), for trial lists that name none (attack "-": ASVspoof 5's 3-column lists). Every test
+    utterance must be in the list, with the trial's key, and with the attack the trial list names if any."""
+    listed = {entry.utterance: entry for entry in entries}
+    labelled = []
+    for number, trial in enumerate(trials, start=1):
+        entry = listed.get(trial.utterance)
+        if entry is None:
+            raise ProtocolError(f"{trial_path}:{number}: test utterance {trial.utterance} is not in {list_path}")
+        if (entry.key == "spoof") != (trial.key == "spoof"):
+            raise ProtocolError(f"{trial_path}:{number}: trial key {trial.key!r}, but {trial.utterance} is "
+                                f"{entry.key!r} in {list_path}")
+        if trial.key == "spoof" and trial.attack not in ("-", entry.attack):
+            raise ProtocolError(f"{trial_path}:{number}: attack {trial.attack!r}, but {trial.utterance} is attack "
+                                f"{entry.attack!r} in {list_path}")
+        labelled.append(replace(trial, attack=entry.attack if trial.key == "spoof" else "bonafide"))
+    return labelled
 
 
 def primary_metric(config: Mapping[str, Any]) -> str:
@@ -104,7 +133,13 @@ def read_trials(path: str | Path, name: str | None = ASVSPOOF2019_LA) -> list[SA
 
 
 def sasv_trials(config: Mapping[str, Any], partition: str) -> list[SASVTrial]:
-    return read_trials(trial_list(config, partition), dataset(config))
+    """The partition's SASV trials; a list naming no attacks (ASVspoof 5, 3 columns) gets them from the
+    partition's utterance list."""
+    trials = read_trials(trial_list(config, partition), dataset(config))
+    if any(trial.key == "spoof" and trial.attack == "-" for trial in trials):
+        return label_attacks(trials, trial_list(config, partition), cm_entries(config, partition),
+                             cm_list(config, partition))
+    return trials
 
 
 def enrollment_list(config: Mapping[str, Any], partition: str) -> str | list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data import corpus
+from data.asvspoof5 import BONAFIDE
 from data.protocols import (
     CM_KEYS,
     SASV_KEYS,
@@ -138,8 +139,10 @@ def _read_keys(path: str | Path, trial_columns: tuple[str, ...], track2: bool) -
             asv_label = _label(fields[index["asv-label"]], SASV_KEYS, path, number, "asv-label")
             if (cm_label == "spoof") != (asv_label == "spoof"):
                 raise ProtocolError(f"{path}:{number}: cm-label {cm_label!r} does not match asv-label {asv_label!r}")
-        keys.append((number, trial, cm_label, asv_label, *(fields[index[name]] if name in index else None
-                                                             for name in ("attack", "codec"))))
+        attack, codec = (fields[index[name]] if name in index else None for name in ("attack", "codec"))
+        if cm_label == "spoof" and attack in (BONAFIDE, "-"):  # it would make a per-attack row of its own
+            raise ProtocolError(f"{path}:{number}: a spoof trial with attack {attack!r}; expected its attack id")
+        keys.append((number, trial, cm_label, asv_label, attack, codec))
     return keys, index
 
 
@@ -256,14 +259,11 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     skipped for bad audio) leaves the trial out, as the toolkit's metrics do."""
     trials = corpus.read_trials(trial_path, None)
     scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
-    attacks = [t.attack for t in trials]
     if cm_protocol is not None:
-        entries = {entry.utterance: entry for entry in corpus.read_cm_entries(cm_protocol, None)}
-        for number, trial in enumerate(trials, start=1):
-            entry = entries.get(trial.utterance)
-            if entry is None or (entry.key == "spoof") != (trial.key == "spoof"):
-                problem = "is not in" if entry is None else f"is {entry.key} in"
-                raise ProtocolError(f"{trial_path}:{number}: utterance {trial.utterance} {problem} {cm_protocol}")
-        attacks = [entries[t.utterance].attack for t in trials]
+        trials = corpus.label_attacks(trials, trial_path, corpus.read_cm_entries(cm_protocol, None), cm_protocol)
+    elif any(t.key == "spoof" and t.attack == "-" for t in trials):
+        raise ProtocolError(f"{trial_path}: the spoof trials name no attack (a 3-column trial list); give "
+                            f"--cm_protocol with the partition's utterance list for the per-attack table")
     return sasv_trials_from_scores(f"{path} (trials {trial_path})", [t.speaker for t in trials],
-                                   [t.key for t in trials], attacks, scores, skipped=np.isnan(scores))
+                                   [t.key for t in trials], [t.attack for t in trials], scores,
+                                   skipped=np.isnan(scores))

@@ -1,6 +1,7 @@
 """Where a config's trials and audio are: enrollment files, SASV scoring inputs, the database layout check."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class ScoringInputs:
     test_samples: int
     enrollment_samples: int
     audio_ext: str = "flac"
+    codecs: list[str] | None = None  # codec condition of each trial's test utterance (ASVspoof 5), for the report
 
     def test_path(self, utterance: str) -> Path:
         return self.test_dir / f"{utterance}.{self.audio_ext}"
@@ -39,9 +41,32 @@ def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
     return {speaker: folder / f"{stem}.flac" for speaker, stem in read_enrollment_files(listing).items()}
 
 
-def _listing_line(path: str | Path, speaker: str) -> int:
-    """The line of `path` that lists `speaker` first (for error messages)."""
-    return next((number for number, line in read_lines(path, "enrollment list") if line.split()[0] == speaker), 0)
+def _line_of(listing: str | Path | Sequence[str | Path], value: str, column: int) -> str:
+    """`file:line` of the first line of `listing` (a list file, or several) whose `column` is `value`."""
+    for path in [listing] if isinstance(listing, (str, Path)) else listing:
+        for number, line in read_lines(path, "list file"):
+            fields = line.split()
+            if len(fields) > column and fields[column] == value:
+                return f"{path}:{number}"
+    return str(listing)
+
+
+def check_enrollment_audio(enrollment: Mapping[str, Sequence[Path]], listing: str | Path | Sequence[str | Path]
+                           ) -> None:
+    """Every enrollment utterance of every speaker is there; the first missing one names the line of the
+    enrollment list (`listing`) that lists its speaker."""
+    for speaker, paths in enrollment.items():
+        for path in paths:
+            if not path.is_file():
+                raise ProtocolError(f"{_line_of(listing, speaker, 0)}: enrollment utterance {path.stem} of speaker "
+                                    f"{speaker} is missing ({path})")
+
+
+def check_listed_audio(utterances: Sequence[str], paths: Sequence[Path], listing: str | Path) -> None:
+    """Every utterance of an utterance list (2nd column: CM protocols, ASVspoof 5 lists) has its audio file."""
+    for utterance, path in zip(utterances, paths):
+        if not path.is_file():
+            raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
 
 
 def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str]:
@@ -67,18 +92,17 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     enrollment, listing = enrollment_files(config, partition)
     check_trials_enrolled(trials, enrollment, trial_path, listing)
     if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead
-        for speaker in sorted({t.speaker for t in trials}):
-            for path in enrollment[speaker]:
-                if path.is_file():
-                    continue
-                if corpus.dataset(config) == corpus.ASVSPOOF5:
-                    raise ProtocolError(f"{listing}:{_listing_line(listing, speaker)}: enrollment utterance "
-                                        f"{path.stem} of speaker {speaker} is missing ({path})")
-                raise ProtocolError(f"{path}: enrollment file of speaker {speaker} is missing")
+        claimed = {speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})}
+        if corpus.dataset(config) == corpus.ASVSPOOF5:
+            check_enrollment_audio(claimed, listing)
+        for speaker, paths in claimed.items():  # ASVspoof 2019 LA: one concatenated file per speaker
+            if not paths[0].is_file():
+                raise ProtocolError(f"{paths[0]}: enrollment file of speaker {speaker} is missing")
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],
-                         enrollment_samples=samples, audio_ext=config["audio_ext"])
+                         enrollment_samples=samples, audio_ext=config["audio_ext"],
+                         codecs=corpus.trial_codecs(config, partition, trials))
 
 
 def check_data_layout(config: Config) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,16 +240,23 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
     return report
 
 
+def primary_metric(report: dict[str, Any]) -> dict[str, float]:
+    """{"a_dcf": value} when the report leads with ASVspoof 5's a-DCF (and it was computable), else {}: what
+    metrics_*.json and the log lines add on that benchmark."""
+    value = report[POOLED].get("a_dcf")
+    return {"a_dcf": value} if report["metrics"][0] == "a_dcf" and value is not None else {}
+
+
 def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
                       skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
-                      asv: np.ndarray | None = None, codecs: Mapping[str, str] | None = None,
+                      asv: np.ndarray | None = None, codecs: Sequence[str] | None = None,
                       first: str | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
     official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
     parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
     speakers, utterances = [t.speaker for t in trials], [t.utterance for t in trials]
     keys, attacks = [t.key for t in trials], [t.attack for t in trials]
-    codec = None if codecs is None else [codecs.get(utterance, "-") for utterance in utterances]
+    codec = None if codecs is None else list(codecs)  # one per trial
     scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}

@@ -110,6 +110,8 @@ def _set(lines: list[str], row: int, column: int, value: str) -> list[str]:
     (2, [*SCORES, SCORES[3]], KEYS, "s.tsv:8", "duplicate trial S1 U2 (first on line 4)"),
     (2, SCORES, [*KEYS, KEYS[3]], "k.tsv:8", "duplicate trial S1 U2 (first on line 4)"),
     (2, SCORES, _set(KEYS, 4, 5, ""), "k.tsv:5", "expected 6 tab-separated fields"),
+    (2, SCORES, _set(KEYS, 3, 4, "bonafide"), "k.tsv:4", "a spoof trial with attack 'bonafide'"),
+    (2, SCORES, _set(KEYS, 6, 4, "-"), "k.tsv:7", "a spoof trial with attack '-'"),
     (1, T1_SCORES[1:], T1_KEYS, "s.tsv:1", "header must be"),
     (1, T1_SCORES[:-1], T1_KEYS, "s.tsv", "no score for trial U3 (k.tsv:4)"),
     (1, _set(T1_SCORES, 2, 1, "inf"), T1_KEYS, "s.tsv:3", "cm-score 'inf' is not finite"),

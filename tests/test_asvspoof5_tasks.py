@@ -25,6 +25,7 @@ from metrics.eer import roc_eer
 from models.build import build_sasv_model
 from models.checkpoint import load_checkpoint, load_sasv_weights
 from runtime.config import build_config, load_config
+from scoring.inputs import scoring_inputs
 from training.tasks.sasv import training_sampler
 
 
@@ -199,3 +200,84 @@ def test_extra_training_lists_are_read_in_either_layout(release, tmp_path):
                                             r"LA \(5 columns\) or ASVspoof 5 \(10 or 6 columns\); got 7 fields"):
         training_sampler(build_config(config))
 
+
+
+def _copy_release(root: Path, target: Path) -> Path:
+    target.mkdir()
+    """A copy of the release's lists under `target`, its audio folders linked."""
+    for path in root.iterdir():
+        if path.is_dir():
+            (target / path.name).symlink_to(path.resolve(), target_is_directory=True)
+        else:
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_three_column_trials_take_their_attacks_from_the_track_1_list(release, tmp_path, capsys, monkeypatch):
+    corpus, root = release
+    copy = _copy_release(root, tmp_path / "release")
+    trial_path = copy / "ASVspoof5.dev.track_2.trial.tsv"
+    listed = lines(trial_path)
+    trial_path.write_text("".join(f"{f[0]} {f[1]} {f[4]}\n" for f in listed))  # the challenge's 3 columns
+    inputs = scoring_inputs(build_config(release_config(corpus, copy)), "dev")
+    attack = {f[1]: f[7] for f in lines(copy / "ASVspoof5.dev.track_1.tsv")}
+    assert [t.attack for t in inputs.trials] == [attack[f[1]] if f[4] == "spoof" else "bonafide" for f in listed]
+    codec = {f[1]: f[3] for f in lines(copy / "ASVspoof5.dev.track_1.tsv")}
+    assert inputs.codecs == [codec[f[1]] for f in listed]
+
+    scores = tmp_path / "scores.txt"
+    scores.write_text("".join(f"{f[0]} {f[1]} {f[4]} {index * 0.1}\n" for index, f in enumerate(listed)))
+    common = ["--sasv_scores", str(scores), "--trials", str(trial_path), "--out", str(tmp_path / "report")]
+    status, _, err = run_script("evaluate.py", common, capsys, monkeypatch)
+    assert status == 2 and "the spoof trials name no attack (a 3-column trial list); give --cm_protocol" in err
+    status, _, err = run_script("evaluate.py", [*common, "--cm_protocol", str(copy / "ASVspoof5.dev.track_1.tsv")],
+                                capsys, monkeypatch)
+    assert status == 0, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sorted(report["per_attack"]) == sorted({attack[f[1]] for f in listed if f[4] == "spoof"})
+
+
+def test_a_trial_missing_from_the_track_1_list_stops_before_scoring(release, joint, tmp_path, capsys, monkeypatch):
+    corpus, root = release
+    copy = _copy_release(root, tmp_path / "release")
+    test_utterance = lines(copy / "ASVspoof5.eval.track_2.trial.tsv")[4][1]
+    track_1 = copy / "ASVspoof5.eval.track_1.tsv"
+    track_1.write_text("".join(" ".join(f) + "\n" for f in lines(track_1) if f[1] != test_utterance))
+    config = write(tmp_path / "c.conf", release_config(corpus, copy, epoch=1))
+    status, _, err = run_script("save_sasv_score.py", ["--config", str(config), "--model", str(joint[1]),
+                                                       "--comment", str(tmp_path / "out")], capsys, monkeypatch)
+    assert status == 2 and err.strip() == (
+        f"error: {copy / 'ASVspoof5.eval.track_2.trial.tsv'}:5: test utterance {test_utterance} is not in {track_1}, "
+        f"which gives the codec condition of every trial"), err
+    assert not list((tmp_path / "out").glob("*eval*"))
+
+
+def test_embedding_export_checks_every_file_before_writing(release, joint, tmp_path, capsys, monkeypatch):
+    corpus, root = release
+    copy = _copy_release(root, tmp_path / "release")
+    (copy / "flac_D").unlink()
+    (copy / "flac_D").mkdir()
+    enrolled = lines(copy / "ASVspoof5.dev.track_2.enroll.tsv")
+    speaker, utterances = enrolled[1][0], enrolled[1][1].split(",")
+    for path in (root / "flac_D").iterdir():
+        if path.stem != utterances[1]:
+            (copy / "flac_D" / path.name).symlink_to(path.resolve())
+    config = write(tmp_path / "c.conf", release_config(corpus, copy, epoch=1))
+    common = ["--config", str(config), "--model", str(joint[1]), "--comment", str(tmp_path / "out"),
+              "--partitions", "dev"]
+    status, _, err = run_script("save_asv_embeddings.py", common, capsys, monkeypatch)
+    assert status == 2 and err.strip() == (
+        f"error: {copy / 'ASVspoof5.dev.track_2.enroll.tsv'}:2: enrollment utterance {utterances[1]} of speaker "
+        f"{speaker} is missing ({copy / 'flac_D' / (utterances[1] + '.flac')})"), err
+    assert not list((tmp_path / "out").iterdir())
+    # with on_bad_audio: skip, that speaker gets no model, so its trials are skipped as SASV scoring skips them
+    status, _, err = run_script("save_asv_embeddings.py", [*common, "--set", "on_bad_audio=skip"], capsys, monkeypatch)
+    assert status == 0, err
+    models = pickle.loads((tmp_path / "out" / "spk_model_dev.pk").read_bytes())
+    assert sorted(models) == sorted(f[0] for f in enrolled if f[0] != speaker)
+    status, _, err = run_script("save_asv_score.py", ["--config", str(config), "--comment", str(tmp_path / "out"),
+                                                      "--partitions", "dev", "--set", "on_bad_audio=skip"],
+                                capsys, monkeypatch)
+    assert status == 0, err
+    metrics = json.loads((tmp_path / "out" / "metrics_ASV_dev.json").read_text())
+    assert metrics["n_skipped_trials"] == sum(f[0] == speaker for f in lines(copy / "ASVspoof5.dev.track_2.trial.tsv"))

@@ -160,16 +160,28 @@ def test_pooled_equals_sasv_metrics_and_skipped_trials_are_left_out(tmp_path, ca
     assert float(rows[0]["sasv_eer"]) == expected["sasv_eer"]
 
 
-def test_cm_protocol_gives_the_attack_labels(tmp_path, capsys, monkeypatch):
+def test_cm_protocol_attack_labels_must_agree_with_the_trial_list(tmp_path, capsys, monkeypatch):
     trial_path, score_path, _, _ = _toolkit_files(tmp_path)
     trials = read_sasv_trials(trial_path)
     protocol = tmp_path / "cm.txt"
-    protocol.write_text("".join(f"{t.speaker} {t.utterance} - {'-' if t.key != 'spoof' else 'A1' + t.attack[-1]} "
-                                f"{'spoof' if t.key == 'spoof' else 'bonafide'}\n" for t in trials))
-    status, _, err = evaluate(capsys, monkeypatch, "--sasv_scores", str(score_path), "--trials", str(trial_path),
-                              "--cm_protocol", str(protocol), "--out", str(tmp_path / "out"))
+
+    def run(attack_of) -> tuple[int, str]:
+        protocol.write_text("".join(f"{t.speaker} {t.utterance} - {'-' if t.key != 'spoof' else attack_of(t)} "
+                                    f"{'spoof' if t.key == 'spoof' else 'bonafide'}\n" for t in trials))
+        status, _, err = evaluate(capsys, monkeypatch, "--sasv_scores", str(score_path), "--trials", str(trial_path),
+                                  "--cm_protocol", str(protocol), "--out", str(tmp_path / "out"))
+        return status, err
+
+    status, err = run(lambda t: t.attack)
     assert status == 0, err
-    assert sorted(json.loads((tmp_path / "out" / "report.json").read_text())["per_attack"]) == ["A17", "A18"]
+    assert sorted(json.loads((tmp_path / "out" / "report.json").read_text())["per_attack"]) == ["A07", "A08"]
+    (tmp_path / "out" / "report.json").unlink()
+    status, err = run(lambda t: "A1" + t.attack[-1])  # a relabelled protocol would silently rename the rows
+    first = next(number for number, t in enumerate(trials, start=1) if t.key == "spoof")
+    assert status == 2 and err.strip() == (f"error: {trial_path}:{first}: attack {trials[first - 1].attack!r}, but "
+                                           f"{trials[first - 1].utterance} is attack "
+                                           f"'A1{trials[first - 1].attack[-1]}' in {protocol}")
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_plots_are_pngs(track_files, tmp_path, capsys, monkeypatch):

@@ -30,7 +30,7 @@ from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
 from scoring.extraction import EmbeddingCache
 from scoring.inputs import scoring_inputs
-from scoring.report import write_sasv_report
+from scoring.report import primary_metric, write_sasv_report
 from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary, write_sasv_scores
 from training.frozen_cache import training_inputs
 from training.task import Run, Task
@@ -239,13 +239,11 @@ class SASVTask(Task):
         metrics = sasv_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
         if run.is_main:  # after sasv_metrics, which refuses non-finite scores with its own error
             metrics_csv = run.dir / "metrics.csv"
-            first = corpus.primary_metric(self.config)
             report = write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
                                        result.scores, result.skipped, cm=result.cm, asv=result.asv,
-                                       codecs=corpus.utterance_codecs(self.config, "eval"), first=first,
+                                       codecs=inputs.codecs, first=corpus.primary_metric(self.config),
                                        metrics_csv=metrics_csv if metrics_csv.is_file() else None)
-            if first == "a_dcf" and report["pooled"]["a_dcf"] is not None:  # ASVspoof 5's primary metric
-                metrics["a_dcf"] = report["pooled"]["a_dcf"]
+            metrics.update(primary_metric(report))
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
         return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,
