@@ -24,7 +24,7 @@ from runtime.cli import add_config_args, add_model_args, add_output_args, config
 from runtime.config import require_database
 from runtime.device import resolve_device
 from scoring.extraction import Extraction, extract
-from scoring.inputs import check_enrollment_audio, check_listed_audio
+from scoring.inputs import check_enrollment_audio, listed_audio
 from scoring.verification import speaker_model
 
 PARTITIONS = ("trn", "dev", "eval")  # the CM lists (data.corpus.cm_list) of the config's dataset
@@ -68,18 +68,16 @@ def main() -> None:
     if "cm" in loaded:
         networks["cm"] = lambda wave: model.cm_embedding(wave)[0]
     options = Extraction.from_config(config, device)
-    ext, check = config["audio_ext"], config["on_bad_audio"] == "error"
+    ext = config["audio_ext"]
     plans = {}
     for part in args.partitions:  # every list read and every file checked before any extraction
         utterances = [entry.utterance for entry in corpus.cm_entries(config, part)]
-        folder = corpus.audio_dir(config, part)
-        paths = [folder / f"{u}.{ext}" for u in utterances]
+        paths = listed_audio(config, part, utterances, corpus.cm_list(config, part))
         speakers = corpus.enrollment_utterances(config, part) if part != "trn" and "asv" in loaded else {}
+        folder = corpus.audio_dir(config, part)
         enrollment = {speaker: [folder / f"{u}.{ext}" for u in utts] for speaker, utts in speakers.items()}
-        if check:
-            check_listed_audio(utterances, paths, corpus.cm_list(config, part))
-            if enrollment:
-                check_enrollment_audio(enrollment, corpus.enrollment_list(config, part))
+        if enrollment and config["on_bad_audio"] == "error":
+            check_enrollment_audio(enrollment, corpus.enrollment_list(config, part))
         plans[part] = (utterances, paths, enrollment)
     written = []
     for part, (utterances, paths, enrollment) in plans.items():

@@ -24,6 +24,7 @@ from runtime.config import require_database
 from runtime.device import resolve_device
 from scoring.countermeasure import cm_logits, cm_metrics
 from scoring.extraction import Extraction
+from scoring.inputs import listed_audio
 from scoring.score_files import read_asv_score_file, write_scores
 
 
@@ -43,11 +44,13 @@ def main() -> None:
     require_database(config)
     options = Extraction.from_config(config, device)
     out = files.output_folder(args.comment, "--comment")
-    for part in args.partitions:
-        entries = corpus.cm_entries(config, part)
-        folder = corpus.audio_dir(config, part)
+    lists = {part: corpus.cm_entries(config, part) for part in args.partitions}
+    # every list read and every file checked before any scoring
+    audio = {part: listed_audio(config, part, [e.utterance for e in entries], corpus.cm_list(config, part))
+             for part, entries in lists.items()}
+    for part, entries in lists.items():
         bad_audio: dict[str, str] = {}
-        paths = [folder / f"{e.utterance}.{config['audio_ext']}" for e in entries]
+        paths = audio[part]
         logits = cm_logits(lambda wave: model.cm_embedding(wave)[1], paths, config["test_samples"], options,
                            desc=f"{part} CM", bad_audio=bad_audio)
         bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)

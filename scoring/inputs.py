@@ -62,11 +62,17 @@ def check_enrollment_audio(enrollment: Mapping[str, Sequence[Path]], listing: st
                                     f"{speaker} is missing ({path})")
 
 
-def check_listed_audio(utterances: Sequence[str], paths: Sequence[Path], listing: str | Path) -> None:
-    """Every utterance of an utterance list (2nd column: CM protocols, ASVspoof 5 lists) has its audio file."""
-    for utterance, path in zip(utterances, paths):
-        if not path.is_file():
-            raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
+def listed_audio(config: Config, partition: str, utterances: Sequence[str], listing: str | Path) -> list[Path]:
+    """The audio file of each utterance in the partition's folder. With on_bad_audio: error, a missing one
+    stops now, before any scoring, naming the line of `listing` that lists it (the utterance is the 2nd
+    column of CM protocols, trial lists and ASVspoof 5 lists alike)."""
+    folder, ext = corpus.audio_dir(config, partition), config["audio_ext"]
+    paths = [folder / f"{utterance}.{ext}" for utterance in utterances]
+    if config["on_bad_audio"] == "error":
+        for utterance, path in zip(utterances, paths):
+            if not path.is_file():
+                raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
+    return paths
 
 
 def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str]:
@@ -98,6 +104,7 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
         for speaker, paths in claimed.items():  # ASVspoof 2019 LA: one concatenated file per speaker
             if not paths[0].is_file():
                 raise ProtocolError(f"{paths[0]}: enrollment file of speaker {speaker} is missing")
+    listed_audio(config, partition, list(dict.fromkeys(t.utterance for t in trials)), trial_path)
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],

@@ -21,7 +21,7 @@ from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
 from runtime.config import Config, ConfigError, require_database
 from scoring.extraction import Extraction, extract_sharded
-from scoring.inputs import enrollment_files
+from scoring.inputs import check_enrollment_audio, enrollment_files, listed_audio
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
 
@@ -88,12 +88,16 @@ def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("ta
         enrollment, listing = enrollment_files(config, partition)
         enrollment_samples = config["enrollment_samples"][partition]
     check_trials_enrolled(trials, enrollment, trial_path, listing)
+    speakers = sorted({t.speaker for t in trials})
+    utterances = list(dict.fromkeys(t.utterance for t in trials))
+    test_files = dict(zip(utterances, listed_audio(config, partition, utterances, trial_path)))
+    if config["on_bad_audio"] == "error":  # stop now, not in the middle of scoring
+        check_enrollment_audio({speaker: enrollment[speaker] for speaker in speakers}, listing)
     return VerificationTrials(
         enrollment_ids=[t.speaker for t in trials], test_ids=[t.utterance for t in trials],
         keys=[t.key for t in trials],
-        enrollment_files={speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})},
-        enrollment_samples=enrollment_samples,
-        test_files={t.utterance: audio / f"{t.utterance}.{ext}" for t in trials}, test_samples=config["test_samples"],
+        enrollment_files={speaker: enrollment[speaker] for speaker in speakers},
+        enrollment_samples=enrollment_samples, test_files=test_files, test_samples=config["test_samples"],
         columns=([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]))
 
 

@@ -127,7 +127,7 @@ def _nan_wav(path: Path) -> None:
 
 
 DAMAGE = {
-    "missing": (lambda path: path.unlink(), "audio file not found"),
+    "missing": (lambda path: path.unlink(), "is missing ("),  # found before scoring, naming the list line
     "truncated": (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "truncated"),
     "corrupt": (lambda path: path.write_bytes(path.read_bytes()[:200] + bytes(range(256)) * 4
                                               + path.read_bytes()[1224:]), "cannot decode"),

@@ -27,6 +27,7 @@ from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
 from scoring.countermeasure import cm_logits, cm_metrics
 from scoring.extraction import bad_audio_warning, count_unscored
+from scoring.inputs import listed_audio
 from scoring.score_files import read_asv_score_file, write_scores
 from scoring.verification import asvspoof_trials, score_trials
 from training.task import Run
@@ -66,6 +67,8 @@ class CMTask(SubsystemTask):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=factor)
         self.dev_entries = corpus.cm_entries(config, "dev")
         self.eval_entries = corpus.cm_entries(config, "eval")
+        for partition, entries in (("dev", self.dev_entries), ("eval", self.eval_entries)):  # stop now, not later
+            listed_audio(config, partition, [e.utterance for e in entries], corpus.cm_list(config, partition))
         self._asv_scores: dict[str, dict[str, np.ndarray] | None] = {}
 
     def _build_network(self) -> nn.Module:
