@@ -101,9 +101,10 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
         claimed = {speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})}
         if corpus.dataset(config) == corpus.ASVSPOOF5:
             check_enrollment_audio(claimed, listing)
-        for speaker, paths in claimed.items():  # ASVspoof 2019 LA: one concatenated file per speaker
-            if not paths[0].is_file():
-                raise ProtocolError(f"{paths[0]}: enrollment file of speaker {speaker} is missing")
+        else:  # ASVspoof 2019 LA: one concatenated file per speaker
+            for speaker, paths in claimed.items():
+                if not paths[0].is_file():
+                    raise ProtocolError(f"{paths[0]}: enrollment file of speaker {speaker} is missing")
     listed_audio(config, partition, list(dict.fromkeys(t.utterance for t in trials)), trial_path)
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),
