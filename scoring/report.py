@@ -138,11 +138,15 @@ def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, An
     names = list(metric_names(trials))
     if first in names:
         names.insert(0, names.pop(names.index(first)))
+    try:
+        pooled = cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True)
+    except MetricError as error:  # say which scores lack a class
+        raise MetricError(f"{trials.source}: {error}") from None
     return {
         "source": trials.source,
         "metrics": names,
         "n_skipped_trials": trials.n_skipped,
-        POOLED: cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True),
+        POOLED: pooled,
         "per_attack": {attack: cell_metrics(trials, mask) for attack, mask in attacks.items()},
         "per_codec": {codec: cell_metrics(trials, mask) for codec, mask in codecs.items()},
     }

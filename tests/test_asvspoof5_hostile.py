@@ -117,6 +117,7 @@ def _set(lines: list[str], row: int, column: int, value: str) -> list[str]:
     (1, _set(T1_SCORES, 2, 1, "inf"), T1_KEYS, "s.tsv:3", "cm-score 'inf' is not finite"),
     (1, [*T1_SCORES, T1_SCORES[1]], T1_KEYS, "s.tsv:5", "duplicate trial U1 (first on line 2)"),
     (1, T1_SCORES, _set(T1_KEYS, 3, 3, ""), "k.tsv:4", "expected 4 tab-separated fields"),
+    (1, T1_SCORES, _set(T1_KEYS, 2, 1, "bonafide"), "s.tsv (keys k.tsv)", "no bona fide or no spoof CM trials"),
 ])
 def test_evaluate_refuses_bad_official_files(tmp_path, monkeypatch, capsys, track, scores, keys, where, message):
     monkeypatch.chdir(tmp_path)
