@@ -70,15 +70,13 @@ def load_partition(config: Config, part: str, asv_path: Path, cm_path: Path) -> 
     trials = corpus.sasv_trials(config, part)
     asv = read_trial_scores(asv_path, trial_path, trials)
     entries = corpus.cm_entries(config, part)
+    corpus.label_attacks(trials, trial_path, entries, protocol_path)  # protocols of one origin: same keys, attacks
     protocol = {entry.utterance: entry for entry in entries}
     by_utterance = read_cm_score_file(cm_path, protocol_path, entries)
     for number, trial in enumerate(trials, start=1):
         if trial.utterance not in by_utterance:
             raise ProtocolError(f"{cm_path}: no score for utterance {trial.utterance} of trial {number} of "
                                 f"{trial_path}")
-        if (protocol[trial.utterance].key == "spoof") != (trial.key == "spoof"):  # protocols of different origins
-            raise ProtocolError(f"{trial_path}:{number}: trial key {trial.key!r}, but {trial.utterance} is "
-                                f"{protocol[trial.utterance].key!r} in {protocol_path}")
     utterances = sorted(by_utterance)
     return PartitionScores(trials=trials, asv=asv, cm=np.array([by_utterance[t.utterance] for t in trials]),
                            cm_utterances=np.array([by_utterance[u] for u in utterances]),
