@@ -67,8 +67,10 @@ class CMTask(SubsystemTask):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=factor)
         self.dev_entries = corpus.cm_entries(config, "dev")
         self.eval_entries = corpus.cm_entries(config, "eval")
-        for partition, entries in (("dev", self.dev_entries), ("eval", self.eval_entries)):  # stop now, not later
-            listed_audio(config, partition, [e.utterance for e in entries], corpus.cm_list(config, partition))
+        # audio of the dev / eval lists, checked now (on_bad_audio: error) rather than after training
+        self.audio = {partition: listed_audio(config, partition, [e.utterance for e in entries],
+                                              corpus.cm_list(config, partition))
+                      for partition, entries in (("dev", self.dev_entries), ("eval", self.eval_entries))}
         self._asv_scores: dict[str, dict[str, np.ndarray] | None] = {}
 
     def _build_network(self) -> nn.Module:
@@ -144,12 +146,11 @@ class CMTask(SubsystemTask):
             _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
         return self.criterion(logits.float(), labels), None
 
-    def _score(self, partition: str, entries: Sequence[CMEntry], what: str) -> tuple[np.ndarray, dict]:
-        """Bona fide logits of `entries` and the counts of those not scored (bad audio)."""
+    def _score(self, partition: str, what: str) -> tuple[np.ndarray, dict]:
+        """Bona fide logits of the partition's CM list and the counts of those not scored (bad audio)."""
         config, bad_audio = self.config, {}
-        audio = corpus.audio_dir(config, partition)
         self.model.eval()
-        paths = [audio / f"{e.utterance}.{config['audio_ext']}" for e in entries]
+        paths = self.audio[partition]
         logits = cm_logits(lambda wave: self.model(wave)[1], paths, config["test_samples"],
                            self.run.extraction(f"the {what} scoring"), desc=f"{partition} CM", bad_audio=bad_audio)
         scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
@@ -169,11 +170,11 @@ class CMTask(SubsystemTask):
         return {"eer": result["eer"], "min_tdcf": result["min_tdcf"]}
 
     def validate(self, epoch: int) -> dict[str, float | None]:
-        scores, _ = self._score("dev", self.dev_entries, f"dev epoch {epoch + 1}")
+        scores, _ = self._score("dev", f"dev epoch {epoch + 1}")
         return self._metrics("dev", self.dev_entries, scores, f"dev_epoch_{epoch + 1:03d}.txt")
 
     def evaluate(self) -> dict | None:
-        scores, skipped = self._score("eval", self.eval_entries, "eval")
+        scores, skipped = self._score("eval", "eval")
         return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores),
                 **skipped}
 
