@@ -90,7 +90,13 @@ def _require_codes(codes: np.ndarray, names: tuple[str, ...], what: str) -> None
 
 def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
     """`track1_metrics` of validated (finite float64, non-empty) bona fide and spoof CM scores."""
-    frr, far, thresholds = det_curve(bona, spoof)
+    return track1_from_det(det_curve(bona, spoof), bona, spoof)
+
+
+def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: np.ndarray, spoof: np.ndarray
+                    ) -> dict[str, float]:
+    """`track1_from_scores`, given the DET curve (`det_curve(bona, spoof)`) of the same scores."""
+    frr, far, thresholds = det
     eer, _ = eer_from_det(frr, far, thresholds)
     p_bona = 1 - TRACK1_PSPOOF
     # min DCF: minimum over the EER sweep's points, normalised by the cheaper trivial system.
@@ -132,6 +138,12 @@ def min_tdcf_asvspoof5(cm_bonafide: Any, cm_spoof: Any, asv_rates: ASVErrorRates
             raise MetricError(f"no {name} trials: the t-DCF is undefined")
     if np.unique(np.concatenate((bona, spoof))).size < 3:
         raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
+    return min_tdcf_from_det(det_curve(bona, spoof), asv_rates)
+
+
+def min_tdcf_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], asv_rates: ASVErrorRates) -> float:
+    """`min_tdcf_asvspoof5` given the CM's DET curve (`det_curve(bona, spoof)`: both classes present, at
+    least 3 distinct scores)."""
     cost, rates = TDCF_COST, asv_rates
     c0 = cost.Ptrg * cost.Cmiss * rates.pmiss_target + cost.Pnontrg * cost.Cfa_asv * rates.pfa_nontarget
     c1 = cost.Ptrg * cost.Cmiss - c0
@@ -141,7 +153,7 @@ def min_tdcf_asvspoof5(cm_bonafide: Any, cm_spoof: Any, asv_rates: ASVErrorRates
     default = c0 + min(c1, c2)
     if default == 0:
         raise MetricError("t-DCF is undefined: the cost of the default system is 0 (error-free ASV, C2 = 0)")
-    pmiss_cm, pfa_cm, _ = det_curve(bona, spoof)
+    pmiss_cm, pfa_cm, _ = det
     return float(np.min((c0 + c1 * pmiss_cm + c2 * pfa_cm) / default))
 
 
@@ -255,12 +267,18 @@ def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray
 
 def _t_eer(cm: np.ndarray, asv: np.ndarray, codes: np.ndarray) -> float:
     """Accelerated concurrent t-EER (fraction) of validated per-trial CM/ASV scores and SASV key codes."""
-    counts = np.bincount(codes, minlength=3)
     _, sorted_codes = sort_by_score_then_class(asv, codes, 3)
+    return t_eer_from_sorted(sorted_codes, det_curve(cm[codes != 2], cm[codes == 2]))
+
+
+def t_eer_from_sorted(sorted_codes: np.ndarray, cm_det: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """`_t_eer` given the key codes of the trials in ascending order of ASV score (ties ordered by code)
+    and the CM's DET curve (bona fide = target and nontarget trials against the spoofs)."""
+    counts = np.bincount(sorted_codes, minlength=3)
     pmiss_asv = np.concatenate(([0.0], np.cumsum(sorted_codes == 0) / counts[0]))
     pfa_non = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 1) / counts[1]))
     pfa_spf = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 2) / counts[2]))
-    pmiss_cm, pfa_cm, _ = det_curve(cm[codes != 2], cm[codes == 2])
+    pmiss_cm, pfa_cm, _ = cm_det
     curves = (pmiss_cm, pfa_cm, pmiss_asv, pfa_non, pfa_spf)
 
     asv_step = pmiss_asv.size // _TEER_DECIMATED

@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from metrics.adcf import min_adcf
-from metrics.asvspoof5 import ASVSPOOF5_ASV_RATES, min_tdcf_asvspoof5, t_eer, track1_from_scores, track2_from_arrays
-from metrics.eer import as_scores, key_codes, sasv_eers
+from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
 from runtime.files import atomic_open, write_text
 from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
+from scoring.cells import TrialKinds, cm_cell, guarded, sasv_cell
 
 SASV_METRICS = ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf")
 TANDEM_METRICS = ("min_tdcf", "t_eer")
@@ -51,59 +50,26 @@ def metric_names(trials: ScoredTrials) -> tuple[str, ...]:
     return names
 
 
-def cell_metrics(trials: ScoredTrials, mask: np.ndarray, *, strict: bool = False) -> Cell:
-    """Trial counts and every metric of `metric_names` on the trials in `mask`.
+def _cell(trials: ScoredTrials, kinds: TrialKinds, keep: np.ndarray, names: tuple[str, ...], strict: bool
+          ) -> Cell:
+    """Trial counts and every metric of `names` on the trials in `keep` (`kinds` restricted to them).
 
     `strict` (the pooled cell): a metric that cannot be computed is a MetricError; otherwise it is None."""
     cell: Cell = {}
-    if trials.asv_keys is not None:
-        keys = trials.asv_keys[mask]
-        codes = key_codes(keys, keys.size)
-        counts = np.bincount(codes, minlength=3)
-        cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=int(counts[2]))
+    if kinds.sasv_codes is not None:
+        counts = np.bincount(kinds.sasv_codes[keep], minlength=3)
+        n_bona, n_spoof = int(counts[0] + counts[1]), int(counts[2])
+        cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=n_spoof)
     else:
-        spoof = int(np.count_nonzero(trials.cm_keys[mask] == "spoof"))
-        cell.update(n_bonafide=int(np.count_nonzero(mask)) - spoof, n_spoof=spoof)
-    names = metric_names(trials)
+        n_spoof = int(np.count_nonzero(keep & kinds.is_spoof))
+        n_bona = int(np.count_nonzero(keep)) - n_spoof
+        cell.update(n_bonafide=n_bona, n_spoof=n_spoof)
     cell.update({name: None for name in names})
     if trials.sasv is not None:
-        cell.update(_guarded(lambda: _sasv_cell(trials, mask, keys, codes), strict))
+        cell.update(guarded(lambda: sasv_cell(kinds, counts, strict), strict))
     if trials.cm is not None:
-        cell.update(_guarded(lambda: _cm_cell(trials, mask), strict))
+        cell.update(guarded(lambda: cm_cell(kinds, keep, n_bona, n_spoof), strict))
     return {name: _plain(value) for name, value in cell.items()}
-
-
-def _sasv_cell(trials: ScoredTrials, mask: np.ndarray, keys: np.ndarray, codes: np.ndarray) -> Cell:
-    sasv = trials.sasv[mask]
-    cell: Cell = dict(sasv_eers(sasv, keys))
-    cell["min_a_dcf"] = min_adcf(sasv, keys)[0]
-    cell["a_dcf"] = track2_from_arrays(None, None, sasv, codes, ASVSPOOF5_ASV_RATES)["a_dcf"]
-    if trials.cm is not None and trials.asv is not None:
-        # The tandem metrics can be undefined where the SASV ones are not (e.g. no ASV threshold in the t-EER's
-        # region): such a metric is None (`-` in the tables), never an error that loses the whole report.
-        cm, asv = trials.cm[mask], trials.asv[mask]
-        cell.update(_guarded(lambda: {"min_tdcf": min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2],
-                                                                     ASVSPOOF5_ASV_RATES)}, strict=False))
-        cell.update(_guarded(lambda: {"t_eer": t_eer(cm, asv, keys)}, strict=False))
-    return cell
-
-
-def _cm_cell(trials: ScoredTrials, mask: np.ndarray) -> Cell:
-    bona = trials.cm[mask & (trials.cm_keys == "bonafide")]
-    spoof = trials.cm[mask & (trials.cm_keys == "spoof")]
-    if not bona.size or not spoof.size:
-        raise MetricError("no bona fide or no spoof CM trials: the Track 1 metrics are undefined")
-    return track1_from_scores(bona, spoof)
-
-
-def _guarded(compute: Any, strict: bool) -> Cell:
-    """`compute()`, or nothing when a non-strict cell lacks what a metric needs."""
-    try:
-        return compute()
-    except MetricError:
-        if strict:
-            raise
-        return {}
 
 
 def _plain(value: Any) -> Any:
@@ -111,20 +77,48 @@ def _plain(value: Any) -> Any:
 
 
 def condition_masks(trials: ScoredTrials) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(attack -> every bona fide trial + that attack's spoofs, codec -> that codec's trials), sorted."""
+    """(attack -> that attack's spoofs, codec -> that codec's trials), each sorted by name."""
     is_spoof = trials.cm_keys == "spoof"
     attacks, codecs = {}, {}
     if trials.attack is not None:
-        for attack in sorted(set(trials.attack[is_spoof].tolist())):
-            attacks[attack] = ~is_spoof | (trials.attack == attack)
+        for attack in np.unique(trials.attack[is_spoof]).tolist():
+            attacks[attack] = is_spoof & (trials.attack == attack)
     if trials.codec is not None:
-        for codec in sorted(set(trials.codec.tolist())):
+        for codec in np.unique(trials.codec).tolist():
             codecs[codec] = trials.codec == codec
+    for name in (*attacks, *codecs):
+        if name == POOLED:
+            raise MetricError(f"{trials.source}: {POOLED!r} is reserved for the pooled row and column; rename "
+                              f"that attack or codec")
     return attacks, codecs
 
 
+def attack_codec_table(trials: ScoredTrials, names: tuple[str, ...]) -> dict[str, dict[str, Cell]]:
+    """{attack or "pooled": {codec or "pooled": cell}}, as the ASVspoof 5 package's full tables: a cell holds
+    the trials of its codec (all of them in the pooled column), of which every bona fide trial and the
+    spoofs of its attack (every spoof in the pooled row). The pooled cell is strict (see `_cell`)."""
+    is_spoof = trials.cm_keys == "spoof"
+    sasv_codes = None if trials.asv_keys is None else key_codes(trials.asv_keys, len(trials))
+    kinds = TrialKinds.of(sasv_codes, is_spoof, trials.sasv, trials.cm, trials.asv)
+    attacks, codecs = condition_masks(trials)
+    everything = np.ones(len(trials), dtype=bool)
+    table: dict[str, dict[str, Cell]] = {row: {} for row in (POOLED, *attacks)}
+    for column, in_codec in ((POOLED, everything), *codecs.items()):
+        column_kinds = kinds if column == POOLED else kinds.within(in_codec)
+        bona_fide = in_codec & ~is_spoof
+        for row in table:
+            if row == POOLED:
+                keep, cell_kinds = in_codec, column_kinds
+            else:
+                keep = bona_fide | (in_codec & attacks[row])
+                cell_kinds = column_kinds.within(keep)
+            table[row][column] = _cell(trials, cell_kinds, keep, names, strict=row == column == POOLED)
+    return table
+
+
 def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, Any]:
-    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec}; cells as `cell_metrics`.
+    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec, per_attack_codec}; cells as `_cell`.
+    `per_attack_codec` is `attack_codec_table` when the codecs are known, else {}.
     `first`: a metric the tables show first (the benchmark's primary one)."""
     if len(trials) == 0:
         raise MetricError(f"{trials.source}: no trials to report on")
@@ -134,21 +128,21 @@ def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, An
         values = getattr(trials, name)
         if values is not None and as_scores(values, f"{trials.source}: {name} scores").size != len(trials):
             raise MetricError(f"{trials.source}: {values.size} {name} scores for {len(trials)} trials")
-    attacks, codecs = condition_masks(trials)
     names = list(metric_names(trials))
-    if first in names:
-        names.insert(0, names.pop(names.index(first)))
     try:
-        pooled = cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True)
+        table = attack_codec_table(trials, tuple(names))
     except MetricError as error:  # say which scores lack a class
         raise MetricError(f"{trials.source}: {error}") from None
+    if first in names:
+        names.insert(0, names.pop(names.index(first)))
     return {
         "source": trials.source,
         "metrics": names,
         "n_skipped_trials": trials.n_skipped,
-        POOLED: pooled,
-        "per_attack": {attack: cell_metrics(trials, mask) for attack, mask in attacks.items()},
-        "per_codec": {codec: cell_metrics(trials, mask) for codec, mask in codecs.items()},
+        POOLED: table[POOLED][POOLED],
+        "per_attack": {attack: row[POOLED] for attack, row in table.items() if attack != POOLED},
+        "per_codec": {codec: cell for codec, cell in table[POOLED].items() if codec != POOLED},
+        "per_attack_codec": table if trials.codec is not None else {},
     }
 
 
