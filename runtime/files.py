@@ -91,6 +91,25 @@ def output_folder(path: str | Path, option: str) -> Path:
     return path
 
 
+def check_output_place(path: str | Path, option: str, *, folder: bool = True) -> Path:
+    """Refuse, before any work, an output place that cannot be written: a file where a folder goes (or a
+    folder where a file goes), a file among its parents, or a nearest existing folder that is not writable.
+    Creates nothing."""
+    path = Path(path)
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    if path.exists():
+        if path.is_dir() != folder:
+            raise UserError(f"{option} {path}: is a {other}; expected a {kind}")
+        existing = path if folder else path.parent
+    else:
+        existing = next(part for part in path.parents if part.exists())
+        if not existing.is_dir():
+            raise UserError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {existing} is not writable")
+    return path
+
+
 def atomic_copy(source: str | Path, target: str | Path) -> None:
     """Copy `source` to `target` through a temporary sibling, like every other written file."""
     with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
@@ -125,6 +144,7 @@ class StagedOutputs:
 
     def __init__(self) -> None:
         self._staging: dict[Path, Path] = {}  # destination folder -> its staging folder
+        self._created: list[Path] = []  # folders made for the outputs, removed again if nothing is committed
         self._files: dict[Path, Path] = {}  # final path -> staged path
         self._removed: set[Path] = set()
 
@@ -134,7 +154,9 @@ class StagedOutputs:
         folder = final.parent
         if folder not in self._staging:
             try:
+                missing = [part for part in (folder, *folder.parents) if not part.exists()]
                 folder.mkdir(parents=True, exist_ok=True)
+                self._created += missing  # deepest first
                 self._staging[folder] = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=TEMP_SUFFIX,
                                                               dir=folder))
             except OSError as error:
@@ -178,12 +200,19 @@ class StagedOutputs:
             final.unlink(missing_ok=True)
         for folder in {*(final.parent for final in self._files), *(final.parent for final in self._removed)}:
             fsync_folder(folder)
+        self._created.clear()
         self.discard()
 
     def discard(self) -> None:
         for staging in self._staging.values():
             shutil.rmtree(staging, ignore_errors=True)
         self._staging.clear()
+        for folder in self._created:  # nothing was committed: leave no empty output folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created.clear()
 
 
 @contextmanager

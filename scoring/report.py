@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
-from runtime.files import atomic_open, write_text
+from runtime.files import StagedOutputs, staged_outputs
 from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
 from scoring.cells import TrialKinds, cm_cell, guarded, sasv_cell
 
@@ -35,6 +36,12 @@ LABELS = {"sasv_eer": "SASV-EER", "sv_eer": "SV-EER", "spf_eer": "SPF-EER", "min
           "a_dcf": "min a-DCF (ASVspoof 5)", "min_tdcf": "min t-DCF", "t_eer": "t-EER", "min_dcf": "CM min DCF",
           "act_dcf": "CM act DCF", "cllr": "CM Cllr", "eer": "CM EER"}
 REPORT_FILES = ("report.json", "report.md", "report.csv")
+# Every figure a report may hold (scoring.plots), and the Track 2 files of write_sasv_report: a rerun into the
+# same folder deletes the ones it does not write, so that the folder holds one report.
+REPORT_PLOTS = ("det_sasv.png", "hist_sasv.png", "adcf.png", "det_cm.png", "hist_cm.png", "training.png")
+TRACK2_FILES = ("track2_scores.tsv", "track2_keys.tsv")
+# The metrics of the package's attack x codec tables, in its order: Track 2, then Track 1.
+FULL_TABLE_METRICS = ("a_dcf", "min_tdcf", "t_eer", "min_dcf", "eer", "cllr", "act_dcf")
 POOLED = "pooled"
 
 Cell = dict[str, Any]
@@ -193,16 +200,40 @@ def report_markdown(report: dict[str, Any]) -> str:
                   *_table(report, report["per_codec"], "codec"), ""]
     if not report["per_attack"] and not report["per_codec"]:
         lines += ["## Pooled", "", *_table(report, {}, "condition"), ""]
+    full = [name for name in FULL_TABLE_METRICS if name in report["metrics"]]
+    if report["per_attack_codec"] and full:
+        lines += ["## Per attack x codec", "",
+                  "As the ASVspoof 5 evaluation package prints them: rows are attacks (every bona fide trial plus "
+                  "that attack's spoofs), columns codecs (that codec's trials); `pooled` is every attack or codec.",
+                  ""]
+        for name in full:
+            lines += [f"### {LABELS[name]}{' (%)' if name in PERCENT else ''}", "",
+                      *_full_table(report["per_attack_codec"], name), ""]
     return "\n".join(lines)
 
 
+def _full_table(table: dict[str, dict[str, Cell]], name: str) -> list[str]:
+    """One metric's attack x codec table, in the package's number formats (1.3f percent for EERs, else 1.5f)."""
+    codecs = list(next(iter(table.values())))
+    lines = ["| attack | " + " | ".join(codecs) + " |", "| --- |" + " ---: |" * len(codecs)]
+    for attack, row in table.items():
+        values = ["-" if row[codec][name] is None else
+                  (f"{100 * row[codec][name]:1.3f}" if name in PERCENT else f"{row[codec][name]:1.5f}")
+                  for codec in codecs]
+        lines.append("| " + " | ".join([attack, *values]) + " |")
+    return lines
+
+
 def report_csv(report: dict[str, Any]) -> str:
-    """`group,condition,<counts>,<metrics>`: one row pooled, one per attack, one per codec (exact fractions)."""
+    """`group,condition,<counts>,<metrics>`: one row pooled, one per attack, one per codec, one per attack and
+    codec (condition `<attack> <codec>`), exact fractions."""
     counts = [name for name in report[POOLED] if name.startswith("n_")]
     columns = ["group", "condition", *counts, *report["metrics"]]
     rows = [(POOLED, POOLED, report[POOLED])]
     rows += [("attack", name, cell) for name, cell in report["per_attack"].items()]
     rows += [("codec", name, cell) for name, cell in report["per_codec"].items()]
+    rows += [("attack_codec", f"{attack} {codec}", cell) for attack, row in report["per_attack_codec"].items()
+             for codec, cell in row.items() if POOLED not in (attack, codec)]
     buffer = io.StringIO()
     buffer.write(",".join(columns) + "\n")
     for group, condition, cell in rows:
@@ -219,10 +250,14 @@ def _csv_field(text: str) -> str:
 
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
-                 extra_files: dict[str, str] | None = None, first: str | None = None) -> dict[str, Any]:
-    """Compute the report and render its plots, then write every file into `folder` (each atomically).
+                 extra_files: dict[str, str] | None = None, first: str | None = None,
+                 outputs: StagedOutputs | None = None) -> dict[str, Any]:
+    """Compute the report and render its plots, then write every file into `folder`, all or nothing: the files
+    are staged beside the folder and moved in together, and report files of an earlier run that this one
+    does not write (a plot) are deleted then. Any bad input raises before anything is written.
 
-    Any bad input raises before the first file is written. `extra_files`: name -> text written alongside."""
+    `extra_files`: name -> text written alongside. `outputs`: stage into the caller's set of files (committed
+    by the caller, with its other outputs) instead of one of the report's own."""
     from scoring.plots import render_plots  # matplotlib loads only when a report is written
 
     report = build_report(trials, first)
@@ -230,11 +265,13 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
              "report.csv": report_csv(report), **(extra_files or {})}
     images = render_plots(trials, metrics_csv)
     folder = Path(folder)
-    for name, text in texts.items():
-        write_text(folder / name, text)
-    for name, image in images.items():
-        with atomic_open(folder / name, "wb") as handle:
-            handle.write(image)
+    with nullcontext(outputs) if outputs is not None else staged_outputs() as staged:
+        for name, text in texts.items():
+            staged.write_text(folder / name, text)
+        for name, image in images.items():
+            staged.write_bytes(folder / name, image)
+        for name in (*REPORT_FILES, *REPORT_PLOTS, *TRACK2_FILES):
+            staged.remove(folder / name)  # kept when written above
     return report
 
 
@@ -248,7 +285,8 @@ def primary_metric(report: dict[str, Any]) -> dict[str, float]:
 def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
                       skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
                       asv: np.ndarray | None = None, codecs: Sequence[str] | None = None,
-                      first: str | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
+                      first: str | None = None, metrics_csv: str | Path | None = None,
+                      outputs: StagedOutputs | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
     official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
     parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
@@ -258,4 +296,4 @@ def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.
     scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}
-    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first)
+    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first, outputs=outputs)

@@ -356,3 +356,79 @@ def test_fuzzed_track_files_give_trials_or_one_line_error(tmp_path, scores, keys
         else:
             assert len(trials) and all(np.isfinite(part).all() for part in (trials.sasv, trials.cm, trials.asv)
                                        if part is not None)
+
+
+# ---------------------------------------------------------------------------- all-or-nothing report folders
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_rerun_into_the_same_folder_holds_only_its_own_files(track_files, tmp_path, capsys, monkeypatch):
+    """A CM-only report written over a Track 2 one: no SASV plot or table of the earlier run stays."""
+    _, files = track_files
+    out = tmp_path / "out"
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--out", str(out))
+    assert status == 0, err
+    assert {"det_sasv.png", "adcf.png", "det_cm.png"} <= set(_folder_state(out))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 0, err
+    assert sorted(_folder_state(out)) == ["det_cm.png", "hist_cm.png", "report.csv", "report.json", "report.md"]
+    assert json.loads((out / "report.json").read_text())["metrics"] == ["min_dcf", "act_dcf", "cllr", "eer"]
+
+
+def test_a_write_that_fails_keeps_the_earlier_report_whole(track_files, tmp_path, capsys, monkeypatch):
+    """A full disk at the third file of a rerun: one line naming the file's real path (not a temporary),
+    exit 1, the earlier report byte for byte, and no staging folder left behind."""
+    import errno
+    import os
+
+    from runtime import files as runtime_files
+
+    _, files = track_files
+    out = tmp_path / "out"
+    assert evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                    "--out", str(out))[0] == 0
+    before = _folder_state(out)
+    real_fsync, calls = runtime_files.os.fsync, []
+
+    def fsync_fails_at_the_third_file(descriptor):  # what a full disk does to a buffered write
+        calls.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(runtime_files.os, "fsync", fsync_fails_at_the_third_file)
+    status, out_text, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                                     str(files["sasv_keys"]), "--out", str(out))
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and out_text == "", err
+    assert f"{out / Path(calls[2]).name}: No space left on device" in lines[0] and ".tmp" not in lines[0]
+    assert _folder_state(out) == before
+    assert not [path for path in tmp_path.rglob(".*")]
+
+
+@pytest.mark.parametrize("place", ["file", "file_parent", "read_only"])
+def test_an_unwritable_out_is_refused_before_any_work(track_files, tmp_path, capsys, monkeypatch, place):
+    import os
+
+    _, files = track_files
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder\n")
+    out = {"file": blocker, "file_parent": blocker / "report", "read_only": tmp_path / "locked" / "report"}[place]
+    if place == "read_only":
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+        real_access = os.access  # root ignores permission bits: the check asks os.access, answered as for a user
+        monkeypatch.setattr("runtime.files.os.access",
+                            lambda path, mode: Path(path) != out.parent and real_access(path, mode))
+    read = []
+    monkeypatch.setattr("scoring.asvspoof5_files.read_track1", lambda *args: read.append(args))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and f"--out {out}" in err, err
+    assert read == [] and blocker.read_text() == "not a folder\n"
