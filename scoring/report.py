@@ -26,7 +26,7 @@ from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
 from runtime.files import StagedOutputs, staged_outputs
 from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
-from scoring.cells import TrialKinds, cm_cell, guarded, sasv_cell
+from scoring.cells import TrialKinds, cm_cell, cm_det, guarded, sasv_cell
 
 SASV_METRICS = ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf")
 TANDEM_METRICS = ("min_tdcf", "t_eer")
@@ -59,23 +59,23 @@ def metric_names(trials: ScoredTrials) -> tuple[str, ...]:
 
 def _cell(trials: ScoredTrials, kinds: TrialKinds, keep: np.ndarray, names: tuple[str, ...], strict: bool
           ) -> Cell:
-    """Trial counts and every metric of `names` on the trials in `keep` (`kinds` restricted to them).
+    """Trial counts and every metric of `names` on the trials in `keep` (flags over the set of `kinds`, whose
+    rankings are cut to them).
 
     `strict` (the pooled cell): a metric that cannot be computed is a MetricError; otherwise it is None."""
     cell: Cell = {}
     if kinds.sasv_codes is not None:
         counts = np.bincount(kinds.sasv_codes[keep], minlength=3)
-        n_bona, n_spoof = int(counts[0] + counts[1]), int(counts[2])
-        cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=n_spoof)
+        cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=int(counts[2]))
     else:
         n_spoof = int(np.count_nonzero(keep & kinds.is_spoof))
-        n_bona = int(np.count_nonzero(keep)) - n_spoof
-        cell.update(n_bonafide=n_bona, n_spoof=n_spoof)
+        cell.update(n_bonafide=int(np.count_nonzero(keep)) - n_spoof, n_spoof=n_spoof)
     cell.update({name: None for name in names})
+    cm = cm_det(kinds)  # one CM sort for the tandem and the Track 1 metrics
     if trials.sasv is not None:
-        cell.update(guarded(lambda: sasv_cell(kinds, counts, strict), strict))
+        cell.update(guarded(lambda: sasv_cell(kinds, counts, cm, strict), strict))
     if trials.cm is not None:
-        cell.update(guarded(lambda: cm_cell(kinds, keep, n_bona, n_spoof), strict))
+        cell.update(guarded(lambda: cm_cell(kinds, keep, cm), strict))
     return {name: _plain(value) for name, value in cell.items()}
 
 
@@ -108,16 +108,16 @@ def attack_codec_table(trials: ScoredTrials, names: tuple[str, ...]) -> dict[str
     sasv_codes = None if trials.asv_keys is None else key_codes(trials.asv_keys, len(trials))
     kinds = TrialKinds.of(sasv_codes, is_spoof, trials.sasv, trials.cm, trials.asv)
     attacks, codecs = condition_masks(trials)
-    everything = np.ones(len(trials), dtype=bool)
     table: dict[str, dict[str, Cell]] = {row: {} for row in (POOLED, *attacks)}
-    for column, in_codec in ((POOLED, everything), *codecs.items()):
-        column_kinds = kinds if column == POOLED else kinds.within(in_codec)
-        bona_fide = in_codec & ~is_spoof
+    for column, in_codec in ((POOLED, None), *codecs.items()):
+        # A codec's trials become a set of their own: its cells then cost the codec's size, not the list's.
+        column_kinds = kinds if in_codec is None else kinds.subset(in_codec)
+        members = slice(None) if in_codec is None else in_codec
         for row in table:
             if row == POOLED:
-                keep, cell_kinds = in_codec, column_kinds
+                keep, cell_kinds = np.ones(column_kinds.is_spoof.size, dtype=bool), column_kinds
             else:
-                keep = bona_fide | (in_codec & attacks[row])
+                keep = ~column_kinds.is_spoof | attacks[row][members]
                 cell_kinds = column_kinds.within(keep)
             table[row][column] = _cell(trials, cell_kinds, keep, names, strict=row == column == POOLED)
     return table

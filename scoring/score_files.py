@@ -41,6 +41,7 @@ def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
 NUMBER_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 NAN_PATTERN = r"[nN][aA][nN]"
 _NUMBER = re.compile(f"{NUMBER_PATTERN}|{NAN_PATTERN}")
+_INFINITE = re.compile(r"[+-]?(?:inf|infinity)", re.IGNORECASE)
 
 
 def parse_number(text: str) -> float | None:
@@ -51,6 +52,8 @@ def parse_number(text: str) -> float | None:
 def parse_score(path: str | Path, number: int, text: str, *, column: str = "score", allow_nan: bool = False) -> float:
     """The score field `text` of line `number`; `nan` (a trial left out for bad audio) only when `allow_nan`."""
     value = parse_number(text)
+    if _INFINITE.fullmatch(text):
+        value = float(text)  # named as what it is: a number, but not a finite one
     if value is None:
         raise ProtocolError(f"{path}:{number}: {column} {text!r} is not a number (expected decimal or scientific "
                             f"notation, e.g. -1.25 or 3.1e-05)")
