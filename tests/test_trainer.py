@@ -236,6 +236,7 @@ def holds_open(pid: int, path: Path) -> bool:
         return False
 
 
+@pytest.mark.slow  # a subprocess that imports torch: about 9 s on a busy machine
 def test_the_lock_dies_with_a_killed_run_though_its_loader_worker_lives_on(tmp_path):
     folder = tmp_path / "exp" / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER.format(repo=str(REPO), folder=str(folder))],
