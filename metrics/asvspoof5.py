@@ -88,29 +88,43 @@ def _require_codes(codes: np.ndarray, names: tuple[str, ...], what: str) -> None
 # ------------------------------------------------------------------------------------------ Track 1
 
 
+@dataclass(frozen=True)
+class BonaFideTerms:
+    """What Track 1 takes from the bona fide scores beside the DET curve: their share below the actual DCF's
+    threshold and their Cllr term; shared by report cells with the same bona fide trials."""
+
+    miss: float
+    cllr_term: float  # mean of log(1 + e^-score), nats
+
+    @classmethod
+    def of(cls, bona: np.ndarray) -> BonaFideTerms:
+        # logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
+        return cls(np.count_nonzero(bona < _TRACK1_THRESHOLD) / bona.size, np.mean(np.logaddexp(0.0, -bona)))
+
+
+# The actual DCF reads the scores as LLRs, with the threshold at the Bayes decision point -log(beta).
+_TRACK1_THRESHOLD = -np.log(TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * TRACK1_PSPOOF))
+
+
 def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
     """`track1_metrics` of validated (finite float64, non-empty) bona fide and spoof CM scores."""
-    return track1_from_det(det_curve(bona, spoof), bona, spoof)
+    return track1_from_det(det_curve(bona, spoof), BonaFideTerms.of(bona), spoof)
 
 
-def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: np.ndarray, spoof: np.ndarray
+def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: BonaFideTerms, spoof: np.ndarray
                     ) -> dict[str, float]:
-    """`track1_from_scores`, given the DET curve (`det_curve(bona, spoof)`) of the same scores."""
+    """`track1_from_scores`, given the DET curve (`det_curve(bona, spoof)`) and the terms of the bona fide
+    scores."""
     frr, far, thresholds = det
     eer, _ = eer_from_det(frr, far, thresholds)
     p_bona = 1 - TRACK1_PSPOOF
     # min DCF: minimum over the EER sweep's points, normalised by the cheaper trivial system.
     cost = TRACK1_CMISS * frr * p_bona + TRACK1_CFA * far * (1 - p_bona)
     min_dcf = float(np.min(cost)) / min(TRACK1_CMISS * p_bona, TRACK1_CFA * (1 - p_bona))
-    # actual DCF: scores read as LLRs, threshold at the Bayes decision point -log(beta).
-    beta = TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * TRACK1_PSPOOF)
-    threshold = -np.log(beta)
-    miss = np.count_nonzero(bona < threshold) / bona.size
-    false_alarm = np.count_nonzero(spoof >= threshold) / spoof.size
-    act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
+    false_alarm = np.count_nonzero(spoof >= _TRACK1_THRESHOLD) / spoof.size
+    act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * bona.miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
     act_dcf = act / min(TRACK1_CFA * TRACK1_PSPOOF, TRACK1_CMISS * (1 - TRACK1_PSPOOF))
-    # Cllr in bits; logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
-    cllr = 0.5 * (np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
+    cllr = 0.5 * (bona.cllr_term + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
     return {"min_dcf": float(min_dcf), "act_dcf": float(act_dcf), "cllr": float(cllr), "eer": float(eer)}
 
 

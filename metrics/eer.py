@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.interpolate import interp1d
-from scipy.optimize import brentq
 
 from metrics.errors import MetricError
 
@@ -90,6 +88,10 @@ def _eer_from_descending(scores_desc: np.ndarray, positive_desc: np.ndarray) -> 
     true_pos = np.concatenate(([0.0], true_pos))
     fpr = false_pos / false_pos[-1]
     tpr = true_pos / true_pos[-1]
+    # Imported here: scipy.interpolate takes a second to import, and a CM-only report never needs it.
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+
     # fpr is already non-decreasing, so interp1d's own stable sort would be the identity.
     tpr_at = interp1d(fpr, tpr, assume_sorted=True)
     # tpr_at(0) can be NaN (vertical first segment); brentq copes as in the reference.

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from runtime import distributed
 from runtime.config import Config, build_config, check_device_name, load_config
 from runtime.errors import RunFailure, UserError, unwrap_worker_error, worker_died
 from runtime.signals import RunInterrupted
@@ -43,10 +43,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.device:
         check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
-    if distributed.is_main():  # once per run, not once per torchrun process
+    if _is_main():  # once per run, not once per torchrun process
         for default, found in getattr(config, "found_protocols", {}).items():
             print(f"using protocol {found} ({default} does not exist)", file=sys.stderr)
     return config
+
+
+def _is_main() -> bool:
+    """runtime.distributed.is_main(), without importing torch into a process that never did (evaluate.py):
+    such a process has no process group, so its rank is torchrun's RANK, if any."""
+    distributed = sys.modules.get("runtime.distributed")
+    if distributed is None:
+        return os.environ.get("RANK", "0") == "0"
+    return distributed.is_main()
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, asv: bool, cm: bool) -> None:
@@ -89,7 +98,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except RunInterrupted as interruption:
-        if distributed.is_main():  # under torchrun every rank stops at the same point; one message is enough
+        if _is_main():  # under torchrun every rank stops at the same point; one message is enough
             print(str(interruption), file=sys.stderr)
         sys.exit(exit_status(interruption))
     except USER_ERRORS as error:

@@ -53,6 +53,7 @@ class ScoredTrials:
     asv: np.ndarray | None = None
     attack: np.ndarray | None = None
     codec: np.ndarray | None = None
+    asv_org: np.ndarray | None = None  # the organisers' ASV scores (Track 2 --asv_org), for the min t-DCF
     n_skipped: int = 0  # trials left out: their score was nan (on_bad_audio: skip)
 
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class ScoredTrials:
     def subset(self, keep: np.ndarray) -> ScoredTrials:
         """The trials where `keep` is True (every per-trial array cut alike)."""
         cut = {name: None if getattr(self, name) is None else getattr(self, name)[keep]
-               for name in ("cm_keys", "asv_keys", "sasv", "cm", "asv", "attack", "codec")}
+               for name in ("cm_keys", "asv_keys", "sasv", "cm", "asv", "asv_org", "attack", "codec")}
         return replace(self, **cut, n_skipped=self.n_skipped + int(np.size(keep) - np.count_nonzero(keep)))
 
 
@@ -177,25 +178,46 @@ def _score_column(path: str | Path, column: str, position: int, aligned: list[li
     return np.array([parse_score(path, line, field, column=column) for field, line in zip(fields, lines)])
 
 
-def _read_track2_columnar(score_path: str | Path, key_path: str | Path) -> ScoredTrials | None:
-    """`read_track2` through scoring.columnar, or None for the line reader to decide."""
-    keys = columnar.read_keys(key_path, ("spk", "filename"), True, _ALIASES)
+def _track2_keys(key_path: str | Path) -> tuple | None:
+    return columnar.read_keys(key_path, ("spk", "filename"), True, _ALIASES)
+
+
+def _read_track2_columnar(score_path: str | Path, key_path: str | Path, required: str, keys: tuple | None
+                          ) -> ScoredTrials | None:
+    """`_read_track2_file` through scoring.columnar (`keys`: `_track2_keys`), or None for the line reader."""
     if keys is None:
         return None
     trials, labels = keys
     scores = columnar.read_scores(score_path, TRACK2_SCORE_HEADER, ("spk", "filename"), trials, _ALIASES)
-    if scores is None or scores["sasv-score"] is None:
+    if scores is None or scores[required] is None:
         return None
     return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=labels["cm-label"],
                         asv_keys=labels["asv-label"], sasv=scores["sasv-score"], cm=scores["cm-score"],
                         asv=scores["asv-score"], attack=labels["attack"], codec=labels["codec"])
 
 
-def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
+def read_track2(score_path: str | Path, key_path: str | Path, asv_org_path: str | Path | None = None
+                ) -> ScoredTrials:
     """ASVspoof 5 Track 2 scores joined with their keys on (spk, filename), in key-file order.
 
-    cm-score / asv-score hold `-` on every line when the system has no such part (None here)."""
-    fast = _read_track2_columnar(score_path, key_path)
+    cm-score / asv-score hold `-` on every line when the system has no such part (None here).
+    `asv_org_path`: the organisers' ASV scores of the same trials (a Track 2 score file whose asv-score
+    column is filled), which give the min t-DCF its ASV error rates per cell, as the package's `--asv_org`."""
+    keys = _track2_keys(key_path)  # read once for both score files
+    trials = _read_track2_file(score_path, key_path, "sasv-score", keys)
+    if asv_org_path is None:
+        return trials
+    if trials.cm is None or trials.asv is None:
+        raise ProtocolError(f"{score_path}: organisers' ASV scores ({asv_org_path}) serve the min t-DCF, which "
+                            f"needs the cm-score and asv-score columns, but they are '-' here")
+    org = _read_track2_file(asv_org_path, key_path, "asv-score", keys)
+    return replace(trials, asv_org=org.asv, source=f"{trials.source}, organisers' ASV scores {asv_org_path}")
+
+
+def _read_track2_file(score_path: str | Path, key_path: str | Path, required: str, keys: tuple | None
+                      ) -> ScoredTrials:
+    """One Track 2 score file joined with the keys; its column `required` must hold numbers."""
+    fast = _read_track2_columnar(score_path, key_path, required, keys)
     if fast is not None:
         return fast
     header_line, header, rows = _table(score_path, "Track 2 score file")
@@ -209,8 +231,8 @@ def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     lines = [seen[row[1]] for row in keys]
     cm, asv, sasv = (_score_column(score_path, column, position, aligned, lines)
                      for position, column in enumerate(TRACK2_SCORE_HEADER[2:]))
-    if sasv is None:
-        raise ProtocolError(f"{score_path}:{rows[0][0]}: sasv-score is '-' on every line; it is required")
+    if {"sasv-score": sasv, "asv-score": asv}[required] is None:
+        raise ProtocolError(f"{score_path}:{rows[0][0]}: {required} is '-' on every line; it is required")
     return ScoredTrials(source=f"{score_path} (keys {key_path})",
                         cm_keys=np.array([row[2] for row in keys], dtype=str),
                         asv_keys=np.array([row[3] for row in keys], dtype=str), sasv=sasv, cm=cm, asv=asv,

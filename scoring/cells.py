@@ -17,11 +17,13 @@ import numpy as np
 from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, adcf_curve_from_sorted
 from metrics.asvspoof5 import (
     ASVSPOOF5_ASV_RATES,
+    ASVErrorRates,
+    BonaFideTerms,
     min_tdcf_from_det,
     t_eer_from_sorted,
     track1_from_det,
 )
-from metrics.eer import det_curve_from_sorted, sasv_eers_from_sorted
+from metrics.eer import det_curve, det_curve_from_sorted, eer_from_det, sasv_eers_from_sorted
 from metrics.errors import MetricError
 
 Cell = dict[str, Any]
@@ -56,6 +58,36 @@ class Ranked:
 
 
 @dataclass(frozen=True)
+class OrganisersASV:
+    """The organisers' ASV scores of a set of trials (trial order) and the threshold of their EER on the set's
+    target and nontarget trials, as the package computes them per codec (None: a class is missing)."""
+
+    scores: np.ndarray
+    is_spoof: np.ndarray
+    threshold: float | None
+    pfa_nontarget: float
+    pmiss_target: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray, codes: np.ndarray) -> OrganisersASV:
+        target, nontarget = scores[codes == 0], scores[codes == 1]
+        if target.size == 0 or nontarget.size == 0:
+            return cls(scores, codes == 2, None, np.nan, np.nan)
+        _, threshold = eer_from_det(*det_curve(target, nontarget))
+        return cls(scores, codes == 2, threshold, np.count_nonzero(nontarget >= threshold) / nontarget.size,
+                   np.count_nonzero(target < threshold) / target.size)
+
+    def rates(self, keep: np.ndarray) -> ASVErrorRates:
+        """The t-DCF's ASV error rates for the cell of trials in `keep`, with the package's spoof-rate quirk
+        (metrics.asvspoof5.asv_rates_at_eer): the share of the cell's spoofs the ASV rejects."""
+        spoof = self.scores[keep & self.is_spoof]
+        if self.threshold is None or spoof.size == 0:
+            raise MetricError("the organisers' ASV scores lack a target, nontarget or spoof trial here")
+        return ASVErrorRates(self.pfa_nontarget, self.pmiss_target,
+                             np.count_nonzero(spoof < self.threshold) / spoof.size)
+
+
+@dataclass(frozen=True)
 class TrialKinds:
     """What the cells are computed from, for one set of trials: class codes (SASV: 0 target, 1 nontarget,
     2 spoof; None for CM-only trials), the CM's spoof flags, the CM scores in trial order, and the rankings of
@@ -67,15 +99,18 @@ class TrialKinds:
     sasv: Ranked | None
     cm_ranked: Ranked | None
     asv: Ranked | None
+    asv_org: OrganisersASV | None = None
+    cm_bona: BonaFideTerms | None = None  # of every bona fide trial of the set (None: no CM scores or none)
 
     @classmethod
     def of(cls, sasv_codes: np.ndarray | None, is_spoof: np.ndarray, sasv: np.ndarray | None,
-           cm: np.ndarray | None, asv: np.ndarray | None) -> TrialKinds:
+           cm: np.ndarray | None, asv: np.ndarray | None, asv_org: np.ndarray | None = None) -> TrialKinds:
         cm_classes = is_spoof.astype(np.int8)
         return cls(sasv_codes, is_spoof, cm,
                    None if sasv is None else Ranked.of(sasv, sasv_codes),
                    None if cm is None else Ranked.of(cm, cm_classes),
-                   None if asv is None or cm is None else Ranked.of(asv, sasv_codes))
+                   None if asv is None or cm is None else Ranked.of(asv, sasv_codes),
+                   None if asv_org is None else OrganisersASV.of(asv_org, sasv_codes), _bona_terms(cm, is_spoof))
 
     def _rankings(self, change: Callable[[Ranked], Ranked]) -> dict[str, Ranked | None]:
         return {name: None if getattr(self, name) is None else change(getattr(self, name))
@@ -92,7 +127,16 @@ class TrialKinds:
         position[members] = np.arange(members.size)
         return TrialKinds(None if self.sasv_codes is None else self.sasv_codes[members], self.is_spoof[members],
                           None if self.cm is None else self.cm[members],
-                          **self._rankings(lambda ranked: ranked.taken(keep, members, position)))
+                          **self._rankings(lambda ranked: ranked.taken(keep, members, position)),
+                          asv_org=None if self.asv_org is None
+                          else OrganisersASV.of(self.asv_org.scores[members], self.sasv_codes[members]),
+                          cm_bona=None if self.cm is None else _bona_terms(self.cm[members], self.is_spoof[members]))
+
+
+def _bona_terms(cm: np.ndarray | None, is_spoof: np.ndarray) -> BonaFideTerms | None:
+    if cm is None or is_spoof.all():
+        return None
+    return BonaFideTerms.of(cm[~is_spoof])
 
 
 def guarded(compute: Callable[[], Cell], strict: bool) -> Cell:
@@ -123,10 +167,11 @@ def cm_det(kinds: TrialKinds) -> tuple[np.ndarray, np.ndarray, tuple] | None:
     return scores, classes, det_curve_from_sorted(scores, classes)
 
 
-def sasv_cell(kinds: TrialKinds, counts: np.ndarray, cm: tuple | None, strict: bool) -> Cell:
+def sasv_cell(kinds: TrialKinds, keep: np.ndarray, counts: np.ndarray, cm: tuple | None, strict: bool) -> Cell:
     """sasv_eer, sv_eer, spf_eer, min_a_dcf (a_dcf package costs), a_dcf (ASVspoof 5 costs), and with CM and
-    ASV scores min_tdcf (the organisers' ASV error rates) and t_eer; `counts`: targets, nontargets, spoofs;
-    `cm`: `cm_det` of the cell."""
+    ASV scores min_tdcf and t_eer, for the trials in `keep` (flags over the set of `kinds`); `counts`:
+    targets, nontargets, spoofs; `cm`: `cm_det` of the cell. The min t-DCF's ASV error rates are the
+    package's built-in pooled ones, or those of the organisers' ASV scores on the cell."""
     _require(counts, ("target", "nontarget", "spoof"), "the SASV metrics are")
     scores, codes = kinds.sasv.sorted()
     cell: Cell = dict(sasv_eers_from_sorted(scores, codes))
@@ -136,15 +181,16 @@ def sasv_cell(kinds: TrialKinds, counts: np.ndarray, cm: tuple | None, strict: b
         # The tandem metrics can be undefined where the SASV ones are not (e.g. no ASV threshold in the t-EER's
         # region): such a metric is None (`-` in the tables), never an error that loses the whole report.
         cm_scores, _, det = cm
-        cell.update(guarded(lambda: {"min_tdcf": _min_tdcf(cm_scores, det)}, strict=False))
+        cell.update(guarded(lambda: {"min_tdcf": _min_tdcf(cm_scores, det, kinds, keep)}, strict=False))
         cell.update(guarded(lambda: {"t_eer": t_eer_from_sorted(kinds.asv.sorted()[1], det)}, strict=False))
     return cell
 
 
-def _min_tdcf(sorted_scores: np.ndarray, det: tuple) -> float:
+def _min_tdcf(sorted_scores: np.ndarray, det: tuple, kinds: TrialKinds, keep: np.ndarray) -> float:
     if 1 + np.count_nonzero(np.diff(sorted_scores)) < 3:
         raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
-    return min_tdcf_from_det(det, ASVSPOOF5_ASV_RATES)
+    rates = ASVSPOOF5_ASV_RATES if kinds.asv_org is None else kinds.asv_org.rates(keep)
+    return min_tdcf_from_det(det, rates)
 
 
 def cm_cell(kinds: TrialKinds, keep: np.ndarray, cm: tuple | None) -> Cell:
@@ -152,6 +198,9 @@ def cm_cell(kinds: TrialKinds, keep: np.ndarray, cm: tuple | None) -> Cell:
     (flags over the set of `kinds`); `cm`: `cm_det` of the cell."""
     if cm is None:
         raise MetricError("no bona fide or no spoof CM trials: the Track 1 metrics are undefined")
-    # Cllr's means take the scores in trial order, as a direct call on the cell's trials would.
-    bona, spoof = kinds.cm[keep & ~kinds.is_spoof], kinds.cm[keep & kinds.is_spoof]
-    return track1_from_det(cm[2], bona, spoof)
+    # The means take the scores in trial order, as a direct call on the cell's trials would; the bona fide
+    # terms are the set's when the cell has all its bona fide trials (every cell of the report does).
+    bona = kinds.cm_bona
+    if bona is None or np.count_nonzero(keep & ~kinds.is_spoof) != np.count_nonzero(~kinds.is_spoof):
+        bona = BonaFideTerms.of(kinds.cm[keep & ~kinds.is_spoof])
+    return track1_from_det(cm[2], bona, kinds.cm[keep & kinds.is_spoof])

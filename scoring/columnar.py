@@ -57,29 +57,62 @@ def read_table(path: str | Path, aliases: dict[str, str]) -> Table | None:
     columns = {aliases.get(name, name): table.column(name).combine_chunks() for name in names}
     if len(columns) != len(names):
         return None
-    for column in columns.values():
-        if pc.any(pc.match_substring_regex(column, _SPLITS)).as_py():
-            return None
+    if not _plain_ascii(path, delimiter):  # then each field's own check, slower
+        for column in columns.values():
+            if pc.any(pc.match_substring_regex(column, _SPLITS)).as_py():
+                return None
     return columns
 
 
-def _unique_trials(table: Table, trial_columns: tuple[str, ...]) -> pa.Array | None:
-    """One string per row naming its trial (the trial columns joined by a tab, which no field holds), or
-    None when a trial repeats."""
+def _plain_ascii(path: str | Path, delimiter: str) -> bool:
+    """Whether the file is ASCII, its only whitespace the delimiter and LF, and no field empty: then the
+    delimiter and str.split() see the same fields on every line, with no per-field check (one pass in numpy)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    separator, newline = ord(delimiter), ord("\n")
+    if data.size == 0 or data.max() >= 0x80:
+        return False
+    low = data[data <= 0x20]  # whitespace and control bytes: only the delimiter and LF may occur
+    if np.count_nonzero((low != separator) & (low != newline)):
+        return False
+    at = np.flatnonzero(data == separator)
+    if at.size == 0:
+        return True
+    if at[0] == 0 or at[-1] == data.size - 1:
+        return False
+    # An empty field: a delimiter next to another one or to a line end.
+    before, after = data[at - 1], data[at + 1]
+    return not ((before == separator) | (before == newline) | (after == separator) | (after == newline)).any()
+
+
+def _trial_names(table: Table, trial_columns: tuple[str, ...]) -> pa.Array:
+    """One string per row naming its trial: the trial columns joined by a tab, which no field holds."""
     parts = [table[name] for name in trial_columns]
-    trials = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\t")
-    return trials if pc.count_distinct(trials).as_py() == len(trials) else None
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\t")
 
 
-def _all_in(values: pa.Array, allowed: tuple[str, ...]) -> bool:
-    return pc.all(pc.is_in(values, value_set=pa.array(allowed))).as_py()
+def _unique_trials(table: Table, trial_columns: tuple[str, ...]) -> pa.Array | None:
+    """`_trial_names`, or None when a trial repeats."""
+    trials = _trial_names(table, trial_columns)
+    return trials if len(pc.unique(trials)) == len(trials) else None
 
 
-def labels(values: pa.Array) -> np.ndarray:
-    """A string column as a numpy str array, through its (small) dictionary of distinct values."""
-    encoded = pc.dictionary_encode(values)
-    dictionary = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
-    return dictionary[encoded.indices.to_numpy(zero_copy_only=False)]
+class Labels:
+    """A label column as its distinct values (`names`) and each row's index into them (`codes`)."""
+
+    def __init__(self, values: pa.Array) -> None:
+        encoded = pc.dictionary_encode(values)
+        self.names = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
+        self.codes = encoded.indices.to_numpy(zero_copy_only=False)
+
+    def all_in(self, allowed: tuple[str, ...]) -> bool:
+        return set(self.names.tolist()) <= set(allowed)
+
+    def flags(self, wanted: tuple[str, ...]) -> np.ndarray:
+        """One flag per row: whether its label is one of `wanted`."""
+        return np.isin(self.names, wanted)[self.codes]
+
+    def strings(self) -> np.ndarray:
+        return self.names[self.codes]
 
 
 def scores(values: pa.Array) -> np.ndarray | None:
@@ -105,19 +138,18 @@ def read_keys(path: str | Path, trial_columns: tuple[str, ...], track2: bool, al
         if len(table["cm-label"]) == 0:
             return None
     trials = _unique_trials(table, trial_columns)
-    if trials is None or not _all_in(table["cm-label"], CM_KEYS):
+    encoded = {name: Labels(table[name]) for name in ("cm-label", "asv-label", "attack", "codec") if name in table}
+    cm_labels = encoded["cm-label"]
+    if trials is None or not cm_labels.all_in(CM_KEYS):
         return None
-    is_spoof = pc.equal(table["cm-label"], "spoof")
+    is_spoof = cm_labels.flags(("spoof",))
     if track2:
-        if not _all_in(table["asv-label"], SASV_KEYS):
+        asv_labels = encoded["asv-label"]
+        if not asv_labels.all_in(SASV_KEYS) or not np.array_equal(is_spoof, asv_labels.flags(("spoof",))):
             return None
-        if not pc.all(pc.equal(is_spoof, pc.equal(table["asv-label"], "spoof"))).as_py():
-            return None
-    if "attack" in table:
-        spoof_attacks = table["attack"].filter(is_spoof)
-        if pc.any(pc.is_in(spoof_attacks, value_set=pa.array([BONAFIDE, "-"]))).as_py():
-            return None
-    columns = {name: labels(table[name]) if name in table else None
+    if "attack" in encoded and (encoded["attack"].flags((BONAFIDE, "-")) & is_spoof).any():
+        return None
+    columns = {name: encoded[name].strings() if name in encoded else None
                for name in ("cm-label", "asv-label", "attack", "codec")}
     return trials, columns
 
@@ -129,11 +161,13 @@ def read_scores(path: str | Path, header: tuple[str, ...], trial_columns: tuple[
     table = read_table(path, aliases)
     if table is None or tuple(table) != header or len(table[header[0]]) != len(key_trials):
         return None
-    trials = _unique_trials(table, trial_columns)
-    if trials is None:
-        return None
+    trials = _trial_names(table, trial_columns)
     position = pc.index_in(key_trials, value_set=trials)
     if position.null_count:
+        return None
+    # The key trials are distinct and as many as these; index_in gives a repeated trial's first line only,
+    # so the lines it gives are all distinct exactly when no trial here repeats.
+    if np.bincount(position.to_numpy(zero_copy_only=False), minlength=len(trials)).max() != 1:
         return None
     result: dict[str, np.ndarray | None] = {}
     for name in header[len(trial_columns):]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
+from runtime import forked
 from runtime.files import StagedOutputs, staged_outputs
 from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
 from scoring.cells import TrialKinds, cm_cell, cm_det, guarded, sasv_cell
@@ -43,6 +44,9 @@ TRACK2_FILES = ("track2_scores.tsv", "track2_keys.tsv")
 # The metrics of the package's attack x codec tables, in its order: Track 2, then Track 1.
 FULL_TABLE_METRICS = ("a_dcf", "min_tdcf", "t_eer", "min_dcf", "eer", "cllr", "act_dcf")
 POOLED = "pooled"
+# Reports this large draw their plots in a second process when asked (write_report's plots_beside); on
+# smaller ones starting it would cost more than it saves.
+PLOTS_BESIDE_FROM = 100_000
 
 Cell = dict[str, Any]
 
@@ -73,7 +77,7 @@ def _cell(trials: ScoredTrials, kinds: TrialKinds, keep: np.ndarray, names: tupl
     cell.update({name: None for name in names})
     cm = cm_det(kinds)  # one CM sort for the tandem and the Track 1 metrics
     if trials.sasv is not None:
-        cell.update(guarded(lambda: sasv_cell(kinds, counts, cm, strict), strict))
+        cell.update(guarded(lambda: sasv_cell(kinds, keep, counts, cm, strict), strict))
     if trials.cm is not None:
         cell.update(guarded(lambda: cm_cell(kinds, keep, cm), strict))
     return {name: _plain(value) for name, value in cell.items()}
@@ -83,41 +87,42 @@ def _plain(value: Any) -> Any:
     return float(value) if isinstance(value, (float, np.floating)) else value
 
 
-def condition_masks(trials: ScoredTrials) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(attack -> that attack's spoofs, codec -> that codec's trials), each sorted by name."""
-    is_spoof = trials.cm_keys == "spoof"
-    attacks, codecs = {}, {}
-    if trials.attack is not None:
-        for attack in np.unique(trials.attack[is_spoof]).tolist():
-            attacks[attack] = is_spoof & (trials.attack == attack)
-    if trials.codec is not None:
-        for codec in np.unique(trials.codec).tolist():
-            codecs[codec] = trials.codec == codec
-    for name in (*attacks, *codecs):
-        if name == POOLED:
-            raise MetricError(f"{trials.source}: {POOLED!r} is reserved for the pooled row and column; rename "
-                              f"that attack or codec")
-    return attacks, codecs
+def _conditions(labels: np.ndarray | None, where: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(the distinct labels of the trials in `where`, sorted; each trial's index into them, -1 elsewhere)."""
+    if labels is None:
+        return [], np.full(where.size, -1)
+    names, index = np.unique(labels, return_inverse=True)
+    used = np.unique(index[where])
+    position = np.full(names.size + 1, -1)
+    position[used] = np.arange(used.size)
+    return names[used].tolist(), position[np.where(where, index, names.size)]
 
 
 def attack_codec_table(trials: ScoredTrials, names: tuple[str, ...]) -> dict[str, dict[str, Cell]]:
     """{attack or "pooled": {codec or "pooled": cell}}, as the ASVspoof 5 package's full tables: a cell holds
     the trials of its codec (all of them in the pooled column), of which every bona fide trial and the
-    spoofs of its attack (every spoof in the pooled row). The pooled cell is strict (see `_cell`)."""
+    spoofs of its attack (every spoof in the pooled row). Rows and columns in name order. The pooled cell
+    is strict (see `_cell`)."""
     is_spoof = trials.cm_keys == "spoof"
+    attacks, attack_index = _conditions(trials.attack, is_spoof)  # -1: bona fide
+    codecs, codec_index = _conditions(trials.codec, np.ones(is_spoof.size, dtype=bool))
+    for name in (*attacks, *codecs):
+        if name == POOLED:
+            raise MetricError(f"{trials.source}: {POOLED!r} is reserved for the pooled row and column; rename "
+                              f"that attack or codec")
     sasv_codes = None if trials.asv_keys is None else key_codes(trials.asv_keys, len(trials))
-    kinds = TrialKinds.of(sasv_codes, is_spoof, trials.sasv, trials.cm, trials.asv)
-    attacks, codecs = condition_masks(trials)
+    kinds = TrialKinds.of(sasv_codes, is_spoof, trials.sasv, trials.cm, trials.asv, trials.asv_org)
     table: dict[str, dict[str, Cell]] = {row: {} for row in (POOLED, *attacks)}
-    for column, in_codec in ((POOLED, None), *codecs.items()):
+    for column, number in ((POOLED, None), *((codec, number) for number, codec in enumerate(codecs))):
         # A codec's trials become a set of their own: its cells then cost the codec's size, not the list's.
+        in_codec = None if number is None else codec_index == number
         column_kinds = kinds if in_codec is None else kinds.subset(in_codec)
-        members = slice(None) if in_codec is None else in_codec
-        for row in table:
+        column_attacks = attack_index if in_codec is None else attack_index[in_codec]
+        for row_number, row in enumerate(table):
             if row == POOLED:
                 keep, cell_kinds = np.ones(column_kinds.is_spoof.size, dtype=bool), column_kinds
             else:
-                keep = ~column_kinds.is_spoof | attacks[row][members]
+                keep = ~column_kinds.is_spoof | (column_attacks == row_number - 1)
                 cell_kinds = column_kinds.within(keep)
             table[row][column] = _cell(trials, cell_kinds, keep, names, strict=row == column == POOLED)
     return table
@@ -131,7 +136,7 @@ def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, An
         raise MetricError(f"{trials.source}: no trials to report on")
     if trials.sasv is not None and trials.asv_keys is None:
         raise MetricError(f"{trials.source}: SASV scores need target/nontarget/spoof keys")
-    for name in ("sasv", "cm", "asv"):  # finite float64, one per trial (the readers already check)
+    for name in ("sasv", "cm", "asv", "asv_org"):  # finite float64, one per trial (the readers already check)
         values = getattr(trials, name)
         if values is not None and as_scores(values, f"{trials.source}: {name} scores").size != len(trials):
             raise MetricError(f"{trials.source}: {values.size} {name} scores for {len(trials)} trials")
@@ -146,6 +151,9 @@ def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, An
         "source": trials.source,
         "metrics": names,
         "n_skipped_trials": trials.n_skipped,
+        # Where the min t-DCF's ASV error rates come from (see docs/evaluation.md).
+        "tdcf_asv_rates": None if "min_tdcf" not in names else
+        "built-in pooled" if trials.asv_org is None else "organisers' ASV scores per cell",
         POOLED: table[POOLED][POOLED],
         "per_attack": {attack: row[POOLED] for attack, row in table.items() if attack != POOLED},
         "per_codec": {codec: cell for codec, cell in table[POOLED].items() if codec != POOLED},
@@ -251,19 +259,27 @@ def _csv_field(text: str) -> str:
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
                  extra_files: dict[str, str] | None = None, first: str | None = None,
-                 outputs: StagedOutputs | None = None) -> dict[str, Any]:
+                 outputs: StagedOutputs | None = None, plots_beside: bool = False) -> dict[str, Any]:
     """Compute the report and render its plots, then write every file into `folder`, all or nothing: the files
     are staged beside the folder and moved in together, and report files of an earlier run that this one
     does not write (a plot) are deleted then. Any bad input raises before anything is written.
 
     `extra_files`: name -> text written alongside. `outputs`: stage into the caller's set of files (committed
-    by the caller, with its other outputs) instead of one of the report's own."""
+    by the caller, with its other outputs) instead of one of the report's own. `plots_beside`: draw the plots
+    of a large report (PLOTS_BESIDE_FROM trials) in a forked process while this one computes the tables, for
+    a process that holds no GPU or thread pools of its own (evaluate.py)."""
     from scoring.plots import render_plots  # matplotlib loads only when a report is written
 
-    report = build_report(trials, first)
-    texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
-             "report.csv": report_csv(report), **(extra_files or {})}
-    images = render_plots(trials, metrics_csv)
+    beside = forked.start(lambda: render_plots(trials, metrics_csv)) \
+        if plots_beside and len(trials) >= PLOTS_BESIDE_FROM else None
+    try:
+        report = build_report(trials, first)
+        texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
+                 "report.csv": report_csv(report), **(extra_files or {})}
+        images = render_plots(trials, metrics_csv) if beside is None else beside.result()
+    finally:
+        if beside is not None:
+            beside.cancel()  # nothing to stop when its images arrived
     folder = Path(folder)
     with nullcontext(outputs) if outputs is not None else staged_outputs() as staged:
         for name, text in texts.items():

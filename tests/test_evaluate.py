@@ -56,6 +56,11 @@ def track_files(golden, tmp_path_factory):
                      [t["spk"], t["filename"], t["cm_score"], t["asv_score"], t["sasv_score"]]),
         "sasv_keys": _tsv(folder / "sasv_keys.tsv", ["spk", "filename", "cm-label", "asv-label", "codec", "attack"],
                           [t[name][order] for name in ("spk", "filename", "cm_key", "asv_key", "codec", "attack")]),
+        # The organisers' ASV scores in the package's --asv_org format: only asv-score filled (here the
+        # system's own ASV scores, as in the golden `track2_pooled_with_asv_org`).
+        "asv_org": _tsv(folder / "asv_org.tsv", ["spk", "filename", "cm-score", "asv-score", "sasv-score"],
+                        [t["spk"], t["filename"], ["-"] * t["filename"].size, t["asv_score"],
+                         ["-"] * t["filename"].size]),
         "cm": _tsv(folder / "cm.tsv", ["filename", "cm-score"], [t["filename"], t["cm_score"]]),
         "cm_keys": _tsv(folder / "cm_keys.tsv", ["filename", "cm-label", "attack", "codec"],
                         [t[name][order] for name in ("filename", "cm_key", "attack", "codec")]),
@@ -147,6 +152,73 @@ def test_attack_and_codec_cells_equal_metrics_on_the_subset(track_files):
     cell = report["per_attack_codec"][attack][codec]
     expected = _direct_metrics(trials, bona_fide_or_attack & (trials.codec == codec))
     assert {key: cell[key] for key in expected} == expected
+
+
+def test_organisers_asv_scores_give_each_cell_its_tdcf_rates(track_files, golden, capsys, monkeypatch, tmp_path):
+    """--asv_org: the pooled min t-DCF is the package's with asv_scores_org, and each cell's uses the organisers'
+    ASV scores of that cell (threshold from its codec's bona fide trials, spoof rate from its spoofs)."""
+    _, expected = golden
+    _, files = track_files
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--asv_org", str(files["asv_org"]), "--out", str(tmp_path))
+    assert status == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    _check(report["pooled"], expected["track2_pooled_with_asv_org"], ("a_dcf", "min_tdcf", "t_eer"))
+    assert report["tdcf_asv_rates"] == "organisers' ASV scores per cell"
+    trials = read_track2(files["sasv"], files["sasv_keys"])
+    spoof = trials.cm_keys == "spoof"
+    attack, codec = sorted(set(trials.attack[spoof]))[0], sorted(set(trials.codec))[-1]
+    keep = (~spoof | (trials.attack == attack)) & (trials.codec == codec)
+    direct = track2_metrics(trials.cm[keep], trials.asv[keep], trials.sasv[keep], trials.cm_keys[keep],
+                            trials.asv_keys[keep], asv_scores_org=trials.asv[keep])
+    assert report["per_attack_codec"][attack][codec]["min_tdcf"] == direct["min_tdcf"]
+    # Without them, the package's built-in pooled rates: another number.
+    assert report["pooled"]["min_tdcf"] != pytest.approx(expected["track2_pooled"]["min_tdcf"], abs=1e-6)
+
+
+def test_organisers_asv_scores_are_refused_without_the_cm_and_asv_parts(track_files, golden, capsys, monkeypatch,
+                                                                       tmp_path):
+    t, _ = golden
+    _, files = track_files
+    sasv_only = _tsv(tmp_path / "sasv_only.tsv", ["spk", "filename", "cm-score", "asv-score", "sasv-score"],
+                     [t["spk"], t["filename"], ["-"] * t["filename"].size, ["-"] * t["filename"].size,
+                      t["sasv_score"]])
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(sasv_only), "--sasv_keys", str(files["sasv_keys"]),
+                              "--asv_org", str(files["asv_org"]), "--out", str(tmp_path / "out"))
+    assert status == 2 and err.startswith(f"error: {sasv_only}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    # An organisers' file without ASV scores names itself.
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--asv_org", str(sasv_only), "--out", str(tmp_path / "out"))
+    assert status == 2 and err.startswith(f"error: {sasv_only}:2") and "asv-score" in err, err
+
+
+def test_plots_drawn_in_a_child_process_are_the_same_files(track_files, capsys, monkeypatch, tmp_path):
+    """evaluate.py draws the plots of a large report in a forked process beside the tables (PLOTS_BESIDE_FROM,
+    lowered here): the same PNG bytes as drawn in-process, and the child's errors stop the run the same way."""
+    import scoring.report
+
+    _, files = track_files
+    argv = ["--sasv", str(files["sasv"]), "--sasv_keys", str(files["sasv_keys"])]
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "here"))
+    assert status == 0, err
+    monkeypatch.setattr(scoring.report, "PLOTS_BESIDE_FROM", 0)
+    children = []
+    start = scoring.report.forked.start
+    monkeypatch.setattr(scoring.report.forked, "start", lambda function: children.append(start(function)) or
+                        children[-1])
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "child"))
+    assert status == 0 and len(children) == 1 and children[0] is not None, err
+    plots = sorted(path.name for path in (tmp_path / "here").glob("*.png"))
+    assert plots and plots == sorted(path.name for path in (tmp_path / "child").glob("*.png"))
+    for name in plots:
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "child" / name).read_bytes(), name
+    bad_csv = tmp_path / "metrics.csv"
+    bad_csv.write_text("epoch,step,lr,train_loss\n1,3,0.001,lots\n")
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--metrics_csv", str(bad_csv), "--out",
+                              str(tmp_path / "child"))
+    assert status == 2 and err.startswith(f"error: {bad_csv}:2") and err.count("\n") == 1, err
+    assert sorted(path.name for path in (tmp_path / "child").glob("*.png")) == plots  # the earlier report stays
 
 
 def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
@@ -288,6 +360,32 @@ def test_bad_toolkit_and_metrics_csv_input(tmp_path, capsys, monkeypatch):
     for argv, needle in cases:
         status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "out"))
         assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["1_5", "\u0661.5", "0x1p3", "1.5.0", "infinity"])
+def test_numbers_in_plain_notation_only(tmp_path, capsys, monkeypatch, track_files, text):
+    """float() reads '1_5' as 15 and Arabic-Indic digits as digits: every reader takes plain decimal or
+    scientific notation only, and names the file, line and field otherwise."""
+    trial_path, score_path, _, _ = _toolkit_files(tmp_path)
+    lines = score_path.read_text().splitlines()
+    toolkit = tmp_path / "toolkit.txt"
+    toolkit.write_text("\n".join([*lines[:4], " ".join([*lines[4].split()[:3], text]), *lines[5:]]) + "\n")
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text(f"epoch,step,lr,train_loss\n1,3,0.001,0.5\n2,6,{text},0.4\n")
+    _, files = track_files
+    track2 = tmp_path / "track2.tsv"
+    rows = files["sasv"].read_text().splitlines()
+    fields = rows[7].split("\t")
+    track2.write_text("\n".join([*rows[:7], "\t".join([*fields[:4], text]), *rows[8:]]) + "\n")
+    cases = [(["--sasv_scores", str(toolkit), "--trials", str(trial_path)], "toolkit.txt:5:"),
+             (["--sasv_scores", str(score_path), "--trials", str(trial_path), "--metrics_csv", str(metrics_csv)],
+              "metrics.csv:3:"),
+             (["--sasv", str(track2), "--sasv_keys", str(files["sasv_keys"])], "track2.tsv:8:")]
+    for argv, place in cases:
+        status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "out"))
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and place in lines[0] and repr(text) in lines[0], err
         assert not (tmp_path / "out").exists()
 
 
