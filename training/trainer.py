@@ -18,6 +18,7 @@ Rules every run follows:
 """
 from __future__ import annotations
 
+import copy
 import errno
 import math
 import re
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from data.datasets import iterate_batches
 from models.checkpoint import CheckpointError, load_checkpoint
 from runtime import distributed
+from runtime.compiling import CompiledNetworks
 from runtime.config import Config, ConfigError
 from runtime.device import resolve_amp, seed_everything
 from runtime.errors import WorkerDied, worker_died
@@ -71,9 +73,10 @@ class Trainer:
         # may also get directly, and kills them itself after its --shutdown-timeout.
         self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
+        self.compiled = CompiledNetworks(self.warn)  # `compile: true`: eager again when the compiler fails
         run = Run(config=config, dir=experiment_dir, device=device, amp=amp, is_main=self.is_main,
                   progress=self.progress, log=self.log, warn=self.warn, poll=self._poll,
-                  resume_hint=lambda: self.resume_hint)
+                  resume_hint=lambda: self.resume_hint, compiled=self.compiled)
         if config["system"] not in TASKS:
             raise ConfigError(f"{config.source}: system: unknown task {config['system']!r}; known: "
                               f"{', '.join(sorted(TASKS))}")
@@ -258,8 +261,19 @@ class Trainer:
 
     def _train_step(self, batch: Any, epoch: int, n_batches: int) -> bool:
         """Forward, loss, and an optimisation step unless the loss is not finite; whether a step was taken
-        (not with a non-finite loss, nor when the fp16 grad scaler skipped it)."""
+        (not with a non-finite loss, nor when the fp16 grad scaler skipped it). With compiled networks, a
+        compiler failure in the step puts back what the step changed and takes it again eagerly."""
         inputs, redraws = self.task.split_batch(batch)
+        if not self.compiled.active:
+            return self._step(inputs, redraws, epoch, n_batches)
+        before = copy.copy(self.state)  # a step changes only its scalar fields
+
+        def undo() -> None:
+            self.state = before
+        return self.compiled.run_step(lambda: self._step(inputs, redraws, epoch, n_batches), self.task.modules(),
+                                      undo)
+
+    def _step(self, inputs: tuple[torch.Tensor, ...], redraws: torch.Tensor, epoch: int, n_batches: int) -> bool:
         loss, accuracy = self._objective(*inputs)
         # Means / totals over the ranks, so that every rank keeps the same state and takes the same decision.
         world = distributed.world_size()
