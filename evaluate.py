@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from runtime.cli import run_cli
+from runtime.files import check_output_place
 from scoring.asvspoof5_files import read_sasv_score_file, read_track1, read_track2
 from scoring.report import pooled_text, write_report
 
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    check_output_place(args.out, "--out")  # before the reading and the metrics, not after them
     if args.sasv:
         trials = read_track2(args.sasv, args.sasv_keys)
     elif args.cm:

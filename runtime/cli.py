@@ -70,6 +70,19 @@ def resume_command(argv: list[str], launcher: Sequence[str] = ()) -> str:
     return shlex.join([*(launcher or ["python"]), argv[0], *kept, "--resume"])
 
 
+def exit_status(error: BaseException) -> int:
+    """The status `run_cli` exits with after `error` (1 for an error it lets through with a traceback)."""
+    if isinstance(error, RunInterrupted):
+        return error.exit_status
+    if isinstance(error, USER_ERRORS):
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else int(error.code is not None)
+    return 1
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run `main`; bad input becomes one line on stderr and exit status 2, a failed run one line and 1,
     a run stopped by SIGINT/SIGTERM its message and 128 + the signal number."""
@@ -78,14 +91,14 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except RunInterrupted as interruption:
         if distributed.is_main():  # under torchrun every rank stops at the same point; one message is enough
             print(str(interruption), file=sys.stderr)
-        sys.exit(interruption.exit_status)
+        sys.exit(exit_status(interruption))
     except USER_ERRORS as error:
         # Errors raised in DataLoader workers arrive wrapped in the worker's traceback.
         print(f"error: {unwrap_worker_error(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_status(error))
     except RUN_FAILURES as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exit_status(error))
     except RuntimeError as error:
         died = worker_died(error)  # a script's extraction loader lost a worker
         if died is None:
@@ -100,7 +113,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {where}{error.strerror or error} (earlier outputs are intact; nothing was half-written)",
               file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(exit_status(interruption))
     sys.exit(code or 0)

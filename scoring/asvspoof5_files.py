@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data import corpus
 from data.asvspoof5 import BONAFIDE
 from data.protocols import (
     CM_KEYS,
@@ -27,6 +26,7 @@ from data.protocols import (
     read_fields,
 )
 from runtime.files import write_text
+from scoring import columnar
 from scoring.score_files import format_score, parse_score, read_trial_scores
 
 TRACK2_SCORE_HEADER = ("spk", "filename", "cm-score", "asv-score", "sasv-score")
@@ -177,10 +177,27 @@ def _score_column(path: str | Path, column: str, position: int, aligned: list[li
     return np.array([parse_score(path, line, field, column=column) for field, line in zip(fields, lines)])
 
 
+def _read_track2_columnar(score_path: str | Path, key_path: str | Path) -> ScoredTrials | None:
+    """`read_track2` through scoring.columnar, or None for the line reader to decide."""
+    keys = columnar.read_keys(key_path, ("spk", "filename"), True, _ALIASES)
+    if keys is None:
+        return None
+    trials, labels = keys
+    scores = columnar.read_scores(score_path, TRACK2_SCORE_HEADER, ("spk", "filename"), trials, _ALIASES)
+    if scores is None or scores["sasv-score"] is None:
+        return None
+    return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=labels["cm-label"],
+                        asv_keys=labels["asv-label"], sasv=scores["sasv-score"], cm=scores["cm-score"],
+                        asv=scores["asv-score"], attack=labels["attack"], codec=labels["codec"])
+
+
 def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     """ASVspoof 5 Track 2 scores joined with their keys on (spk, filename), in key-file order.
 
     cm-score / asv-score hold `-` on every line when the system has no such part (None here)."""
+    fast = _read_track2_columnar(score_path, key_path)
+    if fast is not None:
+        return fast
     header_line, header, rows = _table(score_path, "Track 2 score file")
     _require_header(score_path, header_line, header, TRACK2_SCORE_HEADER, "Track 2 score file")
     scores, seen = {}, {}
@@ -200,8 +217,24 @@ def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
                         attack=_labels(keys, 4, index, "attack"), codec=_labels(keys, 5, index, "codec"))
 
 
+def _read_track1_columnar(score_path: str | Path, key_path: str | Path) -> ScoredTrials | None:
+    """`read_track1` through scoring.columnar, or None for the line reader to decide."""
+    keys = columnar.read_keys(key_path, ("filename",), False, _ALIASES)
+    if keys is None:
+        return None
+    trials, labels = keys
+    scores = columnar.read_scores(score_path, TRACK1_SCORE_HEADER, ("filename",), trials, _ALIASES)
+    if scores is None or scores["cm-score"] is None:
+        return None
+    return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=labels["cm-label"],
+                        cm=scores["cm-score"], attack=labels["attack"], codec=labels["codec"])
+
+
 def read_track1(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     """ASVspoof 5 Track 1 CM scores joined with their keys on filename, in key-file order."""
+    fast = _read_track1_columnar(score_path, key_path)
+    if fast is not None:
+        return fast
     header_line, header, rows = _table(score_path, "Track 1 score file")
     _require_header(score_path, header_line, header, TRACK1_SCORE_HEADER, "Track 1 score file")
     scores, seen = {}, {}
@@ -257,6 +290,7 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     `read_trial_scores`) with attack labels from the trial list's attack column or, given, the CM protocol.
     Either list may be ASVspoof 2019 LA's or ASVspoof 5's (told by its columns). A `nan` score (a trial
     skipped for bad audio) leaves the trial out, as the toolkit's metrics do."""
+    from data import corpus  # loads torch (through data.datasets): only for the toolkit's own lists
     trials = corpus.read_trials(trial_path, None)
     scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
     if cm_protocol is not None:

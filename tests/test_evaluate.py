@@ -103,22 +103,50 @@ def test_golden_through_evaluate(track_files, golden, track, capsys, monkeypatch
             _check(report["per_attack"][attack], _cell(table, attack, "pooled"), metric_names)
         for codec in table["codecs"][1:]:
             _check(report["per_codec"][codec], _cell(table, "pooled", codec), metric_names)
-    assert sorted(report["per_attack"]) == ["A17", "A18", "A19", "A20", "A21", "A22"]
-    assert sorted(report["per_codec"]) == ["-", "C01", "C02"]
+        # The package's whole attack x codec table, cell by cell (an empty cell: null there, None here).
+        full_table = report["per_attack_codec"]
+        assert list(full_table) == table["attacks"]
+        for attack in table["attacks"]:
+            assert list(full_table[attack]) == table["codecs"]
+            for codec in table["codecs"]:
+                theirs = _cell(table, attack, codec)
+                if any(value is None for value in theirs.values()):
+                    assert all(full_table[attack][codec][name] is None for name in metric_names)
+                else:
+                    _check(full_table[attack][codec], theirs, metric_names)
+    table = expected["track1_full"]
+    assert sorted(report["per_attack"]) == sorted(table["attacks"][1:])
+    assert sorted(report["per_codec"]) == sorted(table["codecs"][1:])
 
 
-def test_per_attack_cell_equals_metrics_on_the_subset(track_files):
+def _direct_metrics(trials, keep: np.ndarray) -> dict:
+    """Every report metric computed directly, by the public metric functions, on the trials in `keep`."""
+    sasv, cm, asv, keys, cm_keys = (trials.sasv[keep], trials.cm[keep], trials.asv[keep], trials.asv_keys[keep],
+                                    trials.cm_keys[keep])
+    return {**sasv_eers(sasv, keys), "min_a_dcf": min_adcf(sasv, keys)[0],
+            **track2_metrics(cm, asv, sasv, cm_keys, keys), **track1_metrics(cm, cm_keys),
+            "n_target": int(np.sum(keys == "target")), "n_nontarget": int(np.sum(keys == "nontarget")),
+            "n_spoof": int(np.sum(keys == "spoof"))}
+
+
+def test_attack_and_codec_cells_equal_metrics_on_the_subset(track_files):
+    """Cells computed from the report's shared sorts equal the metric functions called on the cell's trials."""
     _, files = track_files
     trials = read_track2(files["sasv"], files["sasv_keys"])
     report = build_report(trials)
-    keep = (trials.cm_keys == "bonafide") | (trials.attack == "A20")  # all bona fide + the attack's spoofs
-    sasv, cm, asv, keys, cm_keys = (trials.sasv[keep], trials.cm[keep], trials.asv[keep], trials.asv_keys[keep],
-                                    trials.cm_keys[keep])
-    expected = {**sasv_eers(sasv, keys), "min_a_dcf": min_adcf(sasv, keys)[0],
-                **track2_metrics(cm, asv, sasv, cm_keys, keys), **track1_metrics(cm, cm_keys)}
-    cell = report["per_attack"]["A20"]
-    assert {name: cell[name] for name in expected} == expected
-    assert (cell["n_target"], cell["n_nontarget"], cell["n_spoof"]) == (600, 1500, int(np.sum(trials.attack == "A20")))
+    spoof = trials.cm_keys == "spoof"
+    attacks, codecs = sorted(set(trials.attack[spoof])), sorted(set(trials.codec))
+    attack, codec = attacks[len(attacks) // 2], codecs[-1]
+    bona_fide_or_attack = ~spoof | (trials.attack == attack)  # all bona fide + the attack's spoofs
+    cases = {("per_attack", attack): bona_fide_or_attack, ("per_codec", codec): trials.codec == codec,
+             ("pooled", None): np.ones(len(trials), dtype=bool)}
+    for (group, name), keep in cases.items():
+        cell = report[group] if name is None else report[group][name]
+        expected = _direct_metrics(trials, keep)
+        assert {key: cell[key] for key in expected} == expected, (group, name)
+    cell = report["per_attack_codec"][attack][codec]
+    expected = _direct_metrics(trials, bona_fide_or_attack & (trials.codec == codec))
+    assert {key: cell[key] for key in expected} == expected
 
 
 def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
@@ -216,7 +244,8 @@ def _set_field(lines: list[str], number: int, column: int, value: str) -> list[s
 BAD_TRACK2 = {
     "missing trial": ("sasv", lambda lines: lines[:5] + lines[6:], "no score for trial E_"),
     "duplicated trial": ("sasv", lambda lines: lines + [lines[7]],
-                         ".tsv:3602: duplicate trial E_1004 E_0000006 (first on line 8)"),
+                         lambda lines: f".tsv:{len(lines) + 1}: duplicate trial {' '.join(lines[7].split()[:2])} "
+                                       f"(first on line 8)"),
     "unknown trial": ("sasv", lambda lines: lines[:1] + ["X_1\tE_9\t1.0\t1.0\t2.0"] + lines[1:],
                       "sasv.tsv:2: trial X_1 E_9 is not in"),
     "non-numeric score": ("sasv", lambda lines: _set_field(lines, 4, 4, "high"), "sasv.tsv:4: sasv-score 'high'"),
@@ -234,6 +263,8 @@ BAD_TRACK2 = {
 def test_bad_track2_input_one_line_and_nothing_written(track_files, case, tmp_path, capsys, monkeypatch):
     _, files = track_files
     which, change, needle = BAD_TRACK2[case]
+    if callable(needle):  # derived from the fixture's own lines
+        needle = needle(files[which].read_text().splitlines())
     paths = dict(files, **{which: _edit(files[which], tmp_path, change)})
     status, out, err = evaluate(capsys, monkeypatch, "--sasv", str(paths["sasv"]), "--sasv_keys",
                                 str(paths["sasv_keys"]), "--out", str(tmp_path / "out"))
@@ -325,3 +356,79 @@ def test_fuzzed_track_files_give_trials_or_one_line_error(tmp_path, scores, keys
         else:
             assert len(trials) and all(np.isfinite(part).all() for part in (trials.sasv, trials.cm, trials.asv)
                                        if part is not None)
+
+
+# ---------------------------------------------------------------------------- all-or-nothing report folders
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_rerun_into_the_same_folder_holds_only_its_own_files(track_files, tmp_path, capsys, monkeypatch):
+    """A CM-only report written over a Track 2 one: no SASV plot or table of the earlier run stays."""
+    _, files = track_files
+    out = tmp_path / "out"
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--out", str(out))
+    assert status == 0, err
+    assert {"det_sasv.png", "adcf.png", "det_cm.png"} <= set(_folder_state(out))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 0, err
+    assert sorted(_folder_state(out)) == ["det_cm.png", "hist_cm.png", "report.csv", "report.json", "report.md"]
+    assert json.loads((out / "report.json").read_text())["metrics"] == ["min_dcf", "act_dcf", "cllr", "eer"]
+
+
+def test_a_write_that_fails_keeps_the_earlier_report_whole(track_files, tmp_path, capsys, monkeypatch):
+    """A full disk at the third file of a rerun: one line naming the file's real path (not a temporary),
+    exit 1, the earlier report byte for byte, and no staging folder left behind."""
+    import errno
+    import os
+
+    from runtime import files as runtime_files
+
+    _, files = track_files
+    out = tmp_path / "out"
+    assert evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                    "--out", str(out))[0] == 0
+    before = _folder_state(out)
+    real_fsync, calls = runtime_files.os.fsync, []
+
+    def fsync_fails_at_the_third_file(descriptor):  # what a full disk does to a buffered write
+        calls.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(runtime_files.os, "fsync", fsync_fails_at_the_third_file)
+    status, out_text, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                                     str(files["sasv_keys"]), "--out", str(out))
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and out_text == "", err
+    assert f"{out / Path(calls[2]).name}: No space left on device" in lines[0] and ".tmp" not in lines[0]
+    assert _folder_state(out) == before
+    assert not [path for path in tmp_path.rglob(".*")]
+
+
+@pytest.mark.parametrize("place", ["file", "file_parent", "read_only"])
+def test_an_unwritable_out_is_refused_before_any_work(track_files, tmp_path, capsys, monkeypatch, place):
+    import os
+
+    _, files = track_files
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder\n")
+    out = {"file": blocker, "file_parent": blocker / "report", "read_only": tmp_path / "locked" / "report"}[place]
+    if place == "read_only":
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+        real_access = os.access  # root ignores permission bits: the check asks os.access, answered as for a user
+        monkeypatch.setattr("runtime.files.os.access",
+                            lambda path, mode: Path(path) != out.parent and real_access(path, mode))
+    read = []
+    monkeypatch.setattr("scoring.asvspoof5_files.read_track1", lambda *args: read.append(args))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and f"--out {out}" in err, err
+    assert read == [] and blocker.read_text() == "not a folder\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import errno
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from torch import nn
 from models.checkpoint import Checkpoint, load_checkpoint, save_subsystem_checkpoint
 from runtime.config import build_config
 from training import tasks
-from training.state import TrainingError, experiment_lock, prepare_experiment_dir
+from training.state import ExperimentBusy, TrainingError, experiment_lock, prepare_experiment_dir
 from training.task import Run, Task
 from training.trainer import Trainer
 
@@ -199,3 +201,91 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
     start = time.time()
     with experiment_lock(folder):  # ... and blocks nothing
         assert time.time() - start < 5
+
+
+# A run with a DataLoader worker forked while the lock is held: the worker fetches item 0 (its pid), then
+# sleeps in item 1, so it outlives a SIGKILLed parent (a worker notices that only between items).
+HOLD_WITH_WORKER = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import torch.utils.data
+from training.state import experiment_lock
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, index):
+        if index:
+            time.sleep(120)
+        return os.getpid()
+
+with experiment_lock(Path({folder!r})):
+    batches = iter(torch.utils.data.DataLoader(Slow(), batch_size=None, num_workers=1,
+                                               multiprocessing_context="fork"))
+    print("held", int(next(batches)), flush=True)
+    time.sleep(120)
+"""
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` (not a zombie) has `path` open."""
+    try:
+        return any(os.readlink(link) == str(path) for link in Path(f"/proc/{pid}/fd").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow  # a subprocess that imports torch: about 9 s on a busy machine
+def test_the_lock_dies_with_a_killed_run_though_its_loader_worker_lives_on(tmp_path):
+    folder = tmp_path / "exp" / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_WORKER.format(repo=str(REPO), folder=str(folder))],
+                              stdout=subprocess.PIPE, text=True)
+    said = holder.stdout.readline().split()
+    assert said[0] == "held", said
+    worker = int(said[1])
+    lock_file = tmp_path / "exp" / ".run.lock"
+    try:
+        assert worker != holder.pid and holds_open(worker, lock_file)  # forked while the lock was held
+        with pytest.raises(ExperimentBusy, match=f"^{folder} is in use by a running main.py \\(pid {holder.pid},"):
+            with experiment_lock(folder):  # the live run is refused
+                pass
+        holder.kill()  # SIGKILL: nothing of the run's own code runs
+        holder.wait()
+        assert holds_open(worker, lock_file)  # the orphaned worker lives on, the lock file open ...
+        with experiment_lock(folder):  # ... and the next run (a scheduler's --resume) takes the folder at once
+            assert holds_open(worker, lock_file)
+            assert (tmp_path / "exp" / ".run.lock").read_text().startswith(f"pid {os.getpid()}, started ")
+    finally:
+        holder.kill()
+        holder.wait()
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# Another process asks the operating system for the lock itself (no torch to import): exit 3 when refused.
+TRY_LOCK = """
+import fcntl, sys
+with open({path!r}, "a+") as handle:
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit(3)
+"""
+
+
+def test_a_second_lock_in_the_same_process_is_refused_and_keeps_the_first(tmp_path):
+    """A record lock never conflicts with its own process, and closing any descriptor of the file would drop it."""
+    folder = tmp_path / "exp" / "run"
+    with experiment_lock(folder):
+        again = folder.parent / ".." / "exp" / "run"  # another spelling of the same folder
+        with pytest.raises(ExperimentBusy, match=f"^{again} is in use by this process \\(pid {os.getpid()}\\)"):
+            with experiment_lock(again):
+                pass
+        other = subprocess.run([sys.executable, "-c", TRY_LOCK.format(path=str(tmp_path / "exp" / ".run.lock"))],
+                               timeout=60)
+        assert other.returncode == 3  # still held by this process
+    with experiment_lock(folder):  # released on leaving
+        pass

@@ -219,6 +219,10 @@ class ExperimentBusy(UserError):
     """Another live main.py holds the experiment folder."""
 
 
+# Lock files (resolved paths) this process holds: a record lock does not conflict with its own process.
+_HELD_LOCKS: set[Path] = set()
+
+
 @contextmanager
 def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     """Hold `<parent>/.<name>.lock` (an advisory lock beside the folder, so that --overwrite cannot delete it)
@@ -229,21 +233,34 @@ def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[N
         return
     experiment_dir.parent.mkdir(parents=True, exist_ok=True)
     path = experiment_dir.parent / f".{experiment_dir.name}.lock"
+    key = path.resolve()
+    if key in _HELD_LOCKS:
+        # Checked before opening the file: closing any descriptor of it would drop this process's lock.
+        raise ExperimentBusy(f"{experiment_dir} is in use by this process (pid {os.getpid()}) already")
     handle = open(path, "a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A POSIX record lock (lockf), not flock: an flock belongs to the open file, which the DataLoader
+            # workers forked during the run share, so after a SIGKILL of main.py its orphaned workers kept
+            # the folder locked for seconds and an immediate --resume was refused naming a dead pid. A record
+            # lock belongs to this process alone: fork does not pass it on, and it goes when the process dies,
+            # whatever children live on. No check of the recorded pid is needed (pids are reused, too).
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise ExperimentBusy(f"{experiment_dir} is in use by a running main.py ({holder}); wait for it to "
                                  f"finish or stop it (SIGINT/SIGTERM saves a checkpoint) before --resume or "
                                  f"--overwrite") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        yield
+        _HELD_LOCKS.add(key)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
     finally:
         handle.close()  # releases the lock; the file stays (harmless, reused next time)
 
