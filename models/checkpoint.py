@@ -207,6 +207,13 @@ def _refuse_nonfinite(raw: Any, path: Path) -> None:
                               f"checkpoint is broken (saved from a diverged run?): use another one")
 
 
+def nonfinite_key(value: Any) -> str | None:
+    """Where the first floating-point tensor holding NaN/inf is in `value` (a state dict, an optimiser state,
+    nested dicts and lists), as a key path like "state[0]['exp_avg']"; None when every tensor is finite."""
+    found = _first_nonfinite(value, "", set())
+    return None if found is None else found[0]
+
+
 def _first_nonfinite(value: Any, where: str, seen: set[int]) -> tuple[str, Tensor] | None:
     """(key path, tensor) of the first floating-point tensor with a NaN/inf, in the file's order."""
     if isinstance(value, Tensor):
@@ -456,6 +463,25 @@ def save_backend_checkpoint(path: str | os.PathLike, *, backend: nn.Module, conf
 
 
 def _write_atomically(path: Path, payload: dict) -> Path:
-    with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
-        torch.save(payload, handle)
+    try:
+        with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
+            torch.save(payload, handle)
+    except RuntimeError as error:
+        # torch.save reports a write that failed (a full disk) as "[enforce fail at inline_container.cc:...]
+        # unexpected pos ..." with the OSError only as its context; the OSError, naming the file, says why.
+        cause = _os_error_behind(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from None
     return path
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,9 +1,11 @@
 """Checkpoint loading/saving: formats, strict loads with clear errors, safe unpickling, atomic writes, frozen parts."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from models.checkpoint import (
 )
 from models.resnet_se34v2 import ResNetSE34V2
 from models.sasv import SASVBackend, SASVModel
+from runtime import files
 
 torch.set_num_threads(2)
 
@@ -385,3 +388,48 @@ def test_save_cm_score_refuses_a_nan_checkpoint_in_one_line(fixtures, tmp_path, 
     assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {poisoned}: tensor out_layer.weight holds NaN/inf")
     assert not (tmp_path / "out").exists()  # refused before any output
+
+
+# --------------------------------------------------------------------------- a full disk while saving
+def _disk_full_after(budget: int):
+    """atomic_open whose file takes `budget` bytes, then fails like a full disk (torch.save gets the OSError
+    from write and raises a RuntimeError of its own, as on a real full disk)."""
+    real_open = files.atomic_open
+
+    @contextmanager
+    def filling_open(path, mode="w"):
+        with real_open(path, mode) as handle:
+            yield _Filling(handle, budget)
+    return filling_open
+
+
+class _Filling:
+    def __init__(self, handle, budget: int) -> None:
+        self.handle, self.left = handle, budget
+
+    def write(self, data) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self.left:
+            self.handle.write(bytes(memoryview(data).cast("B")[:self.left]))  # a partial file on disk
+            self.left = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.left -= size
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+@pytest.mark.parametrize("budget", [100, 20000])
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_old_one(tmp_path, monkeypatch, budget):
+    import models.checkpoint
+
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, model=tiny_model(), loss=None, config={"epoch": 1})
+    before = path.read_bytes()
+    monkeypatch.setattr(models.checkpoint, "atomic_open", _disk_full_after(budget))
+    with pytest.raises(OSError) as error:
+        save_checkpoint(path, model=tiny_model(), loss=None, config={"epoch": 2})
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]  # no temporary left
+    assert load_checkpoint(path).config == {"epoch": 1}
