@@ -25,6 +25,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import iterate_batches
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, nonfinite_key
 from runtime import distributed
 from runtime.compiling import CompiledNetworks
 from runtime.config import Config, ConfigError
@@ -85,6 +86,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.state = TrainState()
         self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
+        self._saved_path: Path | None = None  # the file that holds it (last.ckpt, or a best-k copy until copied)
         self._clock = time.time()  # wall-clock time accounted into state.seconds so far
         self._objective: torch.nn.Module | None = None  # the task's objective, behind DDP under torchrun
 
@@ -120,23 +122,34 @@ class Trainer:
         atomic write left as it was."""
         path = path or self.dir / "weights" / "last.ckpt"
         self.account_time()
-        parameters = [p for module in self.task.modules() for p in module.parameters()]
-        if not all(bool(torch.isfinite(p.detach()).all()) for p in parameters):
-            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
-                                f"checkpoint. {self.last_good()}")
+        # What load_checkpoint would refuse is never written: parameters, buffers (BatchNorm statistics)
+        # and the optimiser state.
+        what, where = "parameters", next((f"{type(module).__name__} tensor {key}" for module in self.task.modules()
+                                          if (key := nonfinite_key(module.state_dict())) is not None), None)
+        if where is None and (key := nonfinite_key(self.optimizer.state_dict())) is not None:
+            what, where = "optimiser state", f"optimiser tensor {key}"
+        if where is not None:
+            raise TrainingError(f"the {what} became NaN/inf by step {self.state.step}; not overwriting the "
+                                f"checkpoint ({where} holds NaN/inf). {self.last_good()}")
         if self.is_main:
-            try:
-                self.task.save(path, self.training_state())
-            except OSError as error:
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                    raise
-                raise TrainingError(f"cannot write {path}: {error.strerror}; training stopped. "
-                                    f"{self.last_good()}") from None
+            self._write(path, lambda: self.task.save(path, self.training_state()))
         self._saved = TrainState.from_dict(self.state.to_dict())
+        self._saved_path = path
         return path
 
+    def _write(self, path: Path, write: Callable[[], object]) -> None:
+        """Run `write` (an atomic write of `path`); a disk that is full or refuses it stops the run naming
+        `path` and the last good checkpoint, which the atomic write left as it was."""
+        try:
+            write()
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise TrainingError(f"cannot write {path}: {error.strerror}; training stopped. "
+                                f"{self.last_good()}") from None
+
     def last_good(self) -> str:
-        return last_good_checkpoint(self.dir, self._saved)
+        return last_good_checkpoint(self.dir, self._saved, self._saved_path)
 
     def account_time(self) -> None:
         now = time.time()
@@ -160,6 +173,7 @@ class Trainer:
         restore_rng(saved)
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
+        self._saved_path = path
         self._clock = time.time()
 
     def _check_resume_config(self, saved: dict[str, Any] | None) -> None:
@@ -184,6 +198,7 @@ class Trainer:
         self.resume(path, checkpoint)
         tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], self.task.metric_columns,
                           BEST_K_NAME, self.warn)
+        self._saved_path = self.dir / "weights" / "last.ckpt"  # tidied: it holds the restored state
         return path
 
     # ------------------------------------------------------------- the run
@@ -385,10 +400,12 @@ class Trainer:
             state.best, dropped = ranked[:config["save_top_k"]], ranked[config["save_top_k"]:]
         if best_k is not None and best_k in state.best:
             self.save_resumable(self.dir / best_k["path"])
+            last = self.dir / "weights" / "last.ckpt"
             if self.is_main:
-                atomic_copy(self.dir / best_k["path"], self.dir / "weights" / "last.ckpt")
+                self._write(last, lambda: atomic_copy(self.dir / best_k["path"], last))
+            self._saved_path = last
             if state.best[0] is best_k:
-                task.on_new_best(epoch + 1, dev)
+                self._write(self.dir / "weights" / "best.ckpt", lambda: task.on_new_best(epoch + 1, dev))
         else:
             self.save_resumable()
         if self.is_main:
