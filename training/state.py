@@ -120,14 +120,16 @@ def choose_resume_checkpoint(weights: Path, resumable: Callable[[Checkpoint], bo
     (`weights/X.ckpt`) of the unreadable ones; None when there is none to resume from.
 
     Newest = largest (epoch, batch); on a tie last.ckpt wins (a best-k copy never holds a newer
-    state than the last.ckpt written after it)."""
+    state than the last.ckpt written after it). When every checkpoint is unreadable (damaged, NaN
+    weights), starting again silently would be wrong: CheckpointError names the first one's fault."""
     newest, newest_position, newest_checkpoint = None, None, None
     unreadable: set[str] = set()
+    errors: list[tuple[Path, CheckpointError]] = []
     for path in sorted(weights.glob("*.ckpt")):
         try:
             checkpoint = load_checkpoint(path)
         except CheckpointError as error:
-            warn(f"warning: skipping unreadable checkpoint: {error}")
+            errors.append((path, error))
             unreadable.add(f"weights/{path.name}")
             continue
         if not resumable(checkpoint):
@@ -137,6 +139,12 @@ def choose_resume_checkpoint(weights: Path, resumable: Callable[[Checkpoint], bo
         if newest_position is None or position > newest_position or \
                 (position == newest_position and path.name == "last.ckpt"):
             newest, newest_position, newest_checkpoint = path, position, checkpoint
+    if newest is None and errors:
+        errors.sort(key=lambda entry: entry[0].name != "last.ckpt")  # named first: the run's own checkpoint
+        raise CheckpointError(f"{errors[0][1]}; no checkpoint in {weights} can be resumed from ({len(errors)} "
+                              f"unreadable): start again with --overwrite")
+    for _, error in errors:
+        warn(f"warning: skipping unreadable checkpoint: {error}")
     return None if newest is None else (newest, newest_checkpoint, unreadable)
 
 
@@ -294,10 +302,11 @@ def remove_if_unstarted(experiment_dir: Path) -> bool:
     return True
 
 
-def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None) -> str:
-    """The sentence an error ends with: which checkpoint to go on from (or that there is none)."""
-    last = experiment_dir / "weights" / "last.ckpt"
-    if saved is None or not last.is_file():
+def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None, path: Path | None = None) -> str:
+    """The sentence an error ends with: which checkpoint to go on from (or that there is none). `path` holds
+    the state `saved` (default weights/last.ckpt; a best-k copy when copying it to last.ckpt failed)."""
+    path = path or experiment_dir / "weights" / "last.ckpt"
+    if saved is None or not path.is_file():
         return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
                 "fix the cause and start again with --overwrite")
-    return f"The last good checkpoint is {last} ({saved.position()}); fix the cause and continue with --resume"
+    return f"The last good checkpoint is {path} ({saved.position()}); fix the cause and continue with --resume"
