@@ -233,8 +233,13 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def json_text(value: Any) -> str:
+    """The text of every JSON result file (`write_json`, and those staged in a `StagedOutputs`)."""
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    write_text(path, json_text(value))
 
 
 def write_pickle(path: str | Path, value: Any) -> None:
