@@ -99,3 +99,29 @@ def test_output_places_are_checked_before_any_work(name, monkeypatch, tmp_path):
         run_script(monkeypatch, name, *extra, "--comment", str(out))
     assert str(out / written) in str(raised.value)
     assert blocker.read_text() == "" and [p.name for p in out.iterdir()] == [Path(written).parts[0]]
+
+
+def test_save_asv_score_failed_move_puts_the_earlier_run_back(embedded, monkeypatch):
+    import errno
+    import os
+
+    config, out, protocols = embedded
+    run_script(monkeypatch, "save_asv_score", "--config", str(config), "--comment", str(out))
+    earlier = _asv_outputs(out)
+    (out / "score_ASV_dev.txt").unlink()  # a file the failing run would create afresh
+    del earlier["score_ASV_dev.txt"]
+    write_embeddings(out, protocols, "dev", seed=7)  # every file of the run would change
+    write_embeddings(out, protocols, "eval", seed=8)
+    real = os.replace
+
+    def replace(source, target, **kwargs) -> None:
+        if Path(target).name == "metrics_ASV_eval.json":  # the last move: the others are done by then
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError) as raised:
+        run_script(monkeypatch, "save_asv_score", "--config", str(config), "--comment", str(out))
+    assert raised.value.filename == str(out / "metrics_ASV_eval.json")
+    assert _asv_outputs(out) == earlier
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
