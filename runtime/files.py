@@ -189,13 +189,30 @@ class StagedOutputs:
             self._removed.add(final)
 
     def commit(self) -> None:
+        """Move every staged file into place. If a move fails (its error names the final path), the files
+        already moved are put back as they were (through hard links kept meanwhile) and the staging removed."""
         mode = 0o666 & ~_umask()
+        # (final, a hard link to the file it replaces, or None where there was none): undone if a later move
+        # fails, so that the set stays the earlier run's.
+        moved: list[tuple[Path, Path | None]] = []
         for final, staged in self._files.items():
+            previous: Path | None = staged.parent / f".{final.name}.previous"
+            undoable = True
+            try:
+                os.link(final, previous, follow_symlinks=False)
+            except FileNotFoundError:
+                previous = None
+            except OSError:
+                undoable = False  # no hard links on this file system: this one file cannot be put back
             try:
                 os.chmod(staged, mode)
                 os.replace(staged, final)
             except OSError as error:
+                _undo(moved)
+                self.discard()
                 raise OSError(error.errno, error.strerror, str(final)) from None
+            if undoable:
+                moved.append((final, previous))
         for final in self._removed:
             final.unlink(missing_ok=True)
         for folder in {*(final.parent for final in self._files), *(final.parent for final in self._removed)}:
@@ -213,6 +230,18 @@ class StagedOutputs:
             except OSError:
                 break
         self._created.clear()
+
+
+def _undo(moved: list[tuple[Path, Path | None]]) -> None:
+    """Put back the files that `StagedOutputs.commit` replaced (best effort: it is already failing)."""
+    for final, previous in reversed(moved):
+        try:
+            if previous is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(previous, final)
+        except OSError:
+            pass
 
 
 @contextmanager
@@ -233,8 +262,13 @@ def write_text(path: str | Path, text: str) -> None:
         handle.write(text)
 
 
+def json_text(value: Any) -> str:
+    """The text of every JSON result file (`write_json`, and those staged in a `StagedOutputs`)."""
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, value: Any) -> None:
-    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    write_text(path, json_text(value))
 
 
 def write_pickle(path: str | Path, value: Any) -> None:

@@ -19,15 +19,25 @@ def format_score(value: float) -> str:
     return repr(float(value))
 
 
-def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Sequence[float]) -> None:
+def scores_text(columns: Sequence[Sequence[str]], scores: Sequence[float]) -> str:
     """One line per row: the string columns, then the score, separated by spaces."""
     lines = [" ".join([*fields, format_score(score)]) for fields, score in zip(zip(*columns), scores)]
-    write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def trial_columns(trials: Sequence[SASVTrial]) -> tuple[list[str], list[str], list[str]]:
+    """The string columns of the SASV score format: `SPK UTT KEY`."""
+    return [t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]
+
+
+def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Sequence[float]) -> None:
+    """`scores_text` written atomically."""
+    write_text(path, scores_text(columns, scores))
 
 
 def write_trial_scores(path: str | Path, trials: Sequence[SASVTrial], scores: Sequence[float]) -> None:
     """The SASV score format: `SPK UTT KEY score` per trial, in trial order."""
-    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)
+    write_scores(path, trial_columns(trials), scores)
 
 
 def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
