@@ -93,6 +93,17 @@ def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
     return track1_from_det(det_curve(bona, spoof), bona, spoof)
 
 
+def _mean(costs: np.ndarray) -> float:
+    """Mean of non-negative finite `costs`; scaled by their maximum where the plain sum overflows (costs of
+    scores near 1e308), so that it stays finite, and as the package's np.mean otherwise."""
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(costs))
+    if np.isinf(mean):
+        largest = float(costs.max())
+        mean = largest * float(np.mean(costs / largest))
+    return mean
+
+
 def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: np.ndarray, spoof: np.ndarray
                     ) -> dict[str, float]:
     """`track1_from_scores`, given the DET curve (`det_curve(bona, spoof)`) of the same scores."""
@@ -110,7 +121,9 @@ def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: np.nda
     act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
     act_dcf = act / min(TRACK1_CFA * TRACK1_PSPOOF, TRACK1_CMISS * (1 - TRACK1_PSPOOF))
     # Cllr in bits; logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
-    cllr = 0.5 * (np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
+    # The halves are added, not the means: each may be near the float maximum. A Cllr beyond it is inf.
+    with np.errstate(over="ignore"):
+        cllr = (0.5 * _mean(np.logaddexp(0.0, -bona)) + 0.5 * _mean(np.logaddexp(0.0, spoof))) / np.log(2)
     return {"min_dcf": float(min_dcf), "act_dcf": float(act_dcf), "cllr": float(cllr), "eer": float(eer)}
 
 

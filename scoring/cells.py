@@ -142,7 +142,7 @@ def sasv_cell(kinds: TrialKinds, counts: np.ndarray, cm: tuple | None, strict: b
 
 
 def _min_tdcf(sorted_scores: np.ndarray, det: tuple) -> float:
-    if 1 + np.count_nonzero(np.diff(sorted_scores)) < 3:
+    if 1 + np.count_nonzero(sorted_scores[1:] != sorted_scores[:-1]) < 3:  # not np.diff: it overflows at 1e308
         raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
     return min_tdcf_from_det(det, ASVSPOOF5_ASV_RATES)
 
