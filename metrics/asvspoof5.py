@@ -99,7 +99,8 @@ class BonaFideTerms:
     @classmethod
     def of(cls, bona: np.ndarray) -> BonaFideTerms:
         # logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
-        return cls(np.count_nonzero(bona < _TRACK1_THRESHOLD) / bona.size, np.mean(np.logaddexp(0.0, -bona)))
+        with np.errstate(over="ignore"):
+            return cls(np.count_nonzero(bona < _TRACK1_THRESHOLD) / bona.size, _mean(np.logaddexp(0.0, -bona)))
 
 
 # The actual DCF reads the scores as LLRs, with the threshold at the Bayes decision point -log(beta).
@@ -109,6 +110,17 @@ _TRACK1_THRESHOLD = -np.log(TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * T
 def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
     """`track1_metrics` of validated (finite float64, non-empty) bona fide and spoof CM scores."""
     return track1_from_det(det_curve(bona, spoof), BonaFideTerms.of(bona), spoof)
+
+
+def _mean(costs: np.ndarray) -> float:
+    """Mean of non-negative finite `costs`; scaled by their maximum where the plain sum overflows (costs of
+    scores near 1e308), so that it stays finite, and as the package's np.mean otherwise."""
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(costs))
+    if np.isinf(mean):
+        largest = float(costs.max())
+        mean = largest * float(np.mean(costs / largest))
+    return mean
 
 
 def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: BonaFideTerms, spoof: np.ndarray
@@ -124,7 +136,9 @@ def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: BonaFi
     false_alarm = np.count_nonzero(spoof >= _TRACK1_THRESHOLD) / spoof.size
     act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * bona.miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
     act_dcf = act / min(TRACK1_CFA * TRACK1_PSPOOF, TRACK1_CMISS * (1 - TRACK1_PSPOOF))
-    cllr = 0.5 * (bona.cllr_term + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
+    # The halves are added, not the means: each may be near the float maximum. A Cllr beyond it is inf.
+    with np.errstate(over="ignore"):
+        cllr = (0.5 * bona.cllr_term + 0.5 * _mean(np.logaddexp(0.0, spoof))) / np.log(2)
     return {"min_dcf": float(min_dcf), "act_dcf": float(act_dcf), "cllr": float(cllr), "eer": float(eer)}
 
 

@@ -74,8 +74,9 @@ def key_codes(keys: Any, n_scores: int, names: tuple[str, ...] = SASV_KEYS) -> n
 
 def _eer_from_descending(scores_desc: np.ndarray, positive_desc: np.ndarray) -> float:
     """Challenge EER from scores sorted in descending order and their positive flags."""
-    # One ROC point per distinct score: the counts at the end of each tie group.
-    group_ends = np.flatnonzero(np.diff(scores_desc))
+    # One ROC point per distinct score: the counts at the end of each tie group (compared, not subtracted:
+    # the difference of scores near +-1e308 overflows).
+    group_ends = np.flatnonzero(scores_desc[1:] != scores_desc[:-1])
     group_ends = np.append(group_ends, scores_desc.size - 1)
     true_pos = np.cumsum(positive_desc, dtype=np.float64)[group_ends]
     false_pos = 1.0 + group_ends.astype(np.float64) - true_pos

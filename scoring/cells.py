@@ -187,7 +187,7 @@ def sasv_cell(kinds: TrialKinds, keep: np.ndarray, counts: np.ndarray, cm: tuple
 
 
 def _min_tdcf(sorted_scores: np.ndarray, det: tuple, kinds: TrialKinds, keep: np.ndarray) -> float:
-    if 1 + np.count_nonzero(np.diff(sorted_scores)) < 3:
+    if 1 + np.count_nonzero(sorted_scores[1:] != sorted_scores[:-1]) < 3:  # not np.diff: it overflows at 1e308
         raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
     rates = ASVSPOOF5_ASV_RATES if kinds.asv_org is None else kinds.asv_org.rates(keep)
     return min_tdcf_from_det(det, rates)
