@@ -13,6 +13,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: over ~5 s; the fast tier is -m 'not slow'")
+
+
 def fixtures_root() -> Path:
     return Path(os.environ.get("SASV_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
