@@ -232,6 +232,21 @@ def test_trial_with_unknown_key(work, model_file, capsys, monkeypatch):
     assert_one_line_error(score(work, model_file, capsys, monkeypatch), f"{path}:3:", "unknown trial key 'targett'")
 
 
+def test_trial_on_the_speaker_s_own_enrollment_utterance(work, model_file, capsys, monkeypatch):
+    """ASVspoof 2019 LA: the utterances behind a speaker's concatenated enrollment file are in
+    asv.dev.{female,male}.trn.txt; a trial testing the speaker on one of them is refused at read time."""
+    trial = read_sasv_trials(work.root / DEV_TRIALS)[2]
+    lists = [work.root / f"{PROTOCOLS}/ASVspoof2019.LA.asv.dev.{gender}.trn.txt" for gender in ("female", "male")]
+    where, enrolled = next((f"{path}:{number}", line.split()[1].split(",")[0]) for path in lists
+                           for number, line in enumerate(path.read_text().splitlines(), start=1)
+                           if line.split()[0] == trial.speaker)
+    path = work.edit_line(DEV_TRIALS, 3, lambda line: line.replace(trial.utterance, enrolled))
+    line = assert_one_line_error(score(work, model_file, capsys, monkeypatch), f"{path}:3:", enrolled,
+                                 f"({where})")
+    assert trial.speaker in line
+    assert_nothing_half_written(work.out)
+
+
 def test_trial_whose_speaker_has_no_enrollment(work, model_file, capsys, monkeypatch):
     enrollment_list = work.edit_line(DEV_ENROLLMENT, 1, lambda line: None)
     speaker = work.first_dev_trial().speaker
