@@ -4,6 +4,10 @@ Inputs (one kind per call):
   --sasv SCORES --sasv_keys KEYS       ASVspoof 5 Track 2 files (tab-separated, header line):
                                        `spk filename cm-score asv-score sasv-score` (`-` for an absent part)
                                        and `spk filename cm-label asv-label [attack] [codec]`
+  --asv_org FILE                       with --sasv: the organisers' ASV scores of the same trials (Track 2 format,
+                                       asv-score filled) give the min t-DCF its ASV error rates per cell, as
+                                       the package's evaluation_full.py --asv_org; without it, its built-in
+                                       pooled rates
   --cm SCORES --cm_keys KEYS           ASVspoof 5 Track 1 files: `filename cm-score`, `filename cm-label [attack]
                                        [codec]`
   --sasv_scores FILE --trials PROTOCOL this toolkit's `SPK UTT KEY score` (scores/eval.txt, score_SASV_eval.txt)
@@ -20,6 +24,7 @@ import argparse
 from pathlib import Path
 
 from runtime.cli import run_cli
+from runtime.files import check_output_place
 from scoring.asvspoof5_files import read_sasv_score_file, read_track1, read_track2
 from scoring.report import pooled_text, write_report
 
@@ -28,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sasv", help="ASVspoof 5 Track 2 score file")
     parser.add_argument("--sasv_keys", help="ASVspoof 5 Track 2 key file")
+    parser.add_argument("--asv_org", help="with --sasv: the organisers' ASV scores, for the min t-DCF")
     parser.add_argument("--cm", help="ASVspoof 5 Track 1 (CM) score file")
     parser.add_argument("--cm_keys", help="ASVspoof 5 Track 1 key file")
     parser.add_argument("--sasv_scores", help="this toolkit's SASV scores, `SPK UTT KEY score`")
@@ -44,6 +50,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"give exactly one of {', '.join(pairs)} (got {', '.join(given) or 'none'})")
     if not all(pairs[given[0]]):
         parser.error(f"{given[0]} go together")
+    if args.asv_org and not args.sasv:
+        parser.error("--asv_org goes with --sasv/--sasv_keys")
     if args.cm_protocol and not args.sasv_scores:
         parser.error("--cm_protocol goes with --sasv_scores/--trials")
     return args
@@ -51,13 +59,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    check_output_place(args.out, "--out")  # before the reading and the metrics, not after them
     if args.sasv:
-        trials = read_track2(args.sasv, args.sasv_keys)
+        trials = read_track2(args.sasv, args.sasv_keys, args.asv_org)
     elif args.cm:
         trials = read_track1(args.cm, args.cm_keys)
     else:
         trials = read_sasv_score_file(args.sasv_scores, args.trials, args.cm_protocol)
-    report = write_report(args.out, trials, metrics_csv=args.metrics_csv)
+    report = write_report(args.out, trials, metrics_csv=args.metrics_csv, plots_beside=True)
     print(f"{pooled_text(report)} -> {Path(args.out) / 'report.md'}")
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from data.synthetic import ensure_demo_corpus
 from runtime import distributed
-from runtime.cli import add_config_args, config_from_args, resume_command, run_cli
+from runtime.cli import add_config_args, config_from_args, exit_status, resume_command, run_cli
 from runtime.config import Config, config_text
 from runtime.device import resolve_device
 from runtime.files import output_folder
@@ -58,23 +59,26 @@ def main() -> None:
 def train(args: argparse.Namespace, config: Config, device: torch.device) -> None:
     """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
     main_rank = distributed.is_main()
-    generated = main_rank and ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress)
-    if distributed.broadcast_object(generated):  # read again: the protocol files of the new corpus are found now
-        config = config_from_args(args)
+    # A start-up failure of rank 0 ends the other ranks quietly with its exit status (on_main_rank).
+    if distributed.on_main_rank(lambda: ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress),
+                                exit_status):
+        config = config_from_args(args)  # read again: the protocol files of the new corpus are found now
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
     if config["system"] not in ("asv", "b2"):
         check_data_layout(config)
     experiment_dir = output_folder(args.output_dir, "--output_dir") / Path(args.config).stem
-    # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
-    with experiment_lock(experiment_dir, enabled=main_rank):
-        fresh = False
-        if main_rank:
+    with ExitStack() as held:
+        def claim_folder() -> bool:
+            # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
+            held.enter_context(experiment_lock(experiment_dir))
             # config.conf is the run as it was configured: the file plus --set overrides, read back the same.
-            fresh = prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
-                                           overwrite=args.overwrite,
-                                           config_text=config_text(
-                                               config, [*(distributed.launcher_prefix() or ["python"]), *sys.argv]))
-        distributed.barrier()
+            return prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
+                                          overwrite=args.overwrite,
+                                          config_text=config_text(
+                                              config, [*(distributed.launcher_prefix() or ["python"]), *sys.argv]))
+
+        # The other ranks wait here until rank 0 holds the folder, or exit with its refusal (busy, holds a run).
+        fresh = distributed.on_main_rank(claim_folder, exit_status) and main_rank  # rank 0 alone tidies up
         try:
             trainer = Trainer(config, experiment_dir, device, progress=not args.no_progress)
             # printed when SIGINT/SIGTERM stops the run

@@ -3,14 +3,17 @@
 Writes to --comment (default Exp-SASV):
   asv_embd_{trn,dev,eval}.pk, cm_embd_{trn,dev,eval}.pk   utterance id -> float32 vector
   spk_model_{dev,eval}.pk                                  speaker -> mean ASV embedding of its enrollment utterances
-Every list is read and, with on_bad_audio: error, every audio file checked before any extraction; a
-partition's files are written together once all of them are computed. With on_bad_audio: skip,
-unreadable utterances are left out (and listed on stderr), and so is the model of a speaker with an
-unreadable enrollment utterance (as SASV scoring skips that speaker's trials).
+Every list is read and, with on_bad_audio: error, every audio file checked before any extraction; the
+files of every partition are moved into place together once all of them are computed and written (a
+failure, a full disk included, leaves the earlier outputs as they were). An earlier run's file of a written
+partition that this run does not write (the embeddings of a network not loaded) is deleted then.
+With on_bad_audio: skip, unreadable utterances are left out (and listed on stderr), and so is the model of
+a speaker with an unreadable enrollment utterance (as SASV scoring skips that speaker's trials).
 """
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +22,10 @@ import numpy as np
 
 from data import corpus
 from models.build import load_system
-from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
 from runtime.device import resolve_device
+from runtime.files import check_output_place, staged_outputs
 from scoring.extraction import Extraction, extract
 from scoring.inputs import check_enrollment_audio, listed_audio
 from scoring.verification import speaker_model
@@ -55,13 +58,22 @@ def speaker_models(asv_embedding: Callable, enrollment: dict[str, list[Path]], s
     return models
 
 
+def output_files(out: Path, partitions: list[str]) -> list[Path]:
+    """Every file this run may write (which networks are loaded is known only later: both kinds)."""
+    models = {part: [f"spk_model_{part}.pk"] if part != "trn" else [] for part in partitions}
+    return [out / name for part in partitions for name in (f"asv_embd_{part}.pk", f"cm_embd_{part}.pk", *models[part])]
+
+
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
+    out = Path(args.comment)
+    check_output_place(out, "--comment")  # before any model is loaded
+    for path in output_files(out, args.partitions):
+        check_output_place(path, "--comment", folder=False)
     device = resolve_device(config["device"])
     model, _, loaded = load_system(config, device, weight_args(args), optional=("asv", "cm"))
     require_database(config)
-    out = files.output_folder(args.comment, "--comment")
     networks = {}
     if "asv" in loaded:
         networks["asv"] = model.asv_embedding
@@ -80,23 +92,28 @@ def main() -> None:
             check_enrollment_audio(enrollment, corpus.enrollment_list(config, part))
         plans[part] = (utterances, paths, enrollment)
     written = []
-    for part, (utterances, paths, enrollment) in plans.items():
-        bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
-        embeddings = extract(paths, config["test_samples"], networks, options, desc=f"{part} utterances",
-                             bad_audio=bad_audio)
-        good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
-        tables = {f"{name}_embd_{part}.pk": {utterances[i]: matrix[i].numpy() for i in good}
-                  for name, matrix in embeddings.items()}
-        if enrollment:
-            tables[f"spk_model_{part}.pk"] = speaker_models(model.asv_embedding, enrollment, config["test_samples"],
-                                                            options, part, bad_audio)
-        for name, table in tables.items():  # a partition's files are written together, once all are computed
-            files.write_pickle(out / name, table)
-            written.append(name)
-        if bad_audio:
-            shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])
-            print(f"warning: {part}: {len(bad_audio)} audio file(s) skipped (on_bad_audio: skip), left out of the "
-                  f"embeddings and speaker models: {shown}", file=sys.stderr)
+    # Each partition's files are staged as soon as they are computed; all of them are moved in together at
+    # the end, so a failure in a later partition (or a full disk) leaves the earlier outputs as they were.
+    with staged_outputs() as outputs:
+        for part, (utterances, paths, enrollment) in plans.items():
+            bad_audio: dict[str, str] = {}  # on_bad_audio: skip; those utterances are left out of the pickles
+            embeddings = extract(paths, config["test_samples"], networks, options, desc=f"{part} utterances",
+                                 bad_audio=bad_audio)
+            good = [i for i, path in enumerate(paths) if str(path) not in bad_audio]
+            tables = {f"{name}_embd_{part}.pk": {utterances[i]: matrix[i].numpy() for i in good}
+                      for name, matrix in embeddings.items()}
+            if enrollment:
+                tables[f"spk_model_{part}.pk"] = speaker_models(model.asv_embedding, enrollment,
+                                                                config["test_samples"], options, part, bad_audio)
+            for name, table in tables.items():
+                outputs.write_bytes(out / name, pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
+                written.append(name)
+            for path in output_files(out, [part]):  # an earlier run's file of a network not loaded this time
+                outputs.remove(path)
+            if bad_audio:
+                shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])
+                print(f"warning: {part}: {len(bad_audio)} audio file(s) skipped (on_bad_audio: skip), left out of "
+                      f"the embeddings and speaker models: {shown}", file=sys.stderr)
     print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
 
 

@@ -1,6 +1,7 @@
 """Cosine ASV scores from save_asv_embeddings.py output, in SASV trial order, and the SV-EER.
 
-Reads asv_embd_{part}.pk and spk_model_{part}.pk from --comment and writes there:
+Reads asv_embd_{part}.pk and spk_model_{part}.pk from --comment and writes there (every partition's files
+moved in together at the end: a failure leaves the earlier outputs as they were):
   score_ASV_{part}.txt      "UTT score" per line, in the order of the config's trial list
   metrics_ASV_{part}.json   sv_eer (and sasv_eer, spf_eer of the ASV score alone), fractions; n_trials,
                             n_skipped_trials (on_bad_audio: skip: trials without embedding or speaker model, score nan)
@@ -14,9 +15,9 @@ from pathlib import Path
 from data import corpus
 from data.embeddings import read_embeddings
 from metrics.eer import sasv_eers
-from runtime import files
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
-from scoring.score_files import write_scores
+from runtime.files import check_output_place, json_text, staged_outputs
+from scoring.score_files import scores_text
 from scoring.verification import cosine_scores
 
 
@@ -31,21 +32,31 @@ def main() -> None:
     args = parse_args()
     config = config_from_args(args)
     out = Path(args.comment)  # the embeddings are read from here
+    check_output_place(out, "--comment")  # before any reading
     for part in args.partitions:
-        trial_path = corpus.trial_list(config, part)
-        trials = corpus.sasv_trials(config, part)
-        scores, skipped = cosine_scores(read_embeddings(out / f"spk_model_{part}.pk"),
-                                        read_embeddings(out / f"asv_embd_{part}.pk"), trials, trial_path,
-                                        skip_missing=config["on_bad_audio"] == "skip")
-        result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
-        write_scores(out / f"score_ASV_{part}.txt", ([t.utterance for t in trials],), scores)
-        result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))
-        files.write_json(out / f"metrics_ASV_{part}.json", result)
-        if skipped.any():
-            print(f"warning: {part}: {int(skipped.sum())} of {len(trials)} trials skipped (on_bad_audio: skip; their "
-                  f"audio was left out by save_asv_embeddings.py): score nan, left out of the EERs", file=sys.stderr)
-        print(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {len(trials) - int(skipped.sum())} trials -> "
-              f"{out / f'score_ASV_{part}.txt'}")
+        for name in (f"score_ASV_{part}.txt", f"metrics_ASV_{part}.json"):
+            check_output_place(out / name, "--comment", folder=False)
+    summaries = []
+    # Every partition's files are staged, then moved in together: a failure leaves the earlier outputs as they were.
+    with staged_outputs() as outputs:
+        for part in args.partitions:
+            trial_path = corpus.trial_list(config, part)
+            trials = corpus.sasv_trials(config, part)
+            scores, skipped = cosine_scores(read_embeddings(out / f"spk_model_{part}.pk"),
+                                            read_embeddings(out / f"asv_embd_{part}.pk"), trials, trial_path,
+                                            skip_missing=config["on_bad_audio"] == "skip")
+            result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
+            outputs.write_text(out / f"score_ASV_{part}.txt", scores_text(([t.utterance for t in trials],), scores))
+            result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))
+            outputs.write_text(out / f"metrics_ASV_{part}.json", json_text(result))
+            if skipped.any():
+                print(f"warning: {part}: {int(skipped.sum())} of {len(trials)} trials skipped (on_bad_audio: skip; "
+                      f"their audio was left out by save_asv_embeddings.py): score nan, left out of the EERs",
+                      file=sys.stderr)
+            summaries.append(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {len(trials) - int(skipped.sum())} "
+                             f"trials -> {out / f'score_ASV_{part}.txt'}")
+    for summary in summaries:
+        print(summary)
 
 
 if __name__ == "__main__":

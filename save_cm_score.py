@@ -1,6 +1,7 @@
 """CM scores of every CM-protocol utterance, the CM EER and the min t-DCF.
 
-Writes to --comment (default Exp-SASV), for dev and eval:
+Writes to --comment (default Exp-SASV), for dev and eval (every partition's files moved in together at the
+end: a failure leaves the earlier outputs as they were):
   score_CM_{part}.txt             "UTT score": softmax probability of bona fide
   score_CM_{part}_no_softmax.txt  "UTT score": bona fide logit (used for the metrics, as aasist does)
   metrics_CM_{part}.json          cm_eer, cm_threshold and min_tdcf (fractions), n_utterances, n_skipped_utterances
@@ -12,20 +13,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from data import corpus
 from models.build import load_system
-from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
 from runtime.device import resolve_device
+from runtime.files import check_output_place, json_text, staged_outputs
 from scoring.countermeasure import cm_logits, cm_metrics
 from scoring.extraction import Extraction
 from scoring.inputs import listed_audio
-from scoring.score_files import read_asv_score_file, write_scores
+from scoring.score_files import read_asv_score_file, scores_text
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,51 +38,65 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def output_files(out: Path, partitions: list[str]) -> list[Path]:
+    return [out / name for part in partitions
+            for name in (f"score_CM_{part}.txt", f"score_CM_{part}_no_softmax.txt", f"metrics_CM_{part}.json")]
+
+
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
+    out = Path(args.comment)
+    check_output_place(out, "--comment")  # before any model is loaded
+    for path in output_files(out, args.partitions):
+        check_output_place(path, "--comment", folder=False)
     device = resolve_device(config["device"])
     model, _, _ = load_system(config, device, weight_args(args), need=("cm",))
     require_database(config)
     options = Extraction.from_config(config, device)
-    out = files.output_folder(args.comment, "--comment")
     lists = {part: corpus.cm_entries(config, part) for part in args.partitions}
     # every list read and every file checked before any scoring
     audio = {part: listed_audio(config, part, [e.utterance for e in entries], corpus.cm_list(config, part))
              for part, entries in lists.items()}
-    for part, entries in lists.items():
-        bad_audio: dict[str, str] = {}
-        paths = audio[part]
-        logits = cm_logits(lambda wave: model.cm_embedding(wave)[1], paths, config["test_samples"], options,
-                           desc=f"{part} CM", bad_audio=bad_audio)
-        bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)
-        bonafide_probability = torch.softmax(logits, dim=1)[:, 1].numpy()
-        names = ([e.utterance for e in entries],)
-        write_scores(out / f"score_CM_{part}.txt", names, bonafide_probability)
-        write_scores(out / f"score_CM_{part}_no_softmax.txt", names, bonafide_logit)
-        if bad_audio:
-            shown = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:3])
-            print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
-                  f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
-        asv_path = out / f"score_ASV_{part}.txt"
-        # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
-        asv2019 = corpus.dataset(config) == corpus.ASVSPOOF2019_LA
-        asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
-            if asv2019 and asv_path.is_file() else None
-        scored = cm_metrics(bonafide_logit, np.array([e.key == "bonafide" for e in entries]), asv)
-        result = {"cm_eer": scored["eer"], "cm_threshold": scored["threshold"], "min_tdcf": scored["min_tdcf"],
-                  "n_utterances": len(entries), "n_skipped_utterances": len(bad_audio),
-                  "skipped_audio": dict(sorted(bad_audio.items()))}
-        if not asv2019:
-            result["min_tdcf_note"] = "the t-DCF is defined for ASVspoof 2019 LA only"
-        elif asv is None:
-            result["min_tdcf_note"] = f"no {asv_path}; run save_asv_score.py first"
-        elif "min_tdcf_note" in scored:
-            result["min_tdcf_note"] = scored["min_tdcf_note"]
-        files.write_json(out / f"metrics_CM_{part}.json", result)
-        tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if result["min_tdcf"] is not None else \
-            f"min t-DCF skipped: {result['min_tdcf_note']}"
-        print(f"{part}: CM EER {100 * scored['eer']:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")
+    summaries = []
+    # Every partition's files are staged, then moved in together: a failure leaves the earlier outputs as they were.
+    with staged_outputs() as outputs:
+        for part, entries in lists.items():
+            bad_audio: dict[str, str] = {}
+            paths = audio[part]
+            logits = cm_logits(lambda wave: model.cm_embedding(wave)[1], paths, config["test_samples"], options,
+                               desc=f"{part} CM", bad_audio=bad_audio)
+            bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)
+            bonafide_probability = torch.softmax(logits, dim=1)[:, 1].numpy()
+            names = ([e.utterance for e in entries],)
+            outputs.write_text(out / f"score_CM_{part}.txt", scores_text(names, bonafide_probability))
+            outputs.write_text(out / f"score_CM_{part}_no_softmax.txt", scores_text(names, bonafide_logit))
+            if bad_audio:
+                shown = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:3])
+                print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
+                      f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
+            asv_path = out / f"score_ASV_{part}.txt"
+            # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
+            asv2019 = corpus.dataset(config) == corpus.ASVSPOOF2019_LA
+            asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
+                if asv2019 and asv_path.is_file() else None
+            scored = cm_metrics(bonafide_logit, np.array([e.key == "bonafide" for e in entries]), asv)
+            result = {"cm_eer": scored["eer"], "cm_threshold": scored["threshold"], "min_tdcf": scored["min_tdcf"],
+                      "n_utterances": len(entries), "n_skipped_utterances": len(bad_audio),
+                      "skipped_audio": dict(sorted(bad_audio.items()))}
+            if not asv2019:
+                result["min_tdcf_note"] = "the t-DCF is defined for ASVspoof 2019 LA only"
+            elif asv is None:
+                result["min_tdcf_note"] = f"no {asv_path}; run save_asv_score.py first"
+            elif "min_tdcf_note" in scored:
+                result["min_tdcf_note"] = scored["min_tdcf_note"]
+            outputs.write_text(out / f"metrics_CM_{part}.json", json_text(result))
+            tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if result["min_tdcf"] is not None else \
+                f"min t-DCF skipped: {result['min_tdcf_note']}"
+            summaries.append(f"{part}: CM EER {100 * scored['eer']:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")
+    for summary in summaries:
+        print(summary)
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -6,22 +6,26 @@ Writes to --comment (default Exp-SASV):
                           skipped_audio (on_bad_audio: skip; skipped trials have the score nan)
   report_{part}/          the evaluation report (scoring/report.py, docs/evaluation.md): report.json/.md/.csv,
                           plots, and the ASVspoof 5 Track 2 files track2_scores.tsv, track2_keys.tsv
-Each test utterance and each speaker's enrollment goes through the networks once.
+Each test utterance and each speaker's enrollment goes through the networks once. Every output place is checked
+before the model is loaded, every partition's inputs before any scoring; the files of all partitions are moved
+into place together at the end, so a failure (a full disk included) leaves the earlier outputs as they were.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from data import corpus
 from models.build import load_system
-from runtime import files
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.device import resolve_device
+from runtime.files import check_output_place, json_text, staged_outputs
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
-from scoring.report import primary_metric, write_sasv_report
-from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary, write_sasv_scores
+from scoring.report import REPORT_FILES, REPORT_PLOTS, TRACK2_FILES, primary_metric, write_sasv_report
+from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary
+from scoring.score_files import scores_text, trial_columns
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,30 +35,49 @@ def parse_args() -> argparse.Namespace:
     add_output_args(parser)
     return parser.parse_args()
 
+def check_output_places(out: Path, partitions: list[str]) -> None:
+    """Before any model is loaded: --comment can hold every file this run writes (exit status 2 otherwise)."""
+    check_output_place(out, "--comment")
+    for part in partitions:
+        check_output_place(out / f"report_{part}", "--comment")
+        for path in (out / f"score_SASV_{part}.txt", out / f"metrics_{part}.json",
+                     *(out / f"report_{part}" / name for name in (*REPORT_FILES, *REPORT_PLOTS, *TRACK2_FILES))):
+            check_output_place(path, "--comment", folder=False)
+
 
 def main() -> None:
     args = parse_args()
     config = config_from_args(args)
+    out = Path(args.comment)
+    check_output_places(out, args.partitions)
     device = resolve_device(config["device"])
     model, loss, _ = load_system(config, device, weight_args(args), need=("asv", "cm", "backend"))
     scorer = SASVScorer(model, loss, Extraction.from_config(config, device))
-    out = files.output_folder(args.comment, "--comment")
-    for part in args.partitions:
-        inputs = scoring_inputs(config, part)
-        scored = scorer.score_trials(inputs)
-        result = sasv_metrics(scored.scores, [t.key for t in inputs.trials], scored.skipped)
-        write_sasv_scores(out / f"score_SASV_{part}.txt", inputs, scored.scores)
-        if scored.n_skipped:  # on_bad_audio: skip; the skipped trials keep their line with score nan
-            print(skipped_summary(scored, part), file=sys.stderr)
-        result.update(n_trials=len(inputs.trials), n_skipped_trials=scored.n_skipped,
-                      skipped_audio=dict(sorted(scored.bad_audio.items())))
-        report = write_sasv_report(out / f"report_{part}", str(out / f"score_SASV_{part}.txt"), inputs.trials,
-                                   scored.scores, scored.skipped, cm=scored.cm, asv=scored.asv, codecs=inputs.codecs,
-                                   first=corpus.primary_metric(config))
-        result.update(primary_metric(report))
-        files.write_json(out / f"metrics_{part}.json", result)
-        print(f"{part}: {sasv_text(result)} ({len(inputs.trials) - scored.n_skipped} trials) -> "
-              f"{out / f'score_SASV_{part}.txt'}")
+    inputs = {part: scoring_inputs(config, part) for part in args.partitions}  # every partition checked first
+    summaries = []
+    # Every partition's files, reports included, are staged, then moved in together: a failure in a later
+    # partition (or a full disk) leaves the earlier outputs as they were and writes nothing of this run.
+    with staged_outputs() as outputs:
+        for part in args.partitions:
+            trials = inputs[part].trials
+            scored = scorer.score_trials(inputs[part])
+            result = sasv_metrics(scored.scores, [t.key for t in trials], scored.skipped)
+            score_file = out / f"score_SASV_{part}.txt"
+            outputs.write_text(score_file, scores_text(trial_columns(trials), scored.scores))
+            if scored.n_skipped:  # on_bad_audio: skip; the skipped trials keep their line with score nan
+                print(skipped_summary(scored, part), file=sys.stderr)
+            result.update(n_trials=len(trials), n_skipped_trials=scored.n_skipped,
+                          skipped_audio=dict(sorted(scored.bad_audio.items())))
+            # The report deletes the report files of an earlier run that it does not write (a plot).
+            report = write_sasv_report(out / f"report_{part}", str(score_file), trials, scored.scores,
+                                       scored.skipped, cm=scored.cm, asv=scored.asv, codecs=inputs[part].codecs,
+                                       first=corpus.primary_metric(config), outputs=outputs)
+            result.update(primary_metric(report))
+            outputs.write_text(out / f"metrics_{part}.json", json_text(result))
+            summaries.append(f"{part}: {sasv_text(result)} ({len(trials) - scored.n_skipped} trials) -> "
+                             f"{score_file}")
+    for summary in summaries:
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -83,10 +83,15 @@ def adcf_curve_from_codes(values: np.ndarray, codes: np.ndarray, cost_model: ADC
     for name, count in zip(SASV_KEYS, counts):
         if count == 0:
             raise MetricError(f"no {name} trials: the a-DCF is undefined")
+    return adcf_curve_from_sorted(*sort_by_score_then_class(values, codes, 3), cost_model, counts)
+
+
+def adcf_curve_from_sorted(sorted_scores: np.ndarray, sorted_codes: np.ndarray, cost_model: ADCFCostModel,
+                           counts: np.ndarray | None = None) -> ADCFResult:
+    """`adcf_curve_from_codes` of scores sorted ascending, ties ordered by key code, every class present
+    (`counts`: the trials per class, when known)."""
+    counts = np.bincount(sorted_codes, minlength=3) if counts is None else counts
     n_target, n_nontarget, n_spoof = (int(count) for count in counts)
-
-    sorted_scores, sorted_codes = sort_by_score_then_class(values, codes, 3)
-
     misses = np.concatenate(([0], np.cumsum(sorted_codes == 0)))
     nontargets_left = n_nontarget - np.concatenate(([0], np.cumsum(sorted_codes == 1)))
     spoofs_left = n_spoof - np.concatenate(([0], np.cumsum(sorted_codes == 2)))

@@ -88,23 +88,43 @@ def _require_codes(codes: np.ndarray, names: tuple[str, ...], what: str) -> None
 # ------------------------------------------------------------------------------------------ Track 1
 
 
+@dataclass(frozen=True)
+class BonaFideTerms:
+    """What Track 1 takes from the bona fide scores beside the DET curve: their share below the actual DCF's
+    threshold and their Cllr term; shared by report cells with the same bona fide trials."""
+
+    miss: float
+    cllr_term: float  # mean of log(1 + e^-score), nats
+
+    @classmethod
+    def of(cls, bona: np.ndarray) -> BonaFideTerms:
+        # logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
+        return cls(np.count_nonzero(bona < _TRACK1_THRESHOLD) / bona.size, np.mean(np.logaddexp(0.0, -bona)))
+
+
+# The actual DCF reads the scores as LLRs, with the threshold at the Bayes decision point -log(beta).
+_TRACK1_THRESHOLD = -np.log(TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * TRACK1_PSPOOF))
+
+
 def track1_from_scores(bona: np.ndarray, spoof: np.ndarray) -> dict[str, float]:
     """`track1_metrics` of validated (finite float64, non-empty) bona fide and spoof CM scores."""
-    frr, far, thresholds = det_curve(bona, spoof)
+    return track1_from_det(det_curve(bona, spoof), BonaFideTerms.of(bona), spoof)
+
+
+def track1_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], bona: BonaFideTerms, spoof: np.ndarray
+                    ) -> dict[str, float]:
+    """`track1_from_scores`, given the DET curve (`det_curve(bona, spoof)`) and the terms of the bona fide
+    scores."""
+    frr, far, thresholds = det
     eer, _ = eer_from_det(frr, far, thresholds)
     p_bona = 1 - TRACK1_PSPOOF
     # min DCF: minimum over the EER sweep's points, normalised by the cheaper trivial system.
     cost = TRACK1_CMISS * frr * p_bona + TRACK1_CFA * far * (1 - p_bona)
     min_dcf = float(np.min(cost)) / min(TRACK1_CMISS * p_bona, TRACK1_CFA * (1 - p_bona))
-    # actual DCF: scores read as LLRs, threshold at the Bayes decision point -log(beta).
-    beta = TRACK1_CMISS * (1 - TRACK1_PSPOOF) / (TRACK1_CFA * TRACK1_PSPOOF)
-    threshold = -np.log(beta)
-    miss = np.count_nonzero(bona < threshold) / bona.size
-    false_alarm = np.count_nonzero(spoof >= threshold) / spoof.size
-    act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
+    false_alarm = np.count_nonzero(spoof >= _TRACK1_THRESHOLD) / spoof.size
+    act = TRACK1_CMISS * (1 - TRACK1_PSPOOF) * bona.miss + TRACK1_CFA * TRACK1_PSPOOF * false_alarm
     act_dcf = act / min(TRACK1_CFA * TRACK1_PSPOOF, TRACK1_CMISS * (1 - TRACK1_PSPOOF))
-    # Cllr in bits; logaddexp(0, x) = log(1 + e^x) without the package's overflow for |x| > ~700.
-    cllr = 0.5 * (np.mean(np.logaddexp(0.0, -bona)) + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
+    cllr = 0.5 * (bona.cllr_term + np.mean(np.logaddexp(0.0, spoof))) / np.log(2)
     return {"min_dcf": float(min_dcf), "act_dcf": float(act_dcf), "cllr": float(cllr), "eer": float(eer)}
 
 
@@ -132,6 +152,12 @@ def min_tdcf_asvspoof5(cm_bonafide: Any, cm_spoof: Any, asv_rates: ASVErrorRates
             raise MetricError(f"no {name} trials: the t-DCF is undefined")
     if np.unique(np.concatenate((bona, spoof))).size < 3:
         raise MetricError("CM scores take fewer than 3 distinct values: give soft scores, not decisions")
+    return min_tdcf_from_det(det_curve(bona, spoof), asv_rates)
+
+
+def min_tdcf_from_det(det: tuple[np.ndarray, np.ndarray, np.ndarray], asv_rates: ASVErrorRates) -> float:
+    """`min_tdcf_asvspoof5` given the CM's DET curve (`det_curve(bona, spoof)`: both classes present, at
+    least 3 distinct scores)."""
     cost, rates = TDCF_COST, asv_rates
     c0 = cost.Ptrg * cost.Cmiss * rates.pmiss_target + cost.Pnontrg * cost.Cfa_asv * rates.pfa_nontarget
     c1 = cost.Ptrg * cost.Cmiss - c0
@@ -141,28 +167,18 @@ def min_tdcf_asvspoof5(cm_bonafide: Any, cm_spoof: Any, asv_rates: ASVErrorRates
     default = c0 + min(c1, c2)
     if default == 0:
         raise MetricError("t-DCF is undefined: the cost of the default system is 0 (error-free ASV, C2 = 0)")
-    pmiss_cm, pfa_cm, _ = det_curve(bona, spoof)
+    pmiss_cm, pfa_cm, _ = det
     return float(np.min((c0 + c1 * pmiss_cm + c2 * pfa_cm) / default))
 
 
-def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray, pfa_non: np.ndarray,
-                 pfa_spf: np.ndarray) -> tuple[float, int, int] | None:
-    """Concurrent t-EER on the given operating points: (t-EER, ASV index, CM index), or None if none qualifies.
-
-    For every ASV point, the CM point where tandem miss and false-alarm rates are closest; among the ASV
-    points in the allowed region, the first whose CM point best meets Pfa_non/Pfa_spf = Pfa_cm/(1-Pmiss_cm).
-    """
-    bona_pass = 1 - pmiss_cm
-    weighted_pass = (1 - _RHO) * bona_pass  # operation order of the package, so ties break alike
-    weighted_fa = _RHO * pfa_cm
-    allowed = pmiss_asv < (1 - _RHO) * pfa_non + _RHO * pfa_spf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cm_ratio = pfa_cm / bona_pass
-        asv_ratio = pfa_non / pfa_spf
-    best_crit, best = np.inf, None
+def _closest_cm_points_scan(pmiss_asv: np.ndarray, pfa_non: np.ndarray, pfa_spf: np.ndarray,
+                            cm: tuple[np.ndarray, ...]) -> np.ndarray:
+    """For each ASV point, the first CM index minimising |tandem miss - tandem false alarm|: a full scan of
+    every CM point, in cache-sized blocks of rows (in-place arithmetic, reused buffers)."""
+    pmiss_cm, bona_pass, weighted_pass, weighted_fa = cm
     rows = max(1, _BLOCK_ELEMENTS // pmiss_cm.size)
-    # Reused cache-sized buffers, in-place arithmetic: several times faster than fresh temporaries.
     buffers = [np.empty((min(rows, pmiss_asv.size), pmiss_cm.size)) for _ in range(3)]
+    found = np.empty(pmiss_asv.size, dtype=np.int64)
     for start in range(0, pmiss_asv.size, rows):
         block = slice(start, start + rows)
         tandem_miss, tandem_fa, spoof_part = (buffer[: pmiss_asv[block].size] for buffer in buffers)
@@ -172,27 +188,111 @@ def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray
         np.multiply(weighted_fa, pfa_spf[block, None], out=spoof_part)
         tandem_fa += spoof_part
         tandem_miss -= tandem_fa
-        cm_index = np.argmin(np.abs(tandem_miss, out=tandem_miss), axis=1)
-        with np.errstate(invalid="ignore"):
-            crit = np.abs(asv_ratio[block] - cm_ratio[cm_index])
-            crit = np.where(allowed[block] & (crit < np.inf), crit, np.inf)  # NaN/inf never win
-        row = int(np.argmin(crit))
-        if crit[row] < best_crit:  # strict: the first minimum wins, across blocks too
-            best_crit, best = crit[row], (start + row, int(cm_index[row]))
-    if best is None:
+        found[block] = np.argmin(np.abs(tandem_miss, out=tandem_miss), axis=1)
+    return found
+
+
+def _tandem_gap(rows: np.ndarray, columns: np.ndarray, asv: tuple[np.ndarray, ...], cm: tuple[np.ndarray, ...]
+                ) -> np.ndarray:
+    """tandem miss - tandem false alarm at (ASV row, CM column) pairs, with the same floating-point
+    operations, in the same order, as the full scan (so the same bits)."""
+    pmiss_asv, pfa_non, pfa_spf = asv
+    pmiss_cm, bona_pass, weighted_pass, weighted_fa = cm
+    tandem_miss = bona_pass[columns] * pmiss_asv[rows] + pmiss_cm[columns]
+    tandem_fa = weighted_pass[columns] * pfa_non[rows] + weighted_fa[columns] * pfa_spf[rows]
+    return tandem_miss - tandem_fa
+
+
+def _first_at_least(rows: np.ndarray, target: np.ndarray, size: int, asv: tuple, cm: tuple) -> np.ndarray:
+    """Per row, the first CM column whose tandem gap is >= target (size when none): bisection, valid
+    because the gap never decreases along the CM points (see `_closest_cm_points`)."""
+    low, high = np.zeros(rows.size, dtype=np.int64), np.full(rows.size, size, dtype=np.int64)
+    while True:
+        open_ = low < high
+        if not open_.any():
+            return low
+        middle = (low + high) // 2
+        probe = np.minimum(middle, size - 1)
+        below = _tandem_gap(rows, probe, asv, cm) < target
+        low = np.where(open_ & below, middle + 1, low)
+        high = np.where(open_ & ~below, middle, high)
+
+
+def _closest_cm_points(pmiss_asv: np.ndarray, pfa_non: np.ndarray, pfa_spf: np.ndarray,
+                       cm: tuple[np.ndarray, ...]) -> np.ndarray:
+    """`_closest_cm_points_scan`, in O(log n) per ASV point instead of O(n).
+
+    Along the CM points (threshold rising) the CM miss rate never falls and its false-alarm rate never
+    rises, so tandem miss - tandem false alarm never decreases, and |gap| falls to the sign change and
+    rises after it. In floating point the false-alarm part is exactly monotone (products and sums of
+    monotone non-negative terms round monotonically); the miss part, CM miss + (1 - CM miss) * ASV miss,
+    rises by at least (1 - ASV miss) * (smallest CM miss step) at each bona fide point, which must dwarf
+    its rounding (a few 1e-16) for the order to survive rounding. Rows where it might not are scanned in
+    full. The first minimum of |gap| is then the sign change's right side, or the first point of the run
+    of equal gaps that ends at its left side, whichever is smaller (the left one on a tie)."""
+    pmiss_cm = cm[0]
+    size = pmiss_cm.size
+    steps = np.diff(pmiss_cm)
+    smallest_step = steps[steps > 0].min() if np.any(steps > 0) else 0.0
+    safe = (1 - pmiss_asv) * smallest_step > 1e-12
+    found = np.empty(pmiss_asv.size, dtype=np.int64)
+    unsafe = np.flatnonzero(~safe)
+    if unsafe.size:
+        found[unsafe] = _closest_cm_points_scan(pmiss_asv[unsafe], pfa_non[unsafe], pfa_spf[unsafe], cm)
+    rows = np.flatnonzero(safe)
+    if not rows.size:
+        return found
+    asv = (pmiss_asv, pfa_non, pfa_spf)
+    crossing = _first_at_least(rows, np.zeros(rows.size), size, asv, cm)
+    left = np.maximum(crossing - 1, 0)
+    left_gap = _tandem_gap(rows, left, asv, cm)
+    right_gap = _tandem_gap(rows, np.minimum(crossing, size - 1), asv, cm)
+    take_right = (crossing == 0) | ((crossing < size) & (np.abs(right_gap) < np.abs(left_gap)))
+    run_start = _first_at_least(rows, left_gap, size, asv, cm)  # first point of the left side's run
+    found[rows] = np.where(take_right, crossing, run_start)
+    return found
+
+
+def _teer_search(pmiss_cm: np.ndarray, pfa_cm: np.ndarray, pmiss_asv: np.ndarray, pfa_non: np.ndarray,
+                 pfa_spf: np.ndarray, *, full_scan: bool = False) -> tuple[float, int, int] | None:
+    """Concurrent t-EER on the given operating points: (t-EER, ASV index, CM index), or None if none qualifies.
+
+    For every ASV point, the CM point where tandem miss and false-alarm rates are closest; among the ASV
+    points in the allowed region, the first whose CM point best meets Pfa_non/Pfa_spf = Pfa_cm/(1-Pmiss_cm).
+    `full_scan` finds the closest CM points by scanning every one (the package's way; for tests).
+    """
+    bona_pass = 1 - pmiss_cm
+    # Operation order of the package, so that ties break alike.
+    cm = (pmiss_cm, bona_pass, (1 - _RHO) * bona_pass, _RHO * pfa_cm)
+    allowed = pmiss_asv < (1 - _RHO) * pfa_non + _RHO * pfa_spf
+    if not allowed.any():
         return None
-    asv_index, cm_index_best = best
-    return float(pfa_spf[asv_index] * pfa_cm[cm_index_best]), asv_index, cm_index_best
+    closest = _closest_cm_points_scan if full_scan else _closest_cm_points
+    cm_index = np.zeros(pmiss_asv.size, dtype=np.int64)
+    cm_index[allowed] = closest(pmiss_asv[allowed], pfa_non[allowed], pfa_spf[allowed], cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crit = np.abs(pfa_non / pfa_spf - pfa_cm[cm_index] / bona_pass[cm_index])
+    crit = np.where(allowed & (crit < np.inf), crit, np.inf)  # NaN/inf never win
+    row = int(np.argmin(crit))  # the first minimum wins
+    if not crit[row] < np.inf:
+        return None
+    return float(pfa_spf[row] * pfa_cm[cm_index[row]]), row, int(cm_index[row])
 
 
 def _t_eer(cm: np.ndarray, asv: np.ndarray, codes: np.ndarray) -> float:
     """Accelerated concurrent t-EER (fraction) of validated per-trial CM/ASV scores and SASV key codes."""
-    counts = np.bincount(codes, minlength=3)
     _, sorted_codes = sort_by_score_then_class(asv, codes, 3)
+    return t_eer_from_sorted(sorted_codes, det_curve(cm[codes != 2], cm[codes == 2]))
+
+
+def t_eer_from_sorted(sorted_codes: np.ndarray, cm_det: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """`_t_eer` given the key codes of the trials in ascending order of ASV score (ties ordered by code)
+    and the CM's DET curve (bona fide = target and nontarget trials against the spoofs)."""
+    counts = np.bincount(sorted_codes, minlength=3)
     pmiss_asv = np.concatenate(([0.0], np.cumsum(sorted_codes == 0) / counts[0]))
     pfa_non = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 1) / counts[1]))
     pfa_spf = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 2) / counts[2]))
-    pmiss_cm, pfa_cm, _ = det_curve(cm[codes != 2], cm[codes == 2])
+    pmiss_cm, pfa_cm, _ = cm_det
     curves = (pmiss_cm, pfa_cm, pmiss_asv, pfa_non, pfa_spf)
 
     asv_step = pmiss_asv.size // _TEER_DECIMATED

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.interpolate import interp1d
-from scipy.optimize import brentq
 
 from metrics.errors import MetricError
 
@@ -90,6 +88,10 @@ def _eer_from_descending(scores_desc: np.ndarray, positive_desc: np.ndarray) -> 
     true_pos = np.concatenate(([0.0], true_pos))
     fpr = false_pos / false_pos[-1]
     tpr = true_pos / true_pos[-1]
+    # Imported here: scipy.interpolate takes a second to import, and a CM-only report never needs it.
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+
     # fpr is already non-decreasing, so interp1d's own stable sort would be the identity.
     tpr_at = interp1d(fpr, tpr, assume_sorted=True)
     # tpr_at(0) can be NaN (vertical first segment); brentq copes as in the reference.
@@ -123,8 +125,14 @@ def sasv_eers(scores: Any, keys: Sequence[str] | np.ndarray) -> dict[str, float]
     ):
         if not np.any(codes == code):
             raise MetricError(f"no {name} trials: {needed_for} is undefined")
-    order = np.argsort(values)[::-1]
-    scores_desc, codes_desc = values[order], codes[order]
+    order = np.argsort(values)
+    return sasv_eers_from_sorted(values[order], codes[order])
+
+
+def sasv_eers_from_sorted(scores: np.ndarray, codes: np.ndarray) -> dict[str, float]:
+    """`sasv_eers` of validated scores sorted ascending and their key codes, each class present (tie order
+    within a score does not matter: the ROC has one point per distinct score)."""
+    scores_desc, codes_desc = scores[::-1], codes[::-1]
     is_target = codes_desc == 0
     sv_part = codes_desc != 2
     spf_part = codes_desc != 1
@@ -177,9 +185,16 @@ def det_curve(
     n_target, n_nontarget = target_scores.size, nontarget_scores.size
     scores = np.concatenate((target_scores, nontarget_scores))
     codes = np.concatenate((np.zeros(n_target, dtype=np.int8), np.ones(n_nontarget, dtype=np.int8)))
-    sorted_scores, sorted_codes = sort_by_score_then_class(scores, codes, 2)
+    return det_curve_from_sorted(*sort_by_score_then_class(scores, codes, 2))
+
+
+def det_curve_from_sorted(sorted_scores: np.ndarray, sorted_codes: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`det_curve` of scores sorted ascending, ties ordered by class (0 target, 1 non-target), both present."""
     rejected_targets = np.cumsum(sorted_codes == 0)
-    rejected_nontargets = np.arange(1, scores.size + 1) - rejected_targets
+    n_target = int(rejected_targets[-1])
+    n_nontarget = sorted_scores.size - n_target
+    rejected_nontargets = np.arange(1, sorted_scores.size + 1) - rejected_targets
     frr = np.concatenate(([0.0], rejected_targets / n_target))
     far = np.concatenate(([1.0], (n_nontarget - rejected_nontargets) / n_nontarget))
     thresholds = np.concatenate(([sorted_scores[0] - 0.001], sorted_scores))

@@ -12,6 +12,7 @@ from losses import build_loss
 from models import network_class
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVBackend, SASVModel
+from runtime.compiling import CompiledNetworks
 from runtime.config import Config, ConfigError, non_finite
 from runtime.device import channels_last_enabled
 
@@ -99,20 +100,24 @@ def build_sasv_model(config: Config, *, load_weights: bool = True) -> tuple[SASV
 
 
 def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: bool = False,
-                         channels_last: str = "auto") -> SASVModel:
+                         channels_last: str = "auto", compiled: CompiledNetworks | None = None) -> SASVModel:
     """Device-specific speed-ups that leave the weights and state-dict keys as they are.
 
     `channels_last` (the config key: auto = CUDA only, on, off; see runtime.device.channels_last_enabled)
     puts the ResNet in channels_last. `compile` applies torch.compile, in place (`nn.Module.compile`, so
     checkpoints keep their keys), to the networks that are trained: the back-end, plus ASV / CM when
-    they are not frozen.
+    they are not frozen; through `compiled` (the run's; by default one that warns on stderr), which puts
+    them back to eager when the compiler fails.
     """
     if channels_last_enabled(channels_last, device):
         model.asv_model.use_channels_last()
     if compile:
-        subsystems = ((model.asv_model, model.train_asv), (model.cm_model, model.train_cm))
-        for network in [model.backend] + [network for network, trainable in subsystems if trainable]:
-            network.compile()
+        compiled = compiled if compiled is not None else CompiledNetworks()
+        subsystems = ((model.asv_model, model.train_asv, "the ASV network"),
+                      (model.cm_model, model.train_cm, "the CM network"))
+        for network, name in [(model.backend, "the back-end")] + [(network, name) for network, trainable, name
+                                                                  in subsystems if trainable]:
+            compiled.compile(network, name)
     return model
 
 

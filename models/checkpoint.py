@@ -180,6 +180,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read any supported checkpoint file (format detected from its content) without running code."""
     path = Path(path)
     raw = _safe_torch_load(path)
+    _refuse_nonfinite(raw, path)
     if isinstance(raw, Mapping) and raw.get("format") == OUR_FORMAT:
         return _from_ours(raw, path)
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
@@ -190,6 +191,63 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return _from_flat_state(raw, path)
     raise CheckpointError(f"{path}: not a recognised checkpoint (expected a voxceleb_trainer, AASIST, "
                           f"Lightning or {OUR_FORMAT} file; got {_describe(raw)})")
+
+
+def _refuse_nonfinite(raw: Any, path: Path) -> None:
+    """A tensor holding NaN/inf (weights, BatchNorm statistics, optimiser state) is refused here, naming it:
+    loaded, it would surface only later, as NaN scores blamed on the first audio file or a NaN loss."""
+    try:
+        found = _first_nonfinite(raw, "", set())
+    except RecursionError:
+        raise CheckpointError(f"{path}: its content is nested too deeply to be a checkpoint") from None
+    if found is not None:
+        where, tensor = found
+        bad = int((~torch.isfinite(_stored_values(tensor))).sum())
+        raise CheckpointError(f"{path}: tensor {where} holds NaN/inf ({bad} of {tensor.numel()} values); the "
+                              f"checkpoint is broken (saved from a diverged run?): use another one")
+
+
+def nonfinite_key(value: Any) -> str | None:
+    """Where the first floating-point tensor holding NaN/inf is in `value` (a state dict, an optimiser state,
+    nested dicts and lists), as a key path like "state[0]['exp_avg']"; None when every tensor is finite."""
+    found = _first_nonfinite(value, "", set())
+    return None if found is None else found[0]
+
+
+def _first_nonfinite(value: Any, where: str, seen: set[int]) -> tuple[str, Tensor] | None:
+    """(key path, tensor) of the first floating-point tensor with a NaN/inf, in the file's order."""
+    if isinstance(value, Tensor):
+        return (where or "(the whole file)", value) if _has_nonfinite(value) else None
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:  # plain values; Lightning's config stand-ins hold no tensors
+        return None
+    if id(value) in seen:  # a crafted pickle can refer to a container from inside itself
+        return None
+    seen.add(id(value))
+    for key, item in items:
+        found = _first_nonfinite(item, f"{where}[{key!r}]" if where else str(key), seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _has_nonfinite(tensor: Tensor) -> bool:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return False
+    values = _stored_values(tensor)
+    # A NaN/inf value makes the sum NaN/inf, so a finite sum clears the tensor in one cheap pass (isfinite
+    # over every value is some 50 times slower); a non-finite sum may be an overflow of large finite values.
+    return not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all())
+
+
+def _stored_values(tensor: Tensor) -> Tensor:
+    """The values a tensor stores (a sparse tensor's implicit zeros are finite; isfinite does not take it)."""
+    if tensor.layout == torch.sparse_coo:
+        return tensor._values()
+    return tensor if tensor.layout == torch.strided else tensor.values()
 
 
 def _describe(raw: Any) -> str:
@@ -405,6 +463,25 @@ def save_backend_checkpoint(path: str | os.PathLike, *, backend: nn.Module, conf
 
 
 def _write_atomically(path: Path, payload: dict) -> Path:
-    with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
-        torch.save(payload, handle)
+    try:
+        with atomic_open(path, "wb") as handle:  # readers see the old file or the complete new one
+            torch.save(payload, handle)
+    except RuntimeError as error:
+        # torch.save reports a write that failed (a full disk) as "[enforce fail at inline_container.cc:...]
+        # unexpected pos ..." with the OSError only as its context; the OSError, naming the file, says why.
+        cause = _os_error_behind(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from None
     return path
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from runtime import distributed
 from runtime.config import Config, build_config, check_device_name, load_config
 from runtime.errors import RunFailure, UserError, unwrap_worker_error, worker_died
 from runtime.signals import RunInterrupted
@@ -43,10 +43,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.device:
         check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
-    if distributed.is_main():  # once per run, not once per torchrun process
+    if _is_main():  # once per run, not once per torchrun process
         for default, found in getattr(config, "found_protocols", {}).items():
             print(f"using protocol {found} ({default} does not exist)", file=sys.stderr)
     return config
+
+
+def _is_main() -> bool:
+    """runtime.distributed.is_main(), without importing torch into a process that never did (evaluate.py):
+    such a process has no process group, so its rank is torchrun's RANK, if any."""
+    distributed = sys.modules.get("runtime.distributed")
+    if distributed is None:
+        return os.environ.get("RANK", "0") == "0"
+    return distributed.is_main()
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, asv: bool, cm: bool) -> None:
@@ -70,22 +79,35 @@ def resume_command(argv: list[str], launcher: Sequence[str] = ()) -> str:
     return shlex.join([*(launcher or ["python"]), argv[0], *kept, "--resume"])
 
 
+def exit_status(error: BaseException) -> int:
+    """The status `run_cli` exits with after `error` (1 for an error it lets through with a traceback)."""
+    if isinstance(error, RunInterrupted):
+        return error.exit_status
+    if isinstance(error, USER_ERRORS):
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else int(error.code is not None)
+    return 1
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run `main`; bad input becomes one line on stderr and exit status 2, a failed run one line and 1,
     a run stopped by SIGINT/SIGTERM its message and 128 + the signal number."""
     try:
         code = main()
     except RunInterrupted as interruption:
-        if distributed.is_main():  # under torchrun every rank stops at the same point; one message is enough
+        if _is_main():  # under torchrun every rank stops at the same point; one message is enough
             print(str(interruption), file=sys.stderr)
-        sys.exit(interruption.exit_status)
+        sys.exit(exit_status(interruption))
     except USER_ERRORS as error:
         # Errors raised in DataLoader workers arrive wrapped in the worker's traceback.
         print(f"error: {unwrap_worker_error(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_status(error))
     except RUN_FAILURES as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exit_status(error))
     except RuntimeError as error:
         died = worker_died(error)  # a script's extraction loader lost a worker
         if died is None:
@@ -100,7 +122,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {where}{error.strerror or error} (earlier outputs are intact; nothing was half-written)",
               file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(exit_status(interruption))
     sys.exit(code or 0)

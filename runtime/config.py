@@ -127,7 +127,9 @@ SCHEMA: dict = _section(
                         "(on CUDA only), on or off", choices=("auto", "on", "off")),
     compile=Field(bool, False, "torch.compile the trained networks in place: the back-end, plus ASV / CM when "
                   "trained, or the stage's network (inductor: Triton kernels on CUDA, C++ built with the system "
-                  "compiler on CPU; ignored under torchrun on CUDA, where SyncBatchNorm cannot be compiled)"),
+                  "compiler on CPU; ignored under torchrun on CUDA, where SyncBatchNorm cannot be compiled). "
+                  "When the compiler fails (at the first call, a new shape or the first backward pass), one "
+                  "warning line names the cause and the run goes on eagerly, with the eager numbers"),
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
                                   "back-end on them; false runs the frozen networks every batch"),

@@ -133,6 +133,36 @@ def broadcast_object(value: Result) -> Result:
     return holder[0]
 
 
+class MainRankStopped(SystemExit):
+    """Ends a rank > 0 without a word, with rank 0's exit status, when rank 0 failed in `on_main_rank`
+    (rank 0 says why)."""
+
+
+def on_main_rank(work: Callable[[], Result], exit_status: Callable[[BaseException], int]) -> Result:
+    """`work()` done by rank 0 alone (taking the experiment folder, writing the demo corpus), its result
+    on every rank. A collective: every rank must call it.
+
+    When `work` raises, rank 0 re-raises and the other ranks raise MainRankStopped(exit_status(error)).
+    Otherwise they would wait in their next collective for a process that is gone, and gloo or NCCL
+    would end each of them with a traceback under rank 0's one-line refusal.
+    """
+    if not is_distributed():
+        return work()
+    result, failure = None, None
+    if is_main():
+        try:
+            result = work()
+        except BaseException as error:
+            failure = error
+    status = exit_status(failure) if failure is not None else 0
+    failed, status, result = broadcast_object((failure is not None, status, result))
+    if failure is not None:
+        raise failure
+    if failed:
+        raise MainRankStopped(status)
+    return result
+
+
 def broadcast_states(*modules: nn.Module) -> None:
     """Copy rank 0's parameters and buffers into every rank's modules (in place)."""
     if not is_distributed():

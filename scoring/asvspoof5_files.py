@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data import corpus
 from data.asvspoof5 import BONAFIDE
 from data.protocols import (
     CM_KEYS,
@@ -27,6 +26,7 @@ from data.protocols import (
     read_fields,
 )
 from runtime.files import write_text
+from scoring import columnar
 from scoring.score_files import format_score, parse_score, read_trial_scores
 
 TRACK2_SCORE_HEADER = ("spk", "filename", "cm-score", "asv-score", "sasv-score")
@@ -53,6 +53,7 @@ class ScoredTrials:
     asv: np.ndarray | None = None
     attack: np.ndarray | None = None
     codec: np.ndarray | None = None
+    asv_org: np.ndarray | None = None  # the organisers' ASV scores (Track 2 --asv_org), for the min t-DCF
     n_skipped: int = 0  # trials left out: their score was nan (on_bad_audio: skip)
 
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class ScoredTrials:
     def subset(self, keep: np.ndarray) -> ScoredTrials:
         """The trials where `keep` is True (every per-trial array cut alike)."""
         cut = {name: None if getattr(self, name) is None else getattr(self, name)[keep]
-               for name in ("cm_keys", "asv_keys", "sasv", "cm", "asv", "attack", "codec")}
+               for name in ("cm_keys", "asv_keys", "sasv", "cm", "asv", "asv_org", "attack", "codec")}
         return replace(self, **cut, n_skipped=self.n_skipped + int(np.size(keep) - np.count_nonzero(keep)))
 
 
@@ -177,10 +178,48 @@ def _score_column(path: str | Path, column: str, position: int, aligned: list[li
     return np.array([parse_score(path, line, field, column=column) for field, line in zip(fields, lines)])
 
 
-def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
+def _track2_keys(key_path: str | Path) -> tuple | None:
+    return columnar.read_keys(key_path, ("spk", "filename"), True, _ALIASES)
+
+
+def _read_track2_columnar(score_path: str | Path, key_path: str | Path, required: str, keys: tuple | None
+                          ) -> ScoredTrials | None:
+    """`_read_track2_file` through scoring.columnar (`keys`: `_track2_keys`), or None for the line reader."""
+    if keys is None:
+        return None
+    trials, labels = keys
+    scores = columnar.read_scores(score_path, TRACK2_SCORE_HEADER, ("spk", "filename"), trials, _ALIASES)
+    if scores is None or scores[required] is None:
+        return None
+    return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=labels["cm-label"],
+                        asv_keys=labels["asv-label"], sasv=scores["sasv-score"], cm=scores["cm-score"],
+                        asv=scores["asv-score"], attack=labels["attack"], codec=labels["codec"])
+
+
+def read_track2(score_path: str | Path, key_path: str | Path, asv_org_path: str | Path | None = None
+                ) -> ScoredTrials:
     """ASVspoof 5 Track 2 scores joined with their keys on (spk, filename), in key-file order.
 
-    cm-score / asv-score hold `-` on every line when the system has no such part (None here)."""
+    cm-score / asv-score hold `-` on every line when the system has no such part (None here).
+    `asv_org_path`: the organisers' ASV scores of the same trials (a Track 2 score file whose asv-score
+    column is filled), which give the min t-DCF its ASV error rates per cell, as the package's `--asv_org`."""
+    keys = _track2_keys(key_path)  # read once for both score files
+    trials = _read_track2_file(score_path, key_path, "sasv-score", keys)
+    if asv_org_path is None:
+        return trials
+    if trials.cm is None or trials.asv is None:
+        raise ProtocolError(f"{score_path}: organisers' ASV scores ({asv_org_path}) serve the min t-DCF, which "
+                            f"needs the cm-score and asv-score columns, but they are '-' here")
+    org = _read_track2_file(asv_org_path, key_path, "asv-score", keys)
+    return replace(trials, asv_org=org.asv, source=f"{trials.source}, organisers' ASV scores {asv_org_path}")
+
+
+def _read_track2_file(score_path: str | Path, key_path: str | Path, required: str, keys: tuple | None
+                      ) -> ScoredTrials:
+    """One Track 2 score file joined with the keys; its column `required` must hold numbers."""
+    fast = _read_track2_columnar(score_path, key_path, required, keys)
+    if fast is not None:
+        return fast
     header_line, header, rows = _table(score_path, "Track 2 score file")
     _require_header(score_path, header_line, header, TRACK2_SCORE_HEADER, "Track 2 score file")
     scores, seen = {}, {}
@@ -192,16 +231,32 @@ def read_track2(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     lines = [seen[row[1]] for row in keys]
     cm, asv, sasv = (_score_column(score_path, column, position, aligned, lines)
                      for position, column in enumerate(TRACK2_SCORE_HEADER[2:]))
-    if sasv is None:
-        raise ProtocolError(f"{score_path}:{rows[0][0]}: sasv-score is '-' on every line; it is required")
+    if {"sasv-score": sasv, "asv-score": asv}[required] is None:
+        raise ProtocolError(f"{score_path}:{rows[0][0]}: {required} is '-' on every line; it is required")
     return ScoredTrials(source=f"{score_path} (keys {key_path})",
                         cm_keys=np.array([row[2] for row in keys], dtype=str),
                         asv_keys=np.array([row[3] for row in keys], dtype=str), sasv=sasv, cm=cm, asv=asv,
                         attack=_labels(keys, 4, index, "attack"), codec=_labels(keys, 5, index, "codec"))
 
 
+def _read_track1_columnar(score_path: str | Path, key_path: str | Path) -> ScoredTrials | None:
+    """`read_track1` through scoring.columnar, or None for the line reader to decide."""
+    keys = columnar.read_keys(key_path, ("filename",), False, _ALIASES)
+    if keys is None:
+        return None
+    trials, labels = keys
+    scores = columnar.read_scores(score_path, TRACK1_SCORE_HEADER, ("filename",), trials, _ALIASES)
+    if scores is None or scores["cm-score"] is None:
+        return None
+    return ScoredTrials(source=f"{score_path} (keys {key_path})", cm_keys=labels["cm-label"],
+                        cm=scores["cm-score"], attack=labels["attack"], codec=labels["codec"])
+
+
 def read_track1(score_path: str | Path, key_path: str | Path) -> ScoredTrials:
     """ASVspoof 5 Track 1 CM scores joined with their keys on filename, in key-file order."""
+    fast = _read_track1_columnar(score_path, key_path)
+    if fast is not None:
+        return fast
     header_line, header, rows = _table(score_path, "Track 1 score file")
     _require_header(score_path, header_line, header, TRACK1_SCORE_HEADER, "Track 1 score file")
     scores, seen = {}, {}
@@ -257,6 +312,7 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     `read_trial_scores`) with attack labels from the trial list's attack column or, given, the CM protocol.
     Either list may be ASVspoof 2019 LA's or ASVspoof 5's (told by its columns). A `nan` score (a trial
     skipped for bad audio) leaves the trial out, as the toolkit's metrics do."""
+    from data import corpus  # loads torch (through data.datasets): only for the toolkit's own lists
     trials = corpus.read_trials(trial_path, None)
     scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
     if cm_protocol is not None:

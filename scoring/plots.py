@@ -24,6 +24,7 @@ from data.protocols import ProtocolError
 from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, adcf_curve_from_codes
 from metrics.eer import det_curve, key_codes
 from scoring.asvspoof5_files import ScoredTrials
+from scoring.score_files import parse_number
 
 _MAX_POINTS = 4000  # points drawn per curve: enough for the eye, cheap on a million trials
 _DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
@@ -155,10 +156,10 @@ def read_training_log(path: str | Path) -> dict[str, np.ndarray]:
         if len(row) != len(header):
             raise ProtocolError(f"{path}:{number}: expected {len(header)} comma-separated fields, got {len(row)}")
         for name, text in zip(header, row):
-            try:
-                columns[name].append(float(text) if text.strip() else math.nan)
-            except ValueError:
-                raise ProtocolError(f"{path}:{number}: {name} {text!r} is not a number") from None
+            value = parse_number(text) if text.strip() else math.nan
+            if value is None:
+                raise ProtocolError(f"{path}:{number}: {name} {text!r} is not a number")
+            columns[name].append(value)
     if len(rows) < 2:
         raise ProtocolError(f"{path}: metrics.csv has no epochs")
     return {name: np.array(values) for name, values in columns.items()}

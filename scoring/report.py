@@ -16,17 +16,18 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metrics.adcf import min_adcf
-from metrics.asvspoof5 import ASVSPOOF5_ASV_RATES, min_tdcf_asvspoof5, t_eer, track1_from_scores, track2_from_arrays
-from metrics.eer import as_scores, key_codes, sasv_eers
+from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
-from runtime.files import atomic_open, write_text
+from runtime import forked
+from runtime.files import StagedOutputs, staged_outputs
 from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
+from scoring.cells import TrialKinds, cm_cell, cm_det, guarded, sasv_cell
 
 SASV_METRICS = ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf")
 TANDEM_METRICS = ("min_tdcf", "t_eer")
@@ -36,7 +37,16 @@ LABELS = {"sasv_eer": "SASV-EER", "sv_eer": "SV-EER", "spf_eer": "SPF-EER", "min
           "a_dcf": "min a-DCF (ASVspoof 5)", "min_tdcf": "min t-DCF", "t_eer": "t-EER", "min_dcf": "CM min DCF",
           "act_dcf": "CM act DCF", "cllr": "CM Cllr", "eer": "CM EER"}
 REPORT_FILES = ("report.json", "report.md", "report.csv")
+# Every figure a report may hold (scoring.plots), and the Track 2 files of write_sasv_report: a rerun into the
+# same folder deletes the ones it does not write, so that the folder holds one report.
+REPORT_PLOTS = ("det_sasv.png", "hist_sasv.png", "adcf.png", "det_cm.png", "hist_cm.png", "training.png")
+TRACK2_FILES = ("track2_scores.tsv", "track2_keys.tsv")
+# The metrics of the package's attack x codec tables, in its order: Track 2, then Track 1.
+FULL_TABLE_METRICS = ("a_dcf", "min_tdcf", "t_eer", "min_dcf", "eer", "cllr", "act_dcf")
 POOLED = "pooled"
+# Reports this large draw their plots in a second process when asked (write_report's plots_beside); on
+# smaller ones starting it would cost more than it saves.
+PLOTS_BESIDE_FROM = 100_000
 
 Cell = dict[str, Any]
 
@@ -51,104 +61,103 @@ def metric_names(trials: ScoredTrials) -> tuple[str, ...]:
     return names
 
 
-def cell_metrics(trials: ScoredTrials, mask: np.ndarray, *, strict: bool = False) -> Cell:
-    """Trial counts and every metric of `metric_names` on the trials in `mask`.
+def _cell(trials: ScoredTrials, kinds: TrialKinds, keep: np.ndarray, names: tuple[str, ...], strict: bool
+          ) -> Cell:
+    """Trial counts and every metric of `names` on the trials in `keep` (flags over the set of `kinds`, whose
+    rankings are cut to them).
 
     `strict` (the pooled cell): a metric that cannot be computed is a MetricError; otherwise it is None."""
     cell: Cell = {}
-    if trials.asv_keys is not None:
-        keys = trials.asv_keys[mask]
-        codes = key_codes(keys, keys.size)
-        counts = np.bincount(codes, minlength=3)
+    if kinds.sasv_codes is not None:
+        counts = np.bincount(kinds.sasv_codes[keep], minlength=3)
         cell.update(n_target=int(counts[0]), n_nontarget=int(counts[1]), n_spoof=int(counts[2]))
     else:
-        spoof = int(np.count_nonzero(trials.cm_keys[mask] == "spoof"))
-        cell.update(n_bonafide=int(np.count_nonzero(mask)) - spoof, n_spoof=spoof)
-    names = metric_names(trials)
+        n_spoof = int(np.count_nonzero(keep & kinds.is_spoof))
+        cell.update(n_bonafide=int(np.count_nonzero(keep)) - n_spoof, n_spoof=n_spoof)
     cell.update({name: None for name in names})
+    cm = cm_det(kinds)  # one CM sort for the tandem and the Track 1 metrics
     if trials.sasv is not None:
-        cell.update(_guarded(lambda: _sasv_cell(trials, mask, keys, codes), strict))
+        cell.update(guarded(lambda: sasv_cell(kinds, keep, counts, cm, strict), strict))
     if trials.cm is not None:
-        cell.update(_guarded(lambda: _cm_cell(trials, mask), strict))
+        cell.update(guarded(lambda: cm_cell(kinds, keep, cm), strict))
     return {name: _plain(value) for name, value in cell.items()}
-
-
-def _sasv_cell(trials: ScoredTrials, mask: np.ndarray, keys: np.ndarray, codes: np.ndarray) -> Cell:
-    sasv = trials.sasv[mask]
-    cell: Cell = dict(sasv_eers(sasv, keys))
-    cell["min_a_dcf"] = min_adcf(sasv, keys)[0]
-    cell["a_dcf"] = track2_from_arrays(None, None, sasv, codes, ASVSPOOF5_ASV_RATES)["a_dcf"]
-    if trials.cm is not None and trials.asv is not None:
-        # The tandem metrics can be undefined where the SASV ones are not (e.g. no ASV threshold in the t-EER's
-        # region): such a metric is None (`-` in the tables), never an error that loses the whole report.
-        cm, asv = trials.cm[mask], trials.asv[mask]
-        cell.update(_guarded(lambda: {"min_tdcf": min_tdcf_asvspoof5(cm[codes != 2], cm[codes == 2],
-                                                                     ASVSPOOF5_ASV_RATES)}, strict=False))
-        cell.update(_guarded(lambda: {"t_eer": t_eer(cm, asv, keys)}, strict=False))
-    return cell
-
-
-def _cm_cell(trials: ScoredTrials, mask: np.ndarray) -> Cell:
-    bona = trials.cm[mask & (trials.cm_keys == "bonafide")]
-    spoof = trials.cm[mask & (trials.cm_keys == "spoof")]
-    if not bona.size or not spoof.size:
-        raise MetricError("no bona fide or no spoof CM trials: the Track 1 metrics are undefined")
-    return track1_from_scores(bona, spoof)
-
-
-def _guarded(compute: Any, strict: bool) -> Cell:
-    """`compute()`, or nothing when a non-strict cell lacks what a metric needs."""
-    try:
-        return compute()
-    except MetricError:
-        if strict:
-            raise
-        return {}
 
 
 def _plain(value: Any) -> Any:
     return float(value) if isinstance(value, (float, np.floating)) else value
 
 
-def condition_masks(trials: ScoredTrials) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(attack -> every bona fide trial + that attack's spoofs, codec -> that codec's trials), sorted."""
+def _conditions(labels: np.ndarray | None, where: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(the distinct labels of the trials in `where`, sorted; each trial's index into them, -1 elsewhere)."""
+    if labels is None:
+        return [], np.full(where.size, -1)
+    names, index = np.unique(labels, return_inverse=True)
+    used = np.unique(index[where])
+    position = np.full(names.size + 1, -1)
+    position[used] = np.arange(used.size)
+    return names[used].tolist(), position[np.where(where, index, names.size)]
+
+
+def attack_codec_table(trials: ScoredTrials, names: tuple[str, ...]) -> dict[str, dict[str, Cell]]:
+    """{attack or "pooled": {codec or "pooled": cell}}, as the ASVspoof 5 package's full tables: a cell holds
+    the trials of its codec (all of them in the pooled column), of which every bona fide trial and the
+    spoofs of its attack (every spoof in the pooled row). Rows and columns in name order. The pooled cell
+    is strict (see `_cell`)."""
     is_spoof = trials.cm_keys == "spoof"
-    attacks, codecs = {}, {}
-    if trials.attack is not None:
-        for attack in sorted(set(trials.attack[is_spoof].tolist())):
-            attacks[attack] = ~is_spoof | (trials.attack == attack)
-    if trials.codec is not None:
-        for codec in sorted(set(trials.codec.tolist())):
-            codecs[codec] = trials.codec == codec
-    return attacks, codecs
+    attacks, attack_index = _conditions(trials.attack, is_spoof)  # -1: bona fide
+    codecs, codec_index = _conditions(trials.codec, np.ones(is_spoof.size, dtype=bool))
+    for name in (*attacks, *codecs):
+        if name == POOLED:
+            raise MetricError(f"{trials.source}: {POOLED!r} is reserved for the pooled row and column; rename "
+                              f"that attack or codec")
+    sasv_codes = None if trials.asv_keys is None else key_codes(trials.asv_keys, len(trials))
+    kinds = TrialKinds.of(sasv_codes, is_spoof, trials.sasv, trials.cm, trials.asv, trials.asv_org)
+    table: dict[str, dict[str, Cell]] = {row: {} for row in (POOLED, *attacks)}
+    for column, number in ((POOLED, None), *((codec, number) for number, codec in enumerate(codecs))):
+        # A codec's trials become a set of their own: its cells then cost the codec's size, not the list's.
+        in_codec = None if number is None else codec_index == number
+        column_kinds = kinds if in_codec is None else kinds.subset(in_codec)
+        column_attacks = attack_index if in_codec is None else attack_index[in_codec]
+        for row_number, row in enumerate(table):
+            if row == POOLED:
+                keep, cell_kinds = np.ones(column_kinds.is_spoof.size, dtype=bool), column_kinds
+            else:
+                keep = ~column_kinds.is_spoof | (column_attacks == row_number - 1)
+                cell_kinds = column_kinds.within(keep)
+            table[row][column] = _cell(trials, cell_kinds, keep, names, strict=row == column == POOLED)
+    return table
 
 
 def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, Any]:
-    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec}; cells as `cell_metrics`.
+    """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec, per_attack_codec}; cells as `_cell`.
+    `per_attack_codec` is `attack_codec_table` when the codecs are known, else {}.
     `first`: a metric the tables show first (the benchmark's primary one)."""
     if len(trials) == 0:
         raise MetricError(f"{trials.source}: no trials to report on")
     if trials.sasv is not None and trials.asv_keys is None:
         raise MetricError(f"{trials.source}: SASV scores need target/nontarget/spoof keys")
-    for name in ("sasv", "cm", "asv"):  # finite float64, one per trial (the readers already check)
+    for name in ("sasv", "cm", "asv", "asv_org"):  # finite float64, one per trial (the readers already check)
         values = getattr(trials, name)
         if values is not None and as_scores(values, f"{trials.source}: {name} scores").size != len(trials):
             raise MetricError(f"{trials.source}: {values.size} {name} scores for {len(trials)} trials")
-    attacks, codecs = condition_masks(trials)
     names = list(metric_names(trials))
-    if first in names:
-        names.insert(0, names.pop(names.index(first)))
     try:
-        pooled = cell_metrics(trials, np.ones(len(trials), dtype=bool), strict=True)
+        table = attack_codec_table(trials, tuple(names))
     except MetricError as error:  # say which scores lack a class
         raise MetricError(f"{trials.source}: {error}") from None
+    if first in names:
+        names.insert(0, names.pop(names.index(first)))
     return {
         "source": trials.source,
         "metrics": names,
         "n_skipped_trials": trials.n_skipped,
-        POOLED: pooled,
-        "per_attack": {attack: cell_metrics(trials, mask) for attack, mask in attacks.items()},
-        "per_codec": {codec: cell_metrics(trials, mask) for codec, mask in codecs.items()},
+        # Where the min t-DCF's ASV error rates come from (see docs/evaluation.md).
+        "tdcf_asv_rates": None if "min_tdcf" not in names else
+        "built-in pooled" if trials.asv_org is None else "organisers' ASV scores per cell",
+        POOLED: table[POOLED][POOLED],
+        "per_attack": {attack: row[POOLED] for attack, row in table.items() if attack != POOLED},
+        "per_codec": {codec: cell for codec, cell in table[POOLED].items() if codec != POOLED},
+        "per_attack_codec": table if trials.codec is not None else {},
     }
 
 
@@ -199,16 +208,40 @@ def report_markdown(report: dict[str, Any]) -> str:
                   *_table(report, report["per_codec"], "codec"), ""]
     if not report["per_attack"] and not report["per_codec"]:
         lines += ["## Pooled", "", *_table(report, {}, "condition"), ""]
+    full = [name for name in FULL_TABLE_METRICS if name in report["metrics"]]
+    if report["per_attack_codec"] and full:
+        lines += ["## Per attack x codec", "",
+                  "As the ASVspoof 5 evaluation package prints them: rows are attacks (every bona fide trial plus "
+                  "that attack's spoofs), columns codecs (that codec's trials); `pooled` is every attack or codec.",
+                  ""]
+        for name in full:
+            lines += [f"### {LABELS[name]}{' (%)' if name in PERCENT else ''}", "",
+                      *_full_table(report["per_attack_codec"], name), ""]
     return "\n".join(lines)
 
 
+def _full_table(table: dict[str, dict[str, Cell]], name: str) -> list[str]:
+    """One metric's attack x codec table, in the package's number formats (1.3f percent for EERs, else 1.5f)."""
+    codecs = list(next(iter(table.values())))
+    lines = ["| attack | " + " | ".join(codecs) + " |", "| --- |" + " ---: |" * len(codecs)]
+    for attack, row in table.items():
+        values = ["-" if row[codec][name] is None else
+                  (f"{100 * row[codec][name]:1.3f}" if name in PERCENT else f"{row[codec][name]:1.5f}")
+                  for codec in codecs]
+        lines.append("| " + " | ".join([attack, *values]) + " |")
+    return lines
+
+
 def report_csv(report: dict[str, Any]) -> str:
-    """`group,condition,<counts>,<metrics>`: one row pooled, one per attack, one per codec (exact fractions)."""
+    """`group,condition,<counts>,<metrics>`: one row pooled, one per attack, one per codec, one per attack and
+    codec (condition `<attack> <codec>`), exact fractions."""
     counts = [name for name in report[POOLED] if name.startswith("n_")]
     columns = ["group", "condition", *counts, *report["metrics"]]
     rows = [(POOLED, POOLED, report[POOLED])]
     rows += [("attack", name, cell) for name, cell in report["per_attack"].items()]
     rows += [("codec", name, cell) for name, cell in report["per_codec"].items()]
+    rows += [("attack_codec", f"{attack} {codec}", cell) for attack, row in report["per_attack_codec"].items()
+             for codec, cell in row.items() if POOLED not in (attack, codec)]
     buffer = io.StringIO()
     buffer.write(",".join(columns) + "\n")
     for group, condition, cell in rows:
@@ -225,22 +258,36 @@ def _csv_field(text: str) -> str:
 
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
-                 extra_files: dict[str, str] | None = None, first: str | None = None) -> dict[str, Any]:
-    """Compute the report and render its plots, then write every file into `folder` (each atomically).
+                 extra_files: dict[str, str] | None = None, first: str | None = None,
+                 outputs: StagedOutputs | None = None, plots_beside: bool = False) -> dict[str, Any]:
+    """Compute the report and render its plots, then write every file into `folder`, all or nothing: the files
+    are staged beside the folder and moved in together, and report files of an earlier run that this one
+    does not write (a plot) are deleted then. Any bad input raises before anything is written.
 
-    Any bad input raises before the first file is written. `extra_files`: name -> text written alongside."""
+    `extra_files`: name -> text written alongside. `outputs`: stage into the caller's set of files (committed
+    by the caller, with its other outputs) instead of one of the report's own. `plots_beside`: draw the plots
+    of a large report (PLOTS_BESIDE_FROM trials) in a forked process while this one computes the tables, for
+    a process that holds no GPU or thread pools of its own (evaluate.py)."""
     from scoring.plots import render_plots  # matplotlib loads only when a report is written
 
-    report = build_report(trials, first)
-    texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
-             "report.csv": report_csv(report), **(extra_files or {})}
-    images = render_plots(trials, metrics_csv)
+    beside = forked.start(lambda: render_plots(trials, metrics_csv)) \
+        if plots_beside and len(trials) >= PLOTS_BESIDE_FROM else None
+    try:
+        report = build_report(trials, first)
+        texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
+                 "report.csv": report_csv(report), **(extra_files or {})}
+        images = render_plots(trials, metrics_csv) if beside is None else beside.result()
+    finally:
+        if beside is not None:
+            beside.cancel()  # nothing to stop when its images arrived
     folder = Path(folder)
-    for name, text in texts.items():
-        write_text(folder / name, text)
-    for name, image in images.items():
-        with atomic_open(folder / name, "wb") as handle:
-            handle.write(image)
+    with nullcontext(outputs) if outputs is not None else staged_outputs() as staged:
+        for name, text in texts.items():
+            staged.write_text(folder / name, text)
+        for name, image in images.items():
+            staged.write_bytes(folder / name, image)
+        for name in (*REPORT_FILES, *REPORT_PLOTS, *TRACK2_FILES):
+            staged.remove(folder / name)  # kept when written above
     return report
 
 
@@ -254,7 +301,8 @@ def primary_metric(report: dict[str, Any]) -> dict[str, float]:
 def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
                       skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
                       asv: np.ndarray | None = None, codecs: Sequence[str] | None = None,
-                      first: str | None = None, metrics_csv: str | Path | None = None) -> dict[str, Any]:
+                      first: str | None = None, metrics_csv: str | Path | None = None,
+                      outputs: StagedOutputs | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
     official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
     parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
@@ -264,4 +312,4 @@ def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.
     scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}
-    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first)
+    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first, outputs=outputs)

@@ -1,6 +1,7 @@
 """Score files: the writer of the toolkit's `<fields...> <score>` text format, and the readers of ASV and CM scores."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,15 +19,25 @@ def format_score(value: float) -> str:
     return repr(float(value))
 
 
-def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Sequence[float]) -> None:
+def scores_text(columns: Sequence[Sequence[str]], scores: Sequence[float]) -> str:
     """One line per row: the string columns, then the score, separated by spaces."""
     lines = [" ".join([*fields, format_score(score)]) for fields, score in zip(zip(*columns), scores)]
-    write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def trial_columns(trials: Sequence[SASVTrial]) -> tuple[list[str], list[str], list[str]]:
+    """The string columns of the SASV score format: `SPK UTT KEY`."""
+    return [t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]
+
+
+def write_scores(path: str | Path, columns: Sequence[Sequence[str]], scores: Sequence[float]) -> None:
+    """`scores_text` written atomically."""
+    write_text(path, scores_text(columns, scores))
 
 
 def write_trial_scores(path: str | Path, trials: Sequence[SASVTrial], scores: Sequence[float]) -> None:
     """The SASV score format: `SPK UTT KEY score` per trial, in trial order."""
-    write_scores(path, ([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]), scores)
+    write_scores(path, trial_columns(trials), scores)
 
 
 def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
@@ -34,12 +45,28 @@ def _score_rows(path: Path, what: str) -> list[tuple[int, list[str]]]:
     return read_fields(path, f"{what} score file")
 
 
+# The one number syntax of every score, key and log reader: plain decimal or scientific notation, and `nan`
+# (any case) for a trial left out. Python's float() also takes '1_5' (as 15), 'infinity' and Arabic-Indic
+# digits: numbers that look right but are not what the file meant.
+NUMBER_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+NAN_PATTERN = r"[nN][aA][nN]"
+_NUMBER = re.compile(f"{NUMBER_PATTERN}|{NAN_PATTERN}")
+_INFINITE = re.compile(r"[+-]?(?:inf|infinity)", re.IGNORECASE)
+
+
+def parse_number(text: str) -> float | None:
+    """`text` as a float when it is a plain decimal / scientific number or `nan`, else None."""
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
 def parse_score(path: str | Path, number: int, text: str, *, column: str = "score", allow_nan: bool = False) -> float:
     """The score field `text` of line `number`; `nan` (a trial left out for bad audio) only when `allow_nan`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not a number") from None
+    value = parse_number(text)
+    if _INFINITE.fullmatch(text):
+        value = float(text)  # named as what it is: a number, but not a finite one
+    if value is None:
+        raise ProtocolError(f"{path}:{number}: {column} {text!r} is not a number (expected decimal or scientific "
+                            f"notation, e.g. -1.25 or 3.1e-05)")
     if not np.isfinite(value) and not (allow_nan and np.isnan(value)):
         raise ProtocolError(f"{path}:{number}: {column} {text!r} is not finite")
     return value

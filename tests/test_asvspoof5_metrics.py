@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metrics import (
     ASVSPOOF5_ASV_RATES,
@@ -252,7 +254,39 @@ def test_t_eer_matches_loop_oracle(seed, monkeypatch):
     expected = oracle_t_eer(cm.tolist(), asv.tolist(), keys.tolist())
     assert t_eer(cm, asv, keys) == pytest.approx(expected, abs=HAND)
     monkeypatch.setattr(asvspoof5, "_BLOCK_ELEMENTS", 3 * (n + 1))  # several blocks: first minimum still wins
+    monkeypatch.setattr(asvspoof5, "_closest_cm_points", asvspoof5._closest_cm_points_scan)
     assert t_eer(cm, asv, keys) == pytest.approx(expected, abs=HAND)
+
+
+def _operating_points(cm: np.ndarray, asv: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The t-EER's CM and ASV curves, written out here from their definitions (per-sample sweeps)."""
+    counts = np.bincount(codes, minlength=3)
+    order = np.lexsort((codes, asv))
+    sorted_codes = codes[order]
+    pmiss_asv = np.concatenate(([0.0], np.cumsum(sorted_codes == 0) / counts[0]))
+    pfa_non = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 1) / counts[1]))
+    pfa_spf = np.concatenate(([1.0], 1 - np.cumsum(sorted_codes == 2) / counts[2]))
+    spoof = (codes == 2)[np.lexsort(((codes == 2), cm))]
+    pmiss_cm = np.concatenate(([0.0], np.cumsum(~spoof) / np.count_nonzero(codes != 2)))
+    pfa_cm = np.concatenate(([1.0], 1 - np.cumsum(spoof) / counts[2]))
+    return pmiss_cm, pfa_cm, pmiss_asv, pfa_non, pfa_spf
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(3, 300), st.sampled_from([0, 1, 2, 10]))
+def test_t_eer_bisection_picks_the_full_scans_points(seed, n, decimals):
+    """The O(log n) search for each ASV point's closest CM point gives the full scan's (t-EER, ASV index,
+    CM index) exactly, on tied, saturated and one-sided scores alike."""
+    rng = np.random.default_rng(seed)
+    codes = np.concatenate(([0, 1, 2], rng.choice(3, size=n - 3, p=rng.dirichlet([1, 1, 1]))))
+    asv = rng.normal(size=n) + codes * rng.normal()
+    cm = rng.normal(size=n) + (codes == 2) * rng.normal()
+    if decimals:
+        asv, cm = np.round(asv * decimals) / decimals, np.round(cm * decimals) / decimals
+    if seed % 5 == 0:
+        cm[:] = 1.0  # a saturated CM: every CM point but the first two ties
+    curves = _operating_points(cm, asv, codes)
+    assert asvspoof5._teer_search(*curves) == asvspoof5._teer_search(*curves, full_scan=True)
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -1,8 +1,11 @@
 """Checkpoint loading/saving: formats, strict loads with clear errors, safe unpickling, atomic writes, frozen parts."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,10 +19,12 @@ from models.checkpoint import (
     load_asv_weights,
     load_checkpoint,
     load_cm_weights,
+    load_sasv_weights,
     save_checkpoint,
 )
 from models.resnet_se34v2 import ResNetSE34V2
 from models.sasv import SASVBackend, SASVModel
+from runtime import files
 
 torch.set_num_threads(2)
 
@@ -304,3 +309,127 @@ def test_integer_waveforms_are_refused():
         model.asv_embedding(torch.zeros(2, 800, dtype=torch.int16))
     with pytest.raises(TypeError, match="float64"):
         model.cm_embedding(torch.zeros(2, 800, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- NaN/inf weights
+def test_our_checkpoint_with_one_nan_weight_is_refused_naming_the_key(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model.backend.fc_out.weight[0, 3] = float("nan")
+    path = tmp_path / "diverged.ckpt"
+    save_checkpoint(path, model=model, loss=None, config=None)
+    with pytest.raises(CheckpointError) as error:
+        load_sasv_weights(tiny_model(), None, path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "backend_state['fc_out.weight']" in message and "NaN" in message
+    assert "\n" not in message
+
+
+def test_nonfinite_optimiser_state_is_refused_and_large_finite_values_are_not(tmp_path):
+    model = tiny_model()
+    moment = torch.zeros(3)
+    moment[1] = float("inf")
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, model=model, loss=None, config=None,
+                    extra={"optimizer": {"state": {0: {"exp_avg_sq": moment}}, "param_groups": []}})
+    with pytest.raises(CheckpointError, match=r"extra\['optimizer'\]\['state'\]\[0\]\['exp_avg_sq'\]"):
+        load_checkpoint(path)
+
+    # Finite values whose sum overflows (fp16 and float32) are healthy: the file loads as saved.
+    big = {"half": torch.full((4,), 60000.0, dtype=torch.float16), "single": torch.full((4,), 3e38)}
+    save_checkpoint(path, model=model, loss=None, config=None, extra={"big": big})
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.meta["big"]["half"], big["half"]) and torch.equal(loaded.meta["big"]["single"],
+                                                                                  big["single"])
+    assert_state_equal(model.backend, loaded.backend_state)
+
+
+def _poisoned_copy(source: Path, folder: Path, key: str, value: float) -> Path:
+    """A byte copy of a published checkpoint with the first value of tensor `key` (float32) replaced in the
+    archive itself, so that everything else (pickled config, other tensors, layout) stays as published."""
+    raw = raw_state(source) if source.suffix != ".ckpt" else None
+    if raw is None:  # the Lightning file pickles omegaconf objects: read it the way the toolkit does
+        from models.checkpoint import _safe_torch_load
+        raw = _safe_torch_load(source)["state_dict"]
+    stored = raw[key].contiguous().numpy().tobytes()
+    data = bytearray(source.read_bytes())
+    assert data.count(stored) == 1  # the tensor's bytes are found once, uncompressed
+    start = data.find(stored)
+    data[start:start + 4] = struct.pack("<f", value)
+    target = folder / source.name
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("name, key, named", [
+    ("weights/AASIST-L.pth", "out_layer.weight", "out_layer.weight"),
+    ("golden/resnetse34v2_vox_format.model", "__S__.layer1.0.bn1.running_var", "__S__.layer1.0.bn1.running_var"),
+    ("golden/joint_seed_format.ckpt", "model.fc_out.weight", "state_dict['model.fc_out.weight']"),
+])
+def test_a_published_checkpoint_with_one_nonfinite_value_is_refused_naming_the_key(fixtures, tmp_path, name, key,
+                                                                                   named):
+    source = fixtures / name
+    assert load_checkpoint(source).source == source  # the published file itself loads
+    for value in (float("nan"), float("-inf")):
+        poisoned = _poisoned_copy(source, tmp_path, key, value)
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(poisoned)
+        message = str(error.value)
+        assert message.startswith(f"{poisoned}: ") and f"tensor {named} holds NaN/inf (1 of " in message
+
+
+def test_save_cm_score_refuses_a_nan_checkpoint_in_one_line(fixtures, tmp_path, capsys, monkeypatch):
+    from tiny_run import run_script
+
+    poisoned = _poisoned_copy(fixtures / "weights" / "AASIST.pth", tmp_path, "out_layer.weight", float("nan"))
+    status, out, err = run_script("save_cm_score.py", ["--cm_model", str(poisoned), "--device", "cpu",
+                                                       "--comment", str(tmp_path / "out")], capsys, monkeypatch)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {poisoned}: tensor out_layer.weight holds NaN/inf")
+    assert not (tmp_path / "out").exists()  # refused before any output
+
+
+# --------------------------------------------------------------------------- a full disk while saving
+def _disk_full_after(budget: int):
+    """atomic_open whose file takes `budget` bytes, then fails like a full disk (torch.save gets the OSError
+    from write and raises a RuntimeError of its own, as on a real full disk)."""
+    real_open = files.atomic_open
+
+    @contextmanager
+    def filling_open(path, mode="w"):
+        with real_open(path, mode) as handle:
+            yield _Filling(handle, budget)
+    return filling_open
+
+
+class _Filling:
+    def __init__(self, handle, budget: int) -> None:
+        self.handle, self.left = handle, budget
+
+    def write(self, data) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self.left:
+            self.handle.write(bytes(memoryview(data).cast("B")[:self.left]))  # a partial file on disk
+            self.left = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.left -= size
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+@pytest.mark.parametrize("budget", [100, 20000])
+def test_a_full_disk_while_saving_names_the_checkpoint_and_keeps_the_old_one(tmp_path, monkeypatch, budget):
+    import models.checkpoint
+
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, model=tiny_model(), loss=None, config={"epoch": 1})
+    before = path.read_bytes()
+    monkeypatch.setattr(models.checkpoint, "atomic_open", _disk_full_after(budget))
+    with pytest.raises(OSError) as error:
+        save_checkpoint(path, model=tiny_model(), loss=None, config={"epoch": 2})
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]  # no temporary left
+    assert load_checkpoint(path).config == {"epoch": 1}

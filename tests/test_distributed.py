@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,10 +23,14 @@ from data.protocols import read_sasv_trials
 from models.build import build_sasv_model
 from models.checkpoint import load_checkpoint, load_sasv_weights
 from runtime import distributed
+from runtime.cli import exit_status
 from runtime.config import ConfigError, load_config
+from runtime.errors import RunFailure, UserError
+from runtime.signals import RunInterrupted
 from scoring.extraction import Extraction, extract
 from scoring.inputs import scoring_inputs
 from scoring.sasv import SASVScorer
+from training.state import experiment_lock
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -77,6 +82,21 @@ def test_batch_size_is_global_and_must_split_evenly(monkeypatch):
     assert distributed.per_rank_batch(20, "x.conf") == 5
     with pytest.raises(ConfigError, match=r"x.conf: batch_size \(18\) .* over all 4 processes .* multiple of 4"):
         distributed.per_rank_batch(18, "x.conf")
+
+
+def test_one_process_does_rank_zeros_work_itself_and_raises_its_error_as_it_is():
+    assert distributed.on_main_rank(lambda: 7, exit_status) == 7
+    refusal = UserError("exp/run is in use")
+    with pytest.raises(UserError) as caught:
+        distributed.on_main_rank(lambda: (_ for _ in ()).throw(refusal), exit_status)
+    assert caught.value is refusal
+
+
+@pytest.mark.parametrize("error, status", [(UserError("bad key"), 2), (RunFailure("diverged"), 1),
+                                           (RunInterrupted("stopped", signal.SIGTERM), 143),
+                                           (KeyboardInterrupt(), 130), (SystemExit(3), 3), (ValueError("bug"), 1)])
+def test_the_other_ranks_exit_with_the_status_run_cli_gives_rank_zeros_error(error, status):
+    assert exit_status(error) == status
 
 
 def test_whole_files_of_different_lengths_are_embedded_unpadded(tmp_path_factory):
@@ -187,6 +207,28 @@ def test_sigterm_to_torchrun_saves_once_and_resume_finishes_frozen_subsystems(co
     with open(tmp_path / "exp" / "run" / "metrics.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["6", "12"]
     assert (tmp_path / "exp" / "run" / "metrics_eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_second_launch_on_a_live_folder_is_refused_in_one_line_by_every_rank(corpus, tmp_path):
+    """Rank 0's refusal reaches rank 1 before any collective: both exit with status 2 and no rank prints a
+    traceback (torchrun itself still reports the failed processes, with its own ChildFailedError traceback)."""
+    config = write_config(tmp_path / "run.conf", corpus)
+    folder = tmp_path / "exp" / "run"
+    with experiment_lock(folder):  # a live run (this process) holds the folder
+        status, out, err = finish(torchrun(config, tmp_path / "exp", "--resume"))
+    assert status != 0
+    refusals = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert refusals == [line for line in refusals if line.startswith(
+        f"error: {folder} is in use by a running main.py (pid {os.getpid()}, started ")] and len(refusals) == 1, err
+    assert "[rank" not in err and f'File "{REPO}' not in err, err  # no process of the run printed a traceback
+    assert err.count("Traceback") == err.count("ChildFailedError:") <= 1, err  # torchrun's own report alone
+    exits = dict(re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*exitcode\s*: (-?\d+)", err))
+    # Both ranks exit with the refusal's status by themselves, unless torchrun, which stops the others
+    # once one has failed, sends its SIGTERM before the second is gone.
+    assert exits.get("0") == "2" or exits.get("1") == "2", err
+    assert set(exits.values()) <= {"2", "-15"}, err
+    assert not folder.exists()  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------- the ASV and CM stages

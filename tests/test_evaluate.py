@@ -56,6 +56,11 @@ def track_files(golden, tmp_path_factory):
                      [t["spk"], t["filename"], t["cm_score"], t["asv_score"], t["sasv_score"]]),
         "sasv_keys": _tsv(folder / "sasv_keys.tsv", ["spk", "filename", "cm-label", "asv-label", "codec", "attack"],
                           [t[name][order] for name in ("spk", "filename", "cm_key", "asv_key", "codec", "attack")]),
+        # The organisers' ASV scores in the package's --asv_org format: only asv-score filled (here the
+        # system's own ASV scores, as in the golden `track2_pooled_with_asv_org`).
+        "asv_org": _tsv(folder / "asv_org.tsv", ["spk", "filename", "cm-score", "asv-score", "sasv-score"],
+                        [t["spk"], t["filename"], ["-"] * t["filename"].size, t["asv_score"],
+                         ["-"] * t["filename"].size]),
         "cm": _tsv(folder / "cm.tsv", ["filename", "cm-score"], [t["filename"], t["cm_score"]]),
         "cm_keys": _tsv(folder / "cm_keys.tsv", ["filename", "cm-label", "attack", "codec"],
                         [t[name][order] for name in ("filename", "cm_key", "attack", "codec")]),
@@ -103,22 +108,117 @@ def test_golden_through_evaluate(track_files, golden, track, capsys, monkeypatch
             _check(report["per_attack"][attack], _cell(table, attack, "pooled"), metric_names)
         for codec in table["codecs"][1:]:
             _check(report["per_codec"][codec], _cell(table, "pooled", codec), metric_names)
-    assert sorted(report["per_attack"]) == ["A17", "A18", "A19", "A20", "A21", "A22"]
-    assert sorted(report["per_codec"]) == ["-", "C01", "C02"]
+        # The package's whole attack x codec table, cell by cell (an empty cell: null there, None here).
+        full_table = report["per_attack_codec"]
+        assert list(full_table) == table["attacks"]
+        for attack in table["attacks"]:
+            assert list(full_table[attack]) == table["codecs"]
+            for codec in table["codecs"]:
+                theirs = _cell(table, attack, codec)
+                if any(value is None for value in theirs.values()):
+                    assert all(full_table[attack][codec][name] is None for name in metric_names)
+                else:
+                    _check(full_table[attack][codec], theirs, metric_names)
+    table = expected["track1_full"]
+    assert sorted(report["per_attack"]) == sorted(table["attacks"][1:])
+    assert sorted(report["per_codec"]) == sorted(table["codecs"][1:])
 
 
-def test_per_attack_cell_equals_metrics_on_the_subset(track_files):
+def _direct_metrics(trials, keep: np.ndarray) -> dict:
+    """Every report metric computed directly, by the public metric functions, on the trials in `keep`."""
+    sasv, cm, asv, keys, cm_keys = (trials.sasv[keep], trials.cm[keep], trials.asv[keep], trials.asv_keys[keep],
+                                    trials.cm_keys[keep])
+    return {**sasv_eers(sasv, keys), "min_a_dcf": min_adcf(sasv, keys)[0],
+            **track2_metrics(cm, asv, sasv, cm_keys, keys), **track1_metrics(cm, cm_keys),
+            "n_target": int(np.sum(keys == "target")), "n_nontarget": int(np.sum(keys == "nontarget")),
+            "n_spoof": int(np.sum(keys == "spoof"))}
+
+
+def test_attack_and_codec_cells_equal_metrics_on_the_subset(track_files):
+    """Cells computed from the report's shared sorts equal the metric functions called on the cell's trials."""
     _, files = track_files
     trials = read_track2(files["sasv"], files["sasv_keys"])
     report = build_report(trials)
-    keep = (trials.cm_keys == "bonafide") | (trials.attack == "A20")  # all bona fide + the attack's spoofs
-    sasv, cm, asv, keys, cm_keys = (trials.sasv[keep], trials.cm[keep], trials.asv[keep], trials.asv_keys[keep],
-                                    trials.cm_keys[keep])
-    expected = {**sasv_eers(sasv, keys), "min_a_dcf": min_adcf(sasv, keys)[0],
-                **track2_metrics(cm, asv, sasv, cm_keys, keys), **track1_metrics(cm, cm_keys)}
-    cell = report["per_attack"]["A20"]
-    assert {name: cell[name] for name in expected} == expected
-    assert (cell["n_target"], cell["n_nontarget"], cell["n_spoof"]) == (600, 1500, int(np.sum(trials.attack == "A20")))
+    spoof = trials.cm_keys == "spoof"
+    attacks, codecs = sorted(set(trials.attack[spoof])), sorted(set(trials.codec))
+    attack, codec = attacks[len(attacks) // 2], codecs[-1]
+    bona_fide_or_attack = ~spoof | (trials.attack == attack)  # all bona fide + the attack's spoofs
+    cases = {("per_attack", attack): bona_fide_or_attack, ("per_codec", codec): trials.codec == codec,
+             ("pooled", None): np.ones(len(trials), dtype=bool)}
+    for (group, name), keep in cases.items():
+        cell = report[group] if name is None else report[group][name]
+        expected = _direct_metrics(trials, keep)
+        assert {key: cell[key] for key in expected} == expected, (group, name)
+    cell = report["per_attack_codec"][attack][codec]
+    expected = _direct_metrics(trials, bona_fide_or_attack & (trials.codec == codec))
+    assert {key: cell[key] for key in expected} == expected
+
+
+def test_organisers_asv_scores_give_each_cell_its_tdcf_rates(track_files, golden, capsys, monkeypatch, tmp_path):
+    """--asv_org: the pooled min t-DCF is the package's with asv_scores_org, and each cell's uses the organisers'
+    ASV scores of that cell (threshold from its codec's bona fide trials, spoof rate from its spoofs)."""
+    _, expected = golden
+    _, files = track_files
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--asv_org", str(files["asv_org"]), "--out", str(tmp_path))
+    assert status == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    _check(report["pooled"], expected["track2_pooled_with_asv_org"], ("a_dcf", "min_tdcf", "t_eer"))
+    assert report["tdcf_asv_rates"] == "organisers' ASV scores per cell"
+    trials = read_track2(files["sasv"], files["sasv_keys"])
+    spoof = trials.cm_keys == "spoof"
+    attack, codec = sorted(set(trials.attack[spoof]))[0], sorted(set(trials.codec))[-1]
+    keep = (~spoof | (trials.attack == attack)) & (trials.codec == codec)
+    direct = track2_metrics(trials.cm[keep], trials.asv[keep], trials.sasv[keep], trials.cm_keys[keep],
+                            trials.asv_keys[keep], asv_scores_org=trials.asv[keep])
+    assert report["per_attack_codec"][attack][codec]["min_tdcf"] == direct["min_tdcf"]
+    # Without them, the package's built-in pooled rates: another number.
+    assert report["pooled"]["min_tdcf"] != pytest.approx(expected["track2_pooled"]["min_tdcf"], abs=1e-6)
+
+
+def test_organisers_asv_scores_are_refused_without_the_cm_and_asv_parts(track_files, golden, capsys, monkeypatch,
+                                                                       tmp_path):
+    t, _ = golden
+    _, files = track_files
+    sasv_only = _tsv(tmp_path / "sasv_only.tsv", ["spk", "filename", "cm-score", "asv-score", "sasv-score"],
+                     [t["spk"], t["filename"], ["-"] * t["filename"].size, ["-"] * t["filename"].size,
+                      t["sasv_score"]])
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(sasv_only), "--sasv_keys", str(files["sasv_keys"]),
+                              "--asv_org", str(files["asv_org"]), "--out", str(tmp_path / "out"))
+    assert status == 2 and err.startswith(f"error: {sasv_only}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    # An organisers' file without ASV scores names itself.
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--asv_org", str(sasv_only), "--out", str(tmp_path / "out"))
+    assert status == 2 and err.startswith(f"error: {sasv_only}:2") and "asv-score" in err, err
+
+
+def test_plots_drawn_in_a_child_process_are_the_same_files(track_files, capsys, monkeypatch, tmp_path):
+    """evaluate.py draws the plots of a large report in a forked process beside the tables (PLOTS_BESIDE_FROM,
+    lowered here): the same PNG bytes as drawn in-process, and the child's errors stop the run the same way."""
+    import scoring.report
+
+    _, files = track_files
+    argv = ["--sasv", str(files["sasv"]), "--sasv_keys", str(files["sasv_keys"])]
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "here"))
+    assert status == 0, err
+    monkeypatch.setattr(scoring.report, "PLOTS_BESIDE_FROM", 0)
+    children = []
+    start = scoring.report.forked.start
+    monkeypatch.setattr(scoring.report.forked, "start", lambda function: children.append(start(function)) or
+                        children[-1])
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "child"))
+    assert status == 0 and len(children) == 1 and children[0] is not None, err
+    plots = sorted(path.name for path in (tmp_path / "here").glob("*.png"))
+    assert plots and plots == sorted(path.name for path in (tmp_path / "child").glob("*.png"))
+    for name in plots:
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "child" / name).read_bytes(), name
+    bad_csv = tmp_path / "metrics.csv"
+    bad_csv.write_text("epoch,step,lr,train_loss\n1,3,0.001,lots\n")
+    status, _, err = evaluate(capsys, monkeypatch, *argv, "--metrics_csv", str(bad_csv), "--out",
+                              str(tmp_path / "child"))
+    assert status == 2 and err.startswith(f"error: {bad_csv}:2") and err.count("\n") == 1, err
+    assert sorted(path.name for path in (tmp_path / "child").glob("*.png")) == plots  # the earlier report stays
 
 
 def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
@@ -216,7 +316,8 @@ def _set_field(lines: list[str], number: int, column: int, value: str) -> list[s
 BAD_TRACK2 = {
     "missing trial": ("sasv", lambda lines: lines[:5] + lines[6:], "no score for trial E_"),
     "duplicated trial": ("sasv", lambda lines: lines + [lines[7]],
-                         ".tsv:3602: duplicate trial E_1004 E_0000006 (first on line 8)"),
+                         lambda lines: f".tsv:{len(lines) + 1}: duplicate trial {' '.join(lines[7].split()[:2])} "
+                                       f"(first on line 8)"),
     "unknown trial": ("sasv", lambda lines: lines[:1] + ["X_1\tE_9\t1.0\t1.0\t2.0"] + lines[1:],
                       "sasv.tsv:2: trial X_1 E_9 is not in"),
     "non-numeric score": ("sasv", lambda lines: _set_field(lines, 4, 4, "high"), "sasv.tsv:4: sasv-score 'high'"),
@@ -234,6 +335,8 @@ BAD_TRACK2 = {
 def test_bad_track2_input_one_line_and_nothing_written(track_files, case, tmp_path, capsys, monkeypatch):
     _, files = track_files
     which, change, needle = BAD_TRACK2[case]
+    if callable(needle):  # derived from the fixture's own lines
+        needle = needle(files[which].read_text().splitlines())
     paths = dict(files, **{which: _edit(files[which], tmp_path, change)})
     status, out, err = evaluate(capsys, monkeypatch, "--sasv", str(paths["sasv"]), "--sasv_keys",
                                 str(paths["sasv_keys"]), "--out", str(tmp_path / "out"))
@@ -257,6 +360,32 @@ def test_bad_toolkit_and_metrics_csv_input(tmp_path, capsys, monkeypatch):
     for argv, needle in cases:
         status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "out"))
         assert status == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["1_5", "\u0661.5", "0x1p3", "1.5.0", "infinity"])
+def test_numbers_in_plain_notation_only(tmp_path, capsys, monkeypatch, track_files, text):
+    """float() reads '1_5' as 15 and Arabic-Indic digits as digits: every reader takes plain decimal or
+    scientific notation only, and names the file, line and field otherwise."""
+    trial_path, score_path, _, _ = _toolkit_files(tmp_path)
+    lines = score_path.read_text().splitlines()
+    toolkit = tmp_path / "toolkit.txt"
+    toolkit.write_text("\n".join([*lines[:4], " ".join([*lines[4].split()[:3], text]), *lines[5:]]) + "\n")
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text(f"epoch,step,lr,train_loss\n1,3,0.001,0.5\n2,6,{text},0.4\n")
+    _, files = track_files
+    track2 = tmp_path / "track2.tsv"
+    rows = files["sasv"].read_text().splitlines()
+    fields = rows[7].split("\t")
+    track2.write_text("\n".join([*rows[:7], "\t".join([*fields[:4], text]), *rows[8:]]) + "\n")
+    cases = [(["--sasv_scores", str(toolkit), "--trials", str(trial_path)], "toolkit.txt:5:"),
+             (["--sasv_scores", str(score_path), "--trials", str(trial_path), "--metrics_csv", str(metrics_csv)],
+              "metrics.csv:3:"),
+             (["--sasv", str(track2), "--sasv_keys", str(files["sasv_keys"])], "track2.tsv:8:")]
+    for argv, place in cases:
+        status, _, err = evaluate(capsys, monkeypatch, *argv, "--out", str(tmp_path / "out"))
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and place in lines[0] and repr(text) in lines[0], err
         assert not (tmp_path / "out").exists()
 
 
@@ -325,3 +454,79 @@ def test_fuzzed_track_files_give_trials_or_one_line_error(tmp_path, scores, keys
         else:
             assert len(trials) and all(np.isfinite(part).all() for part in (trials.sasv, trials.cm, trials.asv)
                                        if part is not None)
+
+
+# ---------------------------------------------------------------------------- all-or-nothing report folders
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_rerun_into_the_same_folder_holds_only_its_own_files(track_files, tmp_path, capsys, monkeypatch):
+    """A CM-only report written over a Track 2 one: no SASV plot or table of the earlier run stays."""
+    _, files = track_files
+    out = tmp_path / "out"
+    status, _, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                              str(files["sasv_keys"]), "--out", str(out))
+    assert status == 0, err
+    assert {"det_sasv.png", "adcf.png", "det_cm.png"} <= set(_folder_state(out))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 0, err
+    assert sorted(_folder_state(out)) == ["det_cm.png", "hist_cm.png", "report.csv", "report.json", "report.md"]
+    assert json.loads((out / "report.json").read_text())["metrics"] == ["min_dcf", "act_dcf", "cllr", "eer"]
+
+
+def test_a_write_that_fails_keeps_the_earlier_report_whole(track_files, tmp_path, capsys, monkeypatch):
+    """A full disk at the third file of a rerun: one line naming the file's real path (not a temporary),
+    exit 1, the earlier report byte for byte, and no staging folder left behind."""
+    import errno
+    import os
+
+    from runtime import files as runtime_files
+
+    _, files = track_files
+    out = tmp_path / "out"
+    assert evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                    "--out", str(out))[0] == 0
+    before = _folder_state(out)
+    real_fsync, calls = runtime_files.os.fsync, []
+
+    def fsync_fails_at_the_third_file(descriptor):  # what a full disk does to a buffered write
+        calls.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(runtime_files.os, "fsync", fsync_fails_at_the_third_file)
+    status, out_text, err = evaluate(capsys, monkeypatch, "--sasv", str(files["sasv"]), "--sasv_keys",
+                                     str(files["sasv_keys"]), "--out", str(out))
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and out_text == "", err
+    assert f"{out / Path(calls[2]).name}: No space left on device" in lines[0] and ".tmp" not in lines[0]
+    assert _folder_state(out) == before
+    assert not [path for path in tmp_path.rglob(".*")]
+
+
+@pytest.mark.parametrize("place", ["file", "file_parent", "read_only"])
+def test_an_unwritable_out_is_refused_before_any_work(track_files, tmp_path, capsys, monkeypatch, place):
+    import os
+
+    _, files = track_files
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder\n")
+    out = {"file": blocker, "file_parent": blocker / "report", "read_only": tmp_path / "locked" / "report"}[place]
+    if place == "read_only":
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+        real_access = os.access  # root ignores permission bits: the check asks os.access, answered as for a user
+        monkeypatch.setattr("runtime.files.os.access",
+                            lambda path, mode: Path(path) != out.parent and real_access(path, mode))
+    read = []
+    monkeypatch.setattr("scoring.asvspoof5_files.read_track1", lambda *args: read.append(args))
+    status, _, err = evaluate(capsys, monkeypatch, "--cm", str(files["cm"]), "--cm_keys", str(files["cm_keys"]),
+                              "--out", str(out))
+    assert status == 2 and len(err.strip().splitlines()) == 1 and f"--out {out}" in err, err
+    assert read == [] and blocker.read_text() == "not a folder\n"

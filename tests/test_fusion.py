@@ -271,3 +271,117 @@ def test_fusion_on_the_real_dev_protocols(fixtures, tmp_path, monkeypatch):
     linear = json.loads((out / "metrics_dev_linear.json").read_text())
     assert linear["n_trials"] == 29548
     assert linear["sasv_eer"] < min(sasv_eers(np.array(asv), keys)["sasv_eer"], sasv_eers(summed, keys)["sasv_eer"])
+
+
+# --------------------------------------------------------------------------- separable dev scores: no finite fit
+def test_classes_that_touch_at_one_value_are_refused():
+    # A threshold at 1.0 separates them: a steeper scale always lowers the loss, so there is no optimum.
+    with pytest.raises(FusionError, match="perfectly separated"):
+        fit_logistic(np.array([1.0, 2.0, 3.0]), np.array([-1.0, 0.0, 1.0]))
+    with pytest.raises(FusionError, match="perfectly separated"):
+        fit_logistic(np.array([-1.0, 0.0, 1.0]), np.array([1.0, 2.0, 3.0]))
+    # Overlapping by one score: a finite fit, increasing in the score.
+    fitted = fit_logistic(np.array([0.5, 2.0, 3.0]), np.array([-1.0, 0.0, 1.0]))
+    assert 0.0 < fitted.scale < 100.0
+
+
+@pytest.mark.parametrize("sub_system", ["asv", "cm"])
+def test_separable_dev_scores_are_refused_naming_the_file(synthetic, monkeypatch, sub_system):
+    config, out = synthetic
+    if sub_system == "asv":  # targets 1, 2, ...; nontargets and spoofs 0: separated, touching nowhere
+        path = out / "score_ASV_dev.txt"
+        rows = [line.split() for line in path.read_text().splitlines()]
+        path.write_text("".join(f"{utt} {1 + i if i < 200 else 0}\n" for i, (utt, _) in enumerate(rows)))
+    else:  # bona fide at or above 0, spoofs at or below 0: they touch at 0
+        path = out / "score_CM_dev_no_softmax.txt"
+        spoofed = {line.split()[1] for line in (config.parent / "protocols" / "ASVspoof2019.LA.cm.dev.trl.txt")
+                   .read_text().splitlines() if line.endswith(" spoof")}
+        utterances = [line.split()[0] for line in path.read_text().splitlines()]
+        path.write_text("".join(f"{u} {-1.0 if u in spoofed else 1.0}\n" for u in utterances[:-2])
+                        + f"{utterances[-2]} 0.0\n{utterances[-1]} 0.0\n")
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(FusionError, match="perfectly separated") as raised:
+        run_fusion(monkeypatch, config, out, "--fusion", "linear")
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+    assert sorted(p.name for p in out.iterdir()) == before
+    run_fusion(monkeypatch, config, out, "--fusion", "sum")  # the raw sum needs no fit
+    assert (out / "score_SASV_eval_sum.txt").is_file()
+
+
+# --------------------------------------------------------------------------- all or nothing
+def _outputs(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(out.iterdir()) if p.name.startswith(("score_SASV", "metrics",
+                                                                                         "fusion_calibration"))}
+
+
+def _fail_fsync_of(monkeypatch, name: str) -> None:
+    """os.fsync raises ENOSPC (a full disk) for the file called `name`, wherever it is staged."""
+    import errno
+    import os
+
+    real = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{descriptor}")) == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_failed_later_write_keeps_the_earlier_run(synthetic, monkeypatch):
+    config, out = synthetic
+    run_fusion(monkeypatch, config, out)
+    earlier = _outputs(out)
+    assert len(earlier) == 13  # 2 partitions x 3 fusions x (scores, metrics) + the calibration
+    _replace_line(out / "score_ASV_dev.txt", 1, "LA_D_1000001 0.5\n")  # new dev scores: every file would change
+    _fail_fsync_of(monkeypatch, "metrics_eval_product.json")  # the last file of the run
+    with pytest.raises(OSError) as raised:
+        run_fusion(monkeypatch, config, out)
+    assert raised.value.filename == str(out / "metrics_eval_product.json")
+    assert _outputs(out) == earlier  # the dev files of this run were not moved in
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_full_disk_is_one_line_naming_the_destination(synthetic, monkeypatch, capsys):
+    import fuse_scores
+    from runtime.cli import run_cli
+
+    config, out = synthetic
+    _fail_fsync_of(monkeypatch, "score_SASV_dev_sum.txt")
+    monkeypatch.setattr(sys, "argv", ["fuse_scores.py", "--config", str(config), "--comment", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        run_cli(fuse_scores.main)
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 1 and stderr.count("\n") == 1
+    assert f"{out / 'score_SASV_dev_sum.txt'}: No space left on device" in stderr and ".tmp" not in stderr
+    assert not list(out.glob("score_SASV_*")) and not list(out.glob("metrics_*"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_output_places_are_checked_before_any_reading(synthetic, monkeypatch, tmp_path):
+    config, out = synthetic
+    (out / "metrics_eval_linear.json").mkdir()  # a folder where a file goes
+    (out / "score_ASV_dev.txt").write_text("not read\n")  # the check comes first
+    with pytest.raises(UserError, match="--comment") as raised:
+        run_fusion(monkeypatch, config, out)
+    assert str(out / "metrics_eval_linear.json") in str(raised.value)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="--comment") as raised:
+        run_fusion(monkeypatch, config, blocker / "out")
+    assert str(blocker) in str(raised.value) and "\n" not in str(raised.value)
+    assert blocker.is_file() and blocker.read_text() == ""
+
+
+def test_a_rerun_leaves_only_its_own_fusions(synthetic, monkeypatch):
+    config, out = synthetic
+    run_fusion(monkeypatch, config, out)
+    linear_dev = (out / "score_SASV_dev_linear.txt").read_text()
+    run_fusion(monkeypatch, config, out, "--fusion", "linear", "--partitions", "eval")
+    assert not list(out.glob("*_eval_sum.*")) and not list(out.glob("*_eval_product.*"))
+    assert (out / "score_SASV_dev_linear.txt").read_text() == linear_dev  # another partition: kept
+    assert (out / "fusion_calibration.json").is_file()
+    run_fusion(monkeypatch, config, out, "--fusion", "sum")
+    assert sorted(p.name for p in out.glob("*SASV*")) == ["score_SASV_dev_sum.txt", "score_SASV_eval_sum.txt"]
+    assert not (out / "fusion_calibration.json").exists()

@@ -120,14 +120,16 @@ def choose_resume_checkpoint(weights: Path, resumable: Callable[[Checkpoint], bo
     (`weights/X.ckpt`) of the unreadable ones; None when there is none to resume from.
 
     Newest = largest (epoch, batch); on a tie last.ckpt wins (a best-k copy never holds a newer
-    state than the last.ckpt written after it)."""
+    state than the last.ckpt written after it). When every checkpoint is unreadable (damaged, NaN
+    weights), starting again silently would be wrong: CheckpointError names the first one's fault."""
     newest, newest_position, newest_checkpoint = None, None, None
     unreadable: set[str] = set()
+    errors: list[tuple[Path, CheckpointError]] = []
     for path in sorted(weights.glob("*.ckpt")):
         try:
             checkpoint = load_checkpoint(path)
         except CheckpointError as error:
-            warn(f"warning: skipping unreadable checkpoint: {error}")
+            errors.append((path, error))
             unreadable.add(f"weights/{path.name}")
             continue
         if not resumable(checkpoint):
@@ -137,6 +139,12 @@ def choose_resume_checkpoint(weights: Path, resumable: Callable[[Checkpoint], bo
         if newest_position is None or position > newest_position or \
                 (position == newest_position and path.name == "last.ckpt"):
             newest, newest_position, newest_checkpoint = path, position, checkpoint
+    if newest is None and errors:
+        errors.sort(key=lambda entry: entry[0].name != "last.ckpt")  # named first: the run's own checkpoint
+        raise CheckpointError(f"{errors[0][1]}; no checkpoint in {weights} can be resumed from ({len(errors)} "
+                              f"unreadable): start again with --overwrite")
+    for _, error in errors:
+        warn(f"warning: skipping unreadable checkpoint: {error}")
     return None if newest is None else (newest, newest_checkpoint, unreadable)
 
 
@@ -219,6 +227,10 @@ class ExperimentBusy(UserError):
     """Another live main.py holds the experiment folder."""
 
 
+# Lock files (resolved paths) this process holds: a record lock does not conflict with its own process.
+_HELD_LOCKS: set[Path] = set()
+
+
 @contextmanager
 def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     """Hold `<parent>/.<name>.lock` (an advisory lock beside the folder, so that --overwrite cannot delete it)
@@ -229,21 +241,34 @@ def experiment_lock(experiment_dir: Path, *, enabled: bool = True) -> Iterator[N
         return
     experiment_dir.parent.mkdir(parents=True, exist_ok=True)
     path = experiment_dir.parent / f".{experiment_dir.name}.lock"
+    key = path.resolve()
+    if key in _HELD_LOCKS:
+        # Checked before opening the file: closing any descriptor of it would drop this process's lock.
+        raise ExperimentBusy(f"{experiment_dir} is in use by this process (pid {os.getpid()}) already")
     handle = open(path, "a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A POSIX record lock (lockf), not flock: an flock belongs to the open file, which the DataLoader
+            # workers forked during the run share, so after a SIGKILL of main.py its orphaned workers kept
+            # the folder locked for seconds and an immediate --resume was refused naming a dead pid. A record
+            # lock belongs to this process alone: fork does not pass it on, and it goes when the process dies,
+            # whatever children live on. No check of the recorded pid is needed (pids are reused, too).
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise ExperimentBusy(f"{experiment_dir} is in use by a running main.py ({holder}); wait for it to "
                                  f"finish or stop it (SIGINT/SIGTERM saves a checkpoint) before --resume or "
                                  f"--overwrite") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        yield
+        _HELD_LOCKS.add(key)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
     finally:
         handle.close()  # releases the lock; the file stays (harmless, reused next time)
 
@@ -277,10 +302,11 @@ def remove_if_unstarted(experiment_dir: Path) -> bool:
     return True
 
 
-def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None) -> str:
-    """The sentence an error ends with: which checkpoint to go on from (or that there is none)."""
-    last = experiment_dir / "weights" / "last.ckpt"
-    if saved is None or not last.is_file():
+def last_good_checkpoint(experiment_dir: Path, saved: TrainState | None, path: Path | None = None) -> str:
+    """The sentence an error ends with: which checkpoint to go on from (or that there is none). `path` holds
+    the state `saved` (default weights/last.ckpt; a best-k copy when copying it to last.ckpt failed)."""
+    path = path or experiment_dir / "weights" / "last.ckpt"
+    if saved is None or not path.is_file():
         return ("No checkpoint was saved before it (checkpoint_interval_steps saves during an epoch); "
                 "fix the cause and start again with --overwrite")
-    return f"The last good checkpoint is {last} ({saved.position()}); fix the cause and continue with --resume"
+    return f"The last good checkpoint is {path} ({saved.position()}); fix the cause and continue with --resume"

@@ -10,7 +10,7 @@ A new task is one file in training/tasks/ plus one line in `training.tasks.TASKS
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint
+from runtime.compiling import CompiledNetworks
 from runtime.config import Config
 from scoring.extraction import Extraction, Poll
 
@@ -36,6 +37,8 @@ class Run:
     warn: Callable[[str], None]
     poll: Callable[[str], Poll]  # poll(what): a check between scoring batches that stops on a signal
     resume_hint: Callable[[], str]  # the command that continues the run, for messages
+    # `compile: true`: tasks compile their networks through it (falls back to eager when the compiler fails).
+    compiled: CompiledNetworks = field(default_factory=CompiledNetworks)
 
     def extraction(self, what: str) -> Extraction:
         """Scoring options of this run (fp32), stopping between batches on a signal."""

@@ -18,12 +18,14 @@ Rules every run follows:
 """
 from __future__ import annotations
 
+import copy
 import errno
 import math
 import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,9 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import iterate_batches
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, nonfinite_key
 from runtime import distributed
+from runtime.compiling import CompiledNetworks
 from runtime.config import Config, ConfigError
 from runtime.device import resolve_amp, seed_everything
 from runtime.errors import WorkerDied, worker_died
@@ -71,9 +74,10 @@ class Trainer:
         # may also get directly, and kills them itself after its --shutdown-timeout.
         self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
+        self.compiled = CompiledNetworks(self.warn)  # `compile: true`: eager again when the compiler fails
         run = Run(config=config, dir=experiment_dir, device=device, amp=amp, is_main=self.is_main,
                   progress=self.progress, log=self.log, warn=self.warn, poll=self._poll,
-                  resume_hint=lambda: self.resume_hint)
+                  resume_hint=lambda: self.resume_hint, compiled=self.compiled)
         if config["system"] not in TASKS:
             raise ConfigError(f"{config.source}: system: unknown task {config['system']!r}; known: "
                               f"{', '.join(sorted(TASKS))}")
@@ -82,6 +86,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.state = TrainState()
         self._saved: TrainState | None = None  # state of the newest checkpoint written or restored
+        self._saved_path: Path | None = None  # the file that holds it (last.ckpt, or a best-k copy until copied)
         self._clock = time.time()  # wall-clock time accounted into state.seconds so far
         self._objective: torch.nn.Module | None = None  # the task's objective, behind DDP under torchrun
 
@@ -117,23 +122,34 @@ class Trainer:
         atomic write left as it was."""
         path = path or self.dir / "weights" / "last.ckpt"
         self.account_time()
-        parameters = [p for module in self.task.modules() for p in module.parameters()]
-        if not all(bool(torch.isfinite(p.detach()).all()) for p in parameters):
-            raise TrainingError(f"the parameters became NaN/inf by step {self.state.step}; not overwriting the "
-                                f"checkpoint. {self.last_good()}")
+        # What load_checkpoint would refuse is never written: parameters, buffers (BatchNorm statistics)
+        # and the optimiser state.
+        what, where = "parameters", next((f"{type(module).__name__} tensor {key}" for module in self.task.modules()
+                                          if (key := nonfinite_key(module.state_dict())) is not None), None)
+        if where is None and (key := nonfinite_key(self.optimizer.state_dict())) is not None:
+            what, where = "optimiser state", f"optimiser tensor {key}"
+        if where is not None:
+            raise TrainingError(f"the {what} became NaN/inf by step {self.state.step}; not overwriting the "
+                                f"checkpoint ({where} holds NaN/inf). {self.last_good()}")
         if self.is_main:
-            try:
-                self.task.save(path, self.training_state())
-            except OSError as error:
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                    raise
-                raise TrainingError(f"cannot write {path}: {error.strerror}; training stopped. "
-                                    f"{self.last_good()}") from None
+            self._write(path, lambda: self.task.save(path, self.training_state()))
         self._saved = TrainState.from_dict(self.state.to_dict())
+        self._saved_path = path
         return path
 
+    def _write(self, path: Path, write: Callable[[], object]) -> None:
+        """Run `write` (an atomic write of `path`); a disk that is full or refuses it stops the run naming
+        `path` and the last good checkpoint, which the atomic write left as it was."""
+        try:
+            write()
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise TrainingError(f"cannot write {path}: {error.strerror}; training stopped. "
+                                f"{self.last_good()}") from None
+
     def last_good(self) -> str:
-        return last_good_checkpoint(self.dir, self._saved)
+        return last_good_checkpoint(self.dir, self._saved, self._saved_path)
 
     def account_time(self) -> None:
         now = time.time()
@@ -157,6 +173,7 @@ class Trainer:
         restore_rng(saved)
         distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
+        self._saved_path = path
         self._clock = time.time()
 
     def _check_resume_config(self, saved: dict[str, Any] | None) -> None:
@@ -181,6 +198,7 @@ class Trainer:
         self.resume(path, checkpoint)
         tidy_after_resume(self.dir, path, self.state, unreadable, self.config["epoch"], self.task.metric_columns,
                           BEST_K_NAME, self.warn)
+        self._saved_path = self.dir / "weights" / "last.ckpt"  # tidied: it holds the restored state
         return path
 
     # ------------------------------------------------------------- the run
@@ -258,8 +276,19 @@ class Trainer:
 
     def _train_step(self, batch: Any, epoch: int, n_batches: int) -> bool:
         """Forward, loss, and an optimisation step unless the loss is not finite; whether a step was taken
-        (not with a non-finite loss, nor when the fp16 grad scaler skipped it)."""
+        (not with a non-finite loss, nor when the fp16 grad scaler skipped it). With compiled networks, a
+        compiler failure in the step puts back what the step changed and takes it again eagerly."""
         inputs, redraws = self.task.split_batch(batch)
+        if not self.compiled.active:
+            return self._step(inputs, redraws, epoch, n_batches)
+        before = copy.copy(self.state)  # a step changes only its scalar fields
+
+        def undo() -> None:
+            self.state = before
+        return self.compiled.run_step(lambda: self._step(inputs, redraws, epoch, n_batches), self.task.modules(),
+                                      undo)
+
+    def _step(self, inputs: tuple[torch.Tensor, ...], redraws: torch.Tensor, epoch: int, n_batches: int) -> bool:
         loss, accuracy = self._objective(*inputs)
         # Means / totals over the ranks, so that every rank keeps the same state and takes the same decision.
         world = distributed.world_size()
@@ -371,10 +400,12 @@ class Trainer:
             state.best, dropped = ranked[:config["save_top_k"]], ranked[config["save_top_k"]:]
         if best_k is not None and best_k in state.best:
             self.save_resumable(self.dir / best_k["path"])
+            last = self.dir / "weights" / "last.ckpt"
             if self.is_main:
-                atomic_copy(self.dir / best_k["path"], self.dir / "weights" / "last.ckpt")
+                self._write(last, lambda: atomic_copy(self.dir / best_k["path"], last))
+            self._saved_path = last
             if state.best[0] is best_k:
-                task.on_new_best(epoch + 1, dev)
+                self._write(self.dir / "weights" / "best.ckpt", lambda: task.on_new_best(epoch + 1, dev))
         else:
             self.save_resumable()
         if self.is_main:

@@ -106,7 +106,7 @@ class B2Task(Task):
         self.eval = self._trial_rows("eval")
         self.model = B2Backend(self.asv_dim, self.cm_dim, settings["hidden_dims"]).to(run.device)
         if distributed.compile_allowed(config["compile"], run.device, run.warn):
-            self.model.compile()
+            run.compiled.compile(self.model, "the back-end")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["lr"], weight_decay=settings["wd"])
         decay = settings["lr_decay"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=keras_decay(decay))

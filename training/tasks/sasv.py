@@ -133,7 +133,8 @@ class SASVTask(Task):
         # Both before the optimiser takes the parameters, and before DDP wraps the model.
         self.model = distributed.synchronise_batchnorm(self.model, device)
         apply_kernel_options(self.model, device, channels_last=config["channels_last"],
-                             compile=distributed.compile_allowed(config["compile"], device, run.warn))
+                             compile=distributed.compile_allowed(config["compile"], device, run.warn),
+                             compiled=run.compiled)
         optim = config["optim"]
         groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
                   {"params": list(self.loss.parameters()), "name": "oc_center"}]

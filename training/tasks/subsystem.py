@@ -62,7 +62,8 @@ class SubsystemTask(Task):
         if channels_last_enabled(self.config["channels_last"], device) and hasattr(self.model, "use_channels_last"):
             self.model.use_channels_last()  # the ResNet's convolutions run faster in channels_last
         if distributed.compile_allowed(self.config["compile"], device, self.run.warn):
-            self.model.compile()  # in place: the state-dict keys stay as they are
+            # In place (the state-dict keys stay as they are); eager again if the compiler fails.
+            self.run.compiled.compile(self.model, f"the {self.part.upper()} network")
 
     def training_loader(self, dataset: Dataset, **options: Any) -> DataLoader:
         """The DataLoader of the training data (`options`: batch_size/sampler or batch_sampler, ...)."""
