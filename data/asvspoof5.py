@@ -21,6 +21,10 @@ from data.protocols import CM_KEYS, SASV_KEYS, ProtocolError, check_unique, prot
 
 GENDERS = ("F", "M")
 BONAFIDE = "bonafide"
+# The CODEC column: "-" for uncoded audio, else one of the release's eleven codec conditions C01-C11 (the
+# database README, section 3, and the ASVspoof 5 database paper; docs/asvspoof5.md). An id outside them
+# would get a row of its own in the per-codec tables, or a typo would split one condition in two.
+CODECS = ("-", *(f"C{number:02d}" for number in range(1, 12)))
 
 # Layouts by number of columns, with the column names of their documentation.
 UTTERANCE_LAYOUTS = {
@@ -93,6 +97,7 @@ def read_utterance_list(path: str | Path) -> list[UtteranceEntry]:
             speaker, utterance, gender, codec, attack, key = fields
             extra = {}
         _check(path, number, "gender", gender, GENDERS)
+        _check(path, number, "codec", codec, CODECS)
         _check(path, number, "CM key", key, CM_KEYS)
         if key == BONAFIDE:
             if attack not in (BONAFIDE, "-"):

@@ -4,6 +4,7 @@ Most files are read with soundfile (float64, like the reference). FLAC files
 that current soundfile refuses (samples outside the declared bit depth, which
 libFLAC >= 1.4 rejects) are decoded with libFLAC 1.3.x (`data.flac_fallback`)
 and scaled exactly as libsndfile did: `int * 2**-(bits-1)`, no clipping.
+Audio shorter than MIN_AUDIO_MS is refused (`check_duration` tells it from the header, before a run).
 Fallback decodes are cached in memory and on disk (`SASV_AUDIO_CACHE`).
 """
 from __future__ import annotations
@@ -31,6 +32,13 @@ DEFAULT_DISK_CACHE = "~/.cache/sasv-toolkit/flac"
 # refuse real data. 32 = 2**20 / 32768 leaves 3x headroom over that (20-bit integers in a 16-bit file) and
 # still refuses float files written unnormalised (int16 values stored as float: |x| up to 32768).
 MAX_ABS_SAMPLE = 32.0
+# Shortest audio accepted, in milliseconds of the file's own duration. Every reader tiles a short file to
+# its crop length (the reference `pad`), so a fragment of a few samples would be scored as a repeated
+# buzz: a 1-sample file becomes a constant. 100 ms is the shortest span that still holds speech for both
+# front-ends: ten 25 ms / 10 ms-hop frames of the ResNet's log-mel features, more than ten times the 129
+# taps (8 ms) of AASIST's sinc filters, and several pitch periods even at 80 Hz; the shortest phones
+# last some 30-50 ms and syllables 100 ms or more. The synthetic corpora never go below 0.3 s.
+MIN_AUDIO_MS = 100
 DEFAULT_MEMORY_CACHE_SAMPLES = 32_000_000  # 128 MB of int32, per process
 _CACHE_FORMAT = "sasv-flac-int32-v1"  # bump to invalidate old disk entries
 
@@ -177,14 +185,19 @@ def _decode(path: str, file_stat: os.stat_result) -> tuple[np.ndarray, int]:
     return entry.samples.astype(np.float64) * scale, entry.sample_rate
 
 
-def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: bool = False) -> np.ndarray:
-    """Read a mono waveform as float64, like the reference `soundfile.read(path)[0]`.
+def min_samples(sample_rate: int) -> int:
+    """The fewest samples a file at `sample_rate` needs: MIN_AUDIO_MS of audio (1600 at 16 kHz)."""
+    return -(-sample_rate * MIN_AUDIO_MS // 1000)  # integer ceiling: exact at any rate
 
-    Files at another sample rate or with several channels are refused; with
-    `resample=True` the same flag enables both conversions (torchaudio
-    resampling to `sample_rate` and averaging the channels).
-    """
-    path = os.fspath(path)
+
+def _check_length(frames: int, sample_rate: int, path: str) -> None:
+    if frames < min_samples(sample_rate):
+        raise AudioError(f"{path} is too short: {frames} samples ({1000 * frames / sample_rate:.1f} ms at "
+                         f"{sample_rate} Hz), under the {MIN_AUDIO_MS} ms minimum ({min_samples(sample_rate)} "
+                         f"samples); tiled to the crop length it would be scored as a repeated fragment")
+
+
+def _stat_audio_file(path: str) -> os.stat_result:
     try:
         file_stat = os.stat(path)
     except FileNotFoundError:
@@ -195,6 +208,37 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: b
         raise AudioError(f"not a regular file: {path}")
     if file_stat.st_size == 0:
         raise AudioError(f"empty audio file (0 bytes): {path}")
+    return file_stat
+
+
+def check_duration(path: str | os.PathLike) -> None:
+    """AudioError when `path` is shorter than MIN_AUDIO_MS, judged from its header: a header read, cheap
+    enough to check every listed file before a long run. A header that soundfile cannot read (a corrupt file, or a
+    FLAC file that only the libFLAC 1.3 fallback may decode) is left to `read_audio`; a header that reports
+    too few frames is confirmed by decoding, so this refuses only what `read_audio` would refuse."""
+    path = os.fspath(path)
+    try:
+        info = soundfile.info(path)
+    except (RuntimeError, soundfile.SoundFileError):
+        return
+    if info.frames >= min_samples(info.samplerate):
+        return
+    waveform, file_rate = _decode(path, _stat_audio_file(path))
+    if waveform.size:  # an empty file is read_audio's to name
+        _check_length(len(waveform), file_rate, path)
+
+
+def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: bool = False,
+               check_length: bool = True) -> np.ndarray:
+    """Read a mono waveform as float64, like the reference `soundfile.read(path)[0]`.
+
+    Files at another sample rate or with several channels are refused; with
+    `resample=True` the same flag enables both conversions (torchaudio
+    resampling to `sample_rate` and averaging the channels). Files shorter than
+    MIN_AUDIO_MS are refused unless `check_length=False` (impulse responses).
+    """
+    path = os.fspath(path)
+    file_stat = _stat_audio_file(path)
 
     waveform, file_rate = _decode(path, file_stat)
     channels = waveform.shape[1] if waveform.ndim == 2 else 1
@@ -203,6 +247,8 @@ def read_audio(path: str | os.PathLike, *, sample_rate: int = 16000, resample: b
     if waveform.size == 0:
         raise AudioError(f"no audio samples in {path}")
     _check_sample_values(waveform, path)  # before the down-mix, which could average a bad channel away
+    if check_length:
+        _check_length(len(waveform), file_rate, path)
     if waveform.ndim == 2:
         waveform = waveform.mean(axis=1) if channels > 1 else waveform[:, 0]
     if file_rate != sample_rate:

@@ -64,11 +64,12 @@ class Augmenter:
         # Equal odds for "unchanged" and every available kind, as voxceleb_trainer.
         self.choices = ["none"] + (["reverb"] if self.rirs else []) + [c for c in NOISE_SNR_DB if c in self.noises]
 
-    def _read(self, path: Path) -> np.ndarray:
-        return read_audio(path, sample_rate=self.sample_rate, resample=self.resample)
+    def _read(self, path: Path, check_length: bool = True) -> np.ndarray:
+        return read_audio(path, sample_rate=self.sample_rate, resample=self.resample, check_length=check_length)
 
     def reverberate(self, waveform: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        rir = self._read(self.rirs[int(rng.integers(len(self.rirs)))])
+        # An impulse response is convolved, not tiled: a short one (a dry room) is no fragment.
+        rir = self._read(self.rirs[int(rng.integers(len(self.rirs)))], check_length=False)
         rir = rir / np.sqrt(np.sum(rir ** 2))  # unit energy: the level stays that of the dry signal
         return fftconvolve(waveform, rir, mode="full")[:len(waveform)]
 

@@ -18,7 +18,9 @@ from data.protocols import (
     CMEntry,
     ProtocolError,
     SASVTrial,
+    check_tests_not_enrolled,
     read_cm_protocol,
+    read_enrollment_listing,
     read_enrollment_utterances,
     read_fields,
     read_sasv_trials,
@@ -134,12 +136,28 @@ def read_trials(path: str | Path, name: str | None = ASVSPOOF2019_LA) -> list[SA
 
 def sasv_trials(config: Mapping[str, Any], partition: str) -> list[SASVTrial]:
     """The partition's SASV trials; a list naming no attacks (ASVspoof 5, 3 columns) gets them from the
-    partition's utterance list."""
+    partition's utterance list. A trial testing a speaker on one of their own enrollment utterances is an
+    error (see `check_tests_not_enrolled`)."""
     trials = read_trials(trial_list(config, partition), dataset(config))
+    check_tests_not_enrolled_in(config, partition, trials)
     if any(trial.key == "spoof" and trial.attack == "-" for trial in trials):
         return label_attacks(trials, trial_list(config, partition), cm_entries(config, partition),
                              cm_list(config, partition))
     return trials
+
+
+def check_tests_not_enrolled_in(config: Mapping[str, Any], partition: str, trials: Sequence[SASVTrial]) -> None:
+    """No trial of the partition tests its claimed speaker on one of that speaker's enrollment utterances, as
+    the partition's enrollment list(s) give them (ASVspoof 5: dirs.asvspoof5_<part>_enroll; 2019 LA:
+    dirs.asv_<part>_enrollment_lists, the utterances behind the concatenated enrollment files). Lists that are
+    not there are not read: the scripts that need them say so themselves."""
+    listing = enrollment_list(config, partition)
+    paths = [listing] if isinstance(listing, (str, Path)) else list(listing)
+    if not paths or not all(Path(path).is_file() for path in paths):
+        return
+    columns = asvspoof5.ENROLLMENT_LAYOUT if dataset(config) == ASVSPOOF5 else None
+    enrollment, listed_at = read_enrollment_listing(paths, columns)
+    check_tests_not_enrolled(list(trials), enrollment, listed_at, trial_list(config, partition))
 
 
 def enrollment_list(config: Mapping[str, Any], partition: str) -> str | list[str]:

@@ -139,6 +139,13 @@ def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...],
                                columns: str | None = None) -> dict[str, list[str]]:
     """`SPK UTT1,UTT2,...` lines (asv.{dev,eval}.{female,male}.trn.txt, ASVspoof 5 enrollment lists):
     speaker -> utterances. `columns` names the layout in the error for a line with another number of fields."""
+    return read_enrollment_listing(paths, columns)[0]
+
+
+def read_enrollment_listing(paths: list[str | Path] | tuple[str | Path, ...], columns: str | None = None
+                            ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """As `read_enrollment_utterances`, with where each utterance is listed: (speaker -> utterances,
+    utterance -> "file:line")."""
     speakers: dict[str, list[str]] = {}
     speaker_seen: dict[str, str] = {}  # speaker -> "file:line" where it was first listed
     first_seen: dict[str, str] = {}
@@ -156,7 +163,23 @@ def read_enrollment_utterances(paths: list[str | Path] | tuple[str | Path, ...],
                 first_seen[utt] = where
             speakers[speaker] = utterances
             speaker_seen[speaker] = where
-    return speakers
+    return speakers, first_seen
+
+
+def check_tests_not_enrolled(trials: list[SASVTrial], enrollment: dict[str, list[str]], listed_at: dict[str, str],
+                             trial_path: str | Path) -> None:
+    """No trial's test utterance is one of its claimed speaker's own enrollment utterances: that trial would
+    compare a recording with itself, a near-certain accept that inflates the target scores. The error names
+    the trial list line and the enrollment list line (`listed_at`: utterance -> "file:line")."""
+    own = {speaker: set(utterances) for speaker, utterances in enrollment.items()}
+    for trial in trials:
+        if trial.utterance in own.get(trial.speaker, ()):
+            line = next((number for number, fields in read_fields(trial_path, "trial list")
+                         if fields[:2] == [trial.speaker, trial.utterance]), None)
+            raise ProtocolError(f"{trial_path}{'' if line is None else f':{line}'}: test utterance "
+                                f"{trial.utterance} is one of speaker {trial.speaker}'s own enrollment utterances "
+                                f"({listed_at[trial.utterance]}); a trial must not test a speaker on an "
+                                f"enrollment recording")
 
 
 def speaker_utterances(entries: list[CMEntry]) -> dict[str, dict[str, list[str]]]:

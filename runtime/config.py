@@ -84,7 +84,8 @@ SCHEMA: dict = _section(
     nonfinite_loss=Field(str, "error", "NaN/inf training loss: error stops, naming the step (weights/last.ckpt keeps "
                          "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
                          "(skipped_batches)", choices=("error", "skip")),
-    on_bad_audio=Field(str, "error", "missing, corrupt, empty, NaN/inf or implausibly loud (|x| > 32), or wrong-rate/"
+    on_bad_audio=Field(str, "error", "missing, corrupt, empty, shorter than 100 ms (data.audio.MIN_AUDIO_MS), NaN/inf "
+                       "or implausibly loud (|x| > 32), or wrong-rate/"
                        "multi-channel (unless resample) audio: error stops with one line naming the file; skip draws "
                        "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead "
                        "and, in scoring, marks the "

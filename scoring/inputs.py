@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import corpus
+from data.audio import AudioError, check_duration
 from data.protocols import (
     ProtocolError,
     SASVTrial,
@@ -53,25 +54,35 @@ def _line_of(listing: str | Path | Sequence[str | Path], value: str, column: int
 
 def check_enrollment_audio(enrollment: Mapping[str, Sequence[Path]], listing: str | Path | Sequence[str | Path]
                            ) -> None:
-    """Every enrollment utterance of every speaker is there; the first missing one names the line of the
-    enrollment list (`listing`) that lists its speaker."""
+    """Every enrollment utterance of every speaker is there and long enough (data.audio.check_duration); the
+    first that is not names the line of the enrollment list (`listing`) that lists its speaker."""
     for speaker, paths in enrollment.items():
         for path in paths:
             if not path.is_file():
                 raise ProtocolError(f"{_line_of(listing, speaker, 0)}: enrollment utterance {path.stem} of speaker "
                                     f"{speaker} is missing ({path})")
+            try:
+                check_duration(path)
+            except AudioError as error:
+                raise AudioError(f"{_line_of(listing, speaker, 0)}: enrollment utterance {path.stem} of speaker "
+                                 f"{speaker}: {error}") from None
 
 
 def listed_audio(config: Config, partition: str, utterances: Sequence[str], listing: str | Path) -> list[Path]:
-    """The audio file of each utterance in the partition's folder. With on_bad_audio: error, a missing one
-    stops now, before any scoring, naming the line of `listing` that lists it (the utterance is the 2nd
-    column of CM protocols, trial lists and ASVspoof 5 lists alike)."""
+    """The audio file of each utterance in the partition's folder. With on_bad_audio: error, a missing one,
+    or one too short by its header (data.audio.check_duration), stops now, before any scoring, naming the line
+    of `listing` that lists it (the utterance is the 2nd column of CM protocols, trial lists and ASVspoof 5
+    lists alike)."""
     folder, ext = corpus.audio_dir(config, partition), config["audio_ext"]
     paths = [folder / f"{utterance}.{ext}" for utterance in utterances]
     if config["on_bad_audio"] == "error":
         for utterance, path in zip(utterances, paths):
             if not path.is_file():
                 raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
+            try:
+                check_duration(path)
+            except AudioError as error:
+                raise AudioError(f"{_line_of(listing, utterance, 1)}: utterance {utterance}: {error}") from None
     return paths
 
 
@@ -105,6 +116,11 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
             for speaker, paths in claimed.items():
                 if not paths[0].is_file():
                     raise ProtocolError(f"{paths[0]}: enrollment file of speaker {speaker} is missing")
+                try:
+                    check_duration(paths[0])
+                except AudioError as error:
+                    raise AudioError(f"{_line_of(listing, speaker, 0)}: enrollment file of speaker {speaker}: "
+                                     f"{error}") from None
     listed_audio(config, partition, list(dict.fromkeys(t.utterance for t in trials)), trial_path)
     samples = config["enrollment_samples"][partition]
     return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tiny_run import run_script
 
+from data import corpus
 from data.asvspoof5 import read_enrollment, read_trials, read_utterance_list
 from data.protocols import ProtocolError
 
@@ -36,11 +37,54 @@ def _write(tmp_path: Path, name: str, lines: list[str]) -> Path:
     (["S1 U1 F - - - - bonafide genuine -"], 1, "unknown CM key 'genuine'"),
     ([*UTT, UTT[0]], 4, "duplicate utterance id 'U1' (first on line 1)"),
     ([HEADER, *UTT], 1, "unknown gender 'SPEAKER_GENDER'"),
+    # codec ids: "-" or the release's C01-C11, in both layouts
+    ([*UTT[:2], "S2 U3 M C12 1 U1 - bonafide bonafide -"], 3, "unknown codec 'C12'; expected one of -, C01,"),
+    (["S1 U1 F C00 1 U0 - bonafide bonafide -"], 1, "unknown codec 'C00'"),
+    (["S1 U1 F c05 1 U0 - bonafide bonafide -"], 1, "unknown codec 'c05'"),
+    (["S1 U1 F C5 1 U0 - bonafide bonafide -"], 1, "unknown codec 'C5'"),
+    (["S1 U1 F mp3 1 U0 - bonafide bonafide -"], 1, "unknown codec 'mp3'"),
+    (["T_4850 T_0000000000 F none A05 spoof"], 1, "unknown codec 'none'"),
 ])
 def test_bad_utterance_list_line(tmp_path, lines, line, message):
     path = _write(tmp_path, "ASVspoof5.dev.track_1.tsv", lines)
     with pytest.raises(ProtocolError, match=rf"^{path}:{line}: .*{re.escape(message)}"):
         read_utterance_list(path)
+
+
+def test_every_codec_id_of_the_release_reads(tmp_path):
+    ids = ["-", *(f"C{number:02d}" for number in range(1, 12))]
+    lines = [f"S1 U{index} F {codec} 1 U0 - bonafide bonafide -" for index, codec in enumerate(ids)]
+    assert [e.codec for e in read_utterance_list(_write(tmp_path, "u.tsv", lines))] == ids
+
+
+def _track2_config(tmp_path: Path, trials: list[str], enrollment: list[str] | None) -> dict:
+    dirs = {"database": str(tmp_path), "asvspoof5_dev_trial": str(_write(tmp_path, "t.tsv", trials)),
+            "asvspoof5_dev_enroll": str(tmp_path / "e.tsv")}
+    if enrollment is not None:
+        _write(tmp_path, "e.tsv", enrollment)
+    return {"dataset": "asvspoof5", "dirs": dirs}
+
+
+ENROLL = ["S1 E1,E2,U9", "S2 E3"]
+
+
+def test_a_trial_on_the_speaker_s_own_enrollment_utterance_is_refused(tmp_path):
+    trials = [*TRIAL, "S1 U9 F bonafide target"]  # U9 is one of S1's enrollment utterances
+    config = _track2_config(tmp_path, trials, ENROLL)
+    with pytest.raises(ProtocolError) as caught:
+        corpus.sasv_trials(config, "dev")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 't.tsv'}:4: ") and f"({tmp_path / 'e.tsv'}:1)" in message
+    assert "U9" in message and "S1" in message and "\n" not in message
+
+
+def test_trials_apart_from_the_enrollment_read_as_before(tmp_path):
+    # Another speaker's enrollment utterance as a test (S2 tested on S1's E1) is not the same recording twice.
+    trials = [*TRIAL, "S2 E1 M bonafide nontarget"]
+    assert len(corpus.sasv_trials(_track2_config(tmp_path, trials, ENROLL), "dev")) == 4
+    # Without the enrollment list (a script that needs none) the trials read; the scorers name a missing list.
+    (tmp_path / "without").mkdir()
+    assert len(corpus.sasv_trials(_track2_config(tmp_path / "without", trials, None), "dev")) == 4
 
 
 def test_empty_lists_are_refused(tmp_path):

@@ -329,3 +329,72 @@ def test_cached_samples_are_not_aliased(fixtures, audio_golden):
     first = read_audio(fixtures / name)
     first[:] = 0.0
     assert np.abs(read_audio(fixtures / name)).max() > 0
+
+
+# ---------------------------------------------------------------- too short to be speech
+
+def test_minimum_length_in_samples():
+    assert audio.MIN_AUDIO_MS == 100
+    assert [audio.min_samples(rate) for rate in (16000, 8000, 22050, 44100)] == [1600, 800, 2205, 4410]
+
+
+@pytest.mark.parametrize("suffix", ["flac", "wav"])
+@pytest.mark.parametrize("n_samples", [1, 1599])
+def test_audio_under_the_minimum_is_refused_by_every_reader(tmp_path, suffix, n_samples):
+    path = tmp_path / f"short.{suffix}"
+    write_noise_flac(path, n_samples=n_samples)  # soundfile takes the format from the suffix
+    assert_audio_error(path, f"too short: {n_samples} samples")
+    with pytest.raises(AudioError, match="too short") as caught:
+        load_waveform(path, 64600)  # the tiling path scoring and training use
+    assert str(path) in str(caught.value)
+    with pytest.raises(AudioError, match="too short"):
+        audio.check_duration(path)  # the header check run before scoring
+
+
+@pytest.mark.parametrize("suffix", ["flac", "wav"])
+def test_audio_at_the_minimum_is_read_and_tiled(tmp_path, suffix):
+    path = tmp_path / f"minimum.{suffix}"
+    samples = write_noise_flac(path, n_samples=1600)
+    audio.check_duration(path)
+    assert np.array_equal(read_audio(path), samples / 32768.0)
+    tiled = load_waveform(path, 4000)
+    assert len(tiled) == 4000 and torch.equal(tiled[1600:3200], tiled[:1600])
+
+
+def test_minimum_is_a_duration_at_the_file_rate(tmp_path):
+    short, enough = tmp_path / "short_8k.flac", tmp_path / "enough_8k.flac"
+    write_noise_flac(short, n_samples=799, sample_rate=8000)
+    write_noise_flac(enough, n_samples=800, sample_rate=8000)
+    assert_audio_error(short, "799 samples .*8000 Hz", resample=True)
+    assert len(read_audio(enough, resample=True)) == 1600
+
+
+def test_duration_check_reads_only_the_header(tmp_path, monkeypatch, fixtures, audio_golden):
+    long_file = tmp_path / "long.flac"
+    write_noise_flac(long_file, n_samples=1600)
+    not_audio = tmp_path / "not_audio.wav"
+    not_audio.write_bytes(b"this is not audio" * 10)
+
+    def no_decode(*args):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(audio, "_decode", no_decode)
+    audio.check_duration(long_file)
+    audio.check_duration(not_audio)  # an unreadable header is read_audio's to name, when the file is read
+    # Real LA files that only the libFLAC 1.3 fallback decodes: their headers read, and they are long enough.
+    for name in refused_by_soundfile(audio_golden["decode_fingerprints"]):
+        audio.check_duration(fixtures / name)
+
+
+def test_short_audio_under_skip_is_marked_like_unreadable_audio(tmp_path):
+    from data.datasets import WaveformDataset
+
+    good, short = tmp_path / "good.flac", tmp_path / "short.flac"
+    write_noise_flac(good, n_samples=1600)
+    write_noise_flac(short, n_samples=1)
+    skipping = WaveformDataset([good, short], 3200, on_bad_audio="skip")
+    assert skipping[0][2] == ""
+    index, wave, problem = skipping[1]
+    assert index == 1 and str(short) in problem and "too short" in problem and not wave.any()
+    with pytest.raises(AudioError, match="too short"):
+        WaveformDataset([short], 3200, on_bad_audio="error")[0]

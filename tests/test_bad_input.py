@@ -135,6 +135,10 @@ DAMAGE = {
     "8_khz": (lambda path: soundfile.write(path, _noise(8000), 8000, format="FLAC"), "is 8000 Hz, expected 16000 Hz"),
     "stereo": (lambda path: soundfile.write(path, _noise(16000, 2), 16000, format="FLAC"), "has 2 channels"),
     "nan_samples": (_nan_wav, "NaN/inf samples"),
+    # Under data.audio.MIN_AUDIO_MS (1600 samples at 16 kHz): found before scoring from the header.
+    "one_sample": (lambda path: soundfile.write(path, _noise(1), 16000, format="FLAC"), "too short: 1 samples"),
+    "just_too_short": (lambda path: soundfile.write(path, _noise(1599), 16000, format="FLAC"),
+                       "too short: 1599 samples"),
 }
 
 
@@ -145,6 +149,52 @@ def test_bad_test_audio_in_scoring(work, model_file, capsys, monkeypatch, damage
     corrupt(victim)
     assert_one_line_error(score(work, model_file, capsys, monkeypatch), str(victim), expected)
     assert_nothing_half_written(work.out)
+
+
+def test_short_test_audio_is_refused_before_scoring_naming_the_trial_line(work, model_file, capsys, monkeypatch):
+    trials = read_sasv_trials(work.root / DEV_TRIALS)
+    victim = trials[-1].utterance  # first listed on the line of its first trial
+    first_line = 1 + next(index for index, trial in enumerate(trials) if trial.utterance == victim)
+    soundfile.write(work.dev_audio(victim), _noise(1599), 16000, format="FLAC")
+    line = assert_one_line_error(score(work, model_file, capsys, monkeypatch), str(work.dev_audio(victim)),
+                                 "too short")
+    assert f"{DEV_TRIALS}:{first_line}: utterance {victim}" in line
+    assert_nothing_half_written(work.out)
+
+
+def test_short_enrollment_file_is_refused_naming_the_enrollment_line(work, model_file, capsys, monkeypatch):
+    speakers = list(read_enrollment_files(work.root / DEV_ENROLLMENT).items())
+    number, (speaker, stem) = len(speakers), speakers[-1]
+    enrollment = work.root / "enr_audio" / "dev" / f"{stem}.flac"
+    soundfile.write(enrollment, _noise(1), 16000, format="FLAC")
+    line = assert_one_line_error(score(work, model_file, capsys, monkeypatch), str(enrollment), "too short")
+    assert f"{DEV_ENROLLMENT}:{number}: enrollment file of speaker {speaker}" in line
+    assert_nothing_half_written(work.out)
+
+
+@pytest.mark.slow
+def test_short_audio_under_skip_is_left_out_like_unreadable_audio(work, model_file, capsys, monkeypatch):
+    trials = read_sasv_trials(work.root / DEV_TRIALS)
+    victim = trials[0].utterance
+    soundfile.write(work.dev_audio(victim), _noise(1), 16000, format="FLAC")
+    status, _, err = score(work, model_file, capsys, monkeypatch, config=work.config(on_bad_audio="skip"))
+    assert status == 0, err
+    rows = _score_rows(work.out / "score_SASV_dev.txt")
+    assert [row[3] == "nan" for row in rows] == [t.utterance == victim for t in trials]
+    saved = json.loads((work.out / "metrics_dev.json").read_text())
+    assert saved["n_skipped_trials"] == sum(t.utterance == victim for t in trials) > 0
+    assert "too short" in saved["skipped_audio"][str(work.dev_audio(victim))]
+
+
+@pytest.mark.slow
+def test_short_training_audio_stops_training(work, capsys, monkeypatch):
+    values = _tiny(work.root)
+    trial = training_sampler(build_config(values))[0].draw(trial_rng(values["seed"], 0, 0))
+    victim = partition_audio_dir(work.root / "LA", "train") / f"{trial.enrollment}.flac"
+    soundfile.write(victim, _noise(1), 16000, format="FLAC")
+    result = train(work, capsys, monkeypatch, config=work.config(loader={"n_workers": 0}))
+    assert_one_line_error(result, str(victim), "too short")
+    assert not list((work.folder / "exp").rglob("*.ckpt"))
 
 
 def test_bad_training_audio_in_a_worker_subprocess(work):
@@ -180,6 +230,21 @@ def test_trial_line_with_wrong_field_count(work, model_file, capsys, monkeypatch
 def test_trial_with_unknown_key(work, model_file, capsys, monkeypatch):
     path = work.edit_line(DEV_TRIALS, 3, lambda line: line.replace("target", "targett"))
     assert_one_line_error(score(work, model_file, capsys, monkeypatch), f"{path}:3:", "unknown trial key 'targett'")
+
+
+def test_trial_on_the_speaker_s_own_enrollment_utterance(work, model_file, capsys, monkeypatch):
+    """ASVspoof 2019 LA: the utterances behind a speaker's concatenated enrollment file are in
+    asv.dev.{female,male}.trn.txt; a trial testing the speaker on one of them is refused at read time."""
+    trial = read_sasv_trials(work.root / DEV_TRIALS)[2]
+    lists = [work.root / f"{PROTOCOLS}/ASVspoof2019.LA.asv.dev.{gender}.trn.txt" for gender in ("female", "male")]
+    where, enrolled = next((f"{path}:{number}", line.split()[1].split(",")[0]) for path in lists
+                           for number, line in enumerate(path.read_text().splitlines(), start=1)
+                           if line.split()[0] == trial.speaker)
+    path = work.edit_line(DEV_TRIALS, 3, lambda line: line.replace(trial.utterance, enrolled))
+    line = assert_one_line_error(score(work, model_file, capsys, monkeypatch), f"{path}:3:", enrolled,
+                                 f"({where})")
+    assert trial.speaker in line
+    assert_nothing_half_written(work.out)
 
 
 def test_trial_whose_speaker_has_no_enrollment(work, model_file, capsys, monkeypatch):

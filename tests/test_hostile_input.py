@@ -412,7 +412,7 @@ def test_implausibly_loud_float_wav_is_an_audio_error(tmp_path):
 
 @pytest.mark.parametrize("peak", [1.0, 10.69, 32.0, -32.0])
 def test_loud_but_plausible_samples_load(tmp_path, peak):
-    samples = np.zeros(1000)
+    samples = np.zeros(16000)
     samples[3] = peak
     waveform = read_audio(float_wav(tmp_path / "ok.wav", samples))
     assert waveform[3] == np.float32(peak)

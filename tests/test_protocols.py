@@ -8,8 +8,10 @@ import pytest
 
 from data.protocols import (
     ProtocolError,
+    check_tests_not_enrolled,
     read_cm_protocol,
     read_enrollment_files,
+    read_enrollment_listing,
     read_enrollment_utterances,
     read_sasv_trials,
     speaker_utterances,
@@ -54,6 +56,29 @@ def test_real_sasv_trials_and_enrollment(fixtures):
     cm_dev = {e.utterance for e in read_cm_protocol(protocol(fixtures, "cm.dev.trl"))}
     assert {t.utterance for t in trials} <= cm_dev
     assert not any(u in cm_dev for utts in lists.values() for u in utts), "enrollment utterances are not CM trials"
+
+
+def test_real_trials_never_test_a_speaker_on_their_own_enrollment(fixtures, tmp_path):
+    """The real dev lists pass; the same trial list with one test utterance swapped for one of its speaker's
+    enrollment utterances (asv.dev.{female,male}.trn.txt) is refused, naming both lines."""
+    lists = [protocol(fixtures, "asv.dev.female.trn"), protocol(fixtures, "asv.dev.male.trn")]
+    enrollment, listed_at = read_enrollment_listing(lists)
+    trial_path = protocol(fixtures, "asv.dev.gi.trl")
+    check_tests_not_enrolled(read_sasv_trials(trial_path), enrollment, listed_at, trial_path)
+
+    lines = trial_path.read_text().splitlines()[:40]
+    speaker, _, attack, key = lines[29].split()
+    enrolled = enrollment[speaker][1]
+    lines[29] = f"{speaker} {enrolled} {attack} {key}"
+    edited = tmp_path / "trials.txt"
+    edited.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProtocolError) as caught:
+        check_tests_not_enrolled(read_sasv_trials(edited), enrollment, listed_at, edited)
+    message = str(caught.value)
+    where = next(f"{path}:{number}" for path in lists
+                 for number, line in enumerate(path.read_text().splitlines(), start=1)
+                 if line.split()[0] == speaker)
+    assert message.startswith(f"{edited}:30: ") and f"({where})" in message and enrolled in message
 
 
 @pytest.mark.parametrize("text, pattern", [

@@ -40,6 +40,10 @@ def golden(fixtures):
     return arrays, meta
 
 
+def enrollment_copy(utterance: str) -> str:
+    return utterance.replace("LA_D_9", "LA_D_8", 1)
+
+
 def speaker_of(file_name: str) -> str:
     return "_".join(Path(file_name).stem.split("_")[:2])
 
@@ -76,7 +80,14 @@ def mini(fixtures, golden, tmp_path_factory):
     (protocols / "dev.gi.trl.txt").write_text("\n".join(gi_trl) + "\n")
     (protocols / "dev.gi.trn.txt").write_text("".join(f"{s} {stem}\n" for s, stem in stems.items()))
     (protocols / "cm.dev.txt").write_text("\n".join(cm_lines) + "\n")
-    (protocols / "dev.enroll.txt").write_text("".join(f"{s} {','.join(u)}\n" for s, u in bona_utts.items()))
+    # The ASV enrollment utterances: copies of the speaker's target test segments under ids of their own (a
+    # trial on one of its speaker's own enrollment utterances is refused), so a speaker model is the mean of
+    # those segments' embeddings.
+    for utts in bona_utts.values():
+        for utt in utts:
+            shutil.copy(flac / f"{utt}.wav", flac / f"{enrollment_copy(utt)}.wav")
+    (protocols / "dev.enroll.txt").write_text("".join(f"{s} {','.join(map(enrollment_copy, u))}\n"
+                                                      for s, u in bona_utts.items()))
     config = work / "mini.conf"
     config.write_text(json.dumps({
         "audio_ext": "wav", "eval_batch_size": 2, "loader": {"n_workers": 0},

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from data import synthetic
+from data.audio import MIN_AUDIO_MS, check_duration
 from data.synthetic import ATTACKS, CorpusSpec, corpus_is_complete, generate_corpus
 from data.synthetic import corpus as corpus_writer
 
@@ -339,3 +340,14 @@ def test_the_demo_regenerates_a_corpus_written_for_another_spec(tmp_path):
     config = build_config({"demo_corpus": {"root": str(root), "size": "tiny", "seed": 1}})
     ensure_demo_corpus(config["demo_corpus"], progress=False)  # an older or other corpus is not silently reused
     assert corpus_is_complete(root, CorpusSpec.tiny(seed=1)) and not corpus_is_complete(root, CorpusSpec.tiny(seed=0))
+
+
+def test_no_file_is_under_the_audio_minimum(corpus):
+    """The readers refuse audio under data.audio.MIN_AUDIO_MS; the corpus never writes any (spec floor: 0.3 s)."""
+    files = sorted(corpus.rglob("*.flac"))
+    assert files
+    for path in files:
+        check_duration(path)
+    assert 0.3 * 1000 > MIN_AUDIO_MS
+    with pytest.raises(ValueError, match="0.3 <= min_seconds"):
+        CorpusSpec(min_seconds=0.29)

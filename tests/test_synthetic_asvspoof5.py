@@ -15,8 +15,10 @@ import pytest
 import soundfile as sf
 from tiny_run import QUIET_ENV, REPO
 
-from data.asvspoof5 import read_enrollment, read_trials, read_utterance_list
+from data.asvspoof5 import CODECS, read_enrollment, read_trials, read_utterance_list
+from data.audio import MIN_AUDIO_MS, check_duration
 from data.synthetic import Asvspoof5Spec, CorpusSpec, corpus_is_complete, generate_asvspoof5_corpus, generate_corpus
+from data.synthetic.codecs import CODECS as CODECS_OF_THE_GENERATOR
 
 SPEC = Asvspoof5Spec.tiny()
 LISTS = {"train": "ASVspoof5.train.tsv", "dev": "ASVspoof5.dev.track_1.tsv", "eval": "ASVspoof5.eval.track_1.tsv"}
@@ -195,3 +197,16 @@ def test_the_2019_layout_is_unchanged(tmp_path):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(sf.read(path, dtype="int16")[0].tobytes() if path.suffix == ".flac" else path.read_bytes())
     assert digest.hexdigest() == "a32baa2b88f901c22c1dbd670b7209d6e67f8dbb118b8505043984f616207dde"
+
+
+def test_no_file_is_under_the_audio_minimum_and_every_codec_id_is_the_release_s(corpus):
+    """The readers refuse audio under data.audio.MIN_AUDIO_MS and codec ids outside C01-C11; the generator
+    writes neither (spec floor: 0.3 s; its codec table is keyed by the release's ids)."""
+    files = sorted(corpus.rglob("*.flac"))
+    assert files
+    for path in files:
+        check_duration(path)
+    assert 0.3 * 1000 > MIN_AUDIO_MS
+    with pytest.raises(ValueError, match="0.3 <= min_seconds"):
+        Asvspoof5Spec(min_seconds=0.29)
+    assert set(CODECS_OF_THE_GENERATOR) == set(CODECS) - {"-"}
