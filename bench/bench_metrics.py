@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -194,17 +193,34 @@ def write_release_files(n_trials: int, folder: Path, seed: int = 7) -> None:
           [column[order] for column in (filename, cm_key, attack, codec)], separator=" ")
 
 
+# Runs a command in a child and writes the child's peak resident memory (KB) to a file. Measured through
+# this small process, not from the benchmark: Linux carries a process's peak over fork and exec, so a
+# child of the benchmark (which holds a million trials) would report at least the benchmark's own peak.
+_PEAK_MEMORY_RUNNER = """
+import os, sys
+record, command = sys.argv[1], sys.argv[2:]
+child = os.fork()
+if child == 0:
+    os.execvp(command[0], command)
+_, status, usage = os.wait4(child, 0)
+with open(record, "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measured(command: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak resident MB) of `command`, its output in `log`; a failure stops the benchmark."""
+    """(wall seconds, peak resident MB) of `command`, its output in `log`; a failure stops the benchmark.
+    The peak is the largest of the process and of any child it waited for (evaluate.py's plot process)."""
+    record = log.with_suffix(".peak_kb")
     with open(log, "w") as output:
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        status = subprocess.call([sys.executable, "-c", _PEAK_MEMORY_RUNNER, str(record), *command], cwd=ROOT,
+                                 stdout=output, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}); see {log}")
-    return wall, usage.ru_maxrss / 1024  # KB on Linux
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({status}); see {log}")
+    return wall, int(record.read_text()) / 1024  # KB on Linux
 
 
 def compare(report: dict, tables: list[dict], track: int) -> dict:

@@ -24,7 +24,10 @@ from scoring.score_files import NUMBER_PATTERN
 # see other fields there than a one-character delimiter does.
 _SPLITS = r"^$|[\t-\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 _NUMBER = f"^(?:{NUMBER_PATTERN})$"
-_ABSENT = "-"
+# Whole-field matches by pattern, not pc.equal(column, "-"): a Python value as an argument makes pyarrow
+# import pandas where it is installed (a third of a second).
+_ABSENT = "^-$"
+_DUMMY = "^dummy$"
 
 Table = dict[str, pa.Array]
 
@@ -96,13 +99,25 @@ def _unique_trials(table: Table, trial_columns: tuple[str, ...]) -> pa.Array | N
     return trials if len(pc.unique(trials)) == len(trials) else None
 
 
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float64(): np.float64}
+
+
+def _numpy(array: pa.Array) -> np.ndarray:
+    """A null-free int or float array as a read-only numpy view of its buffer (Array.to_numpy would import
+    pandas where it is installed: half a second)."""
+    if array.null_count or array.type not in _NUMPY_TYPES:
+        return array.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(_NUMPY_TYPES[array.type])
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
 class Labels:
     """A label column as its distinct values (`names`) and each row's index into them (`codes`)."""
 
     def __init__(self, values: pa.Array) -> None:
         encoded = pc.dictionary_encode(values)
         self.names = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
-        self.codes = encoded.indices.to_numpy(zero_copy_only=False)
+        self.codes = _numpy(encoded.indices)
 
     def all_in(self, allowed: tuple[str, ...]) -> bool:
         return set(self.names.tolist()) <= set(allowed)
@@ -120,7 +135,7 @@ def scores(values: pa.Array) -> np.ndarray | None:
     strict number syntax and a finite value."""
     if not pc.all(pc.match_substring_regex(values, _NUMBER)).as_py():
         return None
-    numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    numbers = _numpy(pc.cast(values, pa.float64())).copy()  # writable, owned by numpy
     return numbers if np.isfinite(numbers).all() else None
 
 
@@ -133,7 +148,7 @@ def read_keys(path: str | Path, trial_columns: tuple[str, ...], track2: bool, al
     if table is None or any(name not in table for name in required):
         return None
     if track2 and "track_2_tag" in table:
-        kept = pc.not_equal(table["track_2_tag"], "dummy")
+        kept = pc.invert(pc.match_substring_regex(table["track_2_tag"], _DUMMY))
         table = {name: column.filter(kept) for name, column in table.items()}
         if len(table["cm-label"]) == 0:
             return None
@@ -167,12 +182,12 @@ def read_scores(path: str | Path, header: tuple[str, ...], trial_columns: tuple[
         return None
     # The key trials are distinct and as many as these; index_in gives a repeated trial's first line only,
     # so the lines it gives are all distinct exactly when no trial here repeats.
-    if np.bincount(position.to_numpy(zero_copy_only=False), minlength=len(trials)).max() != 1:
+    if np.bincount(_numpy(position), minlength=len(trials)).max() != 1:
         return None
     result: dict[str, np.ndarray | None] = {}
     for name in header[len(trial_columns):]:
         column = table[name].take(position)
-        if pc.all(pc.equal(column, _ABSENT)).as_py():
+        if pc.all(pc.match_substring_regex(column, _ABSENT)).as_py():
             result[name] = None
             continue
         result[name] = scores(column)
