@@ -82,6 +82,7 @@ def test_sinc_band_pass_matches_numpy2_build(models, golden):
                                    err_msg=tag)
 
 
+@pytest.mark.slow
 def test_rows_alone(models, golden):
     _, arrays = golden
     waves = arrays["wave_64600"]
@@ -94,6 +95,7 @@ def test_rows_alone(models, golden):
                                        err_msg=f"{tag} logits row {row}")
 
 
+@pytest.mark.slow
 def test_batch(models, golden):
     _, arrays = golden
     for tag, model in models.items():
@@ -102,6 +104,7 @@ def test_batch(models, golden):
         np.testing.assert_allclose(logits, arrays[f"{tag}_logits_64600_batch6"], **OUT_TOL, err_msg=tag)
 
 
+@pytest.mark.slow
 def test_other_lengths(models, golden):
     meta, arrays = golden
     others = sorted(key for key in meta["inputs"] if key.startswith("wave_other_"))

@@ -28,6 +28,9 @@ from runtime.config import build_config, load_config
 from scoring.inputs import scoring_inputs
 from training.tasks.sasv import training_sampler
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 
 def lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip()]

@@ -25,6 +25,9 @@ from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
 from scoring.sasv import SASVScorer
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 LA_FOLDERS = {"flac_T": "ASVspoof2019_LA_train", "flac_D": "ASVspoof2019_LA_dev",
               "flac_E_eval": "ASVspoof2019_LA_eval"}
 

@@ -94,6 +94,7 @@ def version_of(path: Path) -> int:
     return int(rows[0]["version"])
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
     rng = random.Random()  # unseeded on purpose: other moments on every run
     kills_mid_write = 0

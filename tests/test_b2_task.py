@@ -26,6 +26,9 @@ from runtime.config import ConfigError, build_config, load_config
 from training.tasks.b2 import B2Objective
 from training.trainer import Trainer
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)  # tiny matrices: OpenMP threads that wait on each other on a busy machine only slow them
 CPU = torch.device("cpu")

@@ -197,6 +197,7 @@ def test_short_training_audio_stops_training(work, capsys, monkeypatch):
     assert not list((work.folder / "exp").rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_bad_training_audio_in_a_worker_subprocess(work):
     """The real CLI: an AudioError raised in a DataLoader worker process is one line, exit status 2."""
     config = work.config()
@@ -360,6 +361,7 @@ def _score_rows(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_skip_in_scoring_marks_counts_and_excludes(work, model_file, capsys, monkeypatch):
     clean = score(work, model_file, capsys, monkeypatch, config=work.config(on_bad_audio="skip"))
     assert clean[0] == 0, clean[2]
@@ -390,6 +392,7 @@ def test_skip_in_scoring_marks_counts_and_excludes(work, model_file, capsys, mon
     assert f"{int(skipped.sum())} of {len(trials)} trials skipped" in err and bad_utterance in err
 
 
+@pytest.mark.slow
 def test_skip_in_training_and_dev_scoring(work, capsys, monkeypatch):
     values = _tiny(work.root)
     first = training_sampler(build_config(values))[0].draw(trial_rng(values["seed"], 0, 0))

@@ -16,6 +16,7 @@ def corpus(tmp_path_factory):
     return tiny_corpus(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_bench_train_prints_every_promised_number(corpus, tmp_path):
     # speaker_loss on: the bench's frozen variant must still build (a frozen ASV has no speaker loss).
     config = write_config(tmp_path / "bench.conf", corpus, speaker_loss={"weight": 0.2})

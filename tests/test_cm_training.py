@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import tiny_config  # noqa: E402  (the tiny widths shared by the pipeline tests)
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
 STEPS_PER_EPOCH = 3  # 24 training utterances, batch 8

@@ -160,6 +160,7 @@ def test_channels_last_resnet_equals_the_contiguous_one(corpus):
     assert apply_kernel_options(model, CPU, channels_last="on").asv_model.channels_last
 
 
+@pytest.mark.slow
 def test_joint_training_under_bf16_autocast(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, amp="bf16")
     assert trainer.amp == "bf16" and not trainer.scaler.is_enabled()  # bf16 needs no scaling
@@ -176,6 +177,7 @@ def test_joint_training_under_bf16_autocast(corpus, tmp_path):
     assert fbank == {torch.float32}  # the fp32 islands hold inside the training step
 
 
+@pytest.mark.slow
 def test_joint_training_under_fp16_autocast_with_a_cpu_grad_scaler(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, amp="fp16")
     # GradScaler("cuda") disabled itself on the CPU (with a warning): the scaler must be the device's own.
@@ -188,6 +190,7 @@ def test_joint_training_under_fp16_autocast_with_a_cpu_grad_scaler(corpus, tmp_p
     assert int(row["step"]) == (0 if skipped else 1)
 
 
+@pytest.mark.slow
 def test_joint_training_in_channels_last(corpus, tmp_path):
     trainer = tiny_trainer(corpus, tmp_path, channels_last="on")
     resnet = trainer.task.model.asv_model
@@ -199,6 +202,7 @@ def test_joint_training_in_channels_last(corpus, tmp_path):
     assert resnet.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)  # kept by the optimiser
 
 
+@pytest.mark.slow
 def test_compiled_training_with_inductor(corpus, tmp_path, compiled_run):
     """`python main.py --set compile=true` through inductor's C++ backend (built with the system compiler),
     started by `compiled_run` while the other tests run; it scores as the same run uncompiled."""

@@ -32,6 +32,9 @@ from scoring.inputs import scoring_inputs
 from scoring.sasv import SASVScorer
 from training.state import experiment_lock
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 

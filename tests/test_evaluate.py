@@ -193,6 +193,7 @@ def test_organisers_asv_scores_are_refused_without_the_cm_and_asv_parts(track_fi
     assert status == 2 and err.startswith(f"error: {sasv_only}:2") and "asv-score" in err, err
 
 
+@pytest.mark.slow
 def test_plots_drawn_in_a_child_process_are_the_same_files(track_files, capsys, monkeypatch, tmp_path):
     """evaluate.py draws the plots of a large report in a forked process beside the tables (PLOTS_BESIDE_FROM,
     lowered here): the same PNG bytes as drawn in-process, and the child's errors stop the run the same way."""
@@ -389,6 +390,7 @@ def test_numbers_in_plain_notation_only(tmp_path, capsys, monkeypatch, track_fil
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path, capsys, monkeypatch):
     corpus = tiny_corpus(tmp_path_factory)
     config = write_config(tmp_path / "tiny.conf", corpus, epoch=1)

@@ -77,6 +77,7 @@ def tensor_data_offset(path: Path) -> int:
     return info.header_offset + 30 + name_length + extra_length
 
 
+@pytest.mark.slow
 def test_cached_training_equals_frozen_networks_every_batch(corpus, tmp_path):
     cached = train(fixed_config(corpus), tmp_path / "cached")
     direct = train(fixed_config(corpus, cache_frozen_embeddings=False), tmp_path / "direct")

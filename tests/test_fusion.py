@@ -235,6 +235,7 @@ def test_calibration_without_dev_names_what_is_missing(synthetic, monkeypatch):
     assert not (out / "score_SASV_eval_linear.txt").exists()
 
 
+@pytest.mark.slow
 def test_command_line_exit_status_and_outputs(synthetic):
     config, out = synthetic
     _replace_line(out / "score_ASV_eval.txt", 2, "LA_E_1000002 x\n")

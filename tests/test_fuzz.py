@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -116,6 +117,7 @@ def test_config_loader_on_arbitrary_bytes(content):
 
 @FUZZ
 @given(CONFIGS)
+@pytest.mark.slow
 def test_config_loader_on_structured_yaml(values):
     _load_or_config_error(_write("structured.conf", yaml.safe_dump(values)))
 

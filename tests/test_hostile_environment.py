@@ -158,6 +158,7 @@ def _long_config(corpus: Path, path: Path, **overrides) -> Path:
     return write_config(path, corpus, epoch=40, trials_per_epoch=256, **overrides)
 
 
+@pytest.mark.slow
 def test_a_killed_data_loading_worker_is_one_line(corpus, tmp_path):
     config = _long_config(corpus, tmp_path / "tiny.conf", loader={"n_workers": 1})
     process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--config", str(config), "--output_dir",
@@ -183,6 +184,7 @@ def _rank_of(pid: int) -> int | None:
     return next((int(item[5:]) for item in environment if item.startswith(b"RANK=")), None)
 
 
+@pytest.mark.slow
 def test_a_killed_torchrun_process_stops_the_others_naming_the_last_checkpoint(corpus, tmp_path):
     config = _long_config(corpus, tmp_path / "tiny.conf")
     process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

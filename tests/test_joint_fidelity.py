@@ -20,6 +20,9 @@ from models.checkpoint import load_checkpoint, load_sasv_weights, save_checkpoin
 from models.resnet_se34v2 import ResNetSE34V2
 from models.sasv import SASVBackend, SASVModel
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 SCORE_ATOL = 1e-5  # README section 7: scores
 EMB_TOL = 1e-4  # README section 7: embeddings and feats (atol and rtol)
 

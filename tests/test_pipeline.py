@@ -22,6 +22,9 @@ from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
 from scoring.sasv import SASVScorer
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -272,6 +272,7 @@ def _write_inputs(folder: Path, track: str, values: list[float], one: bool) -> l
 
 
 @pytest.mark.parametrize("case", list(END_TO_END))
+@pytest.mark.slow
 def test_evaluate_reports_degenerate_scores(case, tmp_path, capsys, monkeypatch):
     """evaluate.py on saturated, ulp-tied and near-limit scores: every file written, every figure a PNG, the
     metrics as worked out by hand (finite where the true value is: Cllr of 1e308 scores is not inf). The first

@@ -66,6 +66,7 @@ def test_embeddings_batch(model, golden):
     np.testing.assert_allclose(_embed(model, arrays["wave_64600"]), arrays["emb_64600_batch4"], **EMB_TOL)
 
 
+@pytest.mark.slow
 def test_embedding_long_enrollment(model, golden):
     _, arrays = golden
     np.testing.assert_allclose(_embed(model, arrays["wave_long"][None])[0], arrays["emb_long"], **EMB_TOL)

@@ -21,6 +21,9 @@ from runtime.signals import RunInterrupted, StopRequest
 from training.state import prepare_experiment_dir
 from training.trainer import Trainer
 
+# Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
+pytestmark = pytest.mark.slow
+
 RUN = dict(epoch=2, trials_per_epoch=48, batch_size=8)  # 6 batches per epoch
 BATCHES = 6
 

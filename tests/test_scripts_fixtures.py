@@ -104,6 +104,7 @@ def read_score_file(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_save_sasv_score_matches_golden(fixtures, golden, mini):
     arrays, meta = golden
     work, config, utterances, claimed, _ = mini
@@ -121,6 +122,7 @@ def test_save_sasv_score_matches_golden(fixtures, golden, mini):
     assert "SASV-EER" in stdout and "score_SASV_dev.txt" in stdout
 
 
+@pytest.mark.slow
 def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
     arrays, meta = golden
     work, config, utterances, claimed, bona_utts = mini
@@ -177,6 +179,7 @@ def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
         assert saved["min_tdcf"] == pytest.approx(expected_tdcf, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_scripts_refuse_bad_input_with_one_line(fixtures, mini, tmp_path):
     work, config, *_ = mini
     result = subprocess.run([sys.executable, str(REPO / "save_sasv_score.py"), "--config", str(config), "--model",
@@ -202,6 +205,7 @@ def _fixed_format_checkpoint(fixtures, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(fixtures, golden, mini, tmp_path):
     arrays, _ = golden
     work, config, *_ = mini
@@ -222,6 +226,7 @@ def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(
     assert result.returncode == 2 and "no weights for the asv and cm part(s)" in result.stderr
 
 
+@pytest.mark.slow
 def test_init_checkpoint_parts_are_not_replaced_by_the_subsystem_weight_files(fixtures, tmp_path):
     import torch
 

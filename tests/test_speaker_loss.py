@@ -61,6 +61,7 @@ def test_spoofed_rows_are_left_out_of_the_speaker_loss():
     assert none.item() == 0.0 and none.requires_grad
 
 
+@pytest.mark.slow
 def test_training_updates_the_speaker_classes_and_resumes_exactly(corpus, tmp_path):
     straight = write_config(tmp_path / "straight" / "run.conf", corpus, **RUN)
     result = run_main(straight, tmp_path / "straight" / "exp")
@@ -88,6 +89,7 @@ def test_training_updates_the_speaker_classes_and_resumes_exactly(corpus, tmp_pa
         assert torch.equal(value, again[key]), key
 
 
+@pytest.mark.slow
 def test_the_speaker_loss_changes_what_the_asv_network_learns(corpus, tmp_path):
     """Same seed and trials, weight 0 vs 0.5: only the added loss differs, so the ASV weights must."""
     runs = {}

@@ -187,6 +187,7 @@ def test_speakers_attacks_and_partitions(corpus):
 
 # --------------------------------------------------------------------------- determinism and markers
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_files_with_any_worker_count(corpus, tmp_path):
     again = generate_corpus(tmp_path / "again", SPEC, progress=False, workers=2)
     assert tree_hashes(again) == tree_hashes(corpus)
@@ -212,6 +213,7 @@ def test_completion_marker(corpus, tmp_path):
     assert some_file.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_interrupted_generation_is_detected_and_redone(corpus, tmp_path, monkeypatch):
     root = tmp_path / "interrupted"
     real_write = corpus_writer._write_flac
@@ -331,6 +333,7 @@ def test_every_system_rolls_off_the_top_band_and_repeated_systems_share_it():
     assert not np.array_equal(outputs["A07"], outputs["A08"])  # cut-off and depth differ between systems
 
 
+@pytest.mark.slow
 def test_the_demo_regenerates_a_corpus_written_for_another_spec(tmp_path):
     from data.synthetic import ensure_demo_corpus
     from runtime.config import build_config

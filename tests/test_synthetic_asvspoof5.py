@@ -134,6 +134,7 @@ def test_enrollment_is_several_bona_fide_uncoded_files_per_speaker_outside_the_t
                 assert entry.speaker != trial.speaker and entry.gender == trial.gender
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_any_worker_count_other_seed_other_audio(corpus, tmp_path):
     again = generate_asvspoof5_corpus(tmp_path / "again", SPEC, progress=False, workers=2)
     assert tree_hashes(again) == tree_hashes(corpus)
@@ -142,6 +143,7 @@ def test_same_seed_same_bytes_any_worker_count_other_seed_other_audio(corpus, tm
     assert not audio(other) & audio(tree_hashes(corpus))
 
 
+@pytest.mark.slow
 def test_regenerating_is_a_no_op_when_complete_and_redone_when_interrupted(tmp_path):
     root = generate_asvspoof5_corpus(tmp_path / "c", SPEC, progress=False)
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
@@ -173,6 +175,7 @@ def test_the_demo_section_picks_the_layout(tmp_path):
     assert ensure_demo_corpus(config["demo_corpus"], progress=False) is False  # already there
 
 
+@pytest.mark.slow
 def test_the_demo_config_trains_on_the_corpus_it_has_just_generated(tmp_path):
     """The release's protocol files are looked for when the config is read, before main.py generates the
     corpus; main.py reads the config again after generating it."""
@@ -187,6 +190,7 @@ def test_the_demo_config_trains_on_the_corpus_it_has_just_generated(tmp_path):
     assert report["metrics"][0] == "a_dcf" and report["per_codec"]
 
 
+@pytest.mark.slow
 def test_the_2019_layout_is_unchanged(tmp_path):
     """Decoded audio and protocols of the tiny 2019 corpus, hashed from the generator before the ASVspoof 5
     layout was added (decoded, so that a different FLAC encoder build does not matter)."""

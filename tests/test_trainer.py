@@ -274,6 +274,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("flag", ["", "--resume", "--overwrite"])
+@pytest.mark.slow
 def test_a_second_run_on_a_live_folder_is_refused(corpus, tmp_path, flag):
     config = write_config(tmp_path / "run.conf", corpus)
     folder = tmp_path / "exp" / "run"
@@ -293,6 +294,7 @@ def test_a_second_run_on_a_live_folder_is_refused(corpus, tmp_path, flag):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
     folder = tmp_path / "exp" / "run"
     holder = hold_lock(folder)

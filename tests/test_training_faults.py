@@ -55,6 +55,7 @@ def metrics(folder: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpus, tmp_path, capsys,
                                                                                   monkeypatch):
     config = write_config(tmp_path / "run.conf", corpus, **RUN)
@@ -87,6 +88,7 @@ def test_a_learning_rate_of_1e30_stops_at_the_first_bad_step(corpus, tmp_path, c
     assert not (tmp_path / "exp" / "run" / "weights" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_skip_leaves_nonfinite_batches_out_and_counts_them(corpus, tmp_path, capsys, monkeypatch):
     config = write_config(tmp_path / "run.conf", corpus, nonfinite_loss="skip", **RUN)
     nan_on_calls(monkeypatch, {2, 6})  # epoch 1 batch 2, epoch 2 batch 3
