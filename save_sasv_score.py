@@ -71,7 +71,8 @@ def main() -> None:
             # The report deletes the report files of an earlier run that it does not write (a plot).
             report = write_sasv_report(out / f"report_{part}", str(score_file), trials, scored.scores,
                                        scored.skipped, cm=scored.cm, asv=scored.asv, codecs=inputs[part].codecs,
-                                       first=corpus.primary_metric(config), outputs=outputs)
+                                       first=corpus.primary_metric(config), outputs=outputs,
+                                       plots=config["report_plots"])
             result.update(primary_metric(report))
             outputs.write_text(out / f"metrics_{part}.json", json_text(result))
             summaries.append(f"{part}: {sasv_text(result)} ({len(trials) - scored.n_skipped} trials) -> "

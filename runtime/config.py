@@ -91,6 +91,8 @@ SCHEMA: dict = _section(
                        "and, in scoring, marks the "
                        "trials that need the file (score nan, left out of the metrics, counted as "
                        "n_skipped_trials)", choices=("error", "skip")),
+    report_plots=Field(bool, True, "draw the evaluation report's PNG plots (DET curves, histograms, a-DCF, training "
+                       "curves); false writes the tables alone, a second or two sooner per report (sweeps, tests)"),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
     model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; "
                      "ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",

@@ -259,24 +259,28 @@ def _csv_field(text: str) -> str:
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
                  extra_files: dict[str, str] | None = None, first: str | None = None,
-                 outputs: StagedOutputs | None = None, plots_beside: bool = False) -> dict[str, Any]:
+                 outputs: StagedOutputs | None = None, plots: bool = True, plots_beside: bool = False
+                 ) -> dict[str, Any]:
     """Compute the report and render its plots, then write every file into `folder`, all or nothing: the files
     are staged beside the folder and moved in together, and report files of an earlier run that this one
     does not write (a plot) are deleted then. Any bad input raises before anything is written.
 
     `extra_files`: name -> text written alongside. `outputs`: stage into the caller's set of files (committed
-    by the caller, with its other outputs) instead of one of the report's own. `plots_beside`: draw the plots
+    by the caller, with its other outputs) instead of one of the report's own. `plots`: False writes no PNG
+    (config key report_plots; a bad metrics_csv is still refused). `plots_beside`: draw the plots
     of a large report (PLOTS_BESIDE_FROM trials) in a forked process while this one computes the tables, for
     a process that holds no GPU or thread pools of its own (evaluate.py)."""
-    from scoring.plots import render_plots  # matplotlib loads only when a report is written
+    from scoring.plots import read_training_log, render_plots  # matplotlib loads only when a plot is drawn
 
+    if not plots and metrics_csv is not None:
+        read_training_log(metrics_csv)  # its bad input is refused whether or not it is drawn
     beside = forked.start(lambda: render_plots(trials, metrics_csv)) \
-        if plots_beside and len(trials) >= PLOTS_BESIDE_FROM else None
+        if plots and plots_beside and len(trials) >= PLOTS_BESIDE_FROM else None
     try:
         report = build_report(trials, first)
         texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
                  "report.csv": report_csv(report), **(extra_files or {})}
-        images = render_plots(trials, metrics_csv) if beside is None else beside.result()
+        images = {} if not plots else render_plots(trials, metrics_csv) if beside is None else beside.result()
     finally:
         if beside is not None:
             beside.cancel()  # nothing to stop when its images arrived
@@ -302,7 +306,7 @@ def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.
                       skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
                       asv: np.ndarray | None = None, codecs: Sequence[str] | None = None,
                       first: str | None = None, metrics_csv: str | Path | None = None,
-                      outputs: StagedOutputs | None = None) -> dict[str, Any]:
+                      outputs: StagedOutputs | None = None, plots: bool = True) -> dict[str, Any]:
     """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
     official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
     parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
@@ -312,4 +316,5 @@ def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.
     scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}
-    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first, outputs=outputs)
+    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first, outputs=outputs,
+                        plots=plots)

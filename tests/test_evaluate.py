@@ -222,6 +222,24 @@ def test_plots_drawn_in_a_child_process_are_the_same_files(track_files, capsys, 
     assert sorted(path.name for path in (tmp_path / "child").glob("*.png")) == plots  # the earlier report stays
 
 
+def test_a_report_without_plots_holds_the_tables_alone(track_files, tmp_path):
+    """report_plots: false: the same tables, no PNG (an earlier report's plots deleted), and a bad metrics.csv
+    still refused."""
+    from scoring.report import write_report
+
+    _, files = track_files
+    trials = read_track2(files["sasv"], files["sasv_keys"])
+    drawn = write_report(tmp_path / "out", trials)
+    assert list((tmp_path / "out").glob("*.png"))
+    tables = write_report(tmp_path / "out", trials, plots=False)
+    assert tables == drawn
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["report.csv", "report.json", "report.md"]
+    bad_csv = tmp_path / "metrics.csv"
+    bad_csv.write_text("epoch,step,lr,train_loss\n1,3,0.001,lots\n")
+    with pytest.raises(ProtocolError, match="metrics.csv:2"):
+        write_report(tmp_path / "out", trials, metrics_csv=bad_csv, plots=False)
+
+
 def _toolkit_files(folder: Path, skipped: int | None = None) -> tuple[Path, Path, np.ndarray, list[str]]:
     """A trial list `SPK UTT ATTACK KEY` and scores `SPK UTT KEY score` of 60 trials (in trial order, as the
     toolkit writes them)."""
@@ -393,7 +411,7 @@ def test_numbers_in_plain_notation_only(tmp_path, capsys, monkeypatch, track_fil
 @pytest.mark.slow
 def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path, capsys, monkeypatch):
     corpus = tiny_corpus(tmp_path_factory)
-    config = write_config(tmp_path / "tiny.conf", corpus, epoch=1)
+    config = write_config(tmp_path / "tiny.conf", corpus, epoch=1, report_plots=True)
     result = run_main(config, tmp_path / "exp")
     assert result.returncode == 0, result.stderr
     assert [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()] == ["epoch 1", "eval", "done"]

@@ -48,6 +48,7 @@ def tiny_config(root: Path, **overrides) -> dict:
         "device": "cpu", "seed": 7, "epoch": 2, "trials_per_epoch": 24, "batch_size": 8, "eval_batch_size": 16,
         "train_samples": 8000, "test_samples": 8000, "enrollment_samples": {"dev": 16000, "eval": 24000},
         "save_top_k": 1, "loader": {"n_workers": 0},
+        "report_plots": False,  # the report's tables only: its plots are tested where they are drawn
         "asv_model": {"n_out": 32, "n_mels": 24, "num_filters": [8, 8, 16, 16], "layers": [1, 1, 1, 1]},
         "cm_model": {"architecture": "AASIST", "nb_samp": 8000, "first_conv": 32,
                      "filts": [12, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 8],

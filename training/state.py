@@ -30,7 +30,8 @@ from runtime.files import atomic_copy, remove_stale_temporaries
 # Keys that may differ between a run and its resumption without changing what is trained.
 RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
                      "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
-                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile")
+                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile",
+                     "report_plots")
 
 
 _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")

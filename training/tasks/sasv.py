@@ -243,7 +243,8 @@ class SASVTask(Task):
             report = write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
                                        result.scores, result.skipped, cm=result.cm, asv=result.asv,
                                        codecs=inputs.codecs, first=corpus.primary_metric(self.config),
-                                       metrics_csv=metrics_csv if metrics_csv.is_file() else None)
+                                       metrics_csv=metrics_csv if metrics_csv.is_file() else None,
+                                       plots=self.config["report_plots"])
             metrics.update(primary_metric(report))
         if result.n_skipped:
             run.warn(skipped_summary(result, "eval"))
