@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from data.synthetic import ensure_demo_corpus
 from runtime import distributed
 from runtime.cli import add_config_args, config_from_args, exit_status, resume_command, run_cli
 from runtime.config import Config, config_text
@@ -56,11 +55,21 @@ def main() -> None:
         train(args, config, device)
 
 
+def _demo_corpus(settings: dict, *, progress: bool) -> bool:
+    """data.synthetic.ensure_demo_corpus, imported only when the config names a demo corpus: the generator
+    loads scipy.signal, a second and a half of every start otherwise."""
+    if not settings["root"]:
+        return False
+    from data.synthetic import ensure_demo_corpus
+
+    return ensure_demo_corpus(settings, progress=progress)
+
+
 def train(args: argparse.Namespace, config: Config, device: torch.device) -> None:
     """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
     main_rank = distributed.is_main()
     # A start-up failure of rank 0 ends the other ranks quietly with its exit status (on_main_rank).
-    if distributed.on_main_rank(lambda: ensure_demo_corpus(config["demo_corpus"], progress=not args.no_progress),
+    if distributed.on_main_rank(lambda: _demo_corpus(config["demo_corpus"], progress=not args.no_progress),
                                 exit_status):
         config = config_from_args(args)  # read again: the protocol files of the new corpus are found now
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 from data.audio import random_crop, read_audio
 
@@ -71,6 +70,8 @@ class Augmenter:
         # An impulse response is convolved, not tiled: a short one (a dry room) is no fragment.
         rir = self._read(self.rirs[int(rng.integers(len(self.rirs)))], check_length=False)
         rir = rir / np.sqrt(np.sum(rir ** 2))  # unit energy: the level stays that of the dry signal
+        from scipy.signal import fftconvolve  # here: scipy.signal takes 1.5 s to import, RIRs are optional
+
         return fftconvolve(waveform, rir, mode="full")[:len(waveform)]
 
     def add_noise(self, waveform: np.ndarray, category: str, rng: np.random.Generator) -> np.ndarray:
