@@ -22,6 +22,7 @@ from metrics.eer import roc_eer
 from runtime.config import Config, ConfigError, require_database
 from scoring.extraction import Extraction, extract_sharded
 from scoring.inputs import check_enrollment_audio, enrollment_files, listed_audio
+from scoring.score_files import trial_columns
 
 DCF_TARGET_PRIORS = {"min_dcf_p01": 0.01, "min_dcf_p05": 0.05}
 
@@ -98,7 +99,7 @@ def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("ta
         keys=[t.key for t in trials],
         enrollment_files={speaker: enrollment[speaker] for speaker in speakers},
         enrollment_samples=enrollment_samples, test_files=test_files, test_samples=config["test_samples"],
-        columns=([t.speaker for t in trials], [t.utterance for t in trials], [t.key for t in trials]))
+        columns=trial_columns(trials))
 
 
 @torch.no_grad()
