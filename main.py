@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from data.corpora import corpus_of
 from runtime import distributed
 from runtime.cli import add_config_args, config_from_args, exit_status, resume_command, run_cli
 from runtime.config import Config, config_text
 from runtime.device import resolve_device
 from runtime.files import output_folder
-from scoring.inputs import check_data_layout
 from training.state import experiment_lock, prepare_experiment_dir, remove_if_unstarted
 from training.trainer import Trainer
 
@@ -74,7 +74,7 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
         config = config_from_args(args)  # read again: the protocol files of the new corpus are found now
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
     if config["system"] not in ("asv", "b2"):
-        check_data_layout(config)
+        corpus_of(config).check_layout()
     experiment_dir = output_folder(args.output_dir, "--output_dir") / Path(args.config).stem
     with ExitStack() as held:
         def claim_folder() -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data import corpus
+from data.corpora import corpus_of
 from models.build import load_system
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
@@ -77,7 +78,7 @@ def main() -> None:
                       f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
             asv_path = out / f"score_ASV_{part}.txt"
             # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
-            asv2019 = corpus.dataset(config) == corpus.ASVSPOOF2019_LA
+            asv2019 = corpus_of(config).has_tdcf
             asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
                 if asv2019 and asv_path.is_file() else None
             scored = cm_metrics(bonafide_logit, np.array([e.key == "bonafide" for e in entries]), asv)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from data.audio import AudioError, load_waveform
+from data.corpora import corpus_class
 from data.trials import TrialSampler, trial_rng
 from runtime.errors import unwrap_worker_error, worker_died
 
@@ -28,18 +29,10 @@ MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving
 Item = TypeVar("Item")
 Drawn = TypeVar("Drawn")
 
-# The audio folder of each partition ("trn" is "train") under dirs.database, per config `dataset`.
-PARTITION_FOLDERS = {
-    "asvspoof2019_la": {"train": "ASVspoof2019_LA_train/flac", "dev": "ASVspoof2019_LA_dev/flac",
-                        "eval": "ASVspoof2019_LA_eval/flac"},
-    "asvspoof5": {"train": "flac_T", "dev": "flac_D", "eval": "flac_E_eval"},
-}
-
-
-def partition_audio_dir(database: str | Path, partition: str, dataset: str = "asvspoof2019_la") -> Path:
-    """The audio folder of `partition` (train / trn, dev, eval): `<database>/ASVspoof2019_LA_<partition>/flac`
-    for ASVspoof 2019 LA, `<database>/flac_{T,D,E_eval}` for ASVspoof 5."""
-    return Path(database) / PARTITION_FOLDERS[dataset]["train" if partition == "trn" else partition]
+def partition_audio_dir(database: str | Path, partition: str, dataset: str | None = None) -> Path:
+    """The audio folder of `partition` (train / trn, dev, eval) of corpus `dataset` (default ASVspoof 2019 LA)
+    under `database`: its adapter's (data.corpora) audio_folder."""
+    return corpus_class(dataset).audio_folder(database, partition)
 
 
 class TrainTrialDataset(Dataset):

@@ -22,11 +22,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from runtime.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem, reported as one line naming the file and key."""
+from data.corpora import CORPORA, corpus_class, corpus_names, corpus_of
+from runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,26 +40,17 @@ def _section(**fields: Field | dict) -> dict:
 
 
 PROTOTYPICAL_LOSSES = ("angleproto", "softmaxproto")  # need >= 2 utterances per speaker in a batch
-ASVSPOOF_URL = "https://datashare.ed.ac.uk/handle/10283/3336"
-ASVSPOOF5_URL = "https://zenodo.org/records/14498691"
-# dirs.<key> -> the ASVspoof 5 release's file name; a key left at its default is looked for in dirs.database.
-ASVSPOOF5_PROTOCOLS = {
-    "asvspoof5_train_list": "ASVspoof5.train.tsv",
-    "asvspoof5_dev_cm_list": "ASVspoof5.dev.track_1.tsv",
-    "asvspoof5_eval_cm_list": "ASVspoof5.eval.track_1.tsv",
-    "asvspoof5_dev_trial": "ASVspoof5.dev.track_2.trial.tsv",
-    "asvspoof5_eval_trial": "ASVspoof5.eval.track_2.trial.tsv",
-    "asvspoof5_dev_enroll": "ASVspoof5.dev.track_2.enroll.tsv",
-    "asvspoof5_eval_enroll": "ASVspoof5.eval.track_2.enroll.tsv",
-}
+# dirs.<key> -> its default, where a corpus adapter gives one (the ASVspoof 5 release's file names).
+_PROTOCOL_DEFAULTS = {key: name for corpus in CORPORA.values() for key, name in corpus.protocol_defaults.items()}
 
 SCHEMA: dict = _section(
     config_name=Field(str, None, "a name recorded in config.conf (defaults to the config file stem); the "
                                  "experiment folder is <output_dir>/<config file stem>"),
     dataset=Field(str, "asvspoof2019_la", "the corpus layout under dirs.database: asvspoof2019_la (ASVspoof 2019 LA "
                   "with the SASV 2022 protocols, dirs.cm_* / dirs.sasv_*) or asvspoof5 (the ASVspoof 5 release: "
-                  "flac_T/, flac_D/, flac_E_eval/ and the dirs.asvspoof5_* lists; docs/asvspoof5.md)",
-                  choices=("asvspoof2019_la", "asvspoof5")),
+                  "flac_T/, flac_D/, flac_E_eval/ and the dirs.asvspoof5_* lists; docs/asvspoof5.md); any name in "
+                  "data.corpora.CORPORA (docs/new_corpus.md)",
+                  choices=corpus_names()),
     system=Field(str, "sasv", "what main.py trains: sasv (ASV + CM + back-end, the paper), asv (ResNetSE34V2 "
                  "speaker model, see asv_train), cm (AASIST countermeasure, see cm_train) or b2 (the SASV 2022 "
                  "baseline B2 back-end on pre-extracted embeddings, see b2); asv and cm write "
@@ -269,19 +257,19 @@ SCHEMA: dict = _section(
                             choices=("bonafide", "full")),
         spk_meta=Field(str, "spk_meta/", "unused: speaker metadata is built from the protocols in memory",
                        ignored=True),
-        asvspoof5_train_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_train_list"], "dataset asvspoof5: training "
+        asvspoof5_train_list=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_train_list"], "dataset asvspoof5: training "
                                    "utterance list (training trials and CM training); default: in dirs.database"),
-        asvspoof5_dev_cm_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_cm_list"], "dataset asvspoof5: dev "
+        asvspoof5_dev_cm_list=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_dev_cm_list"], "dataset asvspoof5: dev "
                                     "Track 1 utterance list (CM dev)"),
-        asvspoof5_eval_cm_list=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_cm_list"], "dataset asvspoof5: eval "
+        asvspoof5_eval_cm_list=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_eval_cm_list"], "dataset asvspoof5: eval "
                                      "Track 1 utterance list (CM eval)"),
-        asvspoof5_dev_trial=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_trial"], "dataset asvspoof5: dev Track 2 "
+        asvspoof5_dev_trial=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_dev_trial"], "dataset asvspoof5: dev Track 2 "
                                   "(SASV) trials"),
-        asvspoof5_eval_trial=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_trial"], "dataset asvspoof5: eval "
+        asvspoof5_eval_trial=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_eval_trial"], "dataset asvspoof5: eval "
                                    "Track 2 (SASV) trials"),
-        asvspoof5_dev_enroll=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_dev_enroll"], "dataset asvspoof5: dev "
+        asvspoof5_dev_enroll=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_dev_enroll"], "dataset asvspoof5: dev "
                                    "speaker -> enrollment utterances (the speaker model is their mean embedding)"),
-        asvspoof5_eval_enroll=Field(str, ASVSPOOF5_PROTOCOLS["asvspoof5_eval_enroll"], "dataset asvspoof5: eval "
+        asvspoof5_eval_enroll=Field(str, _PROTOCOL_DEFAULTS["asvspoof5_eval_enroll"], "dataset asvspoof5: eval "
                                     "speaker -> enrollment utterances"),
         embedding=Field(str, None, "folder of the frozen-embedding cache (cache_frozen_embeddings), shared by runs: "
                         "entries are keyed by the frozen weights, architecture and crop; default: "
@@ -404,6 +392,9 @@ class Config(dict):
 
     source: str = "<defaults>"
     found_protocols: dict[str, str]  # default protocol path -> where it was found instead (_locate_protocols)
+    # The keys the file or --set gave (others hold defaults): the corpus adapter looks for a protocol key's
+    # file only when it is not given. None: not known (every key is then used as given).
+    given: frozenset[str] | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -489,6 +480,7 @@ def build_config(values: Mapping | None = None, *, source: str = "<dict>",
         key, value = parse_override(text)
         key, value = _into_mapping_field(config, key, value)
         _merge(config, _nest(key, value), SCHEMA, f"--set {text}", origins=origins)
+    config.given = frozenset(origins)
     _derive(config, stem, origins)
     return config
 
@@ -510,7 +502,7 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
         config["dirs"]["extra_trn_use"] = "full"
     if config["config_name"] is None:
         config["config_name"] = stem or "experiment"
-    if config["dataset"] == "asvspoof5":  # single enrollment utterances, not 60-90 s concatenations
+    if not corpus_class(config["dataset"]).concatenated_enrollment:  # single utterances, not 60-90 s files
         for partition in ("dev", "eval"):
             if f"enrollment_samples.{partition}" not in (origins or {}):
                 config["enrollment_samples"][partition] = config["test_samples"]
@@ -522,17 +514,7 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
         raise ConfigError(f"{config.source}: optim.oc_dim ({config['optim']['oc_dim']}) must equal "
                           f"backend.hidden_dims[-1] ({config['backend']['hidden_dims'][-1]})")
     _derive_subsystem_training(config)
-    _locate_protocols(config, origins or {})
-
-
-# Where the ASVspoof 2019 LA distribution keeps each protocol left at its default (dirs.<key> -> sub-folder of
-# dirs.database). The official names equal the defaults' file names; asv.*.gi.trn.txt (one concatenated
-# enrollment file per speaker) is the SASV repositories' own and is looked for beside the official ASV lists.
-LA_PROTOCOL_FOLDERS = {"cm_trn_list": "ASVspoof2019_LA_cm_protocols", "cm_dev_list": "ASVspoof2019_LA_cm_protocols",
-                       "cm_eval_list": "ASVspoof2019_LA_cm_protocols"}
-for _key in ("sasv_dev_trial", "sasv_eval_trial", "sasv_dev_trn_trial", "sasv_eval_trn_trial",
-             "asv_dev_enrollment_lists", "asv_eval_enrollment_lists"):
-    LA_PROTOCOL_FOLDERS[_key] = "ASVspoof2019_LA_asv_protocols"
+    _locate_protocols(config)
 
 
 class SearchedPath(str):
@@ -551,44 +533,24 @@ class SearchedPath(str):
         return SearchedPath, (str(self), self.key, self.places)
 
 
-def protocol_places(default: str, database: str | None, folder: str) -> list[str]:
-    """Where a protocol left at its default is looked for, in order: the default path, then its file name in
-    the database root (the original scripts' place) and in the distribution's sub-folder `folder`."""
-    places = [default]
-    if database:
-        name = Path(default).name
-        places += [str(Path(database) / name), str(Path(database) / folder / name)]
-    return list(dict.fromkeys(places))
-
-
-def _locate_protocols(config: Config, origins: Mapping[str, str]) -> None:
-    """A protocol path the config names (file or --set) is used as given; one left at its default is looked
-    for in protocol_places (ASVspoof 5 lists: in dirs.database). A path found elsewhere than the default
-    replaces it, and is recorded in config.found_protocols for the command line to report once."""
+def _locate_protocols(config: Config) -> None:
+    """The corpus adapter's protocol discovery (data.corpora Corpus.locate), run once here as well: a protocol
+    path the config names (file or --set) is used as given; one left at its default and found elsewhere
+    replaces it, and is recorded in config.found_protocols for the command line to report once; one found
+    nowhere becomes a SearchedPath, whose readers' error lists every place looked. The adapter repeats the
+    search lazily (Corpus.protocol), so that files that appear later (a demo corpus) are found."""
+    corpus = corpus_of(config)
     dirs = config["dirs"]
-    if config["dataset"] == "asvspoof5":
-        for key in ASVSPOOF5_PROTOCOLS:
-            if f"dirs.{key}" in origins:
-                continue
-            default = dirs[key]
-            place = str(Path(dirs["database"]) / default) if dirs["database"] else default
-            if Path(place).is_file():
-                dirs[key] = place  # where the release keeps it: not worth a notice
-            else:
-                dirs[key] = SearchedPath(default, f"dirs.{key}", [place])
-    for key, folder in LA_PROTOCOL_FOLDERS.items():
-        if f"dirs.{key}" in origins:
+    for key in corpus.protocol_keys:
+        if corpus.is_given(key):
             continue
-        values = dirs[key] if isinstance(dirs[key], list) else [dirs[key]]
-        located = []
-        for default in values:
-            places = protocol_places(default, dirs["database"], folder)
-            found = next((place for place in places if Path(place).is_file()), None)
+        located: list[str] = []
+        for default, found, places in corpus.locate(key):
             if found is None:
                 located.append(SearchedPath(default, f"dirs.{key}", places))
             else:
                 located.append(found)
-                if found != default:
+                if corpus.notice_found(default, found):
                     config.found_protocols[default] = found
         dirs[key] = located if isinstance(dirs[key], list) else located[0]
 
@@ -821,10 +783,10 @@ def _derive_subsystem_training(config: Config) -> None:
     for key in ("cm_train.class_weights", "b2.class_weights"):
         if not sum(config.get_path(key)) > 0:
             raise ConfigError(f"{source}: {key} must not both be zero, got {config.get_path(key)!r}")
-    if config["dataset"] == "asvspoof5" and config["system"] == "cm" and (
+    if not corpus_class(config["dataset"]).has_tdcf and config["system"] == "cm" and (
             cm["select_by"] == "min_tdcf" or cm["asv_scores"]["dev"] or cm["asv_scores"]["eval"] or cm["asv_model"]):
         raise ConfigError(f"{source}: the min t-DCF (cm_train.select_by min_tdcf, cm_train.asv_scores, "
-                          f"cm_train.asv_model) is ASVspoof 2019's; dataset asvspoof5 selects by eer")
+                          f"cm_train.asv_model) is ASVspoof 2019's; dataset {config['dataset']} selects by eer")
     if cm["lr_min"] > cm["lr"]:
         raise ConfigError(f"{source}: cm_train.lr_min ({cm['lr_min']}) must not exceed cm_train.lr ({cm['lr']})")
     if config["system"] == "cm" and cm["select_by"] == "min_tdcf" and not (cm["asv_scores"]["dev"] or cm["asv_model"]):
@@ -942,25 +904,8 @@ def config_text(config: Config, command: Sequence[str]) -> str:
 
 
 def require_database(config: Config) -> Path:
-    """The database root, checked to exist (scoring.inputs.check_data_layout checks its audio folders)."""
-    database = config["dirs"]["database"]
-    if config.get("dataset") == "asvspoof5":
-        expected = "the ASVspoof 5 release root with flac_T/, flac_D/, flac_E_eval/"
-        if not database:
-            raise ConfigError(f"{config.source}: dirs.database is not set; point it at {expected} (download from "
-                              f"{ASVSPOOF5_URL})")
-        if not Path(database).is_dir():
-            raise ConfigError(f"{config.source}: dirs.database folder {database} does not exist; expected {expected}")
-        return Path(database)
-    if not database:
-        raise ConfigError(f"{config.source}: dirs.database is not set; point it at the ASVspoof 2019 LA root "
-                          f"(download from {ASVSPOOF_URL})")
-    root = Path(database)
-    expected = root / "ASVspoof2019_LA_train" / "flac"
-    if not root.is_dir():
-        raise ConfigError(f"{config.source}: dirs.database folder {root} does not exist; expected ASVspoof 2019 LA "
-                          f"with {expected} (download from {ASVSPOOF_URL})")
-    return root
+    """The database root, checked to exist (the corpus adapter's check_layout checks its audio folders)."""
+    return corpus_of(config).require_database()
 
 
 def describe_schema() -> str:

@@ -11,6 +11,11 @@ class UserError(Exception):
     """Bad input, reported as one line naming the file, line, key or value."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration problem, reported as one line naming the file and key (runtime.config re-exports it;
+    defined here so that data.corpora, which runtime.config imports, can raise it)."""
+
+
 class RunFailure(Exception):
     """A run that could not finish, reported as one line saying what was kept."""
 

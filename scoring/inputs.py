@@ -7,15 +7,15 @@ from pathlib import Path
 
 from data import corpus
 from data.audio import AudioError, check_duration
+from data.corpora import corpus_of
 from data.protocols import (
     ProtocolError,
     SASVTrial,
     check_every_key,
     check_trials_enrolled,
-    read_enrollment_files,
     read_lines,
 )
-from runtime.config import Config, ConfigError, require_database
+from runtime.config import Config, require_database
 
 
 @dataclass
@@ -37,9 +37,7 @@ class ScoringInputs:
 
 def enrollment_paths(config: Config, partition: str) -> dict[str, Path]:
     """speaker -> `<enrollment_dir>/<partition>/<entry of asv.<partition>.gi.trn.txt>.flac` (ASVspoof 2019 LA)."""
-    listing = config["dirs"][f"sasv_{partition}_trn_trial"]
-    folder = Path(config["dirs"]["enrollment_dir"]) / partition
-    return {speaker: folder / f"{stem}.flac" for speaker, stem in read_enrollment_files(listing).items()}
+    return {speaker: paths[0] for speaker, paths in corpus_of(config).enrollment(partition).paths.items()}
 
 
 def _line_of(listing: str | Path | Sequence[str | Path], value: str, column: int) -> str:
@@ -86,17 +84,12 @@ def listed_audio(config: Config, partition: str, utterances: Sequence[str], list
     return paths
 
 
-def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str]:
-    """speaker -> enrollment audio files, and the list they come from. ASVspoof 2019 LA: one concatenated file
-    per speaker (dirs.sasv_<part>_trn_trial, enrollment_dir); ASVspoof 5: the utterances of
-    dirs.asvspoof5_<part>_enroll in the partition's audio folder."""
-    if corpus.dataset(config) == corpus.ASVSPOOF5:
-        audio, ext = corpus.audio_dir(config, partition), config["audio_ext"]
-        return ({speaker: [audio / f"{utt}.{ext}" for utt in utts]
-                 for speaker, utts in corpus.enrollment_utterances(config, partition).items()},
-                corpus.enrollment_list(config, partition))
-    return ({speaker: [path] for speaker, path in enrollment_paths(config, partition).items()},
-            config["dirs"][f"sasv_{partition}_trn_trial"])
+def enrollment_files(config: Config, partition: str) -> tuple[dict[str, list[Path]], str | list[str]]:
+    """speaker -> enrollment audio files, and the list they come from (the corpus adapter's `enrollment`).
+    ASVspoof 2019 LA: one concatenated file per speaker (dirs.sasv_<part>_trn_trial, enrollment_dir);
+    ASVspoof 5: the utterances of dirs.asvspoof5_<part>_enroll in the partition's audio folder."""
+    enrollment = corpus_of(config).enrollment(partition)
+    return enrollment.paths, enrollment.listing[0] if len(enrollment.listing) == 1 else enrollment.listing
 
 
 def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
@@ -110,7 +103,7 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     check_trials_enrolled(trials, enrollment, trial_path, listing)
     if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead
         claimed = {speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})}
-        if corpus.dataset(config) == corpus.ASVSPOOF5:
+        if not corpus_of(config).concatenated_enrollment:
             check_enrollment_audio(claimed, listing)
         else:  # ASVspoof 2019 LA: one concatenated file per speaker
             for speaker, paths in claimed.items():
@@ -130,11 +123,6 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
 
 
 def check_data_layout(config: Config) -> None:
-    """Fail early, naming the path, when an audio folder of the config's dataset is not under dirs.database."""
-    require_database(config)
-    for partition in ("train", "dev", "eval"):
-        folder = corpus.audio_dir(config, partition)
-        if not folder.is_dir():
-            name = "ASVspoof 5" if corpus.dataset(config) == corpus.ASVSPOOF5 else "ASVspoof 2019 LA"
-            raise ConfigError(f"{config.source}: expected audio folder {folder} ({name} layout under "
-                              "dirs.database)")
+    """Fail early, in one line naming the folders expected and where they were looked for, when the audio
+    folders of the config's dataset are not under dirs.database (the corpus adapter's check_layout)."""
+    corpus_of(config).check_layout()

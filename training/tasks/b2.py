@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import corpus
+from data.corpora import corpus_of
 from data.datasets import EpochSampler
 from data.embeddings import EmbeddingError, embedding_size, read_embeddings
 from data.protocols import CMEntry, SASVTrial, speaker_utterances
@@ -130,7 +131,7 @@ class B2Task(Task):
         asv_path, asv = self._pickle("asv_embd_trn.pk")
         cm_path, cm = self._pickle("cm_embd_trn.pk")
         self.asv_dim, self.cm_dim = embedding_size(asv), embedding_size(cm)
-        entries = corpus.read_cm_entries(protocol, corpus.dataset(config))
+        entries = corpus_of(config).read_keys(protocol)
         kept: list[CMEntry] = []
         for number, entry in enumerate(entries, start=1):
             gaps = [path for path, table in ((asv_path, asv), (cm_path, cm)) if entry.utterance not in table]
@@ -157,7 +158,7 @@ class B2Task(Task):
     def _trial_rows(self, partition: str) -> TrialRows:
         """The SASV trials of `partition` with their speaker-model and test-utterance rows."""
         trial_path = corpus.trial_list(self.config, partition)
-        trials = corpus.read_trials(trial_path, corpus.dataset(self.config))
+        trials = corpus_of(self.config).read_trials(trial_path)
         model_path, models = self._pickle(f"spk_model_{partition}.pk")
         asv_path, asv = self._pickle(f"asv_embd_{partition}.pk")
         cm_path, cm = self._pickle(f"cm_embd_{partition}.pk")
