@@ -541,6 +541,7 @@ def _locate_protocols(config: Config) -> None:
     search lazily (Corpus.protocol), so that files that appear later (a demo corpus) are found."""
     corpus = corpus_of(config)
     dirs = config["dirs"]
+    resolved = set()
     for key in corpus.protocol_keys:
         if corpus.is_given(key):
             continue
@@ -553,6 +554,9 @@ def _locate_protocols(config: Config) -> None:
                 if corpus.notice_found(default, found):
                     config.found_protocols[default] = found
         dirs[key] = located if isinstance(dirs[key], list) else located[0]
+        if not any(isinstance(path, SearchedPath) for path in located):
+            resolved.add(f"dirs.{key}")  # a file now: the adapter uses it as given, not looked for again
+    config.given = frozenset(config.given or ()) | resolved
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,15 @@ def test_keys_files_told_apart(fixtures, tmp_path):
     odd.write_text("a b c\n")
     with pytest.raises(ProtocolError, match=r"odd.txt:1: "):
         corpus_for_keys(odd)
+
+
+def test_a_protocol_found_at_load_is_not_looked_for_again(tmp_path, monkeypatch):
+    """ASVspoof 5 lists are looked for in dirs.database: one found there while the config loaded is a file
+    path now, which must not be joined to dirs.database a second time."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "ASVspoof5.train.tsv").write_text("T_0001 T_0000000001 F - - - - bonafide bonafide -\n")
+    config = build_config({"dataset": "asvspoof5", "dirs": {"database": "d"}})
+    assert config["dirs"]["asvspoof5_train_list"] == str(Path("d") / "ASVspoof5.train.tsv")
+    assert corpus_of(config).protocol("asvspoof5_train_list") == Path("d") / "ASVspoof5.train.tsv"
+    assert [entry.utterance for entry in corpus_of(config).cm_entries("train")] == ["T_0000000001"]
