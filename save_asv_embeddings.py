@@ -28,6 +28,7 @@ from runtime.device import resolve_device
 from runtime.files import check_output_place, staged_outputs
 from scoring.extraction import Extraction, extract
 from scoring.inputs import check_enrollment_audio, listed_audio
+from scoring.pipeline import bad_audio_summary
 from scoring.verification import speaker_model
 
 PARTITIONS = ("trn", "dev", "eval")  # the CM lists (data.corpus.cm_list) of the config's dataset
@@ -111,9 +112,9 @@ def main() -> None:
             for path in output_files(out, [part]):  # an earlier run's file of a network not loaded this time
                 outputs.remove(path)
             if bad_audio:
-                shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad_audio.items())[:3])
-                print(f"warning: {part}: {len(bad_audio)} audio file(s) skipped (on_bad_audio: skip), left out of "
-                      f"the embeddings and speaker models: {shown}", file=sys.stderr)
+                n_files = len(paths) + sum(len(files) for files in enrollment.values())
+                print(bad_audio_summary(part, len(bad_audio), n_files, "audio files", bad_audio,
+                                        consequence="left out of the embeddings and speaker models"), file=sys.stderr)
     print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
 
 

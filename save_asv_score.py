@@ -9,15 +9,16 @@ moved in together at the end: a failure leaves the earlier outputs as they were)
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from data import corpus
 from data.embeddings import read_embeddings
 from metrics.eer import sasv_eers
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
-from runtime.files import check_output_place, json_text, staged_outputs
+from runtime.files import StagedOutputs, check_output_place, json_text, staged_outputs
+from scoring.pipeline import Writer, asv_scored, evaluate_asv
 from scoring.score_files import scores_text
+from scoring.scored_trials import ScoredTrials
 from scoring.verification import cosine_scores
 
 
@@ -26,6 +27,18 @@ def parse_args() -> argparse.Namespace:
     add_config_args(parser, config_required=False)
     add_output_args(parser, help="folder with the embeddings; scores go there too")
     return parser.parse_args()
+
+
+def script_writer(outputs: StagedOutputs, score_file: Path, trials: list) -> Writer:
+    """This script's score file of one partition (`UTT score`, trial order; nan for a skipped trial)."""
+    return Writer(scores=lambda scored: outputs.write_text(score_file, scores_text(
+        ([t.utterance for t in trials],), scored.asv)))
+
+
+def sv_metrics(scored: ScoredTrials) -> dict:
+    """SV-EER (and the SASV-EER, SPF-EER of the ASV score alone) of the trials not skipped."""
+    kept = scored.kept()
+    return sasv_eers(kept.asv, kept.asv_keys.tolist())
 
 
 def main() -> None:
@@ -45,16 +58,13 @@ def main() -> None:
             scores, skipped = cosine_scores(read_embeddings(out / f"spk_model_{part}.pk"),
                                             read_embeddings(out / f"asv_embd_{part}.pk"), trials, trial_path,
                                             skip_missing=config["on_bad_audio"] == "skip")
-            result = sasv_eers(scores[~skipped], [t.key for t, skip in zip(trials, skipped) if not skip])
-            outputs.write_text(out / f"score_ASV_{part}.txt", scores_text(([t.utterance for t in trials],), scores))
-            result.update(n_trials=len(trials), n_skipped_trials=int(skipped.sum()))
+            result = evaluate_asv(asv_scored(scores, [t.key for t in trials], skipped, None), part,
+                                  script_writer(outputs, out / f"score_ASV_{part}.txt", trials), sv_metrics,
+                                  cause="save_asv_embeddings.py left their audio out")
             outputs.write_text(out / f"metrics_ASV_{part}.json", json_text(result))
-            if skipped.any():
-                print(f"warning: {part}: {int(skipped.sum())} of {len(trials)} trials skipped (on_bad_audio: skip; "
-                      f"their audio was left out by save_asv_embeddings.py): score nan, left out of the EERs",
-                      file=sys.stderr)
-            summaries.append(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {len(trials) - int(skipped.sum())} "
-                             f"trials -> {out / f'score_ASV_{part}.txt'}")
+            scored_trials = result["n_trials"] - result["n_skipped_trials"]
+            summaries.append(f"{part}: SV-EER {100 * result['sv_eer']:.2f}% over {scored_trials} trials -> "
+                             f"{out / f'score_ASV_{part}.txt'}")
     for summary in summaries:
         print(summary)
 

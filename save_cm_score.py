@@ -12,10 +12,8 @@ same folder (from save_asv_score.py); without it the t-DCF is skipped and the su
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data import corpus
@@ -24,11 +22,12 @@ from models.build import load_system
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
 from runtime.device import resolve_device
-from runtime.files import check_output_place, json_text, staged_outputs
-from scoring.countermeasure import cm_logits, cm_metrics
+from runtime.files import StagedOutputs, check_output_place, json_text, staged_outputs
 from scoring.extraction import Extraction
 from scoring.inputs import listed_audio
+from scoring.pipeline import Writer, evaluate_cm, score_cm
 from scoring.score_files import read_asv_score_file, scores_text
+from scoring.scored_trials import ScoredTrials
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +41,17 @@ def parse_args() -> argparse.Namespace:
 def output_files(out: Path, partitions: list[str]) -> list[Path]:
     return [out / name for part in partitions
             for name in (f"score_CM_{part}.txt", f"score_CM_{part}_no_softmax.txt", f"metrics_CM_{part}.json")]
+
+
+def script_writer(outputs: StagedOutputs, out: Path, part: str, logits: torch.Tensor) -> Writer:
+    """This script's score files of one partition (`UTT score`, CM-list order; nan for a skipped utterance):
+    the softmax probability of bona fide and the bona fide logit, staged into `outputs`."""
+    def scores(scored: ScoredTrials) -> None:
+        names = (scored.utterance,)
+        outputs.write_text(out / f"score_CM_{part}.txt", scores_text(names, torch.softmax(logits, dim=1)[:, 1].numpy()))
+        outputs.write_text(out / f"score_CM_{part}_no_softmax.txt", scores_text(names, scored.cm))
+
+    return Writer(scores=scores)
 
 
 def main() -> None:
@@ -63,38 +73,28 @@ def main() -> None:
     # Every partition's files are staged, then moved in together: a failure leaves the earlier outputs as they were.
     with staged_outputs() as outputs:
         for part, entries in lists.items():
-            bad_audio: dict[str, str] = {}
-            paths = audio[part]
-            logits = cm_logits(lambda wave: model.cm_embedding(wave)[1], paths, config["test_samples"], options,
-                               desc=f"{part} CM", bad_audio=bad_audio)
-            bonafide_logit = logits[:, 1].numpy()  # nan for a skipped utterance (on_bad_audio: skip)
-            bonafide_probability = torch.softmax(logits, dim=1)[:, 1].numpy()
-            names = ([e.utterance for e in entries],)
-            outputs.write_text(out / f"score_CM_{part}.txt", scores_text(names, bonafide_probability))
-            outputs.write_text(out / f"score_CM_{part}_no_softmax.txt", scores_text(names, bonafide_logit))
-            if bad_audio:
-                shown = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:3])
-                print(f"warning: {part}: {len(bad_audio)} of {len(entries)} utterances skipped (on_bad_audio: skip; "
-                      f"score nan, left out of the EER and t-DCF): {shown}", file=sys.stderr)
+            scored, logits = score_cm(lambda wave: model.cm_embedding(wave)[1], entries, audio[part],
+                                      config["test_samples"], options, part, f"{part} CM")
             asv_path = out / f"score_ASV_{part}.txt"
             # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
             asv2019 = corpus_of(config).has_tdcf
             asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
                 if asv2019 and asv_path.is_file() else None
-            scored = cm_metrics(bonafide_logit, np.array([e.key == "bonafide" for e in entries]), asv)
-            result = {"cm_eer": scored["eer"], "cm_threshold": scored["threshold"], "min_tdcf": scored["min_tdcf"],
-                      "n_utterances": len(entries), "n_skipped_utterances": len(bad_audio),
-                      "skipped_audio": dict(sorted(bad_audio.items()))}
+            scored_result = evaluate_cm(scored, part, script_writer(outputs, out, part, logits), asv)
+            result = {"cm_eer": scored_result["eer"], "cm_threshold": scored_result["threshold"],
+                      "min_tdcf": scored_result["min_tdcf"],
+                      **{name: scored_result[name] for name in ("n_utterances", "n_skipped_utterances",
+                                                                "skipped_audio")}}
             if not asv2019:
                 result["min_tdcf_note"] = "the t-DCF is defined for ASVspoof 2019 LA only"
             elif asv is None:
                 result["min_tdcf_note"] = f"no {asv_path}; run save_asv_score.py first"
-            elif "min_tdcf_note" in scored:
-                result["min_tdcf_note"] = scored["min_tdcf_note"]
+            elif "min_tdcf_note" in scored_result:
+                result["min_tdcf_note"] = scored_result["min_tdcf_note"]
             outputs.write_text(out / f"metrics_CM_{part}.json", json_text(result))
             tdcf = f"min t-DCF {result['min_tdcf']:.4f}" if result["min_tdcf"] is not None else \
                 f"min t-DCF skipped: {result['min_tdcf_note']}"
-            summaries.append(f"{part}: CM EER {100 * scored['eer']:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")
+            summaries.append(f"{part}: CM EER {100 * result['cm_eer']:.2f}%, {tdcf} -> {out / f'score_CM_{part}.txt'}")
     for summary in summaries:
         print(summary)
 

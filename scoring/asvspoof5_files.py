@@ -1,5 +1,5 @@
-"""Files of the ASVspoof 5 evaluation package, read into `ScoredTrials` (what scoring.report evaluates),
-and the toolkit's SASV score files read the same way.
+"""Files of the ASVspoof 5 evaluation package, read into `ScoredTrials` (scoring.scored_trials, what
+scoring.report evaluates), and the toolkit's SASV score files read the same way.
 
 The package's files (asvspoof-challenge/asvspoof5 `evaluation-package/README.md`) have a header line, then
 one trial per line, fields separated by tabs (any run of blanks is accepted, as the full key table uses spaces):
@@ -12,7 +12,7 @@ Every problem is one ProtocolError naming the file and line.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from data.protocols import (
 from runtime.files import write_text
 from scoring import columnar
 from scoring.score_files import format_score, parse_score, read_trial_scores
+from scoring.scored_trials import ScoredTrials
 
 TRACK2_SCORE_HEADER = ("spk", "filename", "cm-score", "asv-score", "sasv-score")
 TRACK1_SCORE_HEADER = ("filename", "cm-score")
@@ -36,49 +37,6 @@ ABSENT = "-"  # a score part the system does not produce
 _ALIASES = {"tar_spk_anon": "spk", "trial_anon": "filename", "attack_anon": "attack", "cm_label": "cm-label",
             "asv_label": "asv-label"}
 _DUMMY = ("track_2_tag", "dummy")
-
-
-@dataclass(frozen=True)
-class ScoredTrials:
-    """Scores and keys of one trial list, aligned; a part is None when the files do not have it.
-
-    `asv_keys` (target / nontarget / spoof) come with SASV scores (Track 2), `cm_keys` (bonafide / spoof)
-    always; `attack` and `codec` are per-trial condition labels (None: not given)."""
-
-    source: str
-    cm_keys: np.ndarray
-    asv_keys: np.ndarray | None = None
-    sasv: np.ndarray | None = None
-    cm: np.ndarray | None = None
-    asv: np.ndarray | None = None
-    attack: np.ndarray | None = None
-    codec: np.ndarray | None = None
-    asv_org: np.ndarray | None = None  # the organisers' ASV scores (Track 2 --asv_org), for the min t-DCF
-    n_skipped: int = 0  # trials left out: their score was nan (on_bad_audio: skip)
-
-    def __len__(self) -> int:
-        return len(self.cm_keys)
-
-    def subset(self, keep: np.ndarray) -> ScoredTrials:
-        """The trials where `keep` is True (every per-trial array cut alike)."""
-        cut = {name: None if getattr(self, name) is None else getattr(self, name)[keep]
-               for name in ("cm_keys", "asv_keys", "sasv", "cm", "asv", "asv_org", "attack", "codec")}
-        return replace(self, **cut, n_skipped=self.n_skipped + int(np.size(keep) - np.count_nonzero(keep)))
-
-
-def sasv_trials_from_scores(source: str, speakers: Sequence[str], keys: Sequence[str], attacks: Sequence[str],
-                            scores: np.ndarray, skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
-                            asv: np.ndarray | None = None, codec: Sequence[str] | None = None) -> ScoredTrials:
-    """ScoredTrials of the toolkit's SASV scores (one per trial) and, when given, the CM and ASV scores of
-    the same trials; `skipped` trials (bad audio) are left out."""
-    asv_keys = np.asarray(keys, dtype=str)
-    parts = {name: None if value is None else np.asarray(value, dtype=np.float64)
-             for name, value in (("cm", cm), ("asv", asv))}
-    trials = ScoredTrials(source=source, cm_keys=np.where(asv_keys == "spoof", "spoof", "bonafide"),
-                          asv_keys=asv_keys, sasv=np.asarray(scores, dtype=np.float64),
-                          attack=np.asarray(attacks, dtype=str),
-                          codec=None if codec is None else np.asarray(codec, dtype=str), **parts)
-    return trials if skipped is None else trials.subset(~np.asarray(skipped, dtype=bool))
 
 
 # ------------------------------------------------------------------ ASVspoof 5 tab-separated files
@@ -320,6 +278,5 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     elif any(t.key == "spoof" and t.attack == "-" for t in trials):
         raise ProtocolError(f"{trial_path}: the spoof trials name no attack (a 3-column trial list); give "
                             f"--cm_protocol with the partition's utterance list for the per-attack table")
-    return sasv_trials_from_scores(f"{path} (trials {trial_path})", [t.speaker for t in trials],
-                                   [t.key for t in trials], [t.attack for t in trials], scores,
-                                   skipped=np.isnan(scores))
+    return ScoredTrials.of_sasv_trials(f"{path} (trials {trial_path})", trials, scores,
+                                       skipped=np.isnan(scores)).as_float64().kept()

@@ -187,19 +187,13 @@ def extract_sharded(paths: list[Path], samples: int | None, networks: dict[str, 
 
 
 
-def count_unscored(scores: np.ndarray, bad_audio: dict[str, str], n_touching_bad: int, what: str) -> dict:
-    """Check the scores of a scoring pass: NaN is allowed only for the `n_touching_bad` trials that need a
-    bad file (on_bad_audio: skip); any other NaN/inf means the model's output is not finite (ScoringError).
-    Returns the counts for a metrics file."""
+def count_unscored(scores: np.ndarray, bad_audio: dict[str, str], n_touching_bad: int, what: str, *,
+                   items: str = "trials") -> dict:
+    """Check the scores of a scoring pass: NaN is allowed only for the `n_touching_bad` items (trials, or CM
+    utterances) that need a bad file (on_bad_audio: skip); any other NaN/inf means the model's output is not
+    finite (ScoringError). Returns the counts for a metrics file: n_skipped_<items> and skipped_audio."""
     n_skipped = int((~np.isfinite(scores)).sum())
     if n_skipped > n_touching_bad:
         raise ScoringError(f"{what}: {n_skipped} of {len(scores)} scores are NaN/inf: the model's output is not "
                            f"finite")
-    return {"n_skipped_trials": n_skipped, "skipped_audio": dict(sorted(bad_audio.items()))}
-
-
-def bad_audio_warning(bad_audio: dict[str, str], n_skipped: int, what: str, shown: int = 3) -> str:
-    """The one-line warning for items left out because of bad audio (on_bad_audio: skip)."""
-    listed = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad_audio.items())[:shown])
-    return (f"warning: {what}: {n_skipped} trial(s) not scored (on_bad_audio: skip; score nan, left out of the "
-            f"metrics) because of {len(bad_audio)} bad audio file(s): {listed}")
+    return {f"n_skipped_{items}": n_skipped, "skipped_audio": dict(sorted(bad_audio.items()))}

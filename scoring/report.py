@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from metrics.eer import as_scores, key_codes
 from metrics.errors import MetricError
 from runtime import forked
 from runtime.files import StagedOutputs, staged_outputs
-from scoring.asvspoof5_files import ScoredTrials, sasv_trials_from_scores, track2_key_text, track2_score_text
+from scoring.asvspoof5_files import track2_key_text, track2_score_text
 from scoring.cells import TrialKinds, cm_cell, cm_det, guarded, sasv_cell
+from scoring.scored_trials import ScoredTrials
 
 SASV_METRICS = ("sasv_eer", "sv_eer", "spf_eer", "min_a_dcf", "a_dcf")
 TANDEM_METRICS = ("min_tdcf", "t_eer")
@@ -131,7 +131,8 @@ def attack_codec_table(trials: ScoredTrials, names: tuple[str, ...]) -> dict[str
 def build_report(trials: ScoredTrials, first: str | None = None) -> dict[str, Any]:
     """{source, metrics, n_skipped_trials, pooled, per_attack, per_codec, per_attack_codec}; cells as `_cell`.
     `per_attack_codec` is `attack_codec_table` when the codecs are known, else {}.
-    `first`: a metric the tables show first (the benchmark's primary one)."""
+    `first`: a metric the tables show first (the benchmark's primary one). Skipped trials are left out."""
+    trials = trials.kept()
     if len(trials) == 0:
         raise MetricError(f"{trials.source}: no trials to report on")
     if trials.sasv is not None and trials.asv_keys is None:
@@ -272,6 +273,7 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
     a process that holds no GPU or thread pools of its own (evaluate.py)."""
     from scoring.plots import read_training_log, render_plots  # matplotlib loads only when a plot is drawn
 
+    trials = trials.kept()  # the skipped trials (score nan) are counted, not drawn
     if not plots and metrics_csv is not None:
         read_training_log(metrics_csv)  # its bad input is refused whether or not it is drawn
     beside = forked.start(lambda: render_plots(trials, metrics_csv)) \
@@ -302,19 +304,17 @@ def primary_metric(report: dict[str, Any]) -> dict[str, float]:
     return {"a_dcf": value} if report["metrics"][0] == "a_dcf" and value is not None else {}
 
 
-def write_sasv_report(folder: str | Path, source: str, trials: list, scores: np.ndarray,
-                      skipped: np.ndarray | None = None, *, cm: np.ndarray | None = None,
-                      asv: np.ndarray | None = None, codecs: Sequence[str] | None = None,
-                      first: str | None = None, metrics_csv: str | Path | None = None,
-                      outputs: StagedOutputs | None = None, plots: bool = True) -> dict[str, Any]:
-    """The report of the toolkit's SASV scores of `trials` (data.protocols.SASVTrial, trial order), plus the
-    official ASVspoof 5 Track 2 files of the same trials: track2_scores.tsv (sasv-score, and the CM and ASV
-    parts when given, else `-`) and track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics."""
-    speakers, utterances = [t.speaker for t in trials], [t.utterance for t in trials]
-    keys, attacks = [t.key for t in trials], [t.attack for t in trials]
-    codec = None if codecs is None else list(codecs)  # one per trial
-    scored = sasv_trials_from_scores(source, speakers, keys, attacks, scores, skipped, cm=cm, asv=asv, codec=codec)
-    extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scores, cm, asv),
-             "track2_keys.tsv": track2_key_text(speakers, utterances, keys, attacks, codec)}
-    return write_report(folder, scored, metrics_csv=metrics_csv, extra_files=extra, first=first, outputs=outputs,
-                        plots=plots)
+def write_sasv_report(folder: str | Path, scored: ScoredTrials, *, first: str | None = None,
+                      metrics_csv: str | Path | None = None, outputs: StagedOutputs | None = None,
+                      plots: bool = True) -> dict[str, Any]:
+    """The report of the toolkit's SASV scores (`scored`: every trial of the list with its ids, skipped ones
+    nan, as ScoredTrials.of_sasv_trials makes them), plus the official ASVspoof 5 Track 2 files of the same
+    trials: track2_scores.tsv (sasv-score, and the CM and ASV parts when given, else `-`) and
+    track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics and keep `nan` in the files."""
+    speakers, utterances = scored.speaker.tolist(), scored.utterance.tolist()
+    codec = None if scored.codec is None else scored.codec.tolist()
+    extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scored.sasv, scored.cm, scored.asv),
+             "track2_keys.tsv": track2_key_text(speakers, utterances, scored.asv_keys.tolist(),
+                                                scored.attack.tolist(), codec)}
+    return write_report(folder, scored.as_float64(), metrics_csv=metrics_csv, extra_files=extra, first=first,
+                        outputs=outputs, plots=plots)

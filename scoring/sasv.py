@@ -5,12 +5,11 @@ The original ran the full model per trial, pushing a 60-90 s enrollment through 
 embedding are computed once, then only the back-end runs per trial. `SASVScorer.score_per_trial`
 keeps the literal path for tests and benchmarks. Under torchrun each process embeds every N-th unique
 file and scores every N-th trial; the rows are gathered, so every process ends with all scores.
-With on_bad_audio: skip a trial whose audio is bad scores NaN and is marked in `TrialScores`.
+With on_bad_audio: skip a trial whose audio is bad scores NaN and is marked as skipped in the `ScoredTrials`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from runtime import distributed
 from runtime.device import autocast_context
 from scoring.extraction import AdaptiveBatch, EmbeddingCache, Extraction, ScoringError, extract_sharded
 from scoring.inputs import ScoringInputs
-from scoring.score_files import write_trial_scores
+from scoring.scored_trials import ScoredTrials
 from scoring.verification import cosine
 
 
@@ -45,23 +44,6 @@ def _cm_embedding_and_score(model: SASVModel) -> Callable[[torch.Tensor], torch.
         embedding, logits = model.cm_embedding(wave)
         return torch.cat([embedding, logits[:, 1:2].to(embedding.dtype)], dim=1)
     return network
-
-
-@dataclass
-class TrialScores:
-    """SASV scores in trial order; trials whose audio was bad (on_bad_audio: skip) are NaN and marked."""
-
-    scores: np.ndarray
-    skipped: np.ndarray  # bool per trial
-    bad_audio: dict[str, str]  # file -> reason
-    # The joint model's sub-system scores of the same trials (for min t-DCF / t-EER and the Track 2 file):
-    # cosine of the enrollment and test ASV embeddings, and the CM's bona fide logit of the test utterance.
-    asv: np.ndarray | None = None
-    cm: np.ndarray | None = None
-
-    @property
-    def n_skipped(self) -> int:
-        return int(self.skipped.sum())
 
 
 class SASVScorer:
@@ -131,12 +113,15 @@ class SASVScorer:
     def score(self, inputs: ScoringInputs, cache: EmbeddingCache | None = None, backend_batch: int = 4096
               ) -> np.ndarray:
         """SASV score per trial (trial order), higher = target bona fide; NaN for skipped trials."""
-        return self.score_trials(inputs, cache, backend_batch).scores
+        return self.score_trials(inputs, cache, backend_batch).sasv
 
     @torch.no_grad()
     def score_trials(self, inputs: ScoringInputs, cache: EmbeddingCache | None = None, backend_batch: int = 4096
-                     ) -> TrialScores:
-        """Scores plus which trials were skipped because their enrollment or test audio was bad."""
+                     ) -> ScoredTrials:
+        """The trials' SASV scores with the joint model's sub-system scores of the same trials (for min t-DCF /
+        t-EER and the Track 2 file: the cosine of the enrollment and test ASV embeddings, and the CM's bona fide
+        logit of the test utterance), and which trials were skipped because their enrollment or test audio was
+        bad. `source` is left empty: the writer names the score file."""
         self._bad_audio = {}
         speaker_index, enrollment, utterance_index, test_asv, test_cm, test_cm_score = self.embeddings(inputs, cache)
         trials = inputs.trials
@@ -153,7 +138,8 @@ class SASVScorer:
         cm = test_cm_score[test_rows].double().numpy()
         for values in (scores, asv, cm):
             values[skipped] = np.nan
-        return TrialScores(scores=scores, skipped=skipped, bad_audio=dict(self._bad_audio), asv=asv, cm=cm)
+        return ScoredTrials.of_sasv_trials("", trials, scores, skipped=skipped, bad_audio=self._bad_audio, cm=cm,
+                                           asv=asv, codec=inputs.codecs)
 
     @torch.no_grad()
     def score_from_embeddings(self, trials: list[SASVTrial], speaker_index: dict[str, int], enrollment: torch.Tensor,
@@ -219,18 +205,3 @@ def sasv_text(metrics: dict[str, float]) -> str:
     primary = f"a-DCF (ASVspoof 5) {metrics['a_dcf']:.4f}  " if metrics.get("a_dcf") is not None else ""
     return (f"{primary}SASV-EER {100 * metrics['sasv_eer']:.2f}%  SV-EER {100 * metrics['sv_eer']:.2f}%  "
             f"SPF-EER {100 * metrics['spf_eer']:.2f}%  min a-DCF {metrics['min_a_dcf']:.4f}")
-
-
-def skipped_summary(trial_scores: TrialScores, what: str, shown: int = 3) -> str:
-    """One line saying how many trials were skipped and because of which files."""
-    files = sorted(trial_scores.bad_audio)
-    listed = "; ".join(f"{path}: {trial_scores.bad_audio[path]}" for path in files[:shown])
-    more = f"; and {len(files) - shown} more" if len(files) > shown else ""
-    return (f"warning: {what}: {trial_scores.n_skipped} of {len(trial_scores.scores)} trials skipped "
-            f"(on_bad_audio: skip; score nan, left out of the EERs) because of {len(files)} bad audio "
-            f"file(s): {listed}{more}")
-
-
-def write_sasv_scores(path: Path, inputs: ScoringInputs, scores: np.ndarray) -> None:
-    """`SPK UTT KEY score` per trial, in trial order."""
-    write_trial_scores(path, inputs.trials, scores)

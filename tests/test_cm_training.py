@@ -281,7 +281,7 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     captured = capsys.readouterr()
     warning = next(line for line in captured.err.splitlines() if "skipping training audio (on_bad_audio: skip)" in line)
     assert str(flac).format("train", train_entry.utterance) in warning
-    assert "dev epoch 1: 1 trial(s) not scored" in captured.err
+    assert "dev epoch 1: 1 of " in captured.err and " utterances skipped (on_bad_audio: skip" in captured.err
     with open(tmp_path / "skip" / "metrics.csv") as handle:
         row = next(csv.DictReader(handle))
     assert int(row["redrawn_utterances"]) >= 1 and math.isfinite(float(row["dev_eer"]))
@@ -291,7 +291,7 @@ def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, t
     assert float(row["dev_eer"]) == pytest.approx(compute_eer(*cm_split(kept))[0], abs=1e-12)
     summary = json.loads((tmp_path / "skip" / "metrics_eval.json").read_text())
     bad_eval = str(flac).format("eval", eval_entry.utterance)
-    assert summary["n_skipped_trials"] == 1 and list(summary["skipped_audio"]) == [bad_eval]
+    assert summary["n_skipped_utterances"] == 1 and list(summary["skipped_audio"]) == [bad_eval]
     eval_rows = read_rows(tmp_path / "skip" / "scores" / "eval.txt")
     assert [row[3] for row in eval_rows if row[0] == eval_entry.utterance] == ["nan"]
     kept = [row for row in eval_rows if row[0] != eval_entry.utterance]

@@ -33,9 +33,12 @@ from models.checkpoint import CheckpointError, apply_state, load_asv_weights
 from runtime import distributed
 from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
-from scoring.extraction import bad_audio_warning, count_unscored
+from scoring.extraction import count_unscored
+from scoring.pipeline import Writer, asv_scored, evaluate_asv
 from scoring.score_files import write_scores
+from scoring.scored_trials import ScoredTrials
 from scoring.verification import (
+    DCF_TARGET_PRIORS,
     VerificationTrials,
     asvspoof_trials,
     score_trials,
@@ -148,28 +151,28 @@ class ASVTask(SubsystemTask):
             embeddings = self.model(waves)
         return self.loss(embeddings.float().view(len(speakers), per_speaker, -1), speakers)
 
-    def _score(self, trials: VerificationTrials, what: str) -> tuple[np.ndarray, dict]:
-        """Scores of `trials` and the counts of those not scored (bad audio)."""
+    def _evaluate(self, trials: VerificationTrials, what: str, name: str) -> dict:
+        """EER and minDCF of `trials` (scores/<name>), and the counts of those not scored (bad audio)."""
         bad_audio: dict[str, str] = {}
         scores = score_trials(self.model, trials, self.run.extraction(f"the {what} scoring"), bad_audio=bad_audio)
-        counts = count_unscored(scores, bad_audio, trials.touching(bad_audio), what)
-        if bad_audio:
-            self.run.warn(bad_audio_warning(bad_audio, counts["n_skipped_trials"], what))
-        return scores, counts
+        count_unscored(scores, bad_audio, trials.touching(bad_audio), what)
+        scored = asv_scored(scores, trials.keys, ~np.isfinite(scores), bad_audio)
+
+        def write(scored: ScoredTrials) -> None:
+            if self.run.is_main:
+                write_scores(self.run.dir / "scores" / name, trials.columns, scored.asv)
+
+        return evaluate_asv(scored, what, Writer(scores=write, warn=self.run.warn),
+                            lambda scored: verification_metrics(scored.asv, trials.keys))
 
     def validate(self, epoch: int) -> dict[str, float]:
-        scores, _ = self._score(self.dev_trials, f"dev epoch {epoch + 1}")
-        if self.run.is_main:
-            write_scores(self.run.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_trials.columns, scores)
-        return verification_metrics(scores, self.dev_trials.keys)
+        result = self._evaluate(self.dev_trials, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        return {name: result[name] for name in ("eer", *DCF_TARGET_PRIORS)}
 
     def evaluate(self) -> dict | None:
         if self.eval_trials is None:
             return None
-        scores, skipped = self._score(self.eval_trials, "eval")
-        if self.run.is_main:
-            write_scores(self.run.dir / "scores" / "eval.txt", self.eval_trials.columns, scores)
-        return {**verification_metrics(scores, self.eval_trials.keys), "n_trials": len(scores), **skipped}
+        return self._evaluate(self.eval_trials, "eval", "eval.txt")
 
     def summary_text(self, summary: dict) -> str:
         text = f"best dev EER {100 * summary['best_dev']['eer']:.2f}% (epoch {summary['epoch']})" \

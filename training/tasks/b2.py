@@ -33,17 +33,19 @@ from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_che
 from runtime import distributed
 from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
-from scoring.sasv import sasv_metrics, sasv_text
-from scoring.score_files import write_trial_scores
+from scoring.pipeline import bad_audio_summary, dev_metrics, evaluate_sasv
+from scoring.sasv import sasv_text
+from scoring.scored_trials import ScoredTrials
 from training.task import Run, Task
-from training.tasks.sasv import METRIC_COLUMNS
+from training.tasks.sasv import METRIC_COLUMNS, sasv_writer
 
 SCORE_BATCH = 8192  # trials per back-end call when scoring
 
 
 @dataclass
-class TrialRows:
-    """SASV trials as rows of embedding matrices; `skipped` marks trials left out (on_bad_audio: skip)."""
+class EmbeddedTrials:
+    """The back-end's input: SASV trials as rows of embedding matrices; `skipped` marks trials without an
+    embedding (on_bad_audio: skip), which `B2Task.score` scores nan. Its output is a ScoredTrials."""
 
     trials: list[SASVTrial]
     enrollment: torch.Tensor  # [speakers, A]
@@ -52,6 +54,7 @@ class TrialRows:
     enrollment_rows: torch.Tensor  # [trials] long
     test_rows: torch.Tensor  # [trials] long
     skipped: np.ndarray  # [trials] bool
+    codecs: list[str] | None = None  # codec condition of each trial's test utterance (ASVspoof 5), for the report
 
 
 def _matrix(table: dict[str, np.ndarray], ids: list[str]) -> torch.Tensor:
@@ -140,8 +143,9 @@ class B2Task(Task):
             if not gaps:
                 kept.append(entry)
         if len(kept) < len(entries):
-            self.run.warn(f"warning: {len(entries) - len(kept)} of {len(entries)} training utterances have no "
-                          f"embedding in {self.folder}; left out of the training trials (on_bad_audio: skip)")
+            self.run.warn(bad_audio_summary("training", len(entries) - len(kept), len(entries), "utterances", None,
+                                            cause=f"they have no embedding in {self.folder}",
+                                            consequence="left out of the training trials"))
         self.n_training_utterances = len(entries)
         utterances = [entry.utterance for entry in kept]
         self.train_row = {utterance: row for row, utterance in enumerate(utterances)}
@@ -155,10 +159,10 @@ class B2Task(Task):
                              for s, utts in self.bonafide_of.items()} \
             if config["b2"]["enrollment"] == "speaker_model" else {}
 
-    def _trial_rows(self, partition: str) -> TrialRows:
+    def _trial_rows(self, partition: str) -> EmbeddedTrials:
         """The SASV trials of `partition` with their speaker-model and test-utterance rows."""
         trial_path = corpus.trial_list(self.config, partition)
-        trials = corpus_of(self.config).read_trials(trial_path)
+        trials = corpus.sasv_trials(self.config, partition)  # with attack labels, for the report
         model_path, models = self._pickle(f"spk_model_{partition}.pk")
         asv_path, asv = self._pickle(f"asv_embd_{partition}.pk")
         cm_path, cm = self._pickle(f"cm_embd_{partition}.pk")
@@ -174,19 +178,16 @@ class B2Task(Task):
                 if key not in table:
                     self._missing(path, what, key, where)
                     skipped[index] = True
-        if skipped.any():
-            self.run.warn(f"warning: {partition}: {int(skipped.sum())} of {len(trials)} trials lack an embedding in "
-                          f"{self.folder}; scored nan and left out of the metrics (on_bad_audio: skip)")
         usable = [trial for trial, skip in zip(trials, skipped) if not skip]
         speakers = sorted({trial.speaker for trial in usable})
         utterances = sorted({trial.utterance for trial in usable})
         speaker_row = {s: row for row, s in enumerate(speakers)}
         utterance_row = {u: row for row, u in enumerate(utterances)}
-        return TrialRows(trials=trials, enrollment=_matrix(models, speakers), test_asv=_matrix(asv, utterances),
+        return EmbeddedTrials(trials=trials, enrollment=_matrix(models, speakers), test_asv=_matrix(asv, utterances),
                          test_cm=_matrix(cm, utterances),
                          enrollment_rows=torch.tensor([speaker_row.get(t.speaker, 0) for t in trials]),
                          test_rows=torch.tensor([utterance_row.get(t.utterance, 0) for t in trials]),
-                         skipped=skipped)
+                         skipped=skipped, codecs=corpus.trial_codecs(self.config, partition, trials))
 
     # ------------------------------------------------------------- weights
     def modules(self) -> list[nn.Module]:
@@ -249,7 +250,7 @@ class B2Task(Task):
 
     # ------------------------------------------------------------- metrics
     @torch.no_grad()
-    def score(self, rows: TrialRows) -> np.ndarray:
+    def score(self, rows: EmbeddedTrials) -> np.ndarray:
         """Target log-odds per trial in trial order (fp32); nan for the skipped ones."""
         self.model.eval()
         device = self.run.device
@@ -263,22 +264,20 @@ class B2Task(Task):
             scores[chosen.numpy()] = B2Backend.score(logits.float()).cpu().numpy()
         return scores
 
-    def _metrics(self, rows: TrialRows, name: str) -> dict[str, Any]:
-        scores = self.score(rows)
-        if self.run.is_main:
-            write_trial_scores(self.run.dir / "scores" / name, rows.trials, scores)
-        return sasv_metrics(scores, [t.key for t in rows.trials], rows.skipped)
+    def _evaluate(self, rows: EmbeddedTrials, what: str, name: str, *, report: bool = False) -> dict[str, Any]:
+        scored = ScoredTrials.of_sasv_trials("", rows.trials, self.score(rows), skipped=rows.skipped, bad_audio=None,
+                                             codec=rows.codecs)
+        return evaluate_sasv(scored, what, sasv_writer(self.run, name, rows.trials, report=report),
+                             cause=f"they lack an embedding in {self.folder}")
 
     def validate(self, epoch: int) -> dict[str, Any]:
-        dev = self._metrics(self.dev, f"dev_epoch_{epoch + 1:03d}.txt")
-        return {**dev, "skipped_trials": int(self.dev.skipped.sum())}
+        return dev_metrics(self._evaluate(self.dev, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt"))
 
     def dev_text(self, dev: dict[str, Any]) -> str:
         return f"dev {sasv_text(dev)}"
 
     def evaluate(self) -> dict[str, Any]:
-        metrics = self._metrics(self.eval, "eval.txt")
-        return {**metrics, "n_trials": len(self.eval.trials), "n_skipped_trials": int(self.eval.skipped.sum())}
+        return self._evaluate(self.eval, "eval", "eval.txt", report=True)
 
     def eval_text(self, metrics: dict[str, Any]) -> str:
         return sasv_text(metrics)

@@ -9,7 +9,7 @@ system sasv through `aasist_weight`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +18,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data import corpus
-from data.protocols import SASV_KEYS, CMEntry
+from data.protocols import SASV_KEYS
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from models.build import build_asv_network, build_cm_network
 from models.checkpoint import load_asv_weights, load_cm_weights
 from runtime import distributed
 from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
-from scoring.countermeasure import cm_logits, cm_metrics
-from scoring.extraction import bad_audio_warning, count_unscored
 from scoring.inputs import listed_audio
+from scoring.pipeline import Writer, evaluate_cm, score_cm
 from scoring.score_files import read_asv_score_file, write_scores
+from scoring.scored_trials import ScoredTrials
 from scoring.verification import asvspoof_trials, score_trials
 from training.task import Run
 from training.tasks.subsystem import COMMON_COLUMNS, SubsystemTask
@@ -146,37 +146,32 @@ class CMTask(SubsystemTask):
             _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
         return self.criterion(logits.float(), labels), None
 
-    def _score(self, partition: str, what: str) -> tuple[np.ndarray, dict]:
-        """Bona fide logits of the partition's CM list and the counts of those not scored (bad audio)."""
-        config, bad_audio = self.config, {}
+    def _evaluate(self, partition: str, what: str, name: str) -> dict:
+        """The CM evaluation of the partition's list (scores/<name>: `UTT ATTACK KEY score`, the bona fide logit)."""
         self.model.eval()
-        paths = self.audio[partition]
-        logits = cm_logits(lambda wave: self.model(wave)[1], paths, config["test_samples"],
-                           self.run.extraction(f"the {what} scoring"), desc=f"{partition} CM", bad_audio=bad_audio)
-        scores = logits[:, 1].numpy()  # bona fide logit: higher = bona fide
-        counts = count_unscored(scores, bad_audio, sum(str(path) in bad_audio for path in paths), what)
-        if bad_audio:
-            self.run.warn(bad_audio_warning(bad_audio, counts["n_skipped_trials"], what))
-        return scores, counts
+        entries = self.dev_entries if partition == "dev" else self.eval_entries
+        scored, _ = score_cm(lambda wave: self.model(wave)[1], entries, self.audio[partition],
+                             self.config["test_samples"], self.run.extraction(f"the {what} scoring"), what,
+                             f"{partition} CM")
 
-    def _metrics(self, partition: str, entries: Sequence[CMEntry], scores: np.ndarray, name: str
-                 ) -> dict[str, float | None]:
-        if self.run.is_main:
-            columns = ([e.utterance for e in entries], [e.attack for e in entries], [e.key for e in entries])
-            write_scores(self.run.dir / "scores" / name, columns, scores)
-        result = cm_metrics(scores, np.array([e.key == "bonafide" for e in entries]), self.asv_scores(partition))
+        def scores(scored: ScoredTrials) -> None:
+            if self.run.is_main:
+                write_scores(self.run.dir / "scores" / name, (scored.utterance, scored.attack, scored.cm_keys),
+                             scored.cm)
+
+        result = evaluate_cm(scored, what, Writer(scores=scores, warn=self.run.warn), self.asv_scores(partition))
         if "min_tdcf_note" in result:
             self.run.log(f"{partition} min t-DCF undefined: {result['min_tdcf_note']}")
-        return {"eer": result["eer"], "min_tdcf": result["min_tdcf"]}
+        return result
 
     def validate(self, epoch: int) -> dict[str, float | None]:
-        scores, _ = self._score("dev", f"dev epoch {epoch + 1}")
-        return self._metrics("dev", self.dev_entries, scores, f"dev_epoch_{epoch + 1:03d}.txt")
+        result = self._evaluate("dev", f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        return {"eer": result["eer"], "min_tdcf": result["min_tdcf"]}
 
     def evaluate(self) -> dict | None:
-        scores, skipped = self._score("eval", "eval")
-        return {**self._metrics("eval", self.eval_entries, scores, "eval.txt"), "n_utterances": len(scores),
-                **skipped}
+        result = self._evaluate("eval", "eval", "eval.txt")
+        return {"eer": result["eer"], "min_tdcf": result["min_tdcf"],
+                **{name: result[name] for name in ("n_utterances", "n_skipped_utterances", "skipped_audio")}}
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         return ("epoch",) if self.config["cm_train"]["scheduler"] == "cosine" else ()  # the cosine spans all epochs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
 from scoring.extraction import EmbeddingCache
 from scoring.inputs import scoring_inputs
-from scoring.report import primary_metric, write_sasv_report
-from scoring.sasv import SASVScorer, sasv_metrics, sasv_text, skipped_summary, write_sasv_scores
+from scoring.pipeline import Writer, dev_metrics, evaluate_sasv
+from scoring.report import write_sasv_report
+from scoring.sasv import SASVScorer, sasv_text
+from scoring.score_files import write_trial_scores
+from scoring.scored_trials import ScoredTrials
 from training.frozen_cache import training_inputs
 from training.task import Run, Task
 
@@ -217,42 +221,42 @@ class SASVTask(Task):
     # ------------------------------------------------------------- metrics
     def validate(self, epoch: int) -> dict[str, Any]:
         frozen = not (self.model.train_asv and self.model.train_cm)
-        result = self.scorer.score_trials(self.dev_inputs, cache=self.embedding_cache if frozen else None)
-        dev = sasv_metrics(result.scores, [t.key for t in self.dev_inputs.trials], result.skipped)
-        if self.run.is_main:
-            write_sasv_scores(self.run.dir / "scores" / f"dev_epoch_{epoch + 1:03d}.txt", self.dev_inputs,
-                              result.scores)
-        if result.n_skipped:
-            self.run.warn(skipped_summary(result, f"dev epoch {epoch + 1}"))
-        return {**dev, "skipped_trials": result.n_skipped}
+        scored = self.scorer.score_trials(self.dev_inputs, cache=self.embedding_cache if frozen else None)
+        result = evaluate_sasv(scored, f"dev epoch {epoch + 1}",
+                               sasv_writer(self.run, f"dev_epoch_{epoch + 1:03d}.txt", self.dev_inputs.trials))
+        return dev_metrics(result)
 
     def dev_text(self, dev: dict[str, Any]) -> str:
         return (f"dev SASV-EER {100 * dev['sasv_eer']:.2f}%  SV-EER {100 * dev['sv_eer']:.2f}%  "
                 f"SPF-EER {100 * dev['spf_eer']:.2f}%")
 
     def evaluate(self) -> dict[str, Any]:
-        run = self.run
         self.embedding_cache = EmbeddingCache()
         inputs = scoring_inputs(self.config, "eval")
-        result = self.scorer.score_trials(inputs)
-        if run.is_main:
-            write_sasv_scores(run.dir / "scores" / "eval.txt", inputs, result.scores)
-        metrics = sasv_metrics(result.scores, [t.key for t in inputs.trials], result.skipped)
-        if run.is_main:  # after sasv_metrics, which refuses non-finite scores with its own error
-            metrics_csv = run.dir / "metrics.csv"
-            report = write_sasv_report(run.dir / "report", str(run.dir / "scores" / "eval.txt"), inputs.trials,
-                                       result.scores, result.skipped, cm=result.cm, asv=result.asv,
-                                       codecs=inputs.codecs, first=corpus.primary_metric(self.config),
-                                       metrics_csv=metrics_csv if metrics_csv.is_file() else None,
-                                       plots=self.config["report_plots"])
-            metrics.update(primary_metric(report))
-        if result.n_skipped:
-            run.warn(skipped_summary(result, "eval"))
-        return {**metrics, "n_trials": len(inputs.trials), "n_skipped_trials": result.n_skipped,
-                "skipped_audio": dict(sorted(result.bad_audio.items()))}
+        return evaluate_sasv(self.scorer.score_trials(inputs), "eval",
+                             sasv_writer(self.run, "eval.txt", inputs.trials, report=True))
 
     def eval_text(self, metrics: dict[str, Any]) -> str:
         return sasv_text(metrics)
 
     def summary_text(self, summary: dict[str, Any]) -> str:
         return f"eval {sasv_text(summary)} ({summary['checkpoint']})"
+
+
+def sasv_writer(run: Run, name: str, trials: list, *, report: bool = False) -> Writer:
+    """The experiment folder as an evaluation's writer (systems sasv and b2): scores/<name>, and with `report`
+    the report/ folder (with the training curves of metrics.csv); under torchrun rank 0 alone writes."""
+    path = run.dir / "scores" / name
+
+    def scores(scored: ScoredTrials) -> None:
+        if run.is_main:
+            write_trial_scores(path, trials, scored.sasv)
+
+    def write_report(scored: ScoredTrials) -> dict[str, Any]:
+        metrics_csv = run.dir / "metrics.csv"
+        return write_sasv_report(run.dir / "report", replace(scored, source=str(path)),
+                                 first=corpus.primary_metric(run.config),
+                                 metrics_csv=metrics_csv if metrics_csv.is_file() else None,
+                                 plots=run.config["report_plots"]) if run.is_main else {}
+
+    return Writer(scores=scores, report=write_report if report else None, warn=run.warn)
