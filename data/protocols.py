@@ -6,7 +6,7 @@ Every parser checks field counts, labels and duplicates and reports problems as
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import UserError
@@ -25,6 +25,8 @@ class CMEntry:
     utterance: str
     attack: str  # "-" for bona fide
     key: str  # "bonafide" or "spoof"
+    # condition column (data.corpora Corpus.condition_columns) -> this utterance's value; not part of equality
+    conditions: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
