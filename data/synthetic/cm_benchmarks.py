@@ -25,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from data.corpora.asvspoof2021 import DF_CODECS, DF_SOURCES, LA_ATTACKS, LA_CODECS, LA_TRANSMISSIONS
 from runtime.files import atomic_open
 
-from .attacks import _Job, _synthesise, _to_pcm16
-from .codecs import apply_codec
-from .corpus import _finish, _speakers, _start, _voices, _write_flac, _write_text, corpus_is_complete
+# The planners and key writers need numpy only; the synthesis (scipy, soundfile) is imported where audio is made.
 
 LAYOUT = "cm_benchmarks"
 LA_FLAC = Path("ASVspoof2021_LA_eval") / "flac"
@@ -244,6 +241,8 @@ def itw_meta_text(trials: list[Trial]) -> str:
 
 def _pool(spec: BenchmarkSpec) -> tuple[list[np.ndarray], dict[tuple[int, str | None], list[int]]]:
     """The recordings every file is cut from, and (speaker, attack or None) -> their indices."""
+    from .attacks import _Job, _synthesise
+    from .corpus import _speakers, _voices
     speakers = _speakers(spec)
     voices = _voices(spec, speakers)
     n_samples = int(spec.seconds * spec.sample_rate)
@@ -260,6 +259,8 @@ def _pool(spec: BenchmarkSpec) -> tuple[list[np.ndarray], dict[tuple[int, str | 
 
 
 def _cut(trial: Trial, pool: tuple, chain: tuple, spec: BenchmarkSpec, seed: tuple) -> np.ndarray:
+    from .attacks import _to_pcm16
+    from .codecs import apply_codec
     recordings, index = pool
     rng = np.random.default_rng(list(seed))
     # A file of this class and speaker when the pool has one, else of this class.
@@ -275,6 +276,7 @@ def _cut(trial: Trial, pool: tuple, chain: tuple, spec: BenchmarkSpec, seed: tup
 
 
 def _write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
+    import soundfile as sf
     with atomic_open(path, "wb") as handle:
         sf.write(handle, pcm, sample_rate, format="WAV", subtype="PCM_16")
 
@@ -285,6 +287,8 @@ MANAGED = (Path("ASVspoof2021_LA_eval"), Path("ASVspoof2021_DF_eval"), Path("key
 def generate_cm_benchmarks(root: Path, spec: BenchmarkSpec = BenchmarkSpec()) -> Path:
     """Write the three stand-ins under ``root`` (no-op when already complete for ``spec``); returns ``root``.
     Folders of an earlier stand-in are replaced; a root holding other data there is refused."""
+    from .corpus import _finish, _start, _write_flac, _write_text, corpus_is_complete
+
     root = Path(root)
     if corpus_is_complete(root, spec):
         return root
