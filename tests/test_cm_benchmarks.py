@@ -196,6 +196,7 @@ def test_evaluate_report_tables(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ synthetic stand-ins
 
 
+@pytest.mark.slow  # data.synthetic's package import (scipy) alone takes seconds on a shared machine
 def test_stand_in_keys_read_back() -> None:
     import tempfile
 
@@ -243,3 +244,12 @@ def test_stand_ins_in_release_layout(tmp_path: Path) -> None:
                               for k, e in enumerate(la.cm_entries("eval"))))
     trials, tables = read_cm_benchmark(scores, la.protocol("cm_keys"))
     assert tables.asv is not None and tables.cell({})["min_tdcf"] is not None
+
+
+def test_benchmark_table_has_a_column_per_set() -> None:
+    from evaluate_cm_benchmarks import benchmark_table
+    markdown, csv = benchmark_table({"asvspoof2019_la": {"eer": 0.0083, "min_tdcf": 0.0275},
+                                     "asvspoof2021_df": {"eer": 0.0285, "min_tdcf": None}})
+    assert markdown.splitlines()[0] == "| metric | 2019 LA eval | 2021 DF eval |"
+    assert markdown.splitlines()[2:] == ["| EER (%) | 0.83 | 2.85 |", "| min t-DCF | 0.0275 | - |"]
+    assert csv.splitlines()[2] == "min_tdcf,0.0275,"
