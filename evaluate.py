@@ -9,7 +9,14 @@ Inputs (one kind per call):
                                        the package's evaluation_full.py --asv_org; without it, its built-in
                                        pooled rates
   --cm SCORES --cm_keys KEYS           ASVspoof 5 Track 1 files: `filename cm-score`, `filename cm-label [attack]
-                                       [codec]`
+                                       [codec]`; or CM scores `trial score` (save_cm_score.py's score_CM_eval*.txt)
+                                       with the official keys of a CM evaluation set: ASVspoof 2021 LA / DF
+                                       keys/{LA,DF}/CM/trial_metadata.txt, In-the-Wild meta.csv (told by the
+                                       file's layout; per-condition tables, docs/cm_benchmarks.md)
+  --subset NAME                        with 2021 keys: progress, eval (default, as the organisers' package) or
+                                       hidden_track
+  --asv_keys FILE --asv_scores FILE    with 2021 LA keys: keys/LA/ASV/trial_metadata.txt and the organisers'
+                                       ASV scores, for the min t-DCF (default: those beside the CM keys, if there)
   --sasv_scores FILE --trials PROTOCOL this toolkit's `SPK UTT KEY score` (scores/eval.txt, score_SASV_eval.txt)
                                        and its trial list (`SPK UTT ATTACK KEY`, or an ASVspoof 5 Track 2 trial
                                        list); --cm_protocol takes the attack labels from a CM protocol instead
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data.protocols import ProtocolError
 from runtime.cli import run_cli
 from runtime.files import check_output_place
 from scoring.asvspoof5_files import read_sasv_score_file, read_track1, read_track2
@@ -35,7 +43,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sasv_keys", help="ASVspoof 5 Track 2 key file")
     parser.add_argument("--asv_org", help="with --sasv: the organisers' ASV scores, for the min t-DCF")
     parser.add_argument("--cm", help="ASVspoof 5 Track 1 (CM) score file")
-    parser.add_argument("--cm_keys", help="ASVspoof 5 Track 1 key file")
+    parser.add_argument("--cm_keys", help="ASVspoof 5 Track 1 key file, or the official keys of a CM evaluation "
+                                          "set (2021 LA/DF trial_metadata.txt, In-the-Wild meta.csv)")
+    parser.add_argument("--subset", help="with 2021 keys: progress, eval (default) or hidden_track")
+    parser.add_argument("--asv_keys", help="with 2021 LA keys: keys/LA/ASV/trial_metadata.txt (min t-DCF)")
+    parser.add_argument("--asv_scores", help="with --asv_keys: the organisers' ASV scores (ASVTorch_Kaldi/score.txt)")
     parser.add_argument("--sasv_scores", help="this toolkit's SASV scores, `SPK UTT KEY score`")
     parser.add_argument("--trials", help="the trial list of --sasv_scores (asv.{dev,eval}.gi.trl.txt or "
                                              "ASVspoof5.{dev,eval}.track_2.trial.tsv)")
@@ -54,19 +66,39 @@ def parse_args() -> argparse.Namespace:
         parser.error("--asv_org goes with --sasv/--sasv_keys")
     if args.cm_protocol and not args.sasv_scores:
         parser.error("--cm_protocol goes with --sasv_scores/--trials")
+    if (args.subset or args.asv_keys or args.asv_scores) and not args.cm:
+        parser.error("--subset, --asv_keys and --asv_scores go with --cm/--cm_keys")
     return args
+
+
+def _cm_evaluation_set(keys: str) -> bool:
+    """`keys` is the official keys file of a CM-only evaluation set (2021 LA / DF, In-the-Wild)."""
+    from data.corpora import corpus_for_keys
+    try:
+        return not corpus_for_keys(keys).has_sasv
+    except ProtocolError:
+        return False
 
 
 def main() -> None:
     args = parse_args()
     check_output_place(args.out, "--out")  # before the reading and the metrics, not after them
+    extend, first = None, None
     if args.sasv:
         trials = read_track2(args.sasv, args.sasv_keys, args.asv_org)
+    elif args.cm and _cm_evaluation_set(args.cm_keys):
+        from scoring.cm_conditions import read_cm_benchmark, report_extension
+        trials, tables = read_cm_benchmark(args.cm, args.cm_keys, args.subset, args.asv_keys, args.asv_scores)
+        extend, first = report_extension(tables), "eer"
     elif args.cm:
+        if args.subset or args.asv_keys or args.asv_scores:
+            raise ProtocolError(f"{args.cm_keys}: --subset / --asv_keys / --asv_scores apply to the keys of a CM "
+                                f"evaluation set (2021 LA / DF, In-the-Wild), not to ASVspoof 5 Track 1 keys")
         trials = read_track1(args.cm, args.cm_keys)
     else:
         trials = read_sasv_score_file(args.sasv_scores, args.trials, args.cm_protocol)
-    report = write_report(args.out, trials, metrics_csv=args.metrics_csv, plots_beside=True)
+    report = write_report(args.out, trials, metrics_csv=args.metrics_csv, plots_beside=True, extend=extend,
+                          first=first)
     print(f"{pooled_text(report)} -> {Path(args.out) / 'report.md'}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report["per_codec"]:
         lines += ["## Per codec", "", "Each row: the trials of that codec.", "",
                   *_table(report, report["per_codec"], "codec"), ""]
-    if not report["per_attack"] and not report["per_codec"]:
+    for column, cells in report.get("per_condition", {}).items():  # scoring.cm_conditions' other columns
+        lines += [f"## Per {column}", "", *_table(report, cells, column), ""]
+    if not report["per_attack"] and not report["per_codec"] and not report.get("per_condition"):
         lines += ["## Pooled", "", *_table(report, {}, "condition"), ""]
     full = [name for name in FULL_TABLE_METRICS if name in report["metrics"]]
     if report["per_attack_codec"] and full:
@@ -241,6 +244,8 @@ def report_csv(report: dict[str, Any]) -> str:
     rows = [(POOLED, POOLED, report[POOLED])]
     rows += [("attack", name, cell) for name, cell in report["per_attack"].items()]
     rows += [("codec", name, cell) for name, cell in report["per_codec"].items()]
+    rows += [(column, name, cell) for column, cells in report.get("per_condition", {}).items()
+             for name, cell in cells.items()]
     rows += [("attack_codec", f"{attack} {codec}", cell) for attack, row in report["per_attack_codec"].items()
              for codec, cell in row.items() if POOLED not in (attack, codec)]
     buffer = io.StringIO()
@@ -260,8 +265,8 @@ def _csv_field(text: str) -> str:
 
 def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str | Path | None = None,
                  extra_files: dict[str, str] | None = None, first: str | None = None,
-                 outputs: StagedOutputs | None = None, plots: bool = True, plots_beside: bool = False
-                 ) -> dict[str, Any]:
+                 outputs: StagedOutputs | None = None, plots: bool = True, plots_beside: bool = False,
+                 extend: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
     """Compute the report and render its plots, then write every file into `folder`, all or nothing: the files
     are staged beside the folder and moved in together, and report files of an earlier run that this one
     does not write (a plot) are deleted then. Any bad input raises before anything is written.
@@ -270,7 +275,8 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
     by the caller, with its other outputs) instead of one of the report's own. `plots`: False writes no PNG
     (config key report_plots; a bad metrics_csv is still refused). `plots_beside`: draw the plots
     of a large report (PLOTS_BESIDE_FROM trials) in a forked process while this one computes the tables, for
-    a process that holds no GPU or thread pools of its own (evaluate.py)."""
+    a process that holds no GPU or thread pools of its own (evaluate.py). `extend`: adds tables to the
+    computed report and returns markdown for the end of report.md (scoring.cm_conditions)."""
     from scoring.plots import read_training_log, render_plots  # matplotlib loads only when a plot is drawn
 
     trials = trials.kept()  # the skipped trials (score nan) are counted, not drawn
@@ -280,7 +286,8 @@ def write_report(folder: str | Path, trials: ScoredTrials, *, metrics_csv: str |
         if plots and plots_beside and len(trials) >= PLOTS_BESIDE_FROM else None
     try:
         report = build_report(trials, first)
-        texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report),
+        appendix = extend(report) if extend is not None else ""
+        texts = {"report.json": json.dumps(report, indent=2) + "\n", "report.md": report_markdown(report) + appendix,
                  "report.csv": report_csv(report), **(extra_files or {})}
         images = {} if not plots else render_plots(trials, metrics_csv) if beside is None else beside.result()
     finally:

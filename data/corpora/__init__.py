@@ -10,13 +10,18 @@ from typing import Any
 
 from data.corpora.asvspoof5 import ASVspoof5
 from data.corpora.asvspoof2019_la import ASVspoof2019LA
+from data.corpora.asvspoof2021 import ASVspoof2021DF, ASVspoof2021LA
 from data.corpora.base import Corpus, CorpusLayoutError, Enrollment, label_attacks
+from data.corpora.in_the_wild import InTheWild
 from data.protocols import ProtocolError, read_fields
 from runtime.errors import ConfigError
 
 CORPORA: dict[str, type[Corpus]] = {
     ASVspoof2019LA.name: ASVspoof2019LA,
     ASVspoof5.name: ASVspoof5,
+    ASVspoof2021LA.name: ASVspoof2021LA,
+    ASVspoof2021DF.name: ASVspoof2021DF,
+    InTheWild.name: InTheWild,
 }
 DEFAULT = ASVspoof2019LA.name
 
@@ -72,5 +77,5 @@ def corpus_for_keys(path: str | Path) -> type[Corpus]:
             return cls
     lines = read_fields(path, "protocol file")
     got = f"; got {len(lines[0][1])} fields" if lines else "; the file is empty"
-    known = ", ".join(cls.title for cls in CORPORA.values())
+    known = "; ".join(f"{cls.name}" + (f" ({cls.keys_layout})" if cls.keys_layout else "") for cls in CORPORA.values())
     raise ProtocolError(f"{path}:1: not the keys file of any corpus this toolkit reads ({known}){got}")

@@ -78,6 +78,7 @@ class Corpus:
     # Columns of its utterance (CM) lists and SASV trial lists, to tell lists that name no dataset apart.
     cm_list_columns: ClassVar[tuple[int, ...]] = ()
     trial_list_columns: ClassVar[tuple[int, ...]] = ()
+    keys_layout: ClassVar[str] = ""  # its official keys file and columns, for the error naming the known layouts
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
