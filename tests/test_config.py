@@ -129,11 +129,13 @@ def test_overrides():
 
 
 def test_override_inside_a_free_form_mapping_keeps_its_other_entries():
-    base = {"cm_model": {"architecture": "AASIST", "first_conv": 128, "filts": [70, [1, 32]]}}
-    config = build_config(base, overrides=["cm_model.filts=[16, [1, 8]]"])
-    assert config["cm_model"]["filts"] == [16, [1, 8]]
+    base = {"cm_model": {"architecture": "AASIST", "first_conv": 128, "filts": [70, [1, 32], [32, 32], [32, 64],
+                                                                               [64, 64]],
+                         "gat_dims": [64, 32], "pool_ratios": [0.5, 0.7, 0.5, 0.5], "temperatures": [2.0, 2.0, 100.0, 100.0]}}
+    config = build_config(base, overrides=["cm_model.filts=[16, [1, 8], [8, 8], [8, 16], [16, 16]]"])
+    assert config["cm_model"]["filts"] == [16, [1, 8], [8, 8], [8, 16], [16, 16]]
     assert config["cm_model"]["first_conv"] == 128 and config["cm_model"]["architecture"] == "AASIST"
-    assert base["cm_model"]["filts"] == [70, [1, 32]]  # the caller's mapping is not modified
+    assert base["cm_model"]["filts"][:2] == [70, [1, 32]]  # the caller's mapping is not modified
     with pytest.raises(ConfigError, match="'first_conv' inside 'cm_model' is not a mapping"):
         build_config(base, overrides=["cm_model.first_conv.x=1"])
 
