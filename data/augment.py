@@ -16,6 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from data.audio import random_crop, read_audio
+from runtime.schema import ConfigSection, Field
+
+# Its keys in asv_train (system asv).
+CONFIG = ConfigSection(
+    name="Augmenter",
+    fields=dict(
+        musan_dir=Field(str, None, "MUSAN folder with noise/, speech/, music/ (e.g. musan_split); enables noise "
+                        "augmentation"),
+        rir_dir=Field(str, None, "room impulse responses folder (e.g. RIRS_NOISES/simulated_rirs); enables "
+                      "reverberation"),
+    ),
+)
 
 NOISE_SNR_DB = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}
 NOISE_FILES = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}

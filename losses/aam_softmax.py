@@ -14,6 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.schema import ANGULAR_MARGIN, POSITIVE, ConfigSection, Field
+
+# Its keys, in the speaker_loss section (system sasv's auxiliary loss) and in asv_train (system asv).
+CONFIG = ConfigSection(
+    name="AAMSoftmax",
+    fields=dict(
+        margin=Field(float, 0.2, "AAM-softmax angular margin (radians)", range=ANGULAR_MARGIN),
+        scale=Field(float, 30.0, "AAM-softmax logit scale", range=POSITIVE),
+    ),
+)
+
 
 def top1_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of rows whose largest logit is at the label."""

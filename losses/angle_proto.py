@@ -16,6 +16,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losses.aam_softmax import top1_accuracy
+from runtime.schema import ANY_FINITE, POSITIVE, ConfigSection, Field
+
+# Its keys in asv_train (angleproto, and softmaxproto's prototypical half).
+CONFIG = ConfigSection(
+    name="AngleProto",
+    fields=dict(
+        # w is clamped at 1e-6 before use (no gradient below): a start <= 0 never moves
+        init_w=Field(float, 10.0, "angleproto / softmaxproto initial scale w; the __L__ entries of a "
+                     "voxceleb_trainer asv_weight file replace it", range=POSITIVE),
+        init_b=Field(float, -5.0, "angleproto / softmaxproto initial bias b; the __L__ entries of a "
+                     "voxceleb_trainer asv_weight file replace it", range=ANY_FINITE),
+    ),
+)
 
 MIN_SCALE = 1e-6
 

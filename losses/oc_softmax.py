@@ -10,6 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.schema import COSINE, POSITIVE, ConfigSection, Field
+
+# Its keys in the `optim` section (models/sasv.py's rule ties oc_dim to the back-end's last width).
+CONFIG = ConfigSection(
+    name="OCSoftmax",
+    fields=dict(
+        r_real=Field(float, 0.8, "OC-softmax margin for target bona fide", range=COSINE),
+        r_fake=Field(float, 0.2, "OC-softmax margin for other trials", range=COSINE),
+        alpha=Field(float, 10.0, "OC-softmax scale", range=POSITIVE),
+        oc_dim=Field(int, 256, "OC-softmax feature size; must equal backend.hidden_dims[-1]", range=POSITIVE),
+    ),
+)
+
 
 class OCSoftmax(nn.Module):
     """forward(feats [B, D], labels [B]) -> (loss, score [B]); label 0 = target bona fide,

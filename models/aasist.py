@@ -16,7 +16,72 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.schema import POSITIVE, ConfigSection, Field, Invalid, Range, widths
+
 REQUIRED_CONFIG_KEYS = ("filts", "gat_dims", "pool_ratios", "temperatures", "first_conv")
+
+
+def min_samples(first_conv: int) -> int:
+    """AASIST's sinc convolution (kernel first_conv, made odd) drops kernel - 1 samples, then a max-pool by 3
+    and six residual blocks each max-pool the frames by 3: at least 3**7 outputs of the convolution are needed."""
+    kernel = first_conv + 1 if first_conv % 2 == 0 else first_conv
+    return 3 ** 7 + kernel - 1
+
+
+def _numbers(values: Mapping, key: str, count: int) -> None:
+    value = values[key]
+    if not isinstance(value, list) or len(value) != count or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise Invalid(key, f"must be a list of {count} numbers, got {value!r}")
+
+
+def _check_shapes(values: Mapping) -> None:
+    """What the constructor indexes and chains: filts = [sinc bands, [1, c1], [c1, c2], [c2, c3], [c3, c3]]
+    (the encoder's first block takes the one-channel spectrogram, each block the previous one's channels, and
+    the last entry serves three blocks), four pool ratios and four temperatures."""
+    filts = values["filts"]
+    if len(filts) != 5 or not (isinstance(filts[0], int) and not isinstance(filts[0], bool)) or \
+            not all(isinstance(pair, list) and len(pair) == 2 and
+                    all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in pair) for pair in filts[1:]):
+        raise Invalid("filts", f"must be [sinc bands, [1, c1], [c1, c2], [c2, c3], [c3, c3]] (positive integers), "
+                               f"got {filts!r}")
+    if filts[0] < 3:
+        raise Invalid("filts[0]", f"must be at least 3 (a max-pool by 3 makes the spectral nodes), got {filts[0]}")
+    if filts[1][0] != 1:
+        raise Invalid("filts[1][0]", f"must be 1 (the first block reads the one-channel spectrogram), "
+                                     f"got {filts[1][0]}")
+    for index in (2, 3, 4):
+        if filts[index][0] != filts[index - 1][1]:
+            raise Invalid(f"filts[{index}][0]", f"must equal filts[{index - 1}][1] ({filts[index - 1][1]}), the "
+                                                f"channels of the block before, got {filts[index][0]}")
+    if filts[4][1] != filts[4][0]:
+        raise Invalid("filts[4][1]", f"must equal filts[4][0] ({filts[4][0]}): the last entry serves three blocks "
+                                     f"in a row, got {filts[4][1]}")
+    _numbers(values, "pool_ratios", 4)
+    _numbers(values, "temperatures", 4)
+
+
+# The CM model_config keys of this network (`cm_model` inline, or the aasist_config file's model_config); the
+# defaults are AASIST.conf's and apply when neither is given. A model_config that is given must hold every
+# required key, as the original's.
+CONFIG = ConfigSection(
+    name="AASIST",
+    fields=dict(
+        architecture=Field(str, "AASIST", "the network's name in models.CM_NETWORKS"),
+        nb_samp=Field(int, 64600, "the original's input length; unused (test_samples / cm_train.samples set it)",
+                      range=POSITIVE),
+        first_conv=Field(int, 128, "sinc filter length, in samples", range=POSITIVE, required=True),
+        filts=Field(list, [70, [1, 32], [32, 32], [32, 64], [64, 64]], "sinc bands, then the (in, out) channels of "
+                    "the encoder's residual blocks", required=True),
+        gat_dims=widths([64, 32], "graph attention widths; the embedding is 5 x gat_dims[1]", length=2, required=True),
+        pool_ratios=Field(list, [0.5, 0.7, 0.5, 0.5], "graph pooling ratios (the third serves all four "
+                          "heterogeneous pools)", range=Range(0, 1, low_open=True), required=True),
+        temperatures=Field(list, [2.0, 2.0, 100.0, 100.0], "graph attention temperatures", range=POSITIVE,
+                           required=True),
+    ),
+    checks=(_check_shapes,),
+    min_samples=lambda values: (min_samples(values["first_conv"]), f"first_conv {values['first_conv']}"),
+)
 
 
 def sinc_band_pass(out_channels: int, kernel_size: int, sample_rate: int = 16000) -> Tensor:
@@ -215,6 +280,8 @@ class AASIST(nn.Module):
     logit index 1 is bona fide. In training mode the returned embedding is the one after dropout,
     as in the original.
     """
+
+    config = CONFIG
 
     def __init__(self, model_config: Mapping) -> None:
         super().__init__()

@@ -11,9 +11,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from runtime.schema import ConfigSection, widths
+
+# The b2 section's network key (the section's training keys are the b2 task's).
+CONFIG = ConfigSection(
+    name="B2Backend",
+    fields=dict(hidden_dims=widths([256, 128, 64], "widths of the DNN's hidden layers (Linear + LeakyReLU 0.3 each; "
+                                   "the baseline's dnn_l_nodes)")),
+)
+
 
 class B2Backend(nn.Module):
     """(enrollment ASV [B, A], test ASV [B, A], test CM [B, C]) -> logits [B, 2]."""
+
+    config = CONFIG
 
     def __init__(self, asv_dim: int, cm_dim: int, hidden_dims: Sequence[int] = (256, 128, 64),
                  negative_slope: float = 0.3) -> None:

@@ -12,8 +12,39 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import Tensor, nn
+
+from runtime.schema import POSITIVE, ConfigSection, Field, Invalid, Range, widths
+
+# ResNetSE34V2's centred 512-point STFT reflect-pads the waveform by 256 samples, which needs more input than
+# the padding; the hop (160) and the stride-2 stages then always leave a frame (measured:
+# tests/test_hostile_input.py runs it at and below this length).
+MIN_SAMPLES = 257
+
+
+def _mel_bands_halve_three_times(values) -> None:
+    if values["n_mels"] % 8:
+        raise Invalid("n_mels", f"must be a multiple of 8 (three stride-2 stages halve the mel axis), "
+                                f"got {values['n_mels']}")
+
+
+# The asv_model keys of this network (besides `architecture`): the constructor's keyword arguments.
+CONFIG = ConfigSection(
+    name="ResNetSE34V2",
+    fields=dict(
+        n_out=Field(int, 512, "speaker embedding size", range=POSITIVE),
+        encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling",
+                           choices=("ASP", "SAP")),
+        n_mels=Field(int, 64, "mel bands", range=Range(8)),  # and a multiple of 8
+        feature_norm=Field(str, "instance", "log-mel normalisation: instance (the original: per band over time) or "
+                           "utterance (one mean/std per utterance, keeps the long-term spectrum)",
+                           choices=("instance", "utterance")),
+        layers=widths([3, 4, 6, 3], "SE basic blocks per stage", length=4),
+        num_filters=widths([32, 64, 128, 256], "channels per stage", length=4),
+    ),
+    checks=(_mel_bands_halve_three_times,),
+    min_samples=lambda values: (MIN_SAMPLES, "512-point STFT"),
+)
 
 
 class PreEmphasis(nn.Module):
@@ -80,10 +111,14 @@ class ResNetSE34V2(nn.Module):
     forward(waveform [B, T] float) -> embedding [B, n_out].
     """
 
+    config = CONFIG
+
     def __init__(self, n_out: int = 512, encoder_type: str = "ASP", n_mels: int = 64,
                  layers: Sequence[int] = (3, 4, 6, 3), num_filters: Sequence[int] = (32, 64, 128, 256),
                  log_input: bool = True, sample_rate: int = 16000, n_fft: int = 512,
                  win_length: int = 400, hop_length: int = 160, feature_norm: str = "instance") -> None:
+        import torchaudio  # here, not at the top: reading CONFIG (config validation) stays cheap
+
         super().__init__()
         if feature_norm not in ("instance", "utterance"):
             raise ValueError(f"ResNetSE34V2: feature_norm must be 'instance' or 'utterance', got {feature_norm!r}")

@@ -14,9 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.schema import ConfigSection, Invalid, widths
+
+
+def _feature_size_matches_the_loss(config) -> None:
+    """The back-end's last width is the feature the OC-softmax scores (losses/oc_softmax.py's optim.oc_dim)."""
+    if config["optim"]["oc_dim"] != config["backend"]["hidden_dims"][-1]:
+        raise Invalid("optim.oc_dim", f"({config['optim']['oc_dim']}) must equal backend.hidden_dims[-1] "
+                                      f"({config['backend']['hidden_dims'][-1]})")
+
+
+# The `backend` section: the fusion back-end's widths.
+CONFIG = ConfigSection(
+    name="SASVBackend",
+    fields=dict(
+        conv_channels=widths([64, 128, 256], "channels of the three fusion Conv1d blocks", length=3),
+        hidden_dims=widths([512, 256], "fusion MLP widths (two); the last one is the OC-softmax feature size",
+                           length=2),
+    ),
+    rules=(_feature_size_matches_the_loss,),
+)
+
 
 class SASVBackend(nn.Module):
     """forward(asv_enrollment [B, asv_dim], asv_test [B, asv_dim], cm_embedding [B, cm_dim]) -> [B, feat_dim]."""
+
+    config = CONFIG
 
     def __init__(self, asv_dim: int = 512, cm_dim: int = 160, conv_channels: Sequence[int] = (64, 128, 256),
                  pooled_length: int = 4, hidden_dims: Sequence[int] = (512, 256),

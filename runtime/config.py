@@ -1,10 +1,12 @@
-"""Experiment configuration: one schema, validated in one place.
+"""Experiment configuration: loaded, merged and validated here, declared beside the code that reads it.
 
 A `.conf` file is a YAML flow mapping (the original repo's JSON-like files,
-trailing commas included, load unchanged). Every key is declared in SCHEMA with
-its type, default and meaning, and every numeric key has its range in RANGES;
-unknown keys, keys given twice, wrong types, NaN/inf and out-of-range values and
-missing sections are errors that name the key.
+trailing commas included, load unchanged). Every key is a runtime.schema.Field with
+its type, default, meaning, range and resume policy: the run-wide keys in SCHEMA below,
+a component's keys in its own file (networks, back-ends, losses, augmentation: each module's
+CONFIG, a runtime.schema.ConfigSection, also with the rules between keys). Unknown keys, keys
+given twice, wrong types, NaN/inf and out-of-range values, values a network cannot be built
+with and missing sections are errors that name the key.
 """
 from __future__ import annotations
 
@@ -15,24 +17,38 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from data.augment import CONFIG as AUGMENTER
 from data.corpora import CORPORA, corpus_class, corpus_names, corpus_of
+from losses.aam_softmax import CONFIG as AAM_SOFTMAX
+from losses.angle_proto import CONFIG as ANGLE_PROTO
+from losses.oc_softmax import CONFIG as OC_SOFTMAX
+from models.aasist import CONFIG as AASIST_CONFIG
+from models.aasist import min_samples as aasist_min_samples  # noqa: F401  (re-exported for the tests)
+from models.b2_backend import CONFIG as B2_BACKEND
+from models.resnet_se34v2 import CONFIG as RESNET
+from models.resnet_se34v2 import MIN_SAMPLES as ASV_MIN_SAMPLES  # noqa: F401  (re-exported)
+from models.sasv import CONFIG as SASV_BACKEND
 from runtime.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Field:
-    kind: type | tuple[type, ...]
-    default: Any
-    doc: str
-    choices: tuple[Any, ...] | None = None
-    ignored: bool = False  # accepted for compatibility with the original configs, never read
+from runtime.schema import (  # noqa: F401  (Range and the ranges are re-exported)
+    ANGULAR_MARGIN,
+    ANY_FINITE,
+    COSINE,
+    DECAY_FACTOR,
+    POSITIVE,
+    SEED,
+    ZERO_OR_MORE,
+    ConfigSection,
+    Field,
+    Invalid,
+    Range,
+    check_field,
+)
 
 
 def _section(**fields: Field | dict) -> dict:
@@ -45,7 +61,7 @@ _PROTOCOL_DEFAULTS = {key: name for corpus in CORPORA.values() for key, name in 
 
 SCHEMA: dict = _section(
     config_name=Field(str, None, "a name recorded in config.conf (defaults to the config file stem); the "
-                                 "experiment folder is <output_dir>/<config file stem>"),
+                                 "experiment folder is <output_dir>/<config file stem>", resume=True),
     dataset=Field(str, "asvspoof2019_la", "the corpus layout under dirs.database: asvspoof2019_la (ASVspoof 2019 LA "
                   "with the SASV 2022 protocols, dirs.cm_* / dirs.sasv_*) or asvspoof5 (the ASVspoof 5 release: "
                   "flac_T/, flac_D/, flac_E_eval/ and the dirs.asvspoof5_* lists; docs/asvspoof5.md); any name in "
@@ -55,33 +71,35 @@ SCHEMA: dict = _section(
                  "speaker model, see asv_train), cm (AASIST countermeasure, see cm_train) or b2 (the SASV 2022 "
                  "baseline B2 back-end on pre-extracted embeddings, see b2); asv and cm write "
                  "weights/best.ckpt, which asv_weight / aasist_weight accept; any name in training.tasks.TASKS"),
-    seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler"),
+    seed=Field(int, 1234, "seed for python, numpy, torch and the trial sampler", range=SEED),
     batch_size=Field(int, 20, "per optimisation step: training trials (sasv, b2), speakers (asv; "
                               "asv_train.n_per_speaker utterances each) or utterances (cm); under torchrun all "
-                              "processes together, batch_size / N each"),
-    eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring"),
-    epoch=Field(int, 20, "number of training epochs"),
+                              "processes together, batch_size / N each", range=POSITIVE),
+    eval_batch_size=Field(int, 32, "utterances per batch when extracting embeddings for scoring", range=POSITIVE,
+                          resume=True),
+    epoch=Field(int, 20, "number of training epochs", range=POSITIVE, resume=True),
     trials_per_epoch=Field(int, None, "training trials per epoch; default: number of utterances in the training CM "
-                                      "protocol (as the original)"),
+                                      "protocol (as the original)", range=POSITIVE),
     save_top_k=Field(int, 3, "keep this many best checkpoints by the dev metric (plus last.ckpt): SASV-EER (sasv, b2); "
-                              "asv: EER; cm: cm_train.select_by"),
-    val_interval_epoch=Field(int, 1, "validate on the dev trials every N epochs"),
+                              "asv: EER; cm: cm_train.select_by", range=POSITIVE),
+    val_interval_epoch=Field(int, 1, "validate on the dev trials every N epochs", range=POSITIVE),
     checkpoint_interval_steps=Field(int, 0, "also save a resumable weights/last.ckpt every N optimisation steps, so "
                                     "that a hard kill loses at most N steps; 0: only at the end of each epoch and "
-                                    "on SIGINT/SIGTERM"),
+                                    "on SIGINT/SIGTERM", range=ZERO_OR_MORE, resume=True),
     nonfinite_loss=Field(str, "error", "NaN/inf training loss: error stops, naming the step (weights/last.ckpt keeps "
                          "the last good state); skip leaves that batch out (no update) and counts it in metrics.csv "
-                         "(skipped_batches)", choices=("error", "skip")),
+                         "(skipped_batches)", choices=("error", "skip"), resume=True),
     on_bad_audio=Field(str, "error", "missing, corrupt, empty, shorter than 100 ms (data.audio.MIN_AUDIO_MS), NaN/inf "
                        "or implausibly loud (|x| > 32), or wrong-rate/"
                        "multi-channel (unless resample) audio: error stops with one line naming the file; skip draws "
                        "another training trial (sasv) or utterance of the same speaker / class (asv / cm) instead "
                        "and, in scoring, marks the "
                        "trials that need the file (score nan, left out of the metrics, counted as "
-                       "n_skipped_trials)", choices=("error", "skip")),
+                       "n_skipped_trials)", choices=("error", "skip"), resume=True),
     report_plots=Field(bool, True, "draw the evaluation report's PNG plots (DET curves, histograms, a-DCF, training "
-                       "curves); false writes the tables alone, a second or two sooner per report (sweeps, tests)"),
-    gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables"),
+                       "curves); false writes the tables alone, a second or two sooner per report (sweeps, tests)",
+                       resume=True),
+    gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables", range=ZERO_OR_MORE),
     model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; "
                      "ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",
                      choices=("ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC_fixed")),
@@ -97,19 +115,21 @@ SCHEMA: dict = _section(
                          choices=(None, "four_class", "two_class")),
     train_crop=Field(str, "first", "training crop: first (the original: first N samples, tiled when shorter) or random",
                      choices=("first", "random")),
-    train_samples=Field(int, 64600, "samples per training utterance"),
-    test_samples=Field(int, 64600, "samples per test utterance when scoring"),
+    train_samples=Field(int, 64600, "samples per training utterance", range=POSITIVE),
+    test_samples=Field(int, 64600, "samples per test utterance when scoring", range=POSITIVE),
     enrollment_samples=_section(
         dev=Field(int, 960000, "enrollment waveform length for dev scoring (original read_waveform_eval_1); "
-                  "dataset asvspoof5: the length each enrollment utterance is cut or tiled to, default test_samples"),
+                  "dataset asvspoof5: the length each enrollment utterance is cut or tiled to, default test_samples",
+                  range=POSITIVE),
         eval=Field(int, 1440000, "enrollment waveform length for eval scoring (original read_waveform_eval_2); "
-                   "dataset asvspoof5: as dev"),
+                   "dataset asvspoof5: as dev", range=POSITIVE),
     ),
-    sample_rate=Field(int, 16000, "expected sampling rate"),
+    # telephone to studio rates; 16 for 16000 would resample to nothing
+    sample_rate=Field(int, 16000, "expected sampling rate", range=Range(4000, 192000)),
     audio_ext=Field(str, "flac", "file extension of the utterances in ASVspoof2019_LA_<part>/flac/",
                     choices=("flac", "wav")),
     resample=Field(bool, False, "resample / down-mix audio that is not 16 kHz mono instead of refusing it"),
-    device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu"),
+    device=Field(str, "auto", "auto (CUDA when present), cuda, cuda:N or cpu", resume=True),
     amp=Field(str, "auto", "mixed precision of training: auto (bf16 on CUDA, off on CPU), bf16, fp16 (with a "
               "grad scaler) or off, on CUDA and CPU alike; scoring is always fp32",
               choices=("auto", "bf16", "fp16", "off")),
@@ -119,10 +139,10 @@ SCHEMA: dict = _section(
                   "trained, or the stage's network (inductor: Triton kernels on CUDA, C++ built with the system "
                   "compiler on CPU; ignored under torchrun on CUDA, where SyncBatchNorm cannot be compiled). "
                   "When the compiler fails (at the first call, a new shape or the first backward pass), one "
-                  "warning line names the cause and the run goes on eagerly, with the eager numbers"),
+                  "warning line names the cause and the run goes on eagerly, with the eager numbers", resume=True),
     cache_frozen_embeddings=Field(bool, True, "with frozen ASV and CM and train_crop first, embed each training "
                                   "utterance once, cache the embeddings on disk (dirs.embedding) and train the "
-                                  "back-end on them; false runs the frozen networks every batch"),
+                                  "back-end on them; false runs the frozen networks every batch", resume=True),
     asv_weight=Field(str, None, "initial ASV weights: voxceleb_trainer .model (e.g. baseline_v2_ap.model) or a "
                      "joint checkpoint"),
     aasist_config=Field(str, None, "AASIST JSON config; its model_config builds the CM network"),
@@ -130,61 +150,44 @@ SCHEMA: dict = _section(
     init_checkpoint=Field(str, None, "initialise the parts a joint checkpoint holds (Lightning .ckpt or ours); "
                           "asv_weight / aasist_weight fill in only the parts it does not hold (a _fixed model's "
                           "checkpoint holds the back-end only)"),
+    # The ASV network's keys are its own (models/resnet_se34v2.py CONFIG for the default); another
+    # asv_model.architecture brings the keys of its class's `config` (_asv_fields).
     asv_model=_section(
         architecture=Field(str, "ResNetSE34V2", "ASV network, by its name in models.ASV_NETWORKS"),
-        n_out=Field(int, 512, "speaker embedding size"),
-        encoder_type=Field(str, "ASP", "attentive statistics (ASP) or self-attentive (SAP) pooling",
-                           choices=("ASP", "SAP")),
-        n_mels=Field(int, 64, "mel bands"),
-        feature_norm=Field(str, "instance", "log-mel normalisation: instance (the original: per band over time) or "
-                           "utterance (one mean/std per utterance, keeps the long-term spectrum)",
-                           choices=("instance", "utterance")),
-        layers=Field(list, [3, 4, 6, 3], "SE basic blocks per stage"),
-        num_filters=Field(list, [32, 64, 128, 256], "channels per stage"),
+        **RESNET.fields,
     ),
     cm_model=Field(dict, None, "AASIST model_config written inline; overrides aasist_config; its `architecture` "
                    "names the CM network in models.CM_NETWORKS"),
-    backend=_section(
-        conv_channels=Field(list, [64, 128, 256], "channels of the three fusion Conv1d blocks"),
-        hidden_dims=Field(list, [512, 256], "fusion MLP widths; the last one is the OC-softmax feature size"),
-    ),
+    backend=_section(**SASV_BACKEND.fields),
     optimizer=Field(str, "adam", "optimiser", choices=("adam",)),
     optim=_section(
-        lr=Field(float, 5e-5, "learning rate"),
-        wd=Field(float, 1e-4, "weight decay"),
-        gamma=Field(float, 0.95, "ExponentialLR decay factor"),
-        scheduler_interval=Field(int, 200, "apply the decay every N optimisation steps"),
+        lr=Field(float, 5e-5, "learning rate", range=POSITIVE),
+        wd=Field(float, 1e-4, "weight decay", range=ZERO_OR_MORE),
+        gamma=Field(float, 0.95, "ExponentialLR decay factor", range=DECAY_FACTOR),
+        scheduler_interval=Field(int, 200, "apply the decay every N optimisation steps", range=POSITIVE),
         scheduler=Field(str, "keras", "unused by the original", ignored=True),
-        r_real=Field(float, 0.8, "OC-softmax margin for target bona fide"),
-        r_fake=Field(float, 0.2, "OC-softmax margin for other trials"),
-        alpha=Field(float, 10.0, "OC-softmax scale"),
-        oc_dim=Field(int, 256, "OC-softmax feature size; must equal backend.hidden_dims[-1]"),
+        **OC_SOFTMAX.fields,
     ),
     loader=_section(
-        n_workers=Field(int, 4, "DataLoader worker processes"),
+        n_workers=Field(int, 4, "DataLoader worker processes", range=ZERO_OR_MORE, resume=True),
     ),
     speaker_loss=_section(
         weight=Field(float, 0.0, "system sasv: weight of an auxiliary AAM-softmax speaker-classification loss on "
                      "the ASV embeddings of the bona fide training utterances, added to the SASV loss (0 = off, the "
-                     "original recipe; needs a trainable ASV sub-system)"),
-        margin=Field(float, 0.2, "its angular margin (radians)"),
-        scale=Field(float, 30.0, "its logit scale"),
+                     "original recipe; needs a trainable ASV sub-system)", range=ZERO_OR_MORE),
+        **AAM_SOFTMAX.fields,
     ),
     asv_train=_section(
         loss=Field(str, "aamsoftmax", "system asv: speaker loss, aamsoftmax (additive angular margin), angleproto "
                    "(angular prototypical) or softmaxproto (softmax + angular prototypical, the recipe of "
                    "voxceleb_trainer's baseline_v2_ap)", choices=("aamsoftmax", "angleproto", "softmaxproto")),
-        margin=Field(float, 0.2, "aamsoftmax angular margin (radians)"),
-        scale=Field(float, 30.0, "aamsoftmax logit scale"),
-        init_w=Field(float, 10.0, "angleproto / softmaxproto initial scale w; the __L__ entries of a "
-                     "voxceleb_trainer asv_weight file replace it"),
-        init_b=Field(float, -5.0, "angleproto / softmaxproto initial bias b; the __L__ entries of a "
-                     "voxceleb_trainer asv_weight file replace it"),
+        **AAM_SOFTMAX.fields,
+        **ANGLE_PROTO.fields,
         n_per_speaker=Field(int, None, "utterances per speaker in a batch; default 1 (aamsoftmax), 2 (angleproto, "
-                            "softmaxproto, which need >= 2; a batch then never holds a speaker twice)"),
+                            "softmaxproto, which need >= 2; a batch then never holds a speaker twice)", range=POSITIVE),
         max_per_speaker=Field(int, 500, "at most this many utterances of a speaker per epoch (voxceleb_trainer's "
-                              "max_seg_per_spk)"),
-        samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled"),
+                              "max_seg_per_spk)", range=POSITIVE),
+        samples=Field(int, 32000, "random training crop, in samples (2 s); shorter files are tiled", range=POSITIVE),
         train_list=Field(str, None, "VoxCeleb-style training list, 'speaker_id relative/path.wav' per line; default: "
                          "the bona fide utterances of the dataset's training list (dirs.cm_trn_list or "
                          "dirs.asvspoof5_train_list)"),
@@ -199,25 +202,23 @@ SCHEMA: dict = _section(
                          "embedding of its dirs.enrollment_dir file cut to enrollment_samples (file, as the SASV "
                          "model)",
                          choices=("utterances", "file")),
-        musan_dir=Field(str, None, "MUSAN folder with noise/, speech/, music/ (e.g. musan_split); enables noise "
-                        "augmentation"),
-        rir_dir=Field(str, None, "room impulse responses folder (e.g. RIRS_NOISES/simulated_rirs); enables "
-                      "reverberation"),
-        lr=Field(float, 0.001, "Adam learning rate (voxceleb_trainer)"),
-        wd=Field(float, 0.0, "Adam weight decay"),
-        lr_decay=Field(float, 0.95, "multiply the learning rate by this every lr_decay_epochs epochs (StepLR)"),
-        lr_decay_epochs=Field(int, 10, "epochs between learning-rate decays"),
+        **AUGMENTER.fields,
+        lr=Field(float, 0.001, "Adam learning rate (voxceleb_trainer)", range=POSITIVE),
+        wd=Field(float, 0.0, "Adam weight decay", range=ZERO_OR_MORE),
+        lr_decay=Field(float, 0.95, "multiply the learning rate by this every lr_decay_epochs epochs (StepLR)",
+                       range=DECAY_FACTOR),
+        lr_decay_epochs=Field(int, 10, "epochs between learning-rate decays", range=POSITIVE),
     ),
     cm_train=_section(
-        lr=Field(float, 0.0001, "system cm: Adam base learning rate (aasist optim_config base_lr)"),
-        lr_min=Field(float, 0.000005, "final learning rate of the cosine schedule (aasist lr_min)"),
-        betas=Field(list, [0.9, 0.999], "Adam betas"),
-        wd=Field(float, 0.0001, "Adam weight decay"),
+        lr=Field(float, 0.0001, "system cm: Adam base learning rate (aasist optim_config base_lr)", range=POSITIVE),
+        lr_min=Field(float, 0.000005, "final learning rate of the cosine schedule (aasist lr_min)", range=ZERO_OR_MORE),
+        betas=Field(list, [0.9, 0.999], "Adam betas", range=Range(0, 1, high_open=True)),
+        wd=Field(float, 0.0001, "Adam weight decay", range=ZERO_OR_MORE),
         amsgrad=Field(bool, False, "AMSGrad variant of Adam"),
         scheduler=Field(str, "cosine", "cosine: per-step cosine decay from lr to lr_min over all epochs (aasist); "
                         "constant: no decay", choices=("cosine", "constant")),
-        class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [spoof, bona fide] (aasist)"),
-        samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled"),
+        class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [spoof, bona fide] (aasist)", range=ZERO_OR_MORE),
+        samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled", range=POSITIVE),
         freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch "
                        "(aasist)"),
         select_by=Field(str, "eer", "dev metric that ranks checkpoints: eer (as aasist) or min_tdcf (needs ASV scores)",
@@ -288,27 +289,26 @@ SCHEMA: dict = _section(
                          "eval}.pk, cm_embd_{trn,dev,eval}.pk and spk_model_{dev,eval}.pk; training trials are drawn "
                          "from the dataset's training list (trial_sampling), dev / eval trials are its trial lists "
                          "(dirs.sasv_{dev,eval}_trial or dirs.asvspoof5_{dev,eval}_trial)"),
-        hidden_dims=Field(list, [256, 128, 64], "widths of the DNN's hidden layers (Linear + LeakyReLU 0.3 each; "
-                          "the baseline's dnn_l_nodes)"),
+        **B2_BACKEND.fields,
         enrollment=Field(str, "utterance", "enrollment side of a training trial: utterance (the baseline: the ASV "
                          "embedding of one bona fide utterance of the claimed speaker, another than the test one in "
                          "a target trial) or speaker_model (the mean of the speaker's bona fide training "
                          "embeddings, the test utterance left out, like the dev / eval speaker models)",
                          choices=("utterance", "speaker_model")),
-        lr=Field(float, 0.0001, "Adam learning rate (the baseline's)"),
-        wd=Field(float, 0.001, "Adam weight decay (the baseline's)"),
+        lr=Field(float, 0.0001, "Adam learning rate (the baseline's)", range=POSITIVE),
+        wd=Field(float, 0.001, "Adam weight decay (the baseline's)", range=ZERO_OR_MORE),
         lr_decay=Field(float, 0.0001, "per-step Keras-style decay, lr / (1 + lr_decay * step) (the baseline's "
-                       "keras scheduler); 0: constant"),
+                       "keras scheduler); 0: constant", range=ZERO_OR_MORE),
         class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [other trials, target bona fide] (the "
-                            "baseline's loss_weight)"),
+                            "baseline's loss_weight)", range=ZERO_OR_MORE),
     ),
     demo_corpus=_section(
         root=Field(str, None, "when set, generate the synthetic demo corpus here if it is missing (see "
-                   "data/synthetic/)"),
-        size=Field(str, "demo", "corpus size", choices=("demo", "tiny")),
-        seed=Field(int, 0, "corpus seed"),
+                   "data/synthetic/)", resume=True),
+        size=Field(str, "demo", "corpus size", choices=("demo", "tiny"), resume=True),
+        seed=Field(int, 0, "corpus seed", range=SEED, resume=True),
         layout=Field(str, "asvspoof2019", "file layout: the ASVspoof 2019 LA one, or the ASVspoof 5 public "
-                     "release's (docs/demo.md)", choices=("asvspoof2019", "asvspoof5")),
+                     "release's (docs/demo.md)", choices=("asvspoof2019", "asvspoof5"), resume=True),
     ),
 )
 
@@ -368,6 +368,51 @@ def _unknown_key(key: str, section: dict, prefix: str, source: str) -> ConfigErr
     return ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
 
 
+def network_section(kind: str, name: str, where: str = "") -> ConfigSection:
+    """The declaration of the network registered as `name` in models.ASV_NETWORKS (kind "asv") or CM_NETWORKS
+    ("cm"): its class's `config`; an unknown name is a ConfigError after `where`."""
+    from models import network_class  # the registry; the class's module is imported on first use
+
+    try:
+        network = network_class(kind, name)
+    except KeyError as error:
+        raise ConfigError(f"{where}{error.args[0]}") from None
+    return getattr(network, "config", None) or ConfigSection(fields={}, name=network.__name__)
+
+
+def asv_schema(architecture: str) -> dict:
+    """The asv_model section's schema for an ASV network: `architecture` plus the network's own keys."""
+    return {"architecture": SCHEMA["asv_model"]["architecture"], **network_section("asv", architecture).fields}
+
+
+def _switch_asv_network(target: dict, value: Mapping, source: str, origins: dict[str, str] | None) -> dict:
+    """The asv_model schema for the architecture `value` names (else the one already chosen); on a change of
+    network, `target` holds the new network's defaults, with the values set earlier for keys both declare."""
+    current = target["architecture"]
+    name = value.get("architecture", current)
+    if not isinstance(name, str):
+        return asv_schema(current)  # _coerce reports the type
+    schema = asv_schema(name) if name == current else _asv_schema_named(name, source)
+    if name != current:
+        given = {key: target[key] for key in target if f"asv_model.{key}" in (origins or {}) and key != "architecture"}
+        dropped = sorted(key for key in given if key not in schema)
+        if dropped:
+            raise ConfigError(f"{source}: key 'asv_model.architecture' {name} has no key "
+                              f"'asv_model.{dropped[0]}' (set by {origins[f'asv_model.{dropped[0]}']})")
+        target.clear()
+        target.update({key: copy.deepcopy(item.default) for key, item in schema.items()})
+        target.update(given)
+        target["architecture"] = current  # _merge sets the new name
+    return schema
+
+
+def _asv_schema_named(name: str, source: str) -> dict:
+    try:
+        return asv_schema(name)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: key 'asv_model.architecture': {error}") from None
+
+
 def _merge(target: dict, values: Mapping, schema: dict, source: str, prefix: str = "",
            origins: dict[str, str] | None = None) -> None:
     """Validate `values` into `target`; `origins` records the source (file or --set) that set each key."""
@@ -380,6 +425,8 @@ def _merge(target: dict, values: Mapping, schema: dict, source: str, prefix: str
         if isinstance(item, dict):
             if value is None:
                 raise ConfigError(f"{source}: section '{prefix}{key}' is empty; remove it or give its keys")
+            if not prefix and key == "asv_model" and isinstance(value, Mapping):
+                item = _switch_asv_network(target[key], value, source, origins)
             _merge(target[key], value, item, source, f"{prefix}{key}.", origins)
         else:
             target[key] = _coerce(value, item, f"{prefix}{key}", source)
@@ -510,9 +557,7 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
     if config["speaker_loss"]["weight"] > 0 and not config["train_asv"]:
         raise ConfigError(f"{config.source}: speaker_loss.weight > 0 needs a trainable ASV sub-system "
                           f"(train_asv is false for {config['model_arch']})")
-    if config["optim"]["oc_dim"] != config["backend"]["hidden_dims"][-1]:
-        raise ConfigError(f"{config.source}: optim.oc_dim ({config['optim']['oc_dim']}) must equal "
-                          f"backend.hidden_dims[-1] ({config['backend']['hidden_dims'][-1]})")
+    _check_rules(config, origins or {})
     _derive_subsystem_training(config)
     _locate_protocols(config)
 
@@ -559,107 +604,19 @@ def _locate_protocols(config: Config) -> None:
     config.given = frozenset(config.given or ()) | resolved
 
 
-@dataclass(frozen=True)
-class Range:
-    """An interval of valid values; `low_open` / `high_open` exclude the bound. A list value is checked per entry."""
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def describe(self) -> str:
-        if self.high is None:
-            if self.low == 0:
-                return "positive" if self.low_open else "zero or more"
-            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+# Components whose rules span sections (ConfigSection.rules), called after every key has its value.
+COMPONENT_RULES = SASV_BACKEND.rules
 
 
-POSITIVE = Range(0, low_open=True)
-ZERO_OR_MORE = Range(0)
-ANY_FINITE = Range()
-DECAY_FACTOR = Range(0, 1, low_open=True)  # multiplies the learning rate: (0, 1]
-COSINE = Range(-1, 1)  # OC-softmax margins compare with cosine similarities
-ANGULAR_MARGIN = Range(0, round(math.pi / 2, 4))  # radians: cos(theta + m) with theta + m past pi/2 flips sign
-SEED = Range(0, 2**63 - 1)  # numpy seed sequences take no negative seed; torch.manual_seed takes 64 bits
-
-# Every numeric key of SCHEMA (ignored keys aside) and its valid values, in one place; a test checks that
-# none is missing. Sample counts also have a lower bound from the networks (_check_sample_counts).
-RANGES: dict[str, Range] = {
-    "seed": SEED,
-    "batch_size": POSITIVE,
-    "eval_batch_size": POSITIVE,
-    "epoch": POSITIVE,
-    "trials_per_epoch": POSITIVE,
-    "save_top_k": POSITIVE,
-    "val_interval_epoch": POSITIVE,
-    "checkpoint_interval_steps": ZERO_OR_MORE,
-    "gradient_clip": ZERO_OR_MORE,
-    "train_samples": POSITIVE,
-    "test_samples": POSITIVE,
-    "enrollment_samples.dev": POSITIVE,
-    "enrollment_samples.eval": POSITIVE,
-    "sample_rate": Range(4000, 192000),  # telephone to studio rates; 16 for 16000 would resample to nothing
-    "asv_model.n_out": POSITIVE,
-    "asv_model.n_mels": Range(8),  # and a multiple of 8 (_check_values)
-    "optim.lr": POSITIVE,
-    "optim.wd": ZERO_OR_MORE,
-    "optim.gamma": DECAY_FACTOR,
-    "optim.scheduler_interval": POSITIVE,
-    "optim.r_real": COSINE,
-    "optim.r_fake": COSINE,
-    "optim.alpha": POSITIVE,
-    "optim.oc_dim": POSITIVE,
-    "loader.n_workers": ZERO_OR_MORE,
-    "speaker_loss.weight": ZERO_OR_MORE,
-    "speaker_loss.margin": ANGULAR_MARGIN,
-    "speaker_loss.scale": POSITIVE,
-    "asv_train.margin": ANGULAR_MARGIN,
-    "asv_train.scale": POSITIVE,
-    "asv_train.init_w": POSITIVE,  # w is clamped at 1e-6 before use (no gradient below): a start <= 0 never moves
-    "asv_train.init_b": ANY_FINITE,
-    "asv_train.n_per_speaker": POSITIVE,
-    "asv_train.max_per_speaker": POSITIVE,
-    "asv_train.samples": POSITIVE,
-    "asv_train.lr": POSITIVE,
-    "asv_train.wd": ZERO_OR_MORE,
-    "asv_train.lr_decay": DECAY_FACTOR,
-    "asv_train.lr_decay_epochs": POSITIVE,
-    "cm_train.lr": POSITIVE,
-    "cm_train.lr_min": ZERO_OR_MORE,  # and at most cm_train.lr (_derive_subsystem_training)
-    "cm_train.betas": Range(0, 1, high_open=True),  # torch.optim.Adam refuses others
-    "cm_train.wd": ZERO_OR_MORE,
-    "cm_train.class_weights": ZERO_OR_MORE,
-    "cm_train.samples": POSITIVE,
-    "b2.lr": POSITIVE,
-    "b2.wd": ZERO_OR_MORE,
-    "b2.lr_decay": ZERO_OR_MORE,
-    "b2.class_weights": ZERO_OR_MORE,
-    "demo_corpus.seed": SEED,
-}
-
-# Shortest inputs the networks accept, measured (tests/test_hostile_input.py runs them at and below it):
-# ResNetSE34V2's centred 512-point STFT reflect-pads the waveform by 256 samples, which needs more input than
-# the padding; the hop (160) and the stride-2 stages then always leave a frame.
-ASV_MIN_SAMPLES = 257
-AASIST_DEFAULT_FIRST_CONV = 128  # AASIST.conf and AASIST-L.conf
+def _numeric_ranges() -> dict[str, Range]:
+    return {key: field.range for key, field in _fields(SCHEMA) if field.range is not None}
 
 
-def aasist_min_samples(first_conv: int) -> int:
-    """AASIST's sinc convolution (kernel first_conv, made odd) drops kernel - 1 samples, then a max-pool by 3
-    and six residual blocks each max-pool the frames by 3: at least 3**7 outputs of the convolution are needed."""
-    kernel = first_conv + 1 if first_conv % 2 == 0 else first_conv
-    return 3 ** 7 + kernel - 1
+# Every numeric key of SCHEMA (ignored keys aside) and its valid values, as the fields declare them; a test
+# checks that none is missing. Sample counts also have a lower bound from the networks (_check_sample_counts).
+RANGES: dict[str, Range] = _numeric_ranges()
+AASIST_DEFAULT_FIRST_CONV = AASIST_CONFIG.fields["first_conv"].default  # AASIST.conf and AASIST-L.conf
 
-
-# Network shapes: (key, required length or None for any non-empty list).
-_WIDTH_LISTS = (("asv_model.layers", 4), ("asv_model.num_filters", 4), ("backend.conv_channels", 3),
-                ("backend.hidden_dims", None), ("b2.hidden_dims", None))
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -696,34 +653,65 @@ def non_finite(value: Any, key: str) -> tuple[str, float] | None:
     return None
 
 
-def _cm_first_conv(config: Config) -> tuple[int, str]:
-    """AASIST's first_conv and where it comes from: cm_model, the aasist_config file, or AASIST's default."""
-    model_config, where = config["cm_model"], "cm_model.first_conv"
-    if model_config is None and config["aasist_config"]:
-        where = f"{config['aasist_config']} model_config.first_conv"
-        try:
-            model_config = json.loads(Path(config["aasist_config"]).read_text(encoding="utf-8-sig"))["model_config"]
-        except (OSError, ValueError, KeyError, TypeError):  # the model builder reports an unusable file
-            model_config = None
-    first_conv = model_config.get("first_conv") if isinstance(model_config, dict) else None
-    if isinstance(first_conv, int) and not isinstance(first_conv, bool) and first_conv > 0:
-        return first_conv, where
-    return AASIST_DEFAULT_FIRST_CONV, "AASIST's default first_conv"
+def cm_model_config(config: Config) -> tuple[dict | None, str]:
+    """The CM network's model_config and how messages name its keys: `cm_model` inline ("cm_model."), else the
+    `model_config` of the aasist_config file ("<file> model_config."), else (None, "") for AASIST's defaults.
+    An aasist_config file that cannot be read or has no model_config gives (None, file): the model builder
+    reports it (models.build.aasist_model_config)."""
+    if config["cm_model"] is not None:
+        return config["cm_model"], "cm_model."
+    path = config["aasist_config"]
+    if not path:
+        return None, ""
+    try:
+        model_config = json.loads(Path(path).read_text(encoding="utf-8-sig"))["model_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, path
+    return (model_config, "model_config.") if isinstance(model_config, dict) else (None, path)
 
 
-def _check_sample_counts(config: Config, origins: Mapping[str, str]) -> None:
-    """Crops and enrollment lengths at least as long as the networks that read them accept."""
-    first_conv, where = _cm_first_conv(config)
-    asv = (ASV_MIN_SAMPLES, "ResNetSE34V2 (512-point STFT)")
-    cm = (aasist_min_samples(first_conv), f"AASIST ({where} {first_conv})")
+def _check_cm_network(config: Config, origins: Mapping[str, str]) -> tuple[ConfigSection, dict, str]:
+    """The CM network's declared checks on its model_config; returns (its declaration, the model_config it is
+    built from, how messages name the model_config's keys)."""
+    model_config, prefix = cm_model_config(config)
+    if model_config is None:
+        return AASIST_CONFIG, AASIST_CONFIG.defaults(), "AASIST's default "
+    where = (f"{_origin(origins, 'cm_model', config.source)}: " if prefix == "cm_model." else
+             f"{config['aasist_config']}: ")
+    architecture = model_config.get("architecture", "AASIST")
+    if not isinstance(architecture, str):
+        raise ConfigError(f"{where}key '{prefix}architecture' must be a string, got {architecture!r}")
+    section = network_section("cm", architecture, f"{where}key '{prefix}architecture': ")
+    found = non_finite(model_config, prefix.rstrip("."))
+    if found is not None:
+        raise ConfigError(f"{where}key '{found[0]}' is {found[1]}; NaN and infinity are not valid values")
+    try:
+        section.validate(model_config, typed=False)
+    except Invalid as problem:
+        raise ConfigError(f"{where}key '{prefix}{problem.key}' {problem.message}") from None
+    return section, model_config, prefix if prefix == "cm_model." else f"{config['aasist_config']} {prefix}"
+
+
+def _check_sample_counts(config: Config, origins: Mapping[str, str], asv: ConfigSection,
+                         cm: tuple[ConfigSection, dict, str]) -> None:
+    """Crops and enrollment lengths at least as long as the networks that read them accept (their declared
+    min_samples)."""
+    def needs(section: ConfigSection, values: Mapping, prefix: str = "") -> list[tuple[int, str]]:
+        if section.min_samples is None:
+            return []
+        minimum, why = section.min_samples(values)
+        return [(minimum, f"{section.name} ({prefix}{why})")]
+
+    asv_needs = needs(asv, config["asv_model"])
+    cm_needs = needs(*cm)
     system = config["system"]
     readers = {
-        "train_samples": [asv, cm] if system == "sasv" else [],
-        "test_samples": {"sasv": [asv, cm], "asv": [asv], "cm": [cm]}.get(system, []),
-        "enrollment_samples.dev": [asv],
-        "enrollment_samples.eval": [asv],
-        "asv_train.samples": [asv],
-        "cm_train.samples": [cm],
+        "train_samples": asv_needs + cm_needs if system == "sasv" else [],
+        "test_samples": {"sasv": asv_needs + cm_needs, "asv": asv_needs, "cm": cm_needs}.get(system, []),
+        "enrollment_samples.dev": asv_needs,
+        "enrollment_samples.eval": asv_needs,
+        "asv_train.samples": asv_needs,
+        "cm_train.samples": cm_needs,
     }
     for key, networks in readers.items():
         value = config.get_path(key)
@@ -733,39 +721,54 @@ def _check_sample_counts(config: Config, origins: Mapping[str, str]) -> None:
                                   f"{network} accepts: at least {minimum} samples")
 
 
+def _declared_fields(config: Config) -> Iterable[tuple[str, Field]]:
+    """Every key of `config` and its declaration (asv_model: the chosen network's)."""
+    for key, field in _fields(SCHEMA):
+        if not key.startswith("asv_model."):
+            yield key, field
+    for name, field in asv_schema(config["asv_model"]["architecture"]).items():
+        yield f"asv_model.{name}", field
+
+
 def _check_values(config: Config, origins: Mapping[str, str]) -> None:
     """Values that would otherwise fail deep inside training (division by zero, bad shapes) or give numbers
-    that look right but are not (NaN learning rates, negative weight decays) are refused here."""
+    that look right but are not (NaN learning rates, negative weight decays) are refused here: each field's
+    declared range / width, then each component's declared checks and rules."""
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(f"{_origin(origins, key, config.source)}: key '{key}' {message}")
 
     found = non_finite(dict(config), "")
     if found is not None:
         raise fail(found[0], f"is {found[1]}; NaN and infinity are not valid values")
-    for key, valid in RANGES.items():
-        value = config.get_path(key)
-        values = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in values:
-            if item is None or not isinstance(item, (int, float)) or isinstance(item, bool):
-                continue  # unset (None) or a list entry of the wrong type, reported below
-            if item not in valid:
-                name = key if index is None else f"{key}[{index}]"
-                raise fail(name, f"must be {valid.describe()}, got {item}")
-    if config["asv_model"]["n_mels"] % 8:
-        raise fail("asv_model.n_mels", f"must be a multiple of 8 (three stride-2 stages halve the mel axis), "
-                                       f"got {config['asv_model']['n_mels']}")
+    try:
+        for key, field in _declared_fields(config):
+            check_field(key, field, config.get_path(key))
+    except Invalid as problem:
+        raise fail(problem.key, problem.message) from None
+    asv = network_section("asv", config["asv_model"]["architecture"])
+    for section, name in ((asv, "asv_model"), (SASV_BACKEND, "backend"), (B2_BACKEND, "b2")):
+        try:
+            for check in section.checks:
+                check(config[name])
+        except Invalid as problem:
+            raise fail(f"{name}.{problem.key}", problem.message) from None
     check_device_name(config["device"], f"{_origin(origins, 'device', config.source)}: key 'device'")
-    for key, length in _WIDTH_LISTS:
-        value = config.get_path(key)
-        if not value or (length is not None and len(value) != length) or \
-                not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            size = f"{length} positive integers" if length else "one or more positive integers"
-            raise fail(key, f"must be a list of {size}, got {value!r}")
     for section in SCHEMA["dirs"]:
         value = config["dirs"][section]
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise fail(f"dirs.{section}", f"must be a list of paths, got {value!r}")
-    _check_sample_counts(config, origins)
+    cm = _check_cm_network(config, origins)
+    _check_sample_counts(config, origins, asv, cm)
+
+
+def _check_rules(config: Config, origins: Mapping[str, str]) -> None:
+    """The components' cross-section rules (e.g. the OC-softmax feature size is the back-end's last width)."""
+    for rule in COMPONENT_RULES:
+        try:
+            rule(config)
+        except Invalid as problem:
+            raise ConfigError(f"{_origin(origins, problem.key, config.source)}: key '{problem.key}' "
+                              f"{problem.message}") from None
 
 
 def _derive_subsystem_training(config: Config) -> None:
@@ -912,13 +915,36 @@ def require_database(config: Config) -> Path:
     return corpus_of(config).require_database()
 
 
+# dirs keys a resumed run may change (the data's place, not what is trained); kept here rather than as
+# resume=True on their fields, which the corpus adapter's dirs section declares.
+_RESUME_FREE_DIRS = ("dirs.database", "dirs.enrollment_dir", "dirs.embedding")
+
+
+def resume_may_change() -> tuple[str, ...]:
+    """The keys (or sections) whose value may differ between a run and its resumption (`resume=True`)."""
+    return tuple(key for key, field in _fields(SCHEMA) if field.resume) + _RESUME_FREE_DIRS
+
+
 def describe_schema() -> str:
-    """Markdown table of every key, for the README."""
+    """Markdown table of every key, for the README: SCHEMA's, then the default CM network's model_config keys."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    cm_keys = [(f"cm_model.{name}", field) for name, field in AASIST_CONFIG.fields.items()]
     for key, field in _fields(SCHEMA):
-        doc = ("ignored. " if field.ignored else "") + field.doc
-        named = [str(choice) for choice in field.choices or () if choice is not None]  # None: not set
-        if named and not all(re.search(rf"\b{re.escape(choice)}\b", field.doc) for choice in named):
-            doc += f" (one of: {', '.join(named)})"
-        rows.append(f"| `{key}` | {_type_name(field.kind)} | `{field.default!r}` | {doc} |")
+        keys = [(key, field)] + (cm_keys if key == "cm_model" else [])
+        for name, item in keys:
+            rows.append(_schema_row(name, item, cm=name.startswith("cm_model.")))
     return "\n".join(rows)
+
+
+def _schema_row(key: str, field: Field, cm: bool = False) -> str:
+    doc = ("ignored. " if field.ignored else "") + ("AASIST model_config: " if cm else "") + field.doc
+    named = [str(choice) for choice in field.choices or () if choice is not None]  # None: not set
+    if named and not all(re.search(rf"\b{re.escape(choice)}\b", field.doc) for choice in named):
+        doc += f" (one of: {', '.join(named)})"
+    if field.range is not None:
+        doc += f"; {'each ' if isinstance(field.default, list) else ''}{field.range.describe()}"
+    if field.length is not None:
+        doc += f"; {field.length or 'one or more'} positive integers"
+    if field.resume or key in _RESUME_FREE_DIRS:
+        doc += "; may change on --resume"
+    return f"| `{key}` | {_type_name(field.kind)} | `{field.default!r}` | {doc} |"

@@ -4,8 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from torch import nn
 
+import models
 from runtime.config import ConfigError, build_config, describe_schema, load_config, parse_override, require_database
+from runtime.schema import POSITIVE, ConfigSection, Field, Invalid
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL_JOINT_CONF = """{
@@ -129,11 +132,13 @@ def test_overrides():
 
 
 def test_override_inside_a_free_form_mapping_keeps_its_other_entries():
-    base = {"cm_model": {"architecture": "AASIST", "first_conv": 128, "filts": [70, [1, 32]]}}
-    config = build_config(base, overrides=["cm_model.filts=[16, [1, 8]]"])
-    assert config["cm_model"]["filts"] == [16, [1, 8]]
+    base = {"cm_model": {"architecture": "AASIST", "first_conv": 128,
+                         "filts": [70, [1, 32], [32, 32], [32, 64], [64, 64]], "gat_dims": [64, 32],
+                         "pool_ratios": [0.5, 0.7, 0.5, 0.5], "temperatures": [2.0, 2.0, 100.0, 100.0]}}
+    config = build_config(base, overrides=["cm_model.filts=[16, [1, 8], [8, 8], [8, 16], [16, 16]]"])
+    assert config["cm_model"]["filts"] == [16, [1, 8], [8, 8], [8, 16], [16, 16]]
     assert config["cm_model"]["first_conv"] == 128 and config["cm_model"]["architecture"] == "AASIST"
-    assert base["cm_model"]["filts"] == [70, [1, 32]]  # the caller's mapping is not modified
+    assert base["cm_model"]["filts"][:2] == [70, [1, 32]]  # the caller's mapping is not modified
     with pytest.raises(ConfigError, match="'first_conv' inside 'cm_model' is not a mapping"):
         build_config(base, overrides=["cm_model.first_conv.x=1"])
 
@@ -157,3 +162,64 @@ def test_schema_table_lists_ignored_keys():
 def test_configuration_page_documents_every_key():
     page = REPO / "docs" / "configuration.md"
     assert describe_schema() in page.read_text(), "regenerate the table in docs/configuration.md with describe_schema()"
+
+
+def test_widths_the_networks_cannot_be_built_with_are_config_errors(tmp_path):
+    """Values that used to pass validation and end in a ValueError traceback while building the networks."""
+    path = write(tmp_path, '{"optim": {"oc_dim": 128}}')
+    with pytest.raises(ConfigError) as error:  # the fusion back-end has exactly two MLP widths
+        load_config(path, ["backend.hidden_dims=[512,256,128]"])
+    assert "'backend.hidden_dims'" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="'cm_model.filts\\[4\\]\\[0\\]'"):  # AASIST's blocks chain their channels
+        load_config(path, ["cm_model={architecture: AASIST, first_conv: 128, filts: [70, [1, 32], [32, 32], "
+                           "[32, 64], [32, 64]], gat_dims: [64, 32], pool_ratios: [0.5, 0.7, 0.5, 0.5], "
+                           "temperatures: [2.0, 2.0, 100.0, 100.0]}"])
+    with pytest.raises(ConfigError, match="'cm_model.filts' must be given"):
+        load_config(path, ["cm_model={first_conv: 128}"])
+    with pytest.raises(ConfigError, match="'cm_model.architecture'"):
+        load_config(path, ["cm_model={architecture: Nope}"])
+
+
+class ToyASV(nn.Module):
+    """A test network with keys of its own: `width` hidden units, `n_out` outputs."""
+
+    def _width_divides_output(values) -> None:
+        if values["n_out"] % values["width"]:
+            raise Invalid("width", f"must divide n_out ({values['n_out']}), got {values['width']}")
+
+    config = ConfigSection(name="ToyASV", fields=dict(
+        width=Field(int, 4, "hidden units", range=POSITIVE),
+        n_out=Field(int, 8, "embedding size", range=POSITIVE),
+    ), checks=(_width_divides_output,), min_samples=lambda values: (values["width"], "one frame per unit"))
+
+    def __init__(self, width: int, n_out: int, sample_rate: int) -> None:
+        super().__init__()
+        self.width, self.sample_rate = width, sample_rate
+        self.layers = nn.Sequential(nn.Linear(1, width), nn.Linear(width, n_out))
+
+
+def test_a_new_asv_network_brings_its_own_keys(tmp_path, monkeypatch):
+    from models.build import build_asv_network
+
+    monkeypatch.setitem(models.ASV_NETWORKS, "ToyASV", f"{__name__}:ToyASV")  # the one registry line
+    path = write(tmp_path, 'asv_model: {architecture: ToyASV, width: 3, n_out: 12}\noptim: {oc_dim: 256}\n')
+    config = load_config(path)
+    assert config["asv_model"] == {"architecture": "ToyASV", "width": 3, "n_out": 12}
+    network = build_asv_network(config)
+    assert isinstance(network, ToyASV) and network.width == 3 and network.layers[1].out_features == 12
+    assert load_config(path, ["asv_model.width=6"])["asv_model"]["width"] == 6
+    for override, key in (("asv_model.width=0", "asv_model.width"),  # its declared range
+                          ("asv_model.width=5", "asv_model.width"),  # its declared check
+                          ("asv_model.layers=[1,1,1,1]", "asv_model.layers"),  # ResNetSE34V2's key, not its
+                          ("asv_model.width=3.5", "asv_model.width")):  # its declared type
+        with pytest.raises(ConfigError) as error:
+            load_config(path, [override])
+        assert f"'{key}'" in str(error.value) and str(error.value).startswith(f"--set {override}")
+    with pytest.raises(ConfigError, match="'asv_train.samples' is 2"):  # its declared minimum input
+        load_config(path, ["system=asv", "asv_train.samples=2"])
+    with pytest.raises(ConfigError, match="'asv_model.architecture'.*ToyASV2"):
+        load_config(path, ["asv_model.architecture=ToyASV2"])
+    # ResNetSE34V2 keys set by the file and a switch to the toy: refused, naming the key the toy lacks.
+    resnet = write(tmp_path, '{"asv_model": {"n_mels": 40}}', "resnet.conf")
+    with pytest.raises(ConfigError, match="asv_model.n_mels"):
+        load_config(resnet, ["asv_model.architecture=ToyASV"])

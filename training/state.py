@@ -23,15 +23,13 @@ import torch
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from runtime import files
-from runtime.config import SCHEMA, Field
+from runtime.config import SCHEMA, Field, resume_may_change
 from runtime.errors import RunFailure, UserError
 from runtime.files import atomic_copy, remove_stale_temporaries
 
-# Keys that may differ between a run and its resumption without changing what is trained.
-RESUME_MAY_CHANGE = ("config_name", "epoch", "device", "eval_batch_size", "loader.n_workers",
-                     "checkpoint_interval_steps", "nonfinite_loss", "on_bad_audio", "dirs.database",
-                     "dirs.enrollment_dir", "demo_corpus", "dirs.embedding", "cache_frozen_embeddings", "compile",
-                     "report_plots")
+# Keys that may differ between a run and its resumption without changing what is trained: the fields
+# declared with resume=True (runtime.config.resume_may_change).
+RESUME_MAY_CHANGE = resume_may_change()
 
 
 _DEV_SCORES_NAME = re.compile(r"dev_epoch_(\d+)\.txt")
