@@ -43,7 +43,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_rank_shares_are_disjoint_and_each_step_holds_the_single_process_batch(world):
     batch, trials = 12, 50  # 4 whole global batches; the last 2 trials are dropped, as with one process
     used = trials - trials % batch
-    shares = [list(EpochSampler(used, rank=r, world_size=world)) for r in range(world)]
+    shares = [list(EpochSampler(trials, batch_size=batch, rank=r, world_size=world)) for r in range(world)]
     items = [item for share in shares for item in share]
     assert len(items) == len(set(items)) == used and {index for _, index in items} == set(range(used))
     rank_batch = batch // world
@@ -54,8 +54,8 @@ def test_rank_shares_are_disjoint_and_each_step_holds_the_single_process_batch(w
     # Resumed after 2 steps: each rank continues with exactly the trials no rank trained on yet.
     resumed = []
     for r in range(world):
-        sampler = EpochSampler(used, rank=r, world_size=world)
-        sampler.set_epoch(3, start=2 * rank_batch)
+        sampler = EpochSampler(trials, batch_size=batch, rank=r, world_size=world)
+        sampler.set_epoch(3, 2)  # batches done, as the trainer counts them
         resumed += list(sampler)
     assert sorted(index for _, index in resumed) == list(range(2 * batch, used))
     assert {epoch for epoch, _ in resumed} == {3}
@@ -245,7 +245,7 @@ def test_stage_samplers_give_each_rank_its_share_of_every_global_batch():
     shares = []
     for rank in range(3):
         sampler = ShuffledEpochSampler(50, seed=3, batch_size=12, rank=rank, world_size=3)
-        sampler.set_epoch(2, start=12)  # resumed after one step
+        sampler.set_epoch(2, 1)  # resumed after one step
         shares.append([index for _, index in sampler])
     for step in range(3):  # each rank loads 4 per step; together they hold the single-process batch
         assert sorted(i for share in shares for i in share[4 * step:4 * step + 4]) == \

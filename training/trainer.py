@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.datasets import iterate_batches
+from data.datasets import ResumePositionError, iterate_batches
 from models.checkpoint import CheckpointError, load_checkpoint, nonfinite_key
 from runtime import distributed
 from runtime.compiling import CompiledNetworks
@@ -236,7 +236,12 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> None:
         """Train epoch `epoch` from batch `state.batch` on (0 unless resumed mid-epoch)."""
-        batches, n_batches = self.task.start_epoch(epoch, self.state.batch)
+        try:
+            batches, n_batches = self.task.start_epoch(epoch, self.state.batch)
+        except ResumePositionError as error:  # e.g. a training protocol edited under the same path
+            raise CheckpointError(f"{self._saved_path}: cannot resume at {self.task.label}epoch {epoch + 1}: "
+                                  f"{error}; the training data changed since the checkpoint was written: restore "
+                                  f"it, or pass --overwrite to start again") from None
         if self.state.batch >= n_batches:
             return  # trained before a restart; only the validation is pending
         for module in self.task.modules():
