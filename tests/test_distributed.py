@@ -1,6 +1,7 @@
 """torchrun: 2 gloo processes train the tiny system; rank 0 writes every output once; the gathered dev and
-eval scores equal single-process scoring of the same weights; SIGTERM saves and --resume goes on.
-Plus the pieces: disjoint per-rank trial shares covering the global batches, and shard reassembly."""
+eval scores equal single-process scoring of the same weights; SIGTERM saves and --resume goes on; every
+task killed mid-epoch resumes to the uninterrupted run's weights and metrics. Plus the pieces: disjoint
+per-rank trial shares covering the global batches, and shard reassembly."""
 from __future__ import annotations
 
 import csv
