@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from data.audio import AudioError, load_waveform
 from data.corpora import corpus_class
 from data.trials import TrialSampler, trial_rng
-from runtime.errors import unwrap_worker_error, worker_died
+from runtime.errors import UserError, unwrap_worker_error, worker_died
 
 BAD_AUDIO_MODES = ("error", "skip")
 MAX_REDRAWS = 100  # consecutive training draws that hit bad audio before giving up
@@ -106,29 +106,37 @@ def redraw_until_readable(attempt: Callable[[int], Drawn], on_bad_audio: str, re
 
 
 class EpochSampler(Sampler):
-    """Yields `(epoch, index)` for this rank's share of an epoch's trials, from position `start` on.
+    """Yields `(epoch, index)` for this rank's share of an epoch's trials, cut to whole global batches.
 
-    `start` counts this rank's items already consumed, so a run resumed mid-epoch
-    continues with exactly the trials it has not trained on yet.
+    `batch_size` is the batch of one step over all `world_size` processes; this rank yields every
+    world_size-th trial, so that its k-th run of batch_size / world_size items is its share of the
+    k-th global batch. `set_epoch(epoch, batches_done)` skips the epoch's first `batches_done` batches
+    (the trainer's count, the same on every rank), so that a run resumed mid-epoch continues with
+    exactly the trials it has not trained on yet.
     """
 
-    def __init__(self, trials_per_epoch: int, *, rank: int = 0, world_size: int = 1) -> None:
-        self.trials_per_epoch = trials_per_epoch
+    def __init__(self, trials_per_epoch: int, *, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> None:
+        self.rank_batch = rank_share(batch_size, world_size)
+        self.trials_per_epoch = trials_per_epoch - trials_per_epoch % batch_size
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self.start = 0
+        self.start = 0  # this rank's items already consumed
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if not 0 <= start <= self.epoch_length:
-            raise ValueError(f"start {start} is outside the epoch's {self.epoch_length} items")
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        check_batches_done(batches_done, self.epoch_batches)
         self.epoch = epoch
-        self.start = start
+        self.start = batches_done * self.rank_batch
 
     @property
     def epoch_length(self) -> int:
         """This rank's items in a whole epoch."""
         return len(range(self.rank, self.trials_per_epoch, self.world_size))
+
+    @property
+    def epoch_batches(self) -> int:
+        """Batches (optimisation steps) in a whole epoch."""
+        return self.epoch_length // self.rank_batch
 
     def _indices(self) -> range:
         return range(self.rank, self.trials_per_epoch, self.world_size)[self.start:]
@@ -138,6 +146,25 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self._indices())
+
+
+class ResumePositionError(UserError, ValueError):
+    """A resume position beyond the epoch: the training data changed since the checkpoint was written."""
+
+
+def rank_share(batch_size: int, world_size: int) -> int:
+    """Items of one global batch that each rank loads (runtime.distributed.per_rank_batch checks the config)."""
+    if batch_size < 1 or batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} does not split into {world_size} equal per-rank shares")
+    return batch_size // world_size
+
+
+def check_batches_done(batches_done: int, epoch_batches: int) -> None:
+    """Every training sampler's `set_epoch(epoch, batches_done)` takes the resume position in one unit: the
+    epoch's batches already consumed (trained or skipped), the trainer's own count, the same on every rank.
+    Each sampler converts it to its items itself."""
+    if not 0 <= batches_done <= epoch_batches:
+        raise ResumePositionError(f"batch {batches_done} of the epoch is beyond its {epoch_batches} batches")
 
 
 class WaveformDataset(Dataset):

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from data.audio import random_crop, read_audio
-from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, redraw_until_readable
+from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, check_batches_done, rank_share, redraw_until_readable
 from data.protocols import CMEntry, ProtocolError, read_fields
 
 
@@ -129,7 +129,7 @@ class SpeakerBatchSampler(Sampler):
 
     `batch_size` groups make the batch of one step over all `world_size` processes; this rank
     yields every world_size-th group of it (groups rank, rank + world_size, ...).
-    `set_epoch(epoch, start)` skips the epoch's first `start` batches (a run resumed mid-epoch).
+    `set_epoch(epoch, batches_done)` skips the epoch's first `batches_done` batches (a run resumed mid-epoch).
     """
 
     def __init__(self, labels: Sequence[int], *, per_speaker: int, batch_size: int, max_per_speaker: int,
@@ -150,13 +150,12 @@ class SpeakerBatchSampler(Sampler):
                                     max_per_speaker=self.max_per_speaker, seed=self.seed, epoch=self.epoch,
                                     distinct_speakers=self.per_speaker > 1)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
             self._batches = self._plan()
-        if not 0 <= start <= len(self._batches):
-            raise ValueError(f"start {start} is outside the epoch's {len(self._batches)} batches")
-        self.start = start
+        check_batches_done(batches_done, len(self._batches))
+        self.start = batches_done  # batches already consumed
 
     @property
     def epoch_batches(self) -> int:
@@ -172,28 +171,34 @@ class SpeakerBatchSampler(Sampler):
 
 
 class ShuffledEpochSampler(Sampler):
-    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch), from item `start` on.
+    """Yields (epoch, index) over a permutation of range(n) drawn from (seed, epoch).
 
     The permutation is cut to whole batches of `batch_size` (the batch of one step over all
     `world_size` processes); this rank yields every world_size-th item of it, so that its
     k-th batch of batch_size / world_size items is its share of the k-th global batch.
+    `set_epoch(epoch, batches_done)` skips the epoch's first `batches_done` global batches.
     """
 
     def __init__(self, n_items: int, seed: int, *, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> None:
+        rank_share(batch_size, world_size)  # whole per-rank shares of each global batch
         self.n_items = n_items
         self.seed = seed
+        self.batch_size = batch_size
         self.usable = n_items - n_items % batch_size
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self.start = 0
+        self.start = 0  # items of the epoch already consumed, over all processes
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """`start`: items of the epoch already consumed, over all processes."""
-        if not 0 <= start <= self.usable:
-            raise ValueError(f"start {start} is outside the epoch's {self.usable} items")
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        check_batches_done(batches_done, self.epoch_batches)
         self.epoch = epoch
-        self.start = start
+        self.start = batches_done * self.batch_size
+
+    @property
+    def epoch_batches(self) -> int:
+        """Batches (optimisation steps) in a whole epoch."""
+        return self.usable // self.batch_size
 
     def _positions(self) -> range:
         return range(self.start + self.rank, self.usable, self.world_size)

@@ -133,6 +133,15 @@ def broadcast_object(value: Result) -> Result:
     return holder[0]
 
 
+def gather_objects(value: Result) -> list[Result]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 class MainRankStopped(SystemExit):
     """Ends a rank > 0 without a word, with rank 0's exit status, when rank 0 failed in `on_main_rank`
     (rank 0 says why)."""
@@ -184,8 +193,9 @@ def per_rank_batch(batch_size: int, source: str) -> int:
 def decorrelate_rng(seed: int, step: int) -> None:
     """Give ranks > 0 their own random streams (dropout masks), derived from (seed, rank, step).
 
-    Rank 0 keeps the single-process stream; called after seeding and after restoring a checkpoint
-    (which holds rank 0's RNG state).
+    Rank 0 keeps the single-process stream; called after seeding, and after restoring a checkpoint
+    that holds rank 0's RNG state alone (one written before the checkpoints held every rank's, or by
+    another number of processes).
     """
     if rank() == 0:
         return

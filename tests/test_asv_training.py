@@ -419,14 +419,14 @@ def test_samplers_resume_inside_an_epoch_with_the_remaining_batches():
     batches.set_epoch(2)
     whole = list(batches)
     assert len(whole) == batches.epoch_batches >= 3
-    batches.set_epoch(2, start=2)
+    batches.set_epoch(2, 2)
     assert list(batches) == whole[2:] and len(batches) == len(whole) - 2
-    with pytest.raises(ValueError, match="outside the epoch"):
-        batches.set_epoch(2, start=len(whole) + 1)
+    with pytest.raises(ValueError, match="beyond its"):
+        batches.set_epoch(2, len(whole) + 1)
     items = ShuffledEpochSampler(10, seed=4)
     items.set_epoch(1)
     order = list(items)
-    items.set_epoch(1, start=6)
+    items.set_epoch(1, 6)
     assert list(items) == order[6:] and len(items) == 4
 
 

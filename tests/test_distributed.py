@@ -1,6 +1,7 @@
 """torchrun: 2 gloo processes train the tiny system; rank 0 writes every output once; the gathered dev and
-eval scores equal single-process scoring of the same weights; SIGTERM saves and --resume goes on.
-Plus the pieces: disjoint per-rank trial shares covering the global batches, and shard reassembly."""
+eval scores equal single-process scoring of the same weights; SIGTERM saves and --resume goes on; every
+task killed mid-epoch resumes to the uninterrupted run's weights and metrics. Plus the pieces: disjoint
+per-rank trial shares covering the global batches, and shard reassembly."""
 from __future__ import annotations
 
 import csv
@@ -43,7 +44,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_rank_shares_are_disjoint_and_each_step_holds_the_single_process_batch(world):
     batch, trials = 12, 50  # 4 whole global batches; the last 2 trials are dropped, as with one process
     used = trials - trials % batch
-    shares = [list(EpochSampler(used, rank=r, world_size=world)) for r in range(world)]
+    shares = [list(EpochSampler(trials, batch_size=batch, rank=r, world_size=world)) for r in range(world)]
     items = [item for share in shares for item in share]
     assert len(items) == len(set(items)) == used and {index for _, index in items} == set(range(used))
     rank_batch = batch // world
@@ -54,8 +55,8 @@ def test_rank_shares_are_disjoint_and_each_step_holds_the_single_process_batch(w
     # Resumed after 2 steps: each rank continues with exactly the trials no rank trained on yet.
     resumed = []
     for r in range(world):
-        sampler = EpochSampler(used, rank=r, world_size=world)
-        sampler.set_epoch(3, start=2 * rank_batch)
+        sampler = EpochSampler(trials, batch_size=batch, rank=r, world_size=world)
+        sampler.set_epoch(3, 2)  # batches done, as the trainer counts them
         resumed += list(sampler)
     assert sorted(index for _, index in resumed) == list(range(2 * batch, used))
     assert {epoch for epoch, _ in resumed} == {3}
@@ -113,8 +114,13 @@ def test_whole_files_of_different_lengths_are_embedded_unpadded(tmp_path_factory
 
 
 # ----------------------------------------------------------------------------- torchrun, 2 processes
-def torchrun(config: Path, output_dir: Path, *extra: str, progress: bool = False, **options):
-    command = [*TORCHRUN, str(REPO / "main.py"), "--config", str(config), "--output_dir", str(output_dir),
+def torchrun(config: Path, output_dir: Path, *extra: str, progress: bool = False, kill_at_step: int | None = None,
+             **options):
+    """main.py under torchrun; with `kill_at_step` every process is SIGKILLed once rank 0 has written the
+    mid-epoch checkpoint of that step (tests/kill_at_step.py)."""
+    script = [str(REPO / "main.py")] if kill_at_step is None else \
+        [str(REPO / "tests" / "kill_at_step.py"), str(kill_at_step)]
+    command = [*TORCHRUN, *script, "--config", str(config), "--output_dir", str(output_dir),
                *([] if progress else ["--no_progress"]), *extra]
     environment = {**os.environ, **QUIET_ENV}
     if progress:
@@ -245,7 +251,7 @@ def test_stage_samplers_give_each_rank_its_share_of_every_global_batch():
     shares = []
     for rank in range(3):
         sampler = ShuffledEpochSampler(50, seed=3, batch_size=12, rank=rank, world_size=3)
-        sampler.set_epoch(2, start=12)  # resumed after one step
+        sampler.set_epoch(2, 1)  # resumed after one step
         shares.append([index for _, index in sampler])
     for step in range(3):  # each rank loads 4 per step; together they hold the single-process batch
         assert sorted(i for share in shares for i in share[4 * step:4 * step + 4]) == \
@@ -313,3 +319,68 @@ def test_sigterm_to_torchrun_stops_a_stage_mid_epoch_and_resume_finishes(corpus,
                                   rf"cm epoch 1/2: .*\| [1-{min(steps - 1, 9)}]/{steps} \[", steps - 1)
     with open(tmp_path / "exp" / "cm" / "metrics.csv") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == [str(steps), str(2 * steps)]
+
+
+# ----------------------------------------------------------------------------- every task killed and resumed
+KILL_STEP = 5  # epoch 2 of 3 batches each, after its second batch
+
+
+def _kill_config(system: str, corpus: Path, folder: Path, **overrides) -> Path:
+    """A run of `system` of 2 epochs of 3 global batches under 2 processes, as small as the task allows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.conf"
+    if system == "sasv":
+        write_config(path, corpus, **overrides)  # 24 trials of batch 8
+    elif system == "b2":
+        from test_b2_task import b2_config, build_data
+
+        data = corpus.parent / "b2_kill_data"  # embedding pickles on the tiny corpus's protocols
+        if not (data / "emb").is_dir():
+            build_data(data, corpus / "protocols")
+        path.write_text(json.dumps(b2_config(data, epoch=2, trials_per_epoch=96, batch_size=32, save_top_k=1,
+                                             **overrides)))
+    else:
+        _stage_config(corpus, path, system)
+        config = json.loads(path.read_text())
+        if system == "asv":  # 6 speakers x 2 groups of 2 utterances: 3 batches of 4 distinct speakers
+            config["asv_train"]["max_per_speaker"] = 4
+        config.update(overrides)
+        path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("system", ["sasv", "asv", "cm", "b2"])
+def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, tmp_path, system):
+    """SIGKILL of both processes after the checkpoint of step 5 (epoch 2, batch 2), then --resume: the
+    weights, loss parameters and Adam state bit for bit, metrics.csv (seconds aside) and the score files
+    are those of the same run never stopped."""
+    from test_resume import checkpoint_tensors, metrics_rows
+
+    straight = _kill_config(system, corpus, tmp_path / "straight")
+    status, out, err = finish(torchrun(straight, tmp_path / "straight" / "exp"))
+    assert status == 0, out + err
+    reference = tmp_path / "straight" / "exp" / "run"
+    assert [row["step"] for row in metrics_rows(reference)] == ["3", "6"]
+
+    killed = _kill_config(system, corpus, tmp_path / "killed", checkpoint_interval_steps=1)
+    status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", kill_at_step=KILL_STEP))
+    assert status != 0 and "done: " not in out, out + err
+    run = tmp_path / "killed" / "exp" / "run"
+    last = run / "weights" / "last.ckpt"
+    meta = load_checkpoint(last).meta
+    assert (meta["epoch"], meta["batch"], meta["step"]) == (1, 2, KILL_STEP)
+    assert not (run / "metrics_eval.json").exists()
+
+    status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", "--resume"))
+    assert status == 0, out + err
+    assert out.count(f"resumed from {last} (epoch 1, step {KILL_STEP})") == 1, out
+
+    ours, theirs = checkpoint_tensors(last), checkpoint_tensors(reference / "weights" / "last.ckpt")
+    assert ours.keys() == theirs.keys() and len(ours) > 0
+    different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
+    assert not different, f"tensors differ from the uninterrupted run: {different[:5]}"
+    assert metrics_rows(run) == metrics_rows(reference)
+    names = [sorted(path.name for path in (folder / "weights").iterdir()) for folder in (run, reference)]
+    assert names[0] == names[1]
+    for name in ["metrics_eval.json", *(f"scores/{path.name}" for path in (reference / "scores").iterdir())]:
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name

@@ -44,10 +44,11 @@ def reference(corpus, tmp_path_factory) -> Path:
 
 
 def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint of any system: weights, loss parameters, OC-softmax centre, Adam state."""
     checkpoint = load_checkpoint(path)
-    tensors = {"oc_center": checkpoint.oc_center}
-    for part in ("asv_state", "cm_state", "backend_state"):
-        tensors.update({f"{part}.{key}": value for key, value in getattr(checkpoint, part).items()})
+    tensors = {"oc_center": checkpoint.oc_center} if checkpoint.oc_center is not None else {}
+    for part in ("asv_state", "cm_state", "backend_state", "asv_loss_state"):
+        tensors.update({f"{part}.{key}": value for key, value in (getattr(checkpoint, part) or {}).items()})
     for index, state in checkpoint.meta["optimizer"]["state"].items():
         tensors.update({f"adam.{index}.{key}": value for key, value in state.items() if torch.is_tensor(value)})
     return tensors
@@ -217,3 +218,24 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_best_k_copy(corpus, referen
     best = next((run / "weights").glob("epoch=*.ckpt"))
     assert f"resumed from {best}" in resumed.stdout
     assert_same_run(run, reference)
+
+
+def test_a_checkpoint_position_beyond_the_epoch_is_refused_naming_the_checkpoint(corpus, tmp_path):
+    """The epoch has fewer batches than the checkpoint says are done (e.g. a training protocol edited under the
+    same path): one line naming the checkpoint, which is left as it was."""
+    torch.set_num_threads(1)
+    values = json.loads(write_config(tmp_path / "run.conf", corpus, **RUN).read_text())
+    folder = tmp_path / "exp"
+    prepare_experiment_dir(folder, None, resume=False, overwrite=False)
+    (folder / "weights").mkdir()
+    trainer = Trainer(build_config(values, source="run.conf"), folder, torch.device("cpu"), progress=False)
+    trainer.state.batch = BATCHES + 1  # written when the epoch had more batches
+    last = trainer.save_resumable()
+    written = last.read_bytes()
+    resumed = Trainer(build_config(values, source="run.conf"), folder, torch.device("cpu"), progress=False)
+    assert resumed.resume_latest() == last
+    with pytest.raises(CheckpointError) as caught:
+        resumed.fit()
+    message = str(caught.value)
+    assert message.startswith(f"{last}: ") and f"batch {BATCHES + 1} " in message and "\n" not in message
+    assert last.read_bytes() == written

@@ -3,7 +3,7 @@
 `training.trainer.Trainer` owns the run: the step (AMP, grad scaler, DDP, the non-finite-loss rule),
 signals, `last.ckpt` and the best-k copies, resume (also mid-epoch), `metrics.csv` and the final test
 with the best checkpoint. A task (training/tasks/) supplies only what differs: its networks, loss and
-optimiser; its training batches for (epoch, start position); the loss of one batch; its validation
+optimiser; its training batches for (epoch, batches done); the loss of one batch; its validation
 metrics and the one that selects the best checkpoint; the final evaluation; what a checkpoint holds.
 A new task is one file in training/tasks/ plus one line in `training.tasks.TASKS`.
 """
@@ -102,7 +102,11 @@ class Task:
         """Build what training iterates (called once per fit, after a resume)."""
 
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
-        """The batches of epoch `epoch` from batch `batch` on, and the epoch's number of batches."""
+        """The batches of epoch `epoch` from batch `batch` on, and the epoch's number of batches.
+
+        `batch` is the trainer's count of the epoch's batches already consumed (0 unless resumed
+        mid-epoch); it goes to the training sampler's `set_epoch(epoch, batches_done)` unchanged, and
+        the sampler turns it into its own items (data.datasets.check_batches_done)."""
         raise NotImplementedError
 
     def split_batch(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.datasets import iterate_batches
+from data.datasets import ResumePositionError, iterate_batches
 from models.checkpoint import CheckpointError, load_checkpoint, nonfinite_key
 from runtime import distributed
 from runtime.compiling import CompiledNetworks
@@ -131,8 +131,12 @@ class Trainer:
         if where is not None:
             raise TrainingError(f"the {what} became NaN/inf by step {self.state.step}; not overwriting the "
                                 f"checkpoint ({where} holds NaN/inf). {self.last_good()}")
+        # The other ranks' random streams (their dropout masks) too: reseeding them on resume would train
+        # otherwise than a run never stopped. A collective: every rank saves at the same points.
+        others = distributed.gather_objects(rng_snapshot())[1:]
         if self.is_main:
-            self._write(path, lambda: self.task.save(path, self.training_state()))
+            self._write(path, lambda: self.task.save(path, {**self.training_state(),
+                                                            **({"rank_rng": others} if others else {})}))
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._saved_path = path
         return path
@@ -171,7 +175,11 @@ class Trainer:
             self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState.from_dict(saved)  # older checkpoints lack the in-epoch fields: an epoch end
         restore_rng(saved)
-        distributed.decorrelate_rng(self.config["seed"], self.state.step)
+        others = saved.get("rank_rng", [])  # ranks 1, 2, ... of the run that wrote it
+        if distributed.rank() > 0 and len(others) == distributed.world_size() - 1:
+            restore_rng(others[distributed.rank() - 1])
+        else:
+            distributed.decorrelate_rng(self.config["seed"], self.state.step)
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._saved_path = path
         self._clock = time.time()
@@ -236,7 +244,12 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> None:
         """Train epoch `epoch` from batch `state.batch` on (0 unless resumed mid-epoch)."""
-        batches, n_batches = self.task.start_epoch(epoch, self.state.batch)
+        try:
+            batches, n_batches = self.task.start_epoch(epoch, self.state.batch)
+        except ResumePositionError as error:  # e.g. a training protocol edited under the same path
+            raise CheckpointError(f"{self._saved_path}: cannot resume at {self.task.label}epoch {epoch + 1}: "
+                                  f"{error}; the training data changed since the checkpoint was written: restore "
+                                  f"it, or pass --overwrite to start again") from None
         if self.state.batch >= n_batches:
             return  # trained before a restart; only the validation is pending
         for module in self.task.modules():

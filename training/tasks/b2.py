@@ -217,12 +217,12 @@ class B2Task(Task):
             raise ConfigError(f"{config.source}: trials_per_epoch ({trials}) is smaller than batch_size "
                               f"({config['batch_size']}); no training step would run")
         # Whole global batches only, each rank every world_size-th trial (as system sasv).
-        self.epoch_sampler = EpochSampler(trials - trials % config["batch_size"], rank=distributed.rank(),
-                                          world_size=distributed.world_size())
+        self.epoch_sampler = EpochSampler(trials - trials % config["batch_size"], batch_size=config["batch_size"],
+                                          rank=distributed.rank(), world_size=distributed.world_size())
 
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
-        self.epoch_sampler.set_epoch(epoch, start=batch * self.rank_batch)
-        return self._batches(iter(self.epoch_sampler)), self.epoch_sampler.epoch_length // self.rank_batch
+        self.epoch_sampler.set_epoch(epoch, batch)
+        return self._batches(iter(self.epoch_sampler)), self.epoch_sampler.epoch_batches
 
     def _batches(self, items: Iterator[tuple[int, int]]) -> Iterator[tuple[torch.Tensor, ...]]:
         """(enrollment, test ASV, test CM, target, redraws) per batch of this rank's (epoch, index) items."""

@@ -134,8 +134,8 @@ class CMTask(SubsystemTask):
 
     # ------------------------------------------------------------- training and scoring
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
-        self.epoch_sampler.set_epoch(epoch, batch * self.config["batch_size"])
-        return self.loader, self.epoch_sampler.n_items // self.config["batch_size"]  # drop_last: whole batches
+        self.epoch_sampler.set_epoch(epoch, batch)
+        return self.loader, self.epoch_sampler.epoch_batches
 
     def batch_loss(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
         """Weighted cross-entropy of the batch's CM logits."""

@@ -195,8 +195,8 @@ class SASVTask(Task):
             raise ConfigError(f"{config.source}: trials_per_epoch ({trials}) is smaller than "
                               f"batch_size ({config['batch_size']}); no training step would run")
         # Whole global batches only (the last partial one is dropped), each rank every world_size-th trial.
-        self.epoch_sampler = EpochSampler(trials - trials % config["batch_size"], rank=distributed.rank(),
-                                          world_size=distributed.world_size())
+        self.epoch_sampler = EpochSampler(trials - trials % config["batch_size"], batch_size=config["batch_size"],
+                                          rank=distributed.rank(), world_size=distributed.world_size())
         rank_batch = distributed.per_rank_batch(config["batch_size"], config.source)
         workers = inputs.num_workers
         # Its own generator: creating a loader iterator must not consume the global torch RNG
@@ -210,9 +210,8 @@ class SASVTask(Task):
         scoring_inputs(config, "eval")  # a bad eval list or missing enrollment stops the run now, not after training
 
     def start_epoch(self, epoch: int, batch: int) -> tuple[Iterable, int]:
-        batch_size = self.loader.batch_size  # this rank's share of the step's batch_size trials
-        self.epoch_sampler.set_epoch(epoch, start=batch * batch_size)
-        return self.loader, self.epoch_sampler.epoch_length // batch_size
+        self.epoch_sampler.set_epoch(epoch, batch)
+        return self.loader, self.epoch_sampler.epoch_batches
 
     def split_batch(self, batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         enrollment, test, labels, redraws, speakers = batch
