@@ -16,7 +16,6 @@ import torch
 from data.augment import Augmenter
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
 from data.speaker_lists import plan_speaker_batches, read_voxceleb_train_list, read_voxceleb_trials
-from data.synthetic import CorpusSpec, generate_corpus
 from metrics import MetricError
 from metrics.dcf import min_dcf
 from metrics.eer import roc_eer
@@ -28,6 +27,7 @@ from training.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import tiny_config  # noqa: E402  (the tiny widths shared by the pipeline tests)
+from tiny_run import run_main_here, tiny_corpus  # noqa: E402
 
 # Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
 pytestmark = pytest.mark.slow
@@ -38,9 +38,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_corpus")
-    generate_corpus(root, CorpusSpec.tiny(), progress=False)
-    return root
+    return tiny_corpus(tmp_path_factory)  # generated once per session, shared with the other modules
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +68,10 @@ def asv_config(corpus: Path, **overrides) -> dict:
 
 
 def run_main(work: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    """main.py in this process, under run_main_here's fixed thread settings (the same for every run compared)."""
     path = work / "asv.conf"
     path.write_text(json.dumps(config))
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(path), "--output_dir",
-                             str(work / "exp"), "--no_progress", *extra], capture_output=True, text=True,
-                            timeout=600, cwd=work)
+    result = run_main_here(path, work / "exp", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -143,8 +140,8 @@ def test_resume_continues_exactly(trained, corpus, tmp_path):
         return {key: value for key, value in row.items() if key != "seconds"}
 
     assert without_time(one_epoch[0]) == without_time(rows[0])
-    # An uninterrupted 2-epoch run ends with the same weights as the 1 + 1 resumed one. It runs as a
-    # subprocess too: thread settings of this test process must not enter the comparison.
+    # An uninterrupted 2-epoch run ends with the same weights as the 1 + 1 resumed one. It runs as those
+    # did (run_main_here): thread settings of this test process must not enter the comparison.
     run_main(tmp_path, config)
     resumed_state = load_checkpoint(experiment / "weights" / "last.ckpt")
     straight_state = load_checkpoint(tmp_path / "exp" / "asv" / "weights" / "last.ckpt")
@@ -369,14 +366,21 @@ def test_asvspoof_trial_scores_equal_a_direct_computation(corpus, enrollment):
         assert score == pytest.approx(torch.nn.functional.cosine_similarity(model, test, dim=0).item(), abs=1e-5)
 
 
-def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run of asv_config in this process (the reference of the in-process resumes
+    below, which run under this process's thread settings too): its last.ckpt."""
+    folder = tmp_path_factory.mktemp("asv_straight")
+    Trainer(build_config(asv_config(corpus, epoch=2)), folder, CPU, progress=False).fit()
+    return folder / "weights" / "last.ckpt"
+
+
+def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, straight, tmp_path):
     import signal
 
     from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)
-    straight = Trainer(build_config(config), tmp_path / "straight", CPU, progress=False)
-    straight.fit()
 
     stopped = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     original, calls = stopped.task.batch_loss, []
@@ -402,7 +406,7 @@ def test_signal_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(corpus, t
     resumed = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     assert resumed.resume_latest() == tmp_path / "run" / "weights" / "last.ckpt"
     resumed.fit()
-    ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
+    ends = [load_checkpoint(straight), load_checkpoint(tmp_path / "run" / "weights" / "last.ckpt")]
     for key, value in ends[0].asv_state.items():
         assert torch.equal(value, ends[1].asv_state[key]), key
     for key, value in ends[0].asv_loss_state.items():
@@ -440,14 +444,12 @@ def test_verification_metrics_leave_out_trials_not_scored():
     assert verification_metrics(scores, keys)["eer"] == pytest.approx(roc_eer(scores[[0, 3]], scores[[1, 4, 5]]))
 
 
-def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corpus, tmp_path):
+def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corpus, straight, tmp_path):
     import signal
 
     from runtime.signals import RunInterrupted
 
     config = asv_config(corpus, epoch=2)  # StepLR steps once per epoch: resuming must not step it twice
-    straight = Trainer(build_config(config), tmp_path / "straight", CPU, progress=False)
-    straight.fit()
 
     stopped = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     original = stopped.task.validate
@@ -468,7 +470,7 @@ def test_signal_in_dev_scoring_and_a_damaged_last_checkpoint_resume_exactly(corp
     resumed = Trainer(build_config(config), tmp_path / "run", CPU, progress=False)
     assert resumed.resume_latest() == weights / "last.ckpt"
     resumed.fit()
-    ends = [load_checkpoint(tmp_path / run / "weights" / "last.ckpt") for run in ("straight", "run")]
+    ends = [load_checkpoint(straight), load_checkpoint(tmp_path / "run" / "weights" / "last.ckpt")]
     for key, value in ends[0].asv_state.items():
         assert torch.equal(value, ends[1].asv_state[key]), key
     assert [row["lr"] for row in ends[0].meta["metrics"]] == [row["lr"] for row in ends[1].meta["metrics"]]

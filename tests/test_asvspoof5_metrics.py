@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_run import run_here
 
 from metrics import (
     ASVSPOOF5_ASV_RATES,
@@ -339,8 +338,7 @@ def test_builtin_asv_rates_are_the_packages():
 
 def test_bench_prints_one_json_line_without_package(tmp_path):
     bench = asvspoof5.__file__.replace("metrics/asvspoof5.py", "bench/bench_metrics.py")
-    result = subprocess.run([sys.executable, bench, "5000", "--repeats", "1", "--asvspoof5-only"],
-                            check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = run_here([bench, "5000", "--repeats", "1", "--asvspoof5-only"], cwd=tmp_path)  # as `python ...`
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["n_trials"] == 5000 and summary["package_s"] is None

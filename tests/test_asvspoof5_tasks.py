@@ -7,17 +7,14 @@ would stop with 'protocol file not found', since the release folder holds none.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_asvspoof5_training import build_release, release_config
-from tiny_run import QUIET_ENV, REPO, run_main, run_script, tiny_corpus
+from tiny_run import REPO, run_here, run_main_here, run_script, tiny_corpus
 
 from data.audio import load_waveform
 from data.protocols import ProtocolError
@@ -58,7 +55,7 @@ def test_asv_system_trains_on_the_release_training_list(release, tmp_path):
     corpus, root = release
     config = release_config(corpus, root, system="asv", epoch=1, batch_size=3)
     config["asv_train"] = {"loss": "aamsoftmax", "samples": 8000, "max_per_speaker": 2}
-    result = run_main(write(tmp_path / "asv5.conf", config), tmp_path / "exp")
+    result = run_main_here(write(tmp_path / "asv5.conf", config), tmp_path / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     experiment = tmp_path / "exp" / "asv5"
     bona_fide_speakers = {f[0] for f in lines(root / "ASVspoof5.train.tsv") if f[8] == "bonafide"}
@@ -78,7 +75,7 @@ def test_cm_system_trains_on_the_release_and_scores_the_track_1_list(release, tm
     corpus, root = release
     config = release_config(corpus, root, system="cm", epoch=1, batch_size=8)
     config["cm_train"] = {"samples": 8000}
-    result = run_main(write(tmp_path / "cm5.conf", config), tmp_path / "exp")
+    result = run_main_here(write(tmp_path / "cm5.conf", config), tmp_path / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = lines(tmp_path / "exp" / "cm5" / "scores" / "eval.txt")
     assert [r[0] for r in rows] == [f[1] for f in lines(root / "ASVspoof5.eval.track_1.tsv")]
@@ -91,7 +88,7 @@ def joint(release, tmp_path_factory) -> tuple[Path, Path]:
     corpus, root = release
     work = tmp_path_factory.mktemp("asvspoof5_joint")
     config = write(work / "joint5.conf", release_config(corpus, root, epoch=1))
-    result = run_main(config, work / "exp")
+    result = run_main_here(config, work / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     return config, work / "exp" / "joint5" / "weights" / "last.ckpt"
 
@@ -100,9 +97,8 @@ def joint(release, tmp_path_factory) -> tuple[Path, Path]:
 def embeddings(joint, tmp_path_factory) -> Path:
     config, checkpoint = joint
     out = tmp_path_factory.mktemp("asvspoof5_embeddings")
-    result = subprocess.run([sys.executable, str(REPO / "save_asv_embeddings.py"), "--config", str(config),
-                             "--model", str(checkpoint), "--comment", str(out)], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, **QUIET_ENV})
+    result = run_here([REPO / "save_asv_embeddings.py", "--config", config, "--model", checkpoint, "--comment", out],
+                      cwd=out.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -134,7 +130,7 @@ def test_b2_trains_on_the_exported_release_embeddings(release, embeddings, tmp_p
     config["b2"] = {"embeddings": str(embeddings), "hidden_dims": [16]}
     for key in ("asv_model", "cm_model", "aasist_config"):
         config.pop(key, None)
-    result = run_main(write(tmp_path / "b25.conf", config), tmp_path / "exp")
+    result = run_main_here(write(tmp_path / "b25.conf", config), tmp_path / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = lines(tmp_path / "exp" / "b25" / "scores" / "eval.txt")
     listed = lines(root / "ASVspoof5.eval.track_2.trial.tsv")

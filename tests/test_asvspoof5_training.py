@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_pipeline import tiny_config
-from tiny_run import QUIET_ENV, run_main, run_script, tiny_corpus
+from tiny_run import QUIET_ENV, run_main_here, run_script, tiny_corpus
 
 from data.audio import load_waveform
 from data.protocols import ProtocolError, read_cm_protocol, read_enrollment_utterances, read_sasv_trials
@@ -83,7 +83,7 @@ def trained(release, tmp_path_factory):
     work = tmp_path_factory.mktemp("asvspoof5_run")
     config_path = work / "tiny5.conf"
     config_path.write_text(json.dumps(release_config(corpus, root)))
-    result = run_main(config_path, work / "exp")
+    result = run_main_here(config_path, work / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     (work / "exp" / "tiny5" / "stdout.txt").write_text(result.stdout)
     return config_path, work / "exp" / "tiny5"
@@ -176,7 +176,7 @@ def test_missing_enrollment_utterance_is_one_line_naming_the_list_line(release, 
     _rewrite(enroll, lambda lines: [lines[0], lines[1].rstrip("\n") + ",E_missing\n", *lines[2:]])
     config_path = tmp_path / "bad.conf"
     config_path.write_text(json.dumps(release_config(corpus, copy)))
-    result = run_main(config_path, tmp_path / "exp")
+    result = run_main_here(config_path, tmp_path / "exp")
     assert result.returncode == 2, result.stdout + result.stderr
     message = result.stderr.strip().splitlines()
     assert len(message) == 1 and f"{enroll}:2:" in message[0] and "E_missing" in message[0], result.stderr

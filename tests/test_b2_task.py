@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_run import run_main_here
 
 from data.embeddings import EmbeddingError, read_embeddings
 from metrics.adcf import min_adcf
@@ -103,9 +102,7 @@ def b2_config(root: Path, **overrides) -> dict:
 def run_main(config: dict, work: Path, *extra: str) -> subprocess.CompletedProcess:
     path = work / "b2.conf"
     path.write_text(json.dumps(config))
-    return subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(path), "--output_dir",
-                           str(work / "exp"), "--no_progress", *extra], capture_output=True, text=True, timeout=300,
-                          cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run_main_here(path, work / "exp", *extra)  # in this process, one thread
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
-from tiny_run import QUIET_ENV, REPO, tiny_corpus, write_config
+from tiny_run import REPO, run_here, tiny_corpus, write_config
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +17,8 @@ def corpus(tmp_path_factory):
 def test_bench_train_prints_every_promised_number(corpus, tmp_path):
     # speaker_loss on: the bench's frozen variant must still build (a frozen ASV has no speaker loss).
     config = write_config(tmp_path / "bench.conf", corpus, speaker_loss={"weight": 0.2})
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train.py"), "--config", str(config),
-                             "--train_batches", "1", "--reference_batches", "1", "--per_trial_trials", "4"],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={**os.environ, **QUIET_ENV})
+    result = run_here([REPO / "bench" / "bench_train.py", "--config", config, "--train_batches", "1",
+                       "--reference_batches", "1", "--per_trial_trials", "4"], cwd=tmp_path)  # as `python ...`
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("eval_trials_per_s", "eval_trials_per_s_reference", "eval_speedup", "fixed_epoch_speedup",

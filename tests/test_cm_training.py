@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 
 from data.audio import AudioError
 from data.protocols import ProtocolError, read_cm_protocol, read_sasv_trials
-from data.synthetic import CorpusSpec, generate_corpus
 from metrics.eer import compute_eer
 from metrics.tdcf import min_tdcf
 from models.build import build_asv_network, build_sasv_model
@@ -30,6 +28,7 @@ from training.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import tiny_config  # noqa: E402  (the tiny widths shared by the pipeline tests)
+from tiny_run import run_main_here, tiny_corpus  # noqa: E402
 
 # Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
 pytestmark = pytest.mark.slow
@@ -41,17 +40,22 @@ STEPS_PER_EPOCH = 3  # 24 training utterances, batch 8
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_corpus")
-    generate_corpus(root, CorpusSpec.tiny(), progress=False)
-    # A shorter training protocol (2 bona fide + 2 spoofed utterances per speaker) keeps the test fast.
-    lines, taken = [], {}
-    for line in (root / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt").read_text().splitlines():
-        speaker, key = line.split()[0], line.split()[4]
-        if taken.setdefault((speaker, key), 0) < 2:
-            taken[(speaker, key)] += 1
-            lines.append(line)
-    (root / "cm.train.short.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return tiny_corpus(tmp_path_factory)  # generated once per session, shared with the other modules
+
+
+def short_list(corpus: Path) -> Path:
+    """A shorter training protocol (2 bona fide + 2 spoofed utterances per speaker) keeps the test fast.
+    Written beside the corpus, not into it: the corpus is shared with other modules."""
+    path = corpus.parent / f"{corpus.name}.cm.train.short.txt"
+    if not path.is_file():
+        lines, taken = [], {}
+        for line in (corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt").read_text().splitlines():
+            speaker, key = line.split()[0], line.split()[4]
+            if taken.setdefault((speaker, key), 0) < 2:
+                taken[(speaker, key)] += 1
+                lines.append(line)
+        path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def asv_checkpoint(corpus, tmp_path_factory) -> Path:
 
 def cm_config(corpus: Path, **overrides) -> dict:
     config = tiny_config(corpus, system="cm", epoch=2, batch_size=8, save_top_k=1)
-    config["dirs"]["cm_trn_list"] = str(corpus / "cm.train.short.txt")
+    config["dirs"]["cm_trn_list"] = str(short_list(corpus))
     config["cm_train"] = {"samples": 8000, "lr": 0.001, "lr_min": 0.0001, "freq_aug": True}
     config["cm_model"]["filts"][0] = 24  # frequency augmentation masks up to 19 sinc bands
     config.update(overrides)
@@ -78,8 +82,7 @@ def trained(corpus, asv_checkpoint, tmp_path_factory):
     config["cm_train"]["asv_model"] = str(asv_checkpoint)
     path = work / "cm.conf"
     path.write_text(json.dumps(config))
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(path), "--output_dir",
-                             str(work / "exp"), "--no_progress"], capture_output=True, text=True, timeout=600, cwd=work)
+    result = run_main_here(path, work / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     return config, work / "exp" / "cm", result.stdout
 
@@ -218,7 +221,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(trained, corpus, tmp_
 def test_recipe_settings_and_refusals(corpus, tmp_path):
     trainer = Trainer(build_config(cm_config(corpus)), tmp_path, CPU, progress=False)
     assert trainer.task.criterion.weight.tolist() == pytest.approx([0.1, 0.9])  # [spoof, bona fide]
-    entries = read_cm_protocol(corpus / "cm.train.short.txt")
+    entries = read_cm_protocol(short_list(corpus))
     assert trainer.task.loader.dataset.labels == [int(e.key == "bonafide") for e in entries]
     group = trainer.optimizer.param_groups[0]
     assert (group["betas"], group["weight_decay"], group["amsgrad"]) == ((0.9, 0.999), 0.0001, False)
@@ -265,14 +268,13 @@ def test_nonfinite_loss_is_skipped_or_stops_naming_the_last_checkpoint(corpus, t
 def test_bad_audio_is_replaced_in_training_and_left_out_of_the_metrics(corpus, tmp_path, capsys):
     root = tmp_path / "corpus"
     shutil.copytree(corpus, root)
-    train_entry = next(e for e in read_cm_protocol(root / "cm.train.short.txt") if e.key == "bonafide")
+    train_entry = next(e for e in read_cm_protocol(short_list(root)) if e.key == "bonafide")
     dev_entry = read_cm_protocol(root / "protocols" / "ASVspoof2019.LA.cm.dev.trl.txt")[0]
     eval_entry = read_cm_protocol(root / "protocols" / "ASVspoof2019.LA.cm.eval.trl.txt")[-1]
     flac = root / "LA" / "ASVspoof2019_LA_{}" / "flac" / "{}.flac"
     for partition, entry in (("train", train_entry), ("dev", dev_entry), ("eval", eval_entry)):
         Path(str(flac).format(partition, entry.utterance)).write_bytes(b"not a flac file")
     config = cm_config(root, epoch=1)
-    config["dirs"]["cm_trn_list"] = str(root / "cm.train.short.txt")
     with pytest.raises(AudioError, match=f"{train_entry.utterance}.flac"):
         Trainer(build_config(config), tmp_path / "error", CPU, progress=False).fit()
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_run import run_main, run_script, tiny_corpus, write_config
+from tiny_run import run_main_here, run_script, tiny_corpus, write_config
 
 from data.audio import load_waveform
 from data.protocols import ProtocolError, read_sasv_trials
@@ -412,7 +412,7 @@ def test_numbers_in_plain_notation_only(tmp_path, capsys, monkeypatch, track_fil
 def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path, capsys, monkeypatch):
     corpus = tiny_corpus(tmp_path_factory)
     config = write_config(tmp_path / "tiny.conf", corpus, epoch=1, report_plots=True)
-    result = run_main(config, tmp_path / "exp")
+    result = run_main_here(config, tmp_path / "exp")
     assert result.returncode == 0, result.stderr
     assert [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()] == ["epoch 1", "eval", "done"]
     experiment = tmp_path / "exp" / "tiny"

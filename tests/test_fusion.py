@@ -6,12 +6,12 @@ The protocol and score files are tiny ones written in the ASVspoof 2019 LA / SAS
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_run import run_here
 
 from data.protocols import ProtocolError
 from metrics.eer import sasv_eers
@@ -239,8 +239,7 @@ def test_calibration_without_dev_names_what_is_missing(synthetic, monkeypatch):
 def test_command_line_exit_status_and_outputs(synthetic):
     config, out = synthetic
     _replace_line(out / "score_ASV_eval.txt", 2, "LA_E_1000002 x\n")
-    result = subprocess.run([sys.executable, str(REPO / "fuse_scores.py"), "--config", str(config), "--comment",
-                             str(out)], capture_output=True, text=True, timeout=300)
+    result = run_here([REPO / "fuse_scores.py", "--config", config, "--comment", out], cwd=out)  # as `python ...`
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "score_ASV_eval.txt:2: score 'x' is not a number" in result.stderr
     assert not list(out.glob("score_SASV_*")) and not list(out.glob("metrics_*"))

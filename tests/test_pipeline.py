@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from data.protocols import read_sasv_trials
-from data.synthetic import CorpusSpec, generate_corpus
 from metrics.adcf import min_adcf
 from metrics.eer import sasv_eers
 from models.build import build_sasv_model
@@ -25,7 +23,6 @@ from scoring.sasv import SASVScorer
 # Every test here needs a trained run or a real model (a module fixture): seconds to minutes.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(root: Path, **overrides) -> dict:
@@ -62,9 +59,9 @@ def tiny_config(root: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_corpus")
-    generate_corpus(root, CorpusSpec.tiny(), progress=False)
-    return root
+    from tiny_run import tiny_corpus  # tiny_run imports this module
+
+    return tiny_corpus(tmp_path_factory)  # generated once per session, shared with the other modules
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +69,15 @@ def trained(corpus, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     config_path = work / "tiny.conf"
     config_path.write_text(json.dumps(tiny_config(corpus)))
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(config_path), "--output_dir",
-                             str(work / "exp"), "--no_progress"], capture_output=True, text=True, timeout=600, cwd=work)
+    result = run_main_here(config_path, work / "exp")
     assert result.returncode == 0, result.stdout + result.stderr
     return work, config_path, work / "exp" / "tiny", result.stdout
+
+
+def run_main_here(config: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    from tiny_run import run_main_here  # tiny_run imports this module
+
+    return run_main_here(config, output_dir)
 
 
 def parse_scores(path: Path) -> tuple[list[tuple[str, str, str]], np.ndarray]:
@@ -143,8 +145,7 @@ def test_cached_scoring_equals_per_trial_path(trained):
 
 def test_existing_run_is_refused_without_resume_or_overwrite(trained):
     work, config_path, experiment, _ = trained
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(config_path), "--output_dir",
-                             str(work / "exp"), "--no_progress"], capture_output=True, text=True, timeout=300, cwd=work)
+    result = run_main_here(config_path, work / "exp")
     assert result.returncode == 2
     assert "already holds a run" in result.stderr and "--resume" in result.stderr and "--overwrite" in result.stderr
     assert (experiment / "metrics_eval.json").is_file()

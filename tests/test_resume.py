@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import StderrWatch, run_main, start_main, temporaries, tiny_corpus, write_config
+from tiny_run import StderrWatch, run_main, run_main_here, start_main, temporaries, tiny_corpus, write_config
 
 from models.checkpoint import CheckpointError, load_checkpoint
 from runtime.config import build_config
@@ -192,7 +192,7 @@ def test_resume_refuses_a_changed_config_and_allows_more_epochs(corpus, referenc
     run = tmp_path / "exp" / "run"
     shutil.copytree(reference, run)
     config = write_config(tmp_path / "run.conf", corpus, **RUN)
-    refused = run_main(config, tmp_path / "exp", "--resume", "--set", "optim.lr=0.01")
+    refused = run_main_here(config, tmp_path / "exp", "--resume", "--set", "optim.lr=0.01")  # refused: no training
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0
     assert "cannot resume" in refused.stderr and "optim.lr (run: 0.001, now: 0.01)" in refused.stderr

@@ -10,26 +10,38 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from tiny_run import run_script as run_in_process
 
 from metrics import MetricError
 from metrics.eer import compute_eer, sasv_eers
 from metrics.tdcf import min_tdcf
 
-REPO = Path(__file__).resolve().parent.parent
+
+@pytest.fixture
+def script(capsys, monkeypatch):
+    """Run a save_*.py script in this process (a python start and its imports saved per call), in `cwd`, as
+    `python name args... --device cpu`; returns (status, stdout, stderr)."""
+    def run(name: str, *args: str, cwd: Path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        return run_in_process(name, [*args, "--device", "cpu"], capsys, monkeypatch)
+
+    return run
 
 
-def run_script(name: str, *args: str, cwd: Path) -> str:
-    result = subprocess.run([sys.executable, str(REPO / name), *args, "--device", "cpu"], cwd=cwd,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+@pytest.fixture
+def run_script(script):
+    """As `script`, for a call that must succeed; returns its stdout."""
+    def run(name: str, *args: str, cwd: Path) -> str:
+        status, out, err = script(name, *args, cwd=cwd)
+        assert status == 0, f"{name} failed:\n{out}\n{err}"
+        return out
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +117,7 @@ def read_score_file(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_save_sasv_score_matches_golden(fixtures, golden, mini):
+def test_save_sasv_score_matches_golden(fixtures, golden, mini, run_script):
     arrays, meta = golden
     work, config, utterances, claimed, _ = mini
     stdout = run_script("save_sasv_score.py", "--config", str(config), "--model",
@@ -123,7 +135,7 @@ def test_save_sasv_score_matches_golden(fixtures, golden, mini):
 
 
 @pytest.mark.slow
-def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
+def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini, run_script):
     arrays, meta = golden
     work, config, utterances, claimed, bona_utts = mini
     run_script("save_asv_embeddings.py", "--config", str(config), "--comment", "sub",
@@ -180,13 +192,13 @@ def test_embeddings_asv_and_cm_scores_match_golden(fixtures, golden, mini):
 
 
 @pytest.mark.slow
-def test_scripts_refuse_bad_input_with_one_line(fixtures, mini, tmp_path):
+def test_scripts_refuse_bad_input_with_one_line(fixtures, mini, tmp_path, script):
     work, config, *_ = mini
-    result = subprocess.run([sys.executable, str(REPO / "save_sasv_score.py"), "--config", str(config), "--model",
-                             str(fixtures / "weights" / "AASIST.pth"), "--partitions", "dev", "--device", "cpu",
-                             "--comment", str(tmp_path / "out")], cwd=work, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
+    status, _, err = script("save_sasv_score.py", "--config", str(config), "--model",
+                            str(fixtures / "weights" / "AASIST.pth"), "--partitions", "dev",
+                            "--comment", str(tmp_path / "out"), cwd=work)
+    assert status == 2
+    assert err.strip().count("\n") == 0 and "error:" in err
     assert not (tmp_path / "out" / "score_SASV_dev.txt").exists()
 
 
@@ -206,7 +218,8 @@ def _fixed_format_checkpoint(fixtures, path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(fixtures, golden, mini, tmp_path):
+def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(fixtures, golden, mini, tmp_path,
+                                                                                 run_script, script):
     arrays, _ = golden
     work, config, *_ = mini
     fixed = _fixed_format_checkpoint(fixtures, tmp_path / "fixed.ckpt")
@@ -220,10 +233,8 @@ def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(
         scores = np.array([float(r[3]) for r in read_score_file(work / folder / "score_SASV_dev.txt")])
         np.testing.assert_allclose(scores, arrays["score"], atol=1e-5, rtol=0)
     # Without them the frozen networks would be random: refused, naming what is missing.
-    result = subprocess.run([sys.executable, str(REPO / "save_sasv_score.py"), *common, "--device", "cpu",
-                             "--comment", str(tmp_path / "none")], cwd=work, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 2 and "no weights for the asv and cm part(s)" in result.stderr
+    status, _, err = script("save_sasv_score.py", *common, "--comment", str(tmp_path / "none"), cwd=work)
+    assert status == 2 and "no weights for the asv and cm part(s)" in err
 
 
 @pytest.mark.slow

@@ -1,12 +1,15 @@
 """The auxiliary speaker-classification loss of system sasv (speaker_loss.weight > 0)."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from test_pipeline import tiny_config
 from test_resume import checkpoint_tensors
-from tiny_run import run_main, tiny_corpus, write_config
+from tiny_run import run_main_here, tiny_corpus, write_config
 
 from data.protocols import read_cm_protocol
 from data.trials import TARGET_BONAFIDE, TrainTrial, trial_rng
@@ -61,45 +64,55 @@ def test_spoofed_rows_are_left_out_of_the_speaker_loss():
     assert none.item() == 0.0 and none.requires_grad
 
 
-@pytest.mark.slow
-def test_training_updates_the_speaker_classes_and_resumes_exactly(corpus, tmp_path):
-    straight = write_config(tmp_path / "straight" / "run.conf", corpus, **RUN)
-    result = run_main(straight, tmp_path / "straight" / "exp")
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory) -> dict[str, Path]:
+    """The runs both slow tests read, made once: 2 epochs straight; the same split 1 + 1 by --resume (its
+    last.ckpt after the first epoch kept as `after_one`); and the first epoch again with speaker_loss.weight 0.
+    All in this process, under the same thread settings (run_main_here)."""
+    work = tmp_path_factory.mktemp("speaker_loss")
+    straight = write_config(work / "straight" / "run.conf", corpus, **RUN)
+    result = run_main_here(straight, work / "straight" / "exp")
     assert result.returncode == 0, result.stderr
-    split = write_config(tmp_path / "split" / "run.conf", corpus, **RUN)
-    first = run_main(split, tmp_path / "split" / "exp", "--set", "epoch=1")
+    split = write_config(work / "split" / "run.conf", corpus, **RUN)
+    first = run_main_here(split, work / "split" / "exp", "--set", "epoch=1")
     assert first.returncode == 0, first.stderr
-    after_one = load_checkpoint(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
-    second = run_main(split, tmp_path / "split" / "exp", "--resume")
+    shutil.copy(work / "split" / "exp" / "run" / "weights" / "last.ckpt", work / "after_one.ckpt")
+    second = run_main_here(split, work / "split" / "exp", "--resume")
     assert second.returncode == 0, second.stderr
+    # As the split run's first part in every setting but the weight (same file form, same --set).
+    unweighted = write_config(work / "w0" / "run.conf", corpus, **{**RUN, "speaker_loss": {"weight": 0.0}})
+    result = run_main_here(unweighted, work / "w0" / "exp", "--set", "epoch=1")
+    assert result.returncode == 0, result.stderr
+    return {"straight": work / "straight" / "exp" / "run" / "weights" / "last.ckpt",
+            "split": work / "split" / "exp" / "run" / "weights" / "last.ckpt",
+            "after_one": work / "after_one.ckpt",
+            "unweighted_one": work / "w0" / "exp" / "run" / "weights" / "last.ckpt"}
 
-    final = load_checkpoint(tmp_path / "straight" / "exp" / "run" / "weights" / "last.ckpt")
+
+@pytest.mark.slow
+def test_training_updates_the_speaker_classes_and_resumes_exactly(corpus, runs):
+    after_one = load_checkpoint(runs["after_one"])
+    final = load_checkpoint(runs["straight"])
     classes = final.meta["speaker_loss"]["weight"]
     n_speakers = len(training_sampler(build_config(tiny_config(corpus)))[0].speakers)
     assert classes.shape == (n_speakers, 32)  # one row per training speaker, asv_model.n_out wide
     assert not torch.equal(classes, after_one.meta["speaker_loss"]["weight"])  # it is trained
     assert len(final.meta["optimizer"]["param_groups"]) == 3
 
-    resumed = load_checkpoint(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
+    resumed = load_checkpoint(runs["split"])
     assert torch.equal(resumed.meta["speaker_loss"]["weight"], classes)
-    reference = checkpoint_tensors(tmp_path / "straight" / "exp" / "run" / "weights" / "last.ckpt")
-    again = checkpoint_tensors(tmp_path / "split" / "exp" / "run" / "weights" / "last.ckpt")
+    reference = checkpoint_tensors(runs["straight"])
+    again = checkpoint_tensors(runs["split"])
     assert reference.keys() == again.keys()
     for key, value in reference.items():
         assert torch.equal(value, again[key]), key
 
 
 @pytest.mark.slow
-def test_the_speaker_loss_changes_what_the_asv_network_learns(corpus, tmp_path):
-    """Same seed and trials, weight 0 vs 0.5: only the added loss differs, so the ASV weights must."""
-    runs = {}
-    for weight in (0.0, 0.5):
-        config = write_config(tmp_path / f"w{weight}" / "run.conf", corpus, **{**RUN, "epoch": 1,
-                                                                                  "speaker_loss": {"weight": weight}})
-        result = run_main(config, tmp_path / f"w{weight}" / "exp")
-        assert result.returncode == 0, result.stderr
-        runs[weight] = load_checkpoint(tmp_path / f"w{weight}" / "exp" / "run" / "weights" / "last.ckpt")
-    assert "speaker_loss" not in runs[0.0].meta
-    differs = [key for key, value in runs[0.0].asv_state.items()
-               if value.is_floating_point() and not np.allclose(value, runs[0.5].asv_state[key])]
+def test_the_speaker_loss_changes_what_the_asv_network_learns(runs):
+    """Same seed and trials, weight 0 vs 0.5 for one epoch: only the added loss differs, so the ASV weights must."""
+    unweighted, weighted = load_checkpoint(runs["unweighted_one"]), load_checkpoint(runs["after_one"])
+    assert "speaker_loss" not in unweighted.meta and "speaker_loss" in weighted.meta
+    differs = [key for key, value in unweighted.asv_state.items()
+               if value.is_floating_point() and not np.allclose(value, weighted.asv_state[key])]
     assert differs

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,11 @@ LETTER = {"train": "T", "dev": "D", "eval": "E"}
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return generate_corpus(tmp_path_factory.mktemp("synthetic") / "corpus", SPEC, progress=False, workers=1)
+    """The session's tiny corpus (SPEC, one worker, as generate_corpus does for a corpus this small), shared
+    with the modules that train on it; the tests here only read it."""
+    from tiny_run import tiny_corpus
+
+    return tiny_corpus(tmp_path_factory)
 
 
 def protocol(root: Path, name: str) -> list[list[str]]:
@@ -189,7 +195,10 @@ def test_speakers_attacks_and_partitions(corpus):
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_files_with_any_worker_count(corpus, tmp_path):
-    again = generate_corpus(tmp_path / "again", SPEC, progress=False, workers=2)
+    # The shared corpus is written with generate_corpus's default: one process per core (up to 4) for a corpus
+    # of this size; this one with another count.
+    workers = 1 if (os.cpu_count() or 1) > 1 else 2
+    again = generate_corpus(tmp_path / "again", SPEC, progress=False, workers=workers)
     assert tree_hashes(again) == tree_hashes(corpus)
 
 
@@ -334,12 +343,13 @@ def test_every_system_rolls_off_the_top_band_and_repeated_systems_share_it():
 
 
 @pytest.mark.slow
-def test_the_demo_regenerates_a_corpus_written_for_another_spec(tmp_path):
+def test_the_demo_regenerates_a_corpus_written_for_another_spec(corpus, tmp_path):
     from data.synthetic import ensure_demo_corpus
     from runtime.config import build_config
 
     root = tmp_path / "demo"
-    generate_corpus(root, CorpusSpec.tiny(seed=0), progress=False)
+    shutil.copytree(corpus, root)  # a complete corpus of CorpusSpec.tiny(seed=0)
+    assert corpus_is_complete(root, CorpusSpec.tiny(seed=0))
     config = build_config({"demo_corpus": {"root": str(root), "size": "tiny", "seed": 1}})
     ensure_demo_corpus(config["demo_corpus"], progress=False)  # an older or other corpus is not silently reused
     assert corpus_is_complete(root, CorpusSpec.tiny(seed=1)) and not corpus_is_complete(root, CorpusSpec.tiny(seed=0))

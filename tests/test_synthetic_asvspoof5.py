@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from tiny_run import QUIET_ENV, REPO
+from tiny_run import QUIET_ENV, REPO, tiny_corpus
 
 from data.asvspoof5 import CODECS, read_enrollment, read_trials, read_utterance_list
 from data.audio import MIN_AUDIO_MS, check_duration
-from data.synthetic import Asvspoof5Spec, CorpusSpec, corpus_is_complete, generate_asvspoof5_corpus, generate_corpus
+from data.synthetic import Asvspoof5Spec, CorpusSpec, corpus_is_complete, generate_asvspoof5_corpus
 from data.synthetic.codecs import CODECS as CODECS_OF_THE_GENERATOR
 
 SPEC = Asvspoof5Spec.tiny()
@@ -144,8 +145,9 @@ def test_same_seed_same_bytes_any_worker_count_other_seed_other_audio(corpus, tm
 
 
 @pytest.mark.slow
-def test_regenerating_is_a_no_op_when_complete_and_redone_when_interrupted(tmp_path):
-    root = generate_asvspoof5_corpus(tmp_path / "c", SPEC, progress=False)
+def test_regenerating_is_a_no_op_when_complete_and_redone_when_interrupted(corpus, tmp_path):
+    root = tmp_path / "c"
+    shutil.copytree(corpus, root)  # complete for SPEC; changed below, so a copy
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     generate_asvspoof5_corpus(root, SPEC, progress=False)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
@@ -191,10 +193,11 @@ def test_the_demo_config_trains_on_the_corpus_it_has_just_generated(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_2019_layout_is_unchanged(tmp_path):
+def test_the_2019_layout_is_unchanged(tmp_path_factory):
     """Decoded audio and protocols of the tiny 2019 corpus, hashed from the generator before the ASVspoof 5
     layout was added (decoded, so that a different FLAC encoder build does not matter)."""
-    root = generate_corpus(tmp_path / "la", CorpusSpec.tiny(), progress=False, workers=1)
+    root = tiny_corpus(tmp_path_factory)  # CorpusSpec.tiny(), generated once per session
+    assert corpus_is_complete(root, CorpusSpec.tiny())
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         if path.suffix in (".flac", ".txt"):

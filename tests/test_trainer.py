@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_run import run_main, tiny_corpus, write_config
+from tiny_run import run_main_here, tiny_corpus, write_config
 from torch import nn
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_subsystem_checkpoint
@@ -283,7 +283,7 @@ def test_a_second_run_on_a_live_folder_is_refused(corpus, tmp_path, flag):
     (folder / "weights" / "last.ckpt").write_bytes(b"the live run's checkpoint")
     holder = hold_lock(folder)
     try:
-        refused = run_main(config, tmp_path / "exp", *([flag] if flag else []))
+        refused = run_main_here(config, tmp_path / "exp", *([flag] if flag else []))  # the holder is another process
         assert refused.returncode == 2
         line = refused.stderr.strip().splitlines()[-1]
         assert line.startswith(f"error: {folder} is in use by a running main.py (pid {holder.pid}, started ")

@@ -1,8 +1,11 @@
 """Helpers for the tests that run main.py and the scripts on the tiny synthetic corpus."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import random
 import re
 import runpy
 import subprocess
@@ -11,7 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import tqdm
 from test_pipeline import tiny_config
 
@@ -51,6 +56,42 @@ def _environment(progress: bool) -> dict[str, str]:
 def run_main(config: Path, output_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(main_command(config, output_dir, *extra), capture_output=True, text=True,
                           timeout=timeout, cwd=output_dir.parent, env=_environment(False))
+
+
+def run_main_here(config: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """As run_main, in this process: the same outputs without a python start and its imports (seconds per run).
+
+    Runs compared bit for bit must all be made one way, since thread settings can change the last bits; and a
+    run that is killed or signalled, or that needs a lock this process holds, needs run_main.
+    """
+    return run_here(main_command(config, output_dir, *extra)[1:], cwd=output_dir.parent)
+
+
+def run_here(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python *command` (a script and its arguments) in this process, in `cwd`, with one torch thread and
+    QUIET_ENV, as run_main starts one; cwd, argv, the environment, the thread count and the random generators'
+    states are put back afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    threads, previous_cwd = torch.get_num_threads(), os.getcwd()
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]), pytest.MonkeyPatch.context() as patch, \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.setattr(sys, "argv", [str(part) for part in command])
+        for key, value in QUIET_ENV.items():
+            patch.setenv(key, value)
+        torch.set_num_threads(1)
+        os.chdir(cwd)
+        try:
+            runpy.run_path(str(command[0]), run_name="__main__")
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            os.chdir(previous_cwd)
+            torch.set_num_threads(threads)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+    return subprocess.CompletedProcess([sys.executable, *map(str, command)], status, out.getvalue(), err.getvalue())
 
 
 def start_main(config: Path, output_dir: Path, *extra: str, progress: bool = False, **options) -> subprocess.Popen:
