@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from data import corpus
 from data.corpora import corpus_of
 from models.build import load_system
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
@@ -65,9 +64,9 @@ def main() -> None:
     model, _, _ = load_system(config, device, weight_args(args), need=("cm",))
     require_database(config)
     options = Extraction.from_config(config, device)
-    lists = {part: corpus.cm_entries(config, part) for part in args.partitions}
+    lists = {part: corpus_of(config).cm_entries(part) for part in args.partitions}
     # every list read and every file checked before any scoring
-    audio = {part: listed_audio(config, part, [e.utterance for e in entries], corpus.cm_list(config, part))
+    audio = {part: listed_audio(config, part, [e.utterance for e in entries], corpus_of(config).cm_list(part))
              for part, entries in lists.items()}
     summaries = []
     # Every partition's files are staged, then moved in together: a failure leaves the earlier outputs as they were.

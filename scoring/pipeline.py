@@ -5,7 +5,7 @@ back-end, or exported embeddings) gives a `ScoredTrials` of every trial in list 
 (on_bad_audio: skip) scored nan and marked. `evaluate_sasv`, `evaluate_cm` and `evaluate_asv` then do the
 same for every caller, in one order: refuse NaN/inf scores that no bad audio explains, write the score
 file(s), warn about the skipped trials (one `bad_audio_summary` line), compute the metrics, write the
-report and add its headline metric (ASVspoof 5: a_dcf, data.corpus.primary_metric), and return
+report and add its headline metric (ASVspoof 5: a_dcf, the corpus adapter's headline["sasv"]), and return
 the metrics with the counts under the key names listed in docs/outputs.md. Only the `Writer` differs: the
 tasks write into the experiment folder (scores/, report/; the trainer turns the dev metrics into
 metrics.csv rows), the scripts their score files and report_<part>/ folders.
