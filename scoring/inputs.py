@@ -68,18 +68,18 @@ def check_enrollment_audio(enrollment: Mapping[str, Sequence[Path]], listing: st
 def listed_audio(config: Config, partition: str, utterances: Sequence[str], listing: str | Path) -> list[Path]:
     """The audio file of each utterance in the partition's folder. With on_bad_audio: error, a missing one,
     or one too short by its header (data.audio.check_duration), stops now, before any scoring, naming the line
-    of `listing` that lists it (the utterance is the 2nd column of CM protocols, trial lists and ASVspoof 5
-    lists alike)."""
-    folder, ext = corpus_of(config).audio_dir(partition), config["audio_ext"]
-    paths = [folder / f"{utterance}.{ext}" for utterance in utterances]
+    of `listing` that lists it (the corpus adapter's `where_listed`)."""
+    corpus = corpus_of(config)
+    paths = [corpus.audio_path(partition, utterance) for utterance in utterances]
     if config["on_bad_audio"] == "error":
         for utterance, path in zip(utterances, paths):
             if not path.is_file():
-                raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
+                raise ProtocolError(f"{corpus.where_listed(listing, utterance)}: utterance {utterance} is missing "
+                                    f"({path})")
             try:
                 check_duration(path)
             except AudioError as error:
-                raise AudioError(f"{_line_of(listing, utterance, 1)}: utterance {utterance}: {error}") from None
+                raise AudioError(f"{corpus.where_listed(listing, utterance)}: utterance {utterance}: {error}") from None
     return paths
 
 

@@ -117,14 +117,19 @@ def score_cm(network: Callable[[torch.Tensor], torch.Tensor], entries: Sequence[
     return scored, logits
 
 
-def evaluate_cm(scored: ScoredTrials, what: str, writer: Writer, asv: Mapping[str, np.ndarray] | None = None
-                ) -> dict[str, Any]:
+def evaluate_cm(scored: ScoredTrials, what: str, writer: Writer, asv: Mapping[str, np.ndarray] | None = None,
+                selected: Sequence[bool] | None = None) -> dict[str, Any]:
     """CM EER and its threshold, min t-DCF (with target / nontarget / spoof ASV scores; None without, or with
     `min_tdcf_note` when undefined) of the utterances not skipped, then n_utterances, n_skipped_utterances
-    and skipped_audio."""
+    and skipped_audio. `selected`: the metrics are of these utterances only (a CM evaluation set's headline
+    subset, the corpus adapter's `headline_selection`; `n_selected_utterances` counts them), while the
+    score files and the counts hold every utterance."""
     writer.scores(scored)
     _warn_skipped(scored, what, "utterances", writer, "")
-    result = cm_metrics(scored.cm, scored.cm_keys == "bonafide", asv)
+    measured = scored if selected is None else scored.subset(np.asarray(selected, dtype=bool))
+    result = cm_metrics(measured.cm, measured.cm_keys == "bonafide", asv)
+    if selected is not None:
+        result["n_selected_utterances"] = len(measured)
     return {**result, **skip_counts(scored, "utterances")}
 
 
