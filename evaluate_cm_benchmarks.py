@@ -15,9 +15,11 @@ Each set is scored by save_cm_score.py (2019 LA eval with the config as it is, t
 keys (evaluate.py's reader: 2021 subset `eval`, as the organisers' package; the 2021 LA min t-DCF with the
 organisers' ASV scores when the keys release has them; the report in DIR/NAME/report/). DIR/benchmarks.md and
 DIR/benchmarks.csv get the rows EER (%) and min t-DCF, one column per set in the order 2019 LA, 2021 LA, 2021
-DF, In-the-Wild. The 2019 LA min t-DCF needs ASV scores: save_asv_score.py's score_ASV_eval.txt in
-DIR/asvspoof2019_la/ (as save_cm_score.py). `--scores NAME=FILE` takes an existing `trial score` file for a
-set instead of scoring it (the 2019 column then needs DIR/asvspoof2019_la/metrics_CM_eval.json).
+DF, In-the-Wild. The 2019 LA min t-DCF needs ASV scores of its SASV eval trials (`asv_scores_2019`,
+--asv_scores_2019: save_asv_score.py's score_ASV_eval.txt, or the asv_scores/eval.txt of a `system: cm` run
+with cm_train.asv_model), copied to DIR/asvspoof2019_la/score_ASV_eval.txt where save_cm_score.py reads it.
+`--scores NAME=FILE` takes an existing `trial score` file for a set instead of scoring it (the 2019 column then
+needs DIR/asvspoof2019_la/metrics_CM_eval.json).
 docs/cm_benchmarks.md has the recipe.
 """
 from __future__ import annotations
@@ -37,9 +39,13 @@ HEADERS = {"asvspoof2019_la": "2019 LA eval", "asvspoof2021_la": "2021 LA eval",
            "in_the_wild": "In-the-Wild"}
 BENCHMARKS = ("asvspoof2021_la", "asvspoof2021_df", "in_the_wild")
 FROM_CONFIG = "config"  # the recipe's value for 2019 LA: the CM config's own dirs
-RECIPE_KEYS = ("config", "cm_model", "set", "sets", "scores", "out")
+RECIPE_KEYS = ("config", "cm_model", "set", "sets", "scores", "asv_scores_2019", "out")
 SCORE_FILE = "score_CM_eval_no_softmax.txt"  # the bona fide logits, which save_cm_score.py's metrics use
 SCRIPTS = Path(__file__).resolve().parent
+# A CM's training config may name the ASV scores its 2019 LA min t-DCF was selected by; the config check refuses
+# those keys with another dataset, and scoring does not read them: cleared for the other sets.
+NOT_TRAINING = ("cm_train.select_by=eer", "cm_train.asv_model=null", "cm_train.asv_scores.dev=null",
+                "cm_train.asv_scores.eval=null")
 
 
 class BenchmarkArgumentError(UserError):
@@ -113,6 +119,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": args.config or recipe.get("config"), "cm_model": args.cm_model or recipe.get("cm_model"),
             "set": list(recipe.get("set") or []) + list(args.set),
             "sets": {name: sets[name] for name in HEADERS if name in sets}, "scores": scores,
+            "asv_scores_2019": args.asv_scores_2019 or recipe.get("asv_scores_2019"),
             "out": args.out or recipe.get("out") or "cm_benchmarks"}
 
 
@@ -125,6 +132,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--database", nargs="*", default=[], help="NAME=ROOT: the release folders of a set")
     parser.add_argument("--scores", nargs="*", default=[], help="NAME=FILE: `trial score` of a set, already scored")
     parser.add_argument("--no_2019", action="store_true", help="leave out the ASVspoof 2019 LA eval column")
+    parser.add_argument("--asv_scores_2019", help="ASV scores of the 2019 LA SASV eval trials, for its min t-DCF")
     parser.add_argument("--out", help="output folder (default: the recipe's out, else cm_benchmarks)")
     return parser.parse_args()
 
@@ -134,7 +142,8 @@ def _score(run: dict[str, Any], name: str, database: str, out: Path) -> None:
     command = [sys.executable, str(SCRIPTS / "save_cm_score.py"), "--comment", str(out), "--partitions", "eval"]
     command += ["--config", run["config"]] if run["config"] else []
     command += ["--cm_model", run["cm_model"]] if run["cm_model"] else []
-    sets = run["set"] + ([] if database == FROM_CONFIG else [f"dataset={name}", f"dirs.database={database}"])
+    sets = run["set"] + ([] if database == FROM_CONFIG else [f"dataset={name}", f"dirs.database={database}",
+                                                             *NOT_TRAINING])
     command += ["--set", *sets] if sets else []
     if subprocess.run(command).returncode != 0:
         raise BenchmarkArgumentError(f"save_cm_score.py failed on {HEADERS[name]} ({' '.join(command)})")
@@ -157,6 +166,12 @@ def main() -> None:
         if database == FROM_CONFIG:
             metrics_file = out / name / "metrics_CM_eval.json"
             if not run["scores"] or not metrics_file.is_file():
+                if run["asv_scores_2019"]:
+                    from runtime.files import atomic_copy
+                    if not Path(run["asv_scores_2019"]).is_file():
+                        raise BenchmarkArgumentError(f"asv_scores_2019: {run['asv_scores_2019']} does not exist")
+                    (out / name).mkdir(parents=True, exist_ok=True)
+                    atomic_copy(run["asv_scores_2019"], out / name / "score_ASV_eval.txt")
                 _score(run, name, database, out / name)
             metrics = json.loads(metrics_file.read_text())
             columns[name] = {"eer": metrics["cm_eer"], "min_tdcf": metrics["min_tdcf"]}
