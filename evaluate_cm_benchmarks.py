@@ -63,6 +63,12 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
+def _trains(name: str) -> bool:
+    """Whether set `name` is a training corpus (2019 LA), read as the CM's config says rather than from a root."""
+    from data.corpora import corpus_class
+    return "train" in corpus_class(name).partitions
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The recipe file's settings (a .conf mapping of RECIPE_KEYS), checked: one line naming the file and key."""
     import yaml
@@ -91,9 +97,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
                 if name not in allowed:
                     raise BenchmarkArgumentError(f"{path}: {key}.{name}: not a CM test set; expected one of "
                                                  f"{', '.join(allowed)}")
-                if name == "asvspoof2019_la" and where != FROM_CONFIG:
-                    raise BenchmarkArgumentError(f"{path}: sets.asvspoof2019_la: must be {FROM_CONFIG!r} (the CM "
-                                                 f"config's own dirs), got {where!r}")
+                if key == "sets" and _trains(name) and where != FROM_CONFIG:
+                    raise BenchmarkArgumentError(f"{path}: sets.{name}: must be {FROM_CONFIG!r} (the CM config's own "
+                                                 f"dirs), got {where!r}")
                 if not isinstance(where, str) or not where:
                     raise BenchmarkArgumentError(f"{path}: {key}.{name}: expected a path, got {where!r}")
         elif key == "set":
