@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import corpus
+from data.corpora import corpus_of, label_attacks
 from data.protocols import ProtocolError, SASVTrial, check_every_key
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
 from runtime.config import Config
@@ -75,12 +75,13 @@ def score_paths(args: argparse.Namespace, part: str) -> tuple[Path, Path]:
 
 
 def load_partition(config: Config, part: str, asv_path: Path, cm_path: Path) -> PartitionScores:
-    trial_path, protocol_path = corpus.trial_list(config, part), corpus.cm_list(config, part)
-    trials = corpus.sasv_trials(config, part)
+    corpus = corpus_of(config)
+    trial_path, protocol_path = corpus.trial_list(part), corpus.cm_list(part)
+    trials = corpus.sasv_trials(part)
     check_every_key([t.key for t in trials], trial_path)  # the metrics (and the ASV calibration) need each class
     asv = read_trial_scores(asv_path, trial_path, trials)
-    entries = corpus.cm_entries(config, part)
-    corpus.label_attacks(trials, trial_path, entries, protocol_path)  # protocols of one origin: same keys, attacks
+    entries = corpus.cm_entries(part)
+    label_attacks(trials, trial_path, entries, protocol_path)  # protocols of one origin: same keys, attacks
     protocol = {entry.utterance: entry for entry in entries}
     by_utterance = read_cm_score_file(cm_path, protocol_path, entries)
     for number, trial in enumerate(trials, start=1):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import corpus
+from data.corpora import corpus_of
 from models.build import load_system
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import require_database
@@ -31,7 +31,7 @@ from scoring.inputs import check_enrollment_audio, listed_audio
 from scoring.pipeline import bad_audio_summary
 from scoring.verification import speaker_model
 
-PARTITIONS = ("trn", "dev", "eval")  # the CM lists (data.corpus.cm_list) of the config's dataset
+PARTITIONS = ("trn", "dev", "eval")  # the CM lists (the corpus adapter's cm_list) of the config's dataset
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,14 +83,15 @@ def main() -> None:
     options = Extraction.from_config(config, device)
     ext = config["audio_ext"]
     plans = {}
+    corpus = corpus_of(config)
     for part in args.partitions:  # every list read and every file checked before any extraction
-        utterances = [entry.utterance for entry in corpus.cm_entries(config, part)]
-        paths = listed_audio(config, part, utterances, corpus.cm_list(config, part))
-        speakers = corpus.enrollment_utterances(config, part) if part != "trn" and "asv" in loaded else {}
-        folder = corpus.audio_dir(config, part)
+        utterances = [entry.utterance for entry in corpus.cm_entries(part)]
+        paths = listed_audio(config, part, utterances, corpus.cm_list(part))
+        speakers = corpus.enrollment_utterances(part) if part != "trn" and "asv" in loaded else {}
+        folder = corpus.audio_dir(part)
         enrollment = {speaker: [folder / f"{u}.{ext}" for u in utts] for speaker, utts in speakers.items()}
         if enrollment and config["on_bad_audio"] == "error":
-            check_enrollment_audio(enrollment, corpus.enrollment_list(config, part))
+            check_enrollment_audio(enrollment, corpus.enrollment_list(part))
         plans[part] = (utterances, paths, enrollment)
     written = []
     # Each partition's files are staged as soon as they are computed; all of them are moved in together at

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data import corpus
+from data.corpora import corpus_of
 from data.embeddings import read_embeddings
 from metrics.eer import sasv_eers
 from runtime.cli import add_config_args, add_output_args, config_from_args, run_cli
@@ -51,10 +51,11 @@ def main() -> None:
             check_output_place(out / name, "--comment", folder=False)
     summaries = []
     # Every partition's files are staged, then moved in together: a failure leaves the earlier outputs as they were.
+    corpus = corpus_of(config)
     with staged_outputs() as outputs:
         for part in args.partitions:
-            trial_path = corpus.trial_list(config, part)
-            trials = corpus.sasv_trials(config, part)
+            trial_path = corpus.trial_list(part)
+            trials = corpus.sasv_trials(part)
             scores, skipped = cosine_scores(read_embeddings(out / f"spk_model_{part}.pk"),
                                             read_embeddings(out / f"asv_embd_{part}.pk"), trials, trial_path,
                                             skip_missing=config["on_bad_audio"] == "skip")

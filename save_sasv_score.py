@@ -17,7 +17,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from data import corpus
+from data.corpora import corpus_of
 from models.build import load_system
 from runtime.cli import add_config_args, add_model_args, add_output_args, config_from_args, run_cli, weight_args
 from runtime.config import Config
@@ -57,8 +57,9 @@ def script_writer(config: Config, outputs: StagedOutputs, score_file: Path, repo
 
     def write_report(scored: ScoredTrials) -> dict:
         # The report deletes the report files of an earlier run that it does not write (a plot).
-        return write_sasv_report(report, replace(scored, source=str(score_file)), first=corpus.primary_metric(config),
-                                 outputs=outputs, plots=config["report_plots"])
+        return write_sasv_report(report, replace(scored, source=str(score_file)),
+                                 first=corpus_of(config).headline["sasv"], outputs=outputs,
+                                 plots=config["report_plots"])
 
     return Writer(scores=scores, report=write_report)
 

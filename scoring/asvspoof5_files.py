@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data.asvspoof5 import BONAFIDE
+from data.corpora import corpus_for_list, label_attacks
 from data.protocols import (
     CM_KEYS,
     SASV_KEYS,
@@ -270,11 +271,11 @@ def read_sasv_score_file(path: str | Path, trial_path: str | Path, cm_protocol: 
     `read_trial_scores`) with attack labels from the trial list's attack column or, given, the CM protocol.
     Either list may be ASVspoof 2019 LA's or ASVspoof 5's (told by its columns). A `nan` score (a trial
     skipped for bad audio) leaves the trial out, as the toolkit's metrics do."""
-    from data import corpus  # loads torch (through data.datasets): only for the toolkit's own lists
-    trials = corpus.read_trials(trial_path, None)
+    trials = corpus_for_list(trial_path, "trials").read_trials(trial_path)
     scores = read_trial_scores(path, trial_path, trials, allow_nan=True, what="SASV")
     if cm_protocol is not None:
-        trials = corpus.label_attacks(trials, trial_path, corpus.read_cm_entries(cm_protocol, None), cm_protocol)
+        entries = corpus_for_list(cm_protocol, "cm").read_keys(cm_protocol)
+        trials = label_attacks(trials, trial_path, entries, cm_protocol)
     elif any(t.key == "spoof" and t.attack == "-" for t in trials):
         raise ProtocolError(f"{trial_path}: the spoof trials name no attack (a 3-column trial list); give "
                             f"--cm_protocol with the partition's utterance list for the per-attack table")

@@ -5,7 +5,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data import corpus
 from data.audio import AudioError, check_duration
 from data.corpora import corpus_of
 from data.protocols import (
@@ -23,7 +22,7 @@ class ScoringInputs:
     """What a SASV evaluation needs: the trials and where their audio lives."""
 
     trials: list[SASVTrial]
-    test_dir: Path  # the partition's audio folder (corpus.audio_dir)
+    test_dir: Path  # the partition's audio folder (the corpus adapter's audio_dir)
     # speaker -> enrollment files: [the concatenated file] (ASVspoof 2019 LA) or its utterances (ASVspoof 5)
     enrollment_paths: dict[str, list[Path]]
     test_samples: int
@@ -69,18 +68,18 @@ def check_enrollment_audio(enrollment: Mapping[str, Sequence[Path]], listing: st
 def listed_audio(config: Config, partition: str, utterances: Sequence[str], listing: str | Path) -> list[Path]:
     """The audio file of each utterance in the partition's folder. With on_bad_audio: error, a missing one,
     or one too short by its header (data.audio.check_duration), stops now, before any scoring, naming the line
-    of `listing` that lists it (the utterance is the 2nd column of CM protocols, trial lists and ASVspoof 5
-    lists alike)."""
-    folder, ext = corpus.audio_dir(config, partition), config["audio_ext"]
-    paths = [folder / f"{utterance}.{ext}" for utterance in utterances]
+    of `listing` that lists it (the corpus adapter's `where_listed`)."""
+    corpus = corpus_of(config)
+    paths = [corpus.audio_path(partition, utterance) for utterance in utterances]
     if config["on_bad_audio"] == "error":
         for utterance, path in zip(utterances, paths):
             if not path.is_file():
-                raise ProtocolError(f"{_line_of(listing, utterance, 1)}: utterance {utterance} is missing ({path})")
+                raise ProtocolError(f"{corpus.where_listed(listing, utterance)}: utterance {utterance} is missing "
+                                    f"({path})")
             try:
                 check_duration(path)
             except AudioError as error:
-                raise AudioError(f"{_line_of(listing, utterance, 1)}: utterance {utterance}: {error}") from None
+                raise AudioError(f"{corpus.where_listed(listing, utterance)}: utterance {utterance}: {error}") from None
     return paths
 
 
@@ -96,14 +95,15 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
     """The SASV trials of `partition` (dev or eval) with their audio locations, checked before any scoring:
     every claimed speaker enrolled, every enrollment file there (unless on_bad_audio is skip)."""
     require_database(config)
-    trial_path = corpus.trial_list(config, partition)
-    trials = corpus.sasv_trials(config, partition)
+    corpus = corpus_of(config)
+    trial_path = corpus.trial_list(partition)
+    trials = corpus.sasv_trials(partition)
     check_every_key([t.key for t in trials], trial_path)
     enrollment, listing = enrollment_files(config, partition)
     check_trials_enrolled(trials, enrollment, trial_path, listing)
     if config["on_bad_audio"] == "error":  # with skip, the speaker's trials are marked as skipped instead
         claimed = {speaker: enrollment[speaker] for speaker in sorted({t.speaker for t in trials})}
-        if not corpus_of(config).concatenated_enrollment:
+        if not corpus.concatenated_enrollment:
             check_enrollment_audio(claimed, listing)
         else:  # ASVspoof 2019 LA: one concatenated file per speaker
             for speaker, paths in claimed.items():
@@ -116,10 +116,10 @@ def scoring_inputs(config: Config, partition: str) -> ScoringInputs:
                                      f"{error}") from None
     listed_audio(config, partition, list(dict.fromkeys(t.utterance for t in trials)), trial_path)
     samples = config["enrollment_samples"][partition]
-    return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(config, partition),
+    return ScoringInputs(trials=trials, test_dir=corpus.audio_dir(partition),
                          enrollment_paths=enrollment, test_samples=config["test_samples"],
                          enrollment_samples=samples, audio_ext=config["audio_ext"],
-                         codecs=corpus.trial_codecs(config, partition, trials))
+                         codecs=corpus.trial_conditions(partition, trials).get("codec"))
 
 
 def check_data_layout(config: Config) -> None:

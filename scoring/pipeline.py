@@ -5,7 +5,7 @@ back-end, or exported embeddings) gives a `ScoredTrials` of every trial in list 
 (on_bad_audio: skip) scored nan and marked. `evaluate_sasv`, `evaluate_cm` and `evaluate_asv` then do the
 same for every caller, in one order: refuse NaN/inf scores that no bad audio explains, write the score
 file(s), warn about the skipped trials (one `bad_audio_summary` line), compute the metrics, write the
-report and add its headline metric (ASVspoof 5: a_dcf, data.corpus.primary_metric), and return
+report and add its headline metric (ASVspoof 5: a_dcf, the corpus adapter's headline["sasv"]), and return
 the metrics with the counts under the key names listed in docs/outputs.md. Only the `Writer` differs: the
 tasks write into the experiment folder (scores/, report/; the trainer turns the dev metrics into
 metrics.csv rows), the scripts their score files and report_<part>/ folders.
@@ -117,14 +117,19 @@ def score_cm(network: Callable[[torch.Tensor], torch.Tensor], entries: Sequence[
     return scored, logits
 
 
-def evaluate_cm(scored: ScoredTrials, what: str, writer: Writer, asv: Mapping[str, np.ndarray] | None = None
-                ) -> dict[str, Any]:
+def evaluate_cm(scored: ScoredTrials, what: str, writer: Writer, asv: Mapping[str, np.ndarray] | None = None,
+                selected: Sequence[bool] | None = None) -> dict[str, Any]:
     """CM EER and its threshold, min t-DCF (with target / nontarget / spoof ASV scores; None without, or with
     `min_tdcf_note` when undefined) of the utterances not skipped, then n_utterances, n_skipped_utterances
-    and skipped_audio."""
+    and skipped_audio. `selected`: the metrics are of these utterances only (a CM evaluation set's headline
+    subset, the corpus adapter's `headline_selection`; `n_selected_utterances` counts them), while the
+    score files and the counts hold every utterance."""
     writer.scores(scored)
     _warn_skipped(scored, what, "utterances", writer, "")
-    result = cm_metrics(scored.cm, scored.cm_keys == "bonafide", asv)
+    measured = scored if selected is None else scored.subset(np.asarray(selected, dtype=bool))
+    result = cm_metrics(measured.cm, measured.cm_keys == "bonafide", asv)
+    if selected is not None:
+        result["n_selected_utterances"] = len(measured)
     return {**result, **skip_counts(scored, "utterances")}
 
 

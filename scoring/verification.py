@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import corpus
+from data.corpora import corpus_of
 from data.protocols import ProtocolError, SASVTrial, check_trials_enrolled
 from data.speaker_lists import read_voxceleb_trials
 from metrics.dcf import min_dcf
@@ -72,18 +72,19 @@ def voxceleb_trials(list_path: str | Path, root: str | Path, samples: int) -> Ve
 
 def asvspoof_trials(config: Config, partition: str, keys: tuple[str, ...] = ("target", "nontarget")
                     ) -> VerificationTrials:
-    """The `keys` trials of the partition's trial list (data.corpus); enrollment as asv_train.enrollment says."""
+    """The `keys` trials of the partition's trial list (the corpus adapter); enrollment as asv_train.enrollment says."""
     require_database(config)
-    trial_path = corpus.trial_list(config, partition)
-    trials = [t for t in corpus.sasv_trials(config, partition) if t.key in keys]
+    corpus = corpus_of(config)
+    trial_path = corpus.trial_list(partition)
+    trials = [t for t in corpus.sasv_trials(partition) if t.key in keys]
     if not trials:
         raise ProtocolError(f"{trial_path}: no {' or '.join(keys)} trials")
-    audio = corpus.audio_dir(config, partition)
+    audio = corpus.audio_dir(partition)
     ext = config["audio_ext"]
     if config["asv_train"]["enrollment"] == "utterances":
-        listing = corpus.enrollment_list(config, partition)
+        listing = corpus.enrollment_list(partition)
         enrollment = {speaker: [audio / f"{utt}.{ext}" for utt in utts]
-                      for speaker, utts in corpus.enrollment_utterances(config, partition).items()}
+                      for speaker, utts in corpus.enrollment_utterances(partition).items()}
         enrollment_samples = config["test_samples"]
     else:
         enrollment, listing = enrollment_files(config, partition)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from tiny_run import run_script
 
-from data import corpus
 from data.asvspoof5 import read_enrollment, read_trials, read_utterance_list
+from data.corpora import corpus_of
 from data.protocols import ProtocolError
 
 UTT = ["S1 U1 F - - - - bonafide bonafide -", "S1 U2 F C01 - U1 AC1 A01 spoof -", "S2 U3 M - - - - bonafide bonafide -"]
@@ -72,7 +72,7 @@ def test_a_trial_on_the_speaker_s_own_enrollment_utterance_is_refused(tmp_path):
     trials = [*TRIAL, "S1 U9 F bonafide target"]  # U9 is one of S1's enrollment utterances
     config = _track2_config(tmp_path, trials, ENROLL)
     with pytest.raises(ProtocolError) as caught:
-        corpus.sasv_trials(config, "dev")
+        corpus_of(config).sasv_trials("dev")
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 't.tsv'}:4: ") and f"({tmp_path / 'e.tsv'}:1)" in message
     assert "U9" in message and "S1" in message and "\n" not in message
@@ -81,10 +81,10 @@ def test_a_trial_on_the_speaker_s_own_enrollment_utterance_is_refused(tmp_path):
 def test_trials_apart_from_the_enrollment_read_as_before(tmp_path):
     # Another speaker's enrollment utterance as a test (S2 tested on S1's E1) is not the same recording twice.
     trials = [*TRIAL, "S2 E1 M bonafide nontarget"]
-    assert len(corpus.sasv_trials(_track2_config(tmp_path, trials, ENROLL), "dev")) == 4
+    assert len(corpus_of(_track2_config(tmp_path, trials, ENROLL)).sasv_trials("dev")) == 4
     # Without the enrollment list (a script that needs none) the trials read; the scorers name a missing list.
     (tmp_path / "without").mkdir()
-    assert len(corpus.sasv_trials(_track2_config(tmp_path / "without", trials, None), "dev")) == 4
+    assert len(corpus_of(_track2_config(tmp_path / "without", trials, None)).sasv_trials("dev")) == 4
 
 
 def test_empty_lists_are_refused(tmp_path):

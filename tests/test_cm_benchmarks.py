@@ -3,6 +3,7 @@ package (tests/data/asvspoof2021/README.md), evaluate.py's report on them and th
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -253,3 +254,118 @@ def test_benchmark_table_has_a_column_per_set() -> None:
     assert markdown.splitlines()[0] == "| metric | 2019 LA eval | 2021 DF eval |"
     assert markdown.splitlines()[2:] == ["| EER (%) | 0.83 | 2.85 |", "| min t-DCF | 0.0275 | - |"]
     assert csv.splitlines()[2] == "min_tdcf,0.0275,"
+
+
+# ------------------------------------------------------------------ save_cm_score.py and the recipe
+
+
+def _layouts(root: Path) -> list[str]:
+    """The same six recordings (noise at 16 kHz, PCM 16) in the ASVspoof 2019 LA layout, the 2021 LA and DF
+    release layouts and the In-the-Wild layout under `root`; returns the labels in list order (every list in
+    the same order). The 2021 LA keys put the 4th recording in subset progress."""
+    import soundfile as sf
+
+    keys = ["bonafide", "spoof", "spoof", "bonafide", "spoof", "bonafide"]
+    rng = np.random.default_rng(3)
+    la19, la21, df, itw = ([] for _ in range(4))
+    for index, key in enumerate(keys):
+        pcm = (rng.normal(0, 3000 if key == "spoof" else 1000, 9600)).astype(np.int16)
+        names = {"la19": f"LA_E_{1000001 + index}", "la21": f"LA_E_{5000001 + index}", "df": f"DF_E_{2000001 + index}"}
+        for folder, name in (("LA/ASVspoof2019_LA_eval/flac", names["la19"]),
+                             ("ASVspoof2021_LA_eval/flac", names["la21"]), ("ASVspoof2021_DF_eval/flac", names["df"])):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            sf.write(root / folder / f"{name}.flac", pcm, 16000, subtype="PCM_16")
+        (root / "release_in_the_wild").mkdir(exist_ok=True)
+        sf.write(root / "release_in_the_wild" / f"{index}.wav", pcm, 16000, subtype="PCM_16")
+        bona = key == "bonafide"
+        la19.append(f"LA_0001 {names['la19']} - {'-' if bona else 'A07'} {key}")
+        subset = "progress" if index == 3 else "eval"
+        la21.append(f"LA_0001 {names['la21']} alaw ita_tx {'bonafide' if bona else 'A07'} {key} notrim {subset}")
+        df.append(f"LA_0001 {names['df']} nocodec asvspoof {'bonafide' if bona else 'A07'} {key} notrim eval "
+                  f"{'bonafide' if bona else 'traditional_vocoder'} - - - -")
+        itw.append(f"{index}.wav,Alec Guinness,{'bona-fide' if bona else 'spoof'}")
+    _write(root / "cm.eval.trl.txt", "\n".join(la19) + "\n")
+    _write(root / "keys" / "LA" / "CM" / "trial_metadata.txt", "\n".join(la21) + "\n")
+    _write(root / "keys" / "DF" / "CM" / "trial_metadata.txt", "\n".join(df) + "\n")
+    _write(root / "release_in_the_wild" / "meta.csv", "file,speaker,label\n" + "\n".join(itw) + "\n")
+    return keys
+
+
+def _tiny_cm(root: Path) -> tuple[Path, Path]:
+    """(config, checkpoint): the tests' tiny AASIST, randomly initialised, on the 2019 layout of `_layouts`."""
+    import torch
+    from test_pipeline import tiny_config
+
+    from models.build import build_cm_network
+    from runtime.config import build_config
+
+    config = tiny_config(root / "unused")
+    config["dirs"].update(database=str(root / "LA"), cm_eval_list=str(root / "cm.eval.trl.txt"))
+    path = _write(root / "tiny_cm.conf", json.dumps(config))
+    torch.manual_seed(0)
+    weights = root / "tiny_cm.pth"
+    torch.save(build_cm_network(build_config(config)).state_dict(), weights)
+    return path, weights
+
+
+@pytest.mark.slow
+def test_recipe_scores_every_layout_as_the_2019_layout(tmp_path: Path) -> None:
+    """evaluate_cm_benchmarks.py with a recipe: save_cm_score.py on the four layouts gives the same audio the
+    same score, and the table has a column per set."""
+    keys = _layouts(tmp_path)
+    config, weights = _tiny_cm(tmp_path)
+    recipe = _write(tmp_path / "recipe.conf", json.dumps({
+        "config": str(config), "cm_model": str(weights), "set": ["device=cpu"], "out": str(tmp_path / "out"),
+        "sets": {"asvspoof2019_la": "config", "asvspoof2021_la": str(tmp_path), "asvspoof2021_df": str(tmp_path),
+                 "in_the_wild": str(tmp_path)}}))
+    run = subprocess.run([sys.executable, str(ROOT / "evaluate_cm_benchmarks.py"), "--recipe", str(recipe)],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert run.returncode == 0, run.stderr
+    scores = {}
+    for name in ("asvspoof2019_la", "asvspoof2021_la", "asvspoof2021_df", "in_the_wild"):
+        lines = [line.split() for line in (tmp_path / "out" / name / "score_CM_eval_no_softmax.txt").read_text()
+                 .splitlines()]
+        assert len(lines) == len(keys)  # every trial, the 2021 progress one too
+        scores[name] = [float(score) for _, score in lines]
+    assert len(set(scores["asvspoof2019_la"])) == len(keys)
+    for name in ("asvspoof2021_la", "asvspoof2021_df", "in_the_wild"):
+        assert scores[name] == scores["asvspoof2019_la"], name
+    la = json.loads((tmp_path / "out" / "asvspoof2021_la" / "metrics_CM_eval.json").read_text())
+    assert (la["n_utterances"], la["metrics_subset"], la["n_subset_utterances"], la["min_tdcf"]) == (6, "eval", 5, None)
+    csv = (tmp_path / "out" / "benchmarks.csv").read_text().splitlines()
+    assert csv[0] == "metric,asvspoof2019_la,asvspoof2021_la,asvspoof2021_df,in_the_wild"
+    eers = [float(value) for value in csv[1].split(",")[1:]]
+    # The same scores and labels: 2019, DF (all subset eval) and In-the-Wild agree; 2021 LA is of 5 of them.
+    assert eers[0] == eers[2] == eers[3] and 0 <= eers[1] <= 1
+    assert csv[2] == "min_tdcf,,,,"  # no ASV scores for 2019, no ASV keys in this 2021 LA release
+    markdown = (tmp_path / "out" / "benchmarks.md").read_text()
+    assert markdown.splitlines()[0] == "| metric | 2019 LA eval | 2021 LA eval | 2021 DF eval | In-the-Wild |"
+    assert (tmp_path / "out" / "in_the_wild" / "report" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("text, word", [
+    ('{"cm_model": "w.pth", "sets": {"asvspoof2021_la": "d"}, "outt": "x"}', "outt"),
+    ('{"sets": {"asvspoof2019_la": "/data/LA"}}', "sets.asvspoof2019_la"),
+    ('{"sets": {"asvspoof2017": "/data"}}', "sets.asvspoof2017"),
+    ('{"sets": ["asvspoof2021_la"]}', "sets"),
+    ('{"sets": {"in_the_wild": "a", "in_the_wild": "b"}}', "sets.in_the_wild"),
+])
+def test_bad_recipe_names_file_and_key(tmp_path: Path, text: str, word: str) -> None:
+    from evaluate_cm_benchmarks import read_recipe
+    from runtime.errors import UserError
+    path = _write(tmp_path / "recipe.conf", text)
+    with pytest.raises(UserError, match=rf"recipe.conf: .*{re.escape(word)}"):
+        read_recipe(path)
+
+
+def test_shipped_recipe_reads() -> None:
+    from evaluate_cm_benchmarks import HEADERS, read_recipe
+    recipe = read_recipe(ROOT / "configs" / "recipes" / "cm_benchmarks.conf")
+    assert list(recipe["sets"]) == list(HEADERS) and (ROOT / recipe["config"]).is_file()
+
+
+def test_in_the_wild_lines_are_named_by_file_name(tmp_path: Path) -> None:
+    meta = _write(tmp_path / "meta.csv", ITW_TEXT)
+    assert InTheWild.where_listed(meta, "1") == f"{meta}:3"
+    assert ASVspoof2021LA.where_listed(_write(tmp_path / "la.txt", f"{LA_BONA}\n{LA_LINE}\n"),
+                                       "LA_E_9332881") == f"{tmp_path / 'la.txt'}:2"

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from data import corpus
 from data.audio import AudioError
+from data.corpora import corpus_of
 from data.datasets import TrainTrialDataset
 from data.trials import TrialSampler
 from models.build import aasist_model_config
@@ -207,7 +207,7 @@ def embedding_table(config: Config, model: SASVModel, utterances: list[str], *, 
     """
     description = cache_description(config, model)
     path = cache_path(folder, description)
-    audio_dir = corpus.audio_dir(config, "train")
+    audio_dir = corpus_of(config).audio_dir("train")
     ext = config["audio_ext"]
     audio = {u: audio_dir / f"{u}.{ext}" for u in utterances}
     current = {u: fingerprint(p) for u, p in audio.items()}
@@ -258,7 +258,7 @@ def training_inputs(config: Config, model: SASVModel, sampler: TrialSampler, *, 
                     experiment_dir: Path, progress: bool = True, log: Log = print, warn: Log = print,
                     poll: Callable[[], None] | None = None) -> TrainingInputs:
     """The training dataset and forward: cached embeddings when the sub-systems allow it, else waveforms."""
-    options = dict(audio_dir=corpus.audio_dir(config, "train"),
+    options = dict(audio_dir=corpus_of(config).audio_dir("train"),
                    samples=config["train_samples"], crop=config["train_crop"], seed=config["seed"],
                    sample_rate=config["sample_rate"], resample=config["resample"], audio_ext=config["audio_ext"],
                    on_bad_audio=config["on_bad_audio"])

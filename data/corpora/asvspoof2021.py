@@ -112,6 +112,7 @@ class _ASVspoof2021(Corpus):
     partitions = ("eval",)
     has_sasv = False
     headline = {"cm": "eer"}
+    headline_subset = DEFAULT_SUBSET
     track: str  # "LA" / "DF"
     n_fields: int
     keys_layout: ClassVar[str]
@@ -170,6 +171,11 @@ class _ASVspoof2021(Corpus):
                                     f"missing {'; '.join(missing)}")
 
     # ------------------------------------------------------------------ entries
+
+    def cm_list(self, partition: str) -> str:
+        """The keys file, the utterance list of the one partition."""
+        self._partition(partition)
+        return str(self.protocol("cm_keys"))
 
     def cm_entries(self, partition: str) -> list[CMEntry]:
         """Every trial of the keys file (all subsets: the organisers' package takes a score for each), each

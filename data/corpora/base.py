@@ -69,6 +69,9 @@ class Corpus:
     # Added for the move: the min t-DCF (ASVspoof 2019's tandem metric) applies to its CM scores; its
     # enrollment is one long concatenated file per speaker (enrollment_samples then keep their own defaults).
     has_tdcf: ClassVar[bool] = False
+    # The `subset` condition its headline CM metrics are computed on (ASVspoof 2021: `eval`, the organisers'
+    # default phase); None: every utterance of the partition.
+    headline_subset: ClassVar[str | None] = None
     concatenated_enrollment: ClassVar[bool] = False
     # partition -> audio folder under dirs.database; `audio_ext` comes from the config.
     audio_folders: ClassVar[Mapping[str, str]] = {}
@@ -105,6 +108,16 @@ class Corpus:
 
     def audio_path(self, partition: str, utterance: str) -> Path:
         return self.audio_dir(partition) / f"{utterance}.{self.config['audio_ext']}"
+
+    @classmethod
+    def where_listed(cls, listing: str | Path, utterance: str) -> str:
+        """`file:line` of the first line of `listing` (a CM list, trial list or keys file of this corpus) that
+        lists `utterance` in its 2nd column, as CM protocols, trial lists and keys files of every whitespace
+        layout do; `listing` alone when no line does."""
+        for number, fields in read_fields(listing, "list file"):
+            if len(fields) > 1 and fields[1] == utterance:
+                return f"{listing}:{number}"
+        return str(listing)
 
     # -------------------------------------------------------------- protocols
     @classmethod
@@ -177,6 +190,13 @@ class Corpus:
 
     def cm_entries(self, partition: str) -> list[CMEntry]:
         return self.read_keys(self.cm_list(partition))
+
+    def headline_selection(self, entries: Sequence[CMEntry]) -> list[bool] | None:
+        """Which of a partition's CM entries its headline CM metrics are computed on (`headline_subset`); None:
+        all of them."""
+        if self.headline_subset is None:
+            return None
+        return [entry.conditions.get("subset") == self.headline_subset for entry in entries]
 
     @classmethod
     def read_trials(cls, path: str | Path) -> list[SASVTrial]:

@@ -81,6 +81,19 @@ class InTheWild(Corpus):
     def check_layout(self, partitions: tuple[str, ...] | None = None) -> None:
         self._release()
 
+    def cm_list(self, partition: str) -> str:
+        """meta.csv, the utterance list of the one partition."""
+        self._partition(partition)
+        return str(self.protocol("cm_keys"))
+
+    @classmethod
+    def where_listed(cls, listing: str | Path, utterance: str) -> str:
+        """`meta.csv:line` of the line naming `utterance`.wav."""
+        for number, fields in _read_lines(listing):
+            if fields and fields[0].strip() == f"{utterance}.wav":
+                return f"{listing}:{number}"
+        return str(listing)
+
     def cm_entries(self, partition: str) -> list[CMEntry]:
         """Every file of meta.csv, each checked to be in the release folder."""
         self._partition(partition)

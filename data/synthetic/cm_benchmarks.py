@@ -317,3 +317,16 @@ def generate_cm_benchmarks(root: Path, spec: BenchmarkSpec = BenchmarkSpec()) ->
         handle.write(itw_meta_text(itw))
     _finish(root, payload)
     return root
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the synthetic stand-ins of ASVspoof 2021 LA / DF eval and "
+                                                 "In-the-Wild side by side under ROOT (docs/cm_benchmarks.md).")
+    parser.add_argument("root", help="the folder (dirs.database of the three sets)")
+    parser.add_argument("--tiny", action="store_true", help="the tests' sizes instead of the demo's")
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    spec = BenchmarkSpec.tiny(arguments.seed) if arguments.tiny else BenchmarkSpec(seed=arguments.seed)
+    print(generate_cm_benchmarks(Path(arguments.root), spec))

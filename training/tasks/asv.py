@@ -1,7 +1,7 @@
 """System `asv`: train ResNetSE34V2 as a speaker classifier (AAM-softmax or angular prototypical).
 
 Training data: a VoxCeleb-style list (asv_train.train_list / train_root) or the bona fide
-utterances of the dataset's training list (data.corpus: dirs.cm_trn_list, or dirs.asvspoof5_train_list).
+utterances of the dataset's training list (the corpus adapter: dirs.cm_trn_list, or dirs.asvspoof5_train_list).
 Validation: EER and minDCF (p_target 0.01 and 0.05, C_miss = C_fa = 1) of cosine scores on VoxCeleb-style
 trials or on the bona fide trials of the dataset's SASV trial lists.
 weights/best.ckpt initialises system sasv through `asv_weight`.
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import corpus
 from data.augment import Augmenter, AugmentError
+from data.corpora import corpus_of
 from data.protocols import ProtocolError
 from data.speaker_lists import (
     CroppedUtteranceDataset,
@@ -65,8 +65,9 @@ def training_utterances(config: Config) -> list[LabelledUtterance]:
     if settings["train_list"]:
         return read_voxceleb_train_list(settings["train_list"], settings["train_root"])
     require_database(config)
-    return asvspoof_bonafide_utterances(corpus.cm_entries(config, "train"), corpus.cm_list(config, "train"),
-                                        corpus.audio_dir(config, "train"), config["audio_ext"])
+    corpus = corpus_of(config)
+    return asvspoof_bonafide_utterances(corpus.cm_entries("train"), corpus.cm_list("train"), corpus.audio_dir("train"),
+                                        config["audio_ext"])
 
 
 class ASVTask(SubsystemTask):
@@ -81,7 +82,7 @@ class ASVTask(SubsystemTask):
         self.utterances = training_utterances(config)
         self.classes = speaker_classes(self.utterances)
         if len(self.classes) < 2:
-            raise ProtocolError(f"{settings['train_list'] or corpus.cm_list(config, 'train')}: speaker training "
+            raise ProtocolError(f"{settings['train_list'] or corpus_of(config).cm_list('train')}: speaker training "
                                 f"needs at least 2 speakers, found {len(self.classes)}")
         self.model = build_asv_network(config)
         self.loss = build_speaker_loss(config, len(self.classes))

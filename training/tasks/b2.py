@@ -1,7 +1,7 @@
 """System `b2`: the SASV 2022 baseline B2, a DNN back-end trained on pre-extracted embeddings.
 
 Inputs are save_asv_embeddings.py's pickles in `b2.embeddings`. A training trial is drawn per
-(seed, epoch, index) from the training list (data.corpus) by data.trials.TrialSampler (`trial_sampling`, two_class by
+(seed, epoch, index) from the training list (data.corpora) by data.trials.TrialSampler (`trial_sampling`, two_class by
 default as in the baseline: half target bona fide, a quarter zero-effort nontarget, a quarter spoof of
 the claimed speaker); its enrollment side is the ASV embedding of one bona fide utterance of the claimed
 speaker (or, with `b2.enrollment: speaker_model`, the speaker's mean without the test utterance). The
@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import corpus
 from data.corpora import corpus_of
 from data.datasets import EpochSampler
 from data.embeddings import EmbeddingError, embedding_size, read_embeddings
@@ -130,7 +129,7 @@ class B2Task(Task):
     def _read_training_pool(self) -> None:
         """Training embeddings, the trial sampler over the utterances that have them, and their rows."""
         config = self.config
-        protocol = corpus.cm_list(config, "train")
+        protocol = corpus_of(config).cm_list("train")
         asv_path, asv = self._pickle("asv_embd_trn.pk")
         cm_path, cm = self._pickle("cm_embd_trn.pk")
         self.asv_dim, self.cm_dim = embedding_size(asv), embedding_size(cm)
@@ -161,8 +160,9 @@ class B2Task(Task):
 
     def _trial_rows(self, partition: str) -> EmbeddedTrials:
         """The SASV trials of `partition` with their speaker-model and test-utterance rows."""
-        trial_path = corpus.trial_list(self.config, partition)
-        trials = corpus.sasv_trials(self.config, partition)  # with attack labels, for the report
+        corpus = corpus_of(self.config)
+        trial_path = corpus.trial_list(partition)
+        trials = corpus.sasv_trials(partition)  # with attack labels, for the report
         model_path, models = self._pickle(f"spk_model_{partition}.pk")
         asv_path, asv = self._pickle(f"asv_embd_{partition}.pk")
         cm_path, cm = self._pickle(f"cm_embd_{partition}.pk")
@@ -187,7 +187,7 @@ class B2Task(Task):
                          test_cm=_matrix(cm, utterances),
                          enrollment_rows=torch.tensor([speaker_row.get(t.speaker, 0) for t in trials]),
                          test_rows=torch.tensor([utterance_row.get(t.utterance, 0) for t in trials]),
-                         skipped=skipped, codecs=corpus.trial_codecs(self.config, partition, trials))
+                         skipped=skipped, codecs=corpus.trial_conditions(partition, trials).get("codec"))
 
     # ------------------------------------------------------------- weights
     def modules(self) -> list[nn.Module]:

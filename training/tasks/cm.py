@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import corpus
+from data.corpora import corpus_of
 from data.protocols import SASV_KEYS
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from models.build import build_asv_network, build_cm_network
@@ -65,11 +65,12 @@ class CMTask(SubsystemTask):
         factor = cosine_factor(total_steps, settings["lr_min"] / settings["lr"]) \
             if settings["scheduler"] == "cosine" else _constant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=factor)
-        self.dev_entries = corpus.cm_entries(config, "dev")
-        self.eval_entries = corpus.cm_entries(config, "eval")
+        corpus = corpus_of(config)
+        self.dev_entries = corpus.cm_entries("dev")
+        self.eval_entries = corpus.cm_entries("eval")
         # audio of the dev / eval lists, checked now (on_bad_audio: error) rather than after training
         self.audio = {partition: listed_audio(config, partition, [e.utterance for e in entries],
-                                              corpus.cm_list(config, partition))
+                                              corpus.cm_list(partition))
                       for partition, entries in (("dev", self.dev_entries), ("eval", self.eval_entries))}
         self._asv_scores: dict[str, dict[str, np.ndarray] | None] = {}
 
@@ -89,9 +90,9 @@ class CMTask(SubsystemTask):
 
     def _train_loader(self) -> tuple[DataLoader, ShuffledEpochSampler]:
         config = self.config
-        entries = corpus.cm_entries(config, "train")
-        audio = corpus.audio_dir(config, "train")
-        dataset = CroppedUtteranceDataset([audio / f"{e.utterance}.{config['audio_ext']}" for e in entries],
+        corpus = corpus_of(config)
+        entries = corpus.cm_entries("train")
+        dataset = CroppedUtteranceDataset([corpus.audio_path("train", e.utterance) for e in entries],
                                           [int(e.key == "bonafide") for e in entries],
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
                                           sample_rate=config["sample_rate"], resample=config["resample"],

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import corpus
+from data.corpora import corpus_for_list, corpus_of
 from data.datasets import EpochSampler, leave_signals_to_main_process
 from data.protocols import speaker_utterances
 from data.trials import TrialSampler
@@ -45,11 +45,11 @@ METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_e
 
 def training_sampler(config: Config) -> tuple[TrialSampler, int]:
     """The trial sampler over the training protocol(s) and the default epoch length."""
-    entries = corpus.cm_entries(config, "train")  # dirs.cm_trn_list or dirs.asvspoof5_train_list
+    entries = corpus_of(config).cm_entries("train")  # dirs.cm_trn_list or dirs.asvspoof5_train_list
     speakers = speaker_utterances(entries)
     extra: dict = {}
     for path in config["dirs"]["extra_trn_lists"]:
-        for speaker, lists in speaker_utterances(corpus.read_cm_entries(path, None)).items():
+        for speaker, lists in speaker_utterances(corpus_for_list(path, "cm").read_keys(path)).items():
             merged = extra.setdefault(speaker, {"bonafide": [], "spoof": []})
             merged["bonafide"] += lists["bonafide"]
             merged["spoof"] += lists["spoof"]
@@ -254,7 +254,7 @@ def sasv_writer(run: Run, name: str, trials: list, *, report: bool = False) -> W
     def write_report(scored: ScoredTrials) -> dict[str, Any]:
         metrics_csv = run.dir / "metrics.csv"
         return write_sasv_report(run.dir / "report", replace(scored, source=str(path)),
-                                 first=corpus.primary_metric(run.config),
+                                 first=corpus_of(run.config).headline["sasv"],
                                  metrics_csv=metrics_csv if metrics_csv.is_file() else None,
                                  plots=run.config["report_plots"]) if run.is_main else {}
 
