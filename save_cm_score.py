@@ -78,7 +78,7 @@ def main() -> None:
             asv_path = out / f"score_ASV_{part}.txt"
             # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead.
             asv2019 = corpus_of(config).has_tdcf
-            asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
+            asv = read_asv_score_file(asv_path, corpus_of(config).trial_list(part)) \
                 if asv2019 and asv_path.is_file() else None
             scored_result = evaluate_cm(scored, part, script_writer(outputs, out, part, logits), asv)
             result = {"cm_eer": scored_result["eer"], "cm_threshold": scored_result["threshold"],

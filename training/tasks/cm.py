@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data import corpus
+from data.corpora import corpus_of
 from data.protocols import SASV_KEYS
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from models.build import build_asv_network, build_cm_network
@@ -113,7 +114,7 @@ class CMTask(SubsystemTask):
 
     def _load_asv_scores(self, partition: str) -> dict[str, np.ndarray] | None:
         config, settings = self.config, self.config["cm_train"]
-        trial_path = config["dirs"][f"sasv_{partition}_trial"]
+        trial_path = corpus_of(config).trial_list(partition)  # found by the adapter, not read from dirs
         given = settings["asv_scores"][partition]
         if given:
             return read_asv_score_file(given, trial_path)
