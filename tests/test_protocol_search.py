@@ -16,7 +16,7 @@ from tiny_run import run_script
 
 from data.corpora import corpus_of, recorded_config
 from data.protocols import ProtocolError, read_sasv_trials
-from runtime.cli import config_from_args
+from runtime.cli import config_from_args, print_notice
 from runtime.config import build_config, config_text
 
 CM_TRAIN, CM_DEV, CM_EVAL = ("ASVspoof2019.LA.cm.train.trn.txt", "ASVspoof2019.LA.cm.dev.trl.txt",
@@ -171,6 +171,7 @@ def test_command_line_reports_the_place_once(place, capsys):
     conf.write_text('{"dirs": {"database": "LA"}}\n')
     built = config_from_args(argparse.Namespace(config=str(conf), overrides=[], device=None))
     assert capsys.readouterr().err == ""  # loading looks for nothing
+    assert pickle.loads(pickle.dumps(built)).notify is print_notice  # a config that prints still pickles
     corpus = corpus_of(built)
     for _ in range(2):
         assert corpus.protocol("cm_trn_list") == Path(f"LA/{CM_TRAIN}")
