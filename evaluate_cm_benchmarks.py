@@ -42,10 +42,6 @@ FROM_CONFIG = "config"  # the recipe's value for 2019 LA: the CM config's own di
 RECIPE_KEYS = ("config", "cm_model", "set", "sets", "scores", "asv_scores_2019", "out")
 SCORE_FILE = "score_CM_eval_no_softmax.txt"  # the bona fide logits, which save_cm_score.py's metrics use
 SCRIPTS = Path(__file__).resolve().parent
-# A CM's training config may name the ASV scores its 2019 LA min t-DCF was selected by; the config check refuses
-# those keys with another dataset, and scoring does not read them: cleared for the other sets.
-NOT_TRAINING = ("cm_train.select_by=eer", "cm_train.asv_model=null", "cm_train.asv_scores.dev=null",
-                "cm_train.asv_scores.eval=null")
 
 
 class BenchmarkArgumentError(UserError):
@@ -148,8 +144,7 @@ def _score(run: dict[str, Any], name: str, database: str, out: Path) -> None:
     command = [sys.executable, str(SCRIPTS / "save_cm_score.py"), "--comment", str(out), "--partitions", "eval"]
     command += ["--config", run["config"]] if run["config"] else []
     command += ["--cm_model", run["cm_model"]] if run["cm_model"] else []
-    sets = run["set"] + ([] if database == FROM_CONFIG else [f"dataset={name}", f"dirs.database={database}",
-                                                             *NOT_TRAINING])
+    sets = run["set"] + ([] if database == FROM_CONFIG else [f"dataset={name}", f"dirs.database={database}"])
     command += ["--set", *sets] if sets else []
     if subprocess.run(command).returncode != 0:
         raise BenchmarkArgumentError(f"save_cm_score.py failed on {HEADERS[name]} ({' '.join(command)})")

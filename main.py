@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from data.corpora import corpus_of
+from data.corpora import corpus_of, recorded_config
 from runtime import distributed
 from runtime.cli import add_config_args, config_from_args, exit_status, resume_command, run_cli
 from runtime.config import Config, config_text
@@ -69,9 +69,9 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
     """Under torchrun rank 0 alone generates the demo corpus, writes files and prints; the others wait for it."""
     main_rank = distributed.is_main()
     # A start-up failure of rank 0 ends the other ranks quietly with its exit status (on_main_rank).
-    if distributed.on_main_rank(lambda: _demo_corpus(config["demo_corpus"], progress=not args.no_progress),
-                                exit_status):
-        config = config_from_args(args)  # read again: the protocol files of the new corpus are found now
+    # Protocols are looked for when first used (data.corpora), so the new corpus needs no second read.
+    distributed.on_main_rank(lambda: _demo_corpus(config["demo_corpus"], progress=not args.no_progress),
+                             exit_status)
     # The asv stage may train and validate on VoxCeleb lists alone; b2 reads embeddings, no audio.
     if config["system"] not in ("asv", "b2"):
         corpus_of(config).check_layout()
@@ -80,11 +80,13 @@ def train(args: argparse.Namespace, config: Config, device: torch.device) -> Non
         def claim_folder() -> bool:
             # Rank 0 holds the folder's lock for the whole run: a second main.py on it is refused.
             held.enter_context(experiment_lock(experiment_dir))
-            # config.conf is the run as it was configured: the file plus --set overrides, read back the same.
+            # config.conf is the run as it was configured: the file plus --set overrides, read back the same,
+            # with the protocol files found for keys left at their defaults (recorded_config).
             return prepare_experiment_dir(experiment_dir, Path(args.config), resume=args.resume,
                                           overwrite=args.overwrite,
                                           config_text=config_text(
-                                              config, [*(distributed.launcher_prefix() or ["python"]), *sys.argv]))
+                                              recorded_config(config),
+                                              [*(distributed.launcher_prefix() or ["python"]), *sys.argv]))
 
         # The other ranks wait here until rank 0 holds the folder, or exit with its refusal (busy, holds a run).
         fresh = distributed.on_main_rank(claim_folder, exit_status) and main_rank  # rank 0 alone tidies up

@@ -85,7 +85,7 @@ def main() -> None:
             # The t-DCF is ASVspoof 2019's; ASVspoof 5 ranks countermeasures by min DCF / a-DCF instead, and a
             # CM evaluation set (no SASV trials) has its own ASV keys, which evaluate.py --cm_keys reads.
             asv2019 = corpus.has_tdcf
-            asv = read_asv_score_file(asv_path, config["dirs"][f"sasv_{part}_trial"]) \
+            asv = read_asv_score_file(asv_path, corpus.trial_list(part)) \
                 if asv2019 and asv_path.is_file() else None
             selected = corpus.headline_selection(entries)
             scored_result = evaluate_cm(scored, part, script_writer(outputs, out, part, logits), asv, selected)

@@ -42,15 +42,6 @@ class SASVTrial:
         return 0 if self.key == "target" else 1
 
 
-def _not_found(path: str | Path, what: str) -> ProtocolError:
-    """A default path the config layer searched for (runtime.config.SearchedPath) names every place looked."""
-    places = getattr(path, "places", None)
-    if places:
-        return ProtocolError(f"{path}: {what} not found; looked for {path.key} in {', '.join(places)}; "
-                             f"set {path.key} to its path")
-    return ProtocolError(f"{path}: {what} not found")
-
-
 def read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
     """(line number, line) of each non-blank line of the text file `path` (`what` it is, for the errors).
 
@@ -60,7 +51,7 @@ def read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
         with open(Path(path), encoding="utf-8-sig") as handle:
             return [(number, line.rstrip("\n")) for number, line in enumerate(handle, start=1) if line.strip()]
     except FileNotFoundError:
-        raise _not_found(path, what) from None
+        raise ProtocolError(f"{path}: {what} not found") from None
     except UnicodeDecodeError:
         raise ProtocolError(f"{path}: not a text {what} (invalid UTF-8)") from None
     except OSError as error:

@@ -43,10 +43,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.device:
         check_device_name(args.device, f"--device {args.device}")
         config["device"] = args.device
-    if _is_main():  # once per run, not once per torchrun process
-        for default, found in getattr(config, "found_protocols", {}).items():
-            print(f"using protocol {found} ({default} does not exist)", file=sys.stderr)
+    config.notify = print_notice  # the corpus adapter's "using protocol X" notes, when it first finds X
     return config
+
+
+def print_notice(text: str) -> None:
+    """A notice on stderr, from rank 0 alone (once per run, not once per torchrun process). A module function,
+    so that a config holding it pickles."""
+    if _is_main():
+        print(text, file=sys.stderr)
 
 
 def _is_main() -> bool:

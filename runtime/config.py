@@ -16,7 +16,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,7 +438,12 @@ class Config(dict):
     """A validated configuration: nested dicts with attribute access for reading."""
 
     source: str = "<defaults>"
-    found_protocols: dict[str, str]  # default protocol path -> where it was found instead (_locate_protocols)
+    # default protocol path -> where the corpus adapter found it instead, noted when first found (loading does
+    # no search; data.corpora.base Corpus.locate).
+    found_protocols: dict[str, str]
+    # Told "using protocol X (Y does not exist)" the first time the adapter finds X; the command line sets it
+    # (runtime.cli.config_from_args) to print the notice once per run. None: collected, not told.
+    notify: Callable[[str], None] | None = None
     # The keys the file or --set gave (others hold defaults): the corpus adapter looks for a protocol key's
     # file only when it is not given. None: not known (every key is then used as given).
     given: frozenset[str] | None = None
@@ -559,49 +564,6 @@ def _derive(config: Config, stem: str | None, origins: dict[str, str] | None = N
                           f"(train_asv is false for {config['model_arch']})")
     _check_rules(config, origins or {})
     _derive_subsystem_training(config)
-    _locate_protocols(config)
-
-
-class SearchedPath(str):
-    """A default protocol path found in none of the places looked; the protocol readers' not-found error
-    lists `places` (the value itself stays the configured default, so config.conf shows what was asked)."""
-
-    key: str
-    places: tuple[str, ...]
-
-    def __new__(cls, path: str, key: str, places: Sequence[str]) -> SearchedPath:
-        value = super().__new__(cls, path)
-        value.key, value.places = key, tuple(places)
-        return value
-
-    def __reduce__(self) -> tuple:  # keep key and places through deepcopy and pickling
-        return SearchedPath, (str(self), self.key, self.places)
-
-
-def _locate_protocols(config: Config) -> None:
-    """The corpus adapter's protocol discovery (data.corpora Corpus.locate), run once here as well: a protocol
-    path the config names (file or --set) is used as given; one left at its default and found elsewhere
-    replaces it, and is recorded in config.found_protocols for the command line to report once; one found
-    nowhere becomes a SearchedPath, whose readers' error lists every place looked. The adapter repeats the
-    search lazily (Corpus.protocol), so that files that appear later (a demo corpus) are found."""
-    corpus = corpus_of(config)
-    dirs = config["dirs"]
-    resolved = set()
-    for key in corpus.protocol_keys:
-        if corpus.is_given(key):
-            continue
-        located: list[str] = []
-        for default, found, places in corpus.locate(key):
-            if found is None:
-                located.append(SearchedPath(default, f"dirs.{key}", places))
-            else:
-                located.append(found)
-                if corpus.notice_found(default, found):
-                    config.found_protocols[default] = found
-        dirs[key] = located if isinstance(dirs[key], list) else located[0]
-        if not any(isinstance(path, SearchedPath) for path in located):
-            resolved.add(f"dirs.{key}")  # a file now: the adapter uses it as given, not looked for again
-    config.given = frozenset(config.given or ()) | resolved
 
 
 # Components whose rules span sections (ConfigSection.rules), called after every key has its value.
@@ -790,7 +752,10 @@ def _derive_subsystem_training(config: Config) -> None:
     for key in ("cm_train.class_weights", "b2.class_weights"):
         if not sum(config.get_path(key)) > 0:
             raise ConfigError(f"{source}: {key} must not both be zero, got {config.get_path(key)!r}")
-    if not corpus_class(config["dataset"]).has_tdcf and config["system"] == "cm" and (
+    # Only a corpus one can train on: a CM evaluation set (2021, In-the-Wild) is scored with a training
+    # config whose cm_train keys name the 2019 sets, and save_cm_score.py reads none of them there.
+    trainable = corpus_class(config["dataset"])
+    if not trainable.has_tdcf and "train" in trainable.partitions and config["system"] == "cm" and (
             cm["select_by"] == "min_tdcf" or cm["asv_scores"]["dev"] or cm["asv_scores"]["eval"] or cm["asv_model"]):
         raise ConfigError(f"{source}: the min t-DCF (cm_train.select_by min_tdcf, cm_train.asv_scores, "
                           f"cm_train.asv_model) is ASVspoof 2019's; dataset {config['dataset']} selects by eer")
@@ -877,7 +842,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
 
 def _plain(value: Any) -> Any:
     """A deep copy in plain dicts, lists, strings and numbers (what yaml.safe_dump represents and what
-    checkpoints may hold): a SearchedPath becomes its path."""
+    checkpoints may hold)."""
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -901,7 +866,7 @@ _ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequen
     "tag:yaml.org,2002:seq", data, flow_style=True))
 
 
-def config_text(config: Config, command: Sequence[str]) -> str:
+def config_text(config: Mapping[str, Any], command: Sequence[str]) -> str:
     """The effective config as `.conf` text: every key, as the file and the --set overrides gave it or its
     default / derived value, in SCHEMA order (block-style YAML), with `command` in a comment at the top.
     load_config reads it back to the same values."""

@@ -17,6 +17,7 @@ from test_pipeline import tiny_config
 from tiny_run import QUIET_ENV, run_main_here, run_script, tiny_corpus
 
 from data.audio import load_waveform
+from data.corpora import corpus_of
 from data.protocols import ProtocolError, read_cm_protocol, read_enrollment_utterances, read_sasv_trials
 from models.build import build_sasv_model
 from models.checkpoint import load_sasv_weights
@@ -92,8 +93,8 @@ def trained(release, tmp_path_factory):
 def test_config_locates_the_release_lists(release):
     corpus, root = release
     config = build_config(release_config(corpus, root))
-    assert config["dirs"]["asvspoof5_dev_enroll"] == str(root / "ASVspoof5.dev.track_2.enroll.tsv")
-    assert config["dirs"]["asvspoof5_train_list"] == str(root / "ASVspoof5.train.tsv")
+    assert corpus_of(config).protocol("asvspoof5_dev_enroll") == root / "ASVspoof5.dev.track_2.enroll.tsv"
+    assert corpus_of(config).protocol("asvspoof5_train_list") == root / "ASVspoof5.train.tsv"
     assert config["enrollment_samples"] == {"dev": 8000, "eval": 8000}  # test_samples: single utterances
     assert build_config({})["dataset"] == "asvspoof2019_la"
 

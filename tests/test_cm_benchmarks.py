@@ -369,3 +369,14 @@ def test_in_the_wild_lines_are_named_by_file_name(tmp_path: Path) -> None:
     assert InTheWild.where_listed(meta, "1") == f"{meta}:3"
     assert ASVspoof2021LA.where_listed(_write(tmp_path / "la.txt", f"{LA_BONA}\n{LA_LINE}\n"),
                                        "LA_E_9332881") == f"{tmp_path / 'la.txt'}:2"
+
+
+def test_a_cm_training_config_scores_an_evaluation_set_as_it_is() -> None:
+    """The 2019 t-DCF keys of a CM training config are refused for a corpus one trains on without the 2019
+    t-DCF (ASVspoof 5), but not for a CM evaluation set, which save_cm_score.py scores without them."""
+    from runtime.config import ConfigError, build_config
+    tdcf = {"system": "cm", "cm_train": {"select_by": "min_tdcf", "asv_model": "asv.model"}}
+    for name in ("asvspoof2021_la", "asvspoof2021_df", "in_the_wild"):
+        assert build_config({**tdcf, "dataset": name})["dataset"] == name
+    with pytest.raises(ConfigError, match="cm_train"):
+        build_config({**tdcf, "dataset": "asvspoof5"})

@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from data.corpora import CORPORA, CorpusLayoutError, corpus_for_keys, corpus_names, corpus_of
+from data.corpora import CORPORA, CorpusLayoutError, corpus_for_keys, corpus_names, corpus_of, recorded_config
 from data.protocols import ProtocolError
-from runtime.config import ConfigError, build_config
+from runtime.config import ConfigError, build_config, config_text
 
 CM_DEV = "ASVspoof2019.LA.cm.dev.trl.txt"
 CM_FOLDER = "ASVspoof2019_LA_cm_protocols"
@@ -71,13 +72,18 @@ def test_keys_files_told_apart(fixtures, tmp_path):
         corpus_for_keys(odd)
 
 
-def test_a_protocol_found_at_load_is_not_looked_for_again(tmp_path, monkeypatch):
-    """ASVspoof 5 lists are looked for in dirs.database: one found there while the config loaded is a file
-    path now, which must not be joined to dirs.database a second time."""
+def test_a_recorded_protocol_is_not_looked_for_again(tmp_path, monkeypatch):
+    """ASVspoof 5 lists are looked for in dirs.database. config.conf records the file found; read back, that
+    path is given and must not be joined to dirs.database a second time."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "ASVspoof5.train.tsv").write_text("T_0001 T_0000000001 F - - - - bonafide bonafide -\n")
     config = build_config({"dataset": "asvspoof5", "dirs": {"database": "d"}})
-    assert config["dirs"]["asvspoof5_train_list"] == str(Path("d") / "ASVspoof5.train.tsv")
+    assert config["dirs"]["asvspoof5_train_list"] == "ASVspoof5.train.tsv"  # loading looks for nothing
     assert corpus_of(config).protocol("asvspoof5_train_list") == Path("d") / "ASVspoof5.train.tsv"
-    assert [entry.utterance for entry in corpus_of(config).cm_entries("train")] == ["T_0000000001"]
+    assert config.found_protocols == {}  # the release's own place: no notice
+    recorded = recorded_config(config)
+    assert recorded["dirs"]["asvspoof5_train_list"] == str(Path("d") / "ASVspoof5.train.tsv")
+    again = build_config(yaml.safe_load(config_text(recorded, ["main.py"])))
+    assert corpus_of(again).protocol("asvspoof5_train_list") == Path("d") / "ASVspoof5.train.tsv"
+    assert [entry.utterance for entry in corpus_of(again).cm_entries("train")] == ["T_0000000001"]

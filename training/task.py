@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from data.corpora import recorded_config
 from models.checkpoint import Checkpoint
 from runtime.compiling import CompiledNetworks
 from runtime.config import Config
@@ -81,6 +82,11 @@ class Task:
     def save(self, path: Path, training_state: dict[str, Any]) -> None:
         """Write a checkpoint holding the weights and `training_state` (rank 0 only)."""
         raise NotImplementedError
+
+    def stored_config(self) -> dict[str, Any]:
+        """The config as a checkpoint stores it and a resume compares it: plain data, with the protocol files
+        found for keys left at their defaults (data.corpora.recorded_config), as config.conf records it."""
+        return recorded_config(self.config)
 
     def resumable(self, checkpoint: Checkpoint) -> bool:
         """Whether `checkpoint` is one of this task's resumable checkpoints."""

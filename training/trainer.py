@@ -188,7 +188,7 @@ class Trainer:
         """Refuse to resume under a config that changes what is trained (the error names the keys)."""
         if saved is None:
             return
-        current = self.config.to_dict()
+        current = self.task.stored_config()
         changes = config_changes(saved, current) + [
             f"{key} (run: {saved.get(key)!r}, now: {current[key]!r})"
             for key in self.task.fixed_on_resume() if saved.get(key) != current[key]]

@@ -4,6 +4,7 @@ Adding a corpus is one file in this folder plus one line in CORPORA.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ CORPORA: dict[str, type[Corpus]] = {
 DEFAULT = ASVspoof2019LA.name
 
 __all__ = ["CORPORA", "Corpus", "CorpusLayoutError", "Enrollment", "corpus_class", "corpus_for_keys",
-           "corpus_for_list", "corpus_names", "corpus_of", "label_attacks"]
+           "corpus_for_list", "corpus_names", "corpus_of", "label_attacks", "recorded_config"]
 
 
 def corpus_names() -> tuple[str, ...]:
@@ -44,6 +45,15 @@ def corpus_class(name: str | None) -> type[Corpus]:
 def corpus_of(config: Mapping[str, Any]) -> Corpus:
     """The adapter of a config's `dataset` (default asvspoof2019_la)."""
     return corpus_class(config.get("dataset"))(config)
+
+
+def recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as plain data, as config.conf and checkpoints record it: each protocol key left at its default
+    holds the file its corpus finds for it now (Corpus.recorded_dirs). Loading does no search; this is where a
+    run's record names the files it reads."""
+    plain = config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
+    plain["dirs"] = copy.deepcopy(corpus_of(config).recorded_dirs())
+    return plain
 
 
 def corpus_for_list(path: str | Path, kind: str) -> type[Corpus]:

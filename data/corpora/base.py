@@ -131,14 +131,16 @@ class Corpus:
         return found != default
 
     def is_given(self, key: str) -> bool:
-        """dirs.`key` set by the config file or --set: used as given, not looked for. A mapping that is not a
-        loaded Config (no record of what was given) is used as given throughout, as before."""
+        """dirs.`key` set by the config file or --set, or not one of this corpus's protocol keys: used as given,
+        not looked for. A mapping that is not a loaded Config (no record of what was given) is used as given
+        throughout, as before."""
         given = getattr(self.config, "given", None)
-        return given is None or f"dirs.{key}" in given
+        return given is None or key not in self.protocol_keys or f"dirs.{key}" in given
 
     def locate(self, key: str) -> list[tuple[str, str | None, list[str]]]:
         """(value, the file found or None, the places looked) for each path of dirs.`key` (a list key has
-        several). A key set in the config is taken as given (found: itself, whether or not it exists)."""
+        several). A key set in the config is taken as given (found: itself, whether or not it exists). A file
+        found elsewhere than its default is noted once per config (`_note_found`)."""
         value = self.dirs[key]
         values = value if isinstance(value, list) else [value]
         located = []
@@ -148,8 +150,33 @@ class Corpus:
                 located.append((default, default, [default]))
                 continue
             places = self.search_places(key, default, self.database)
-            located.append((default, next((p for p in places if Path(p).is_file()), None), places))
+            found = next((p for p in places if Path(p).is_file()), None)
+            if found is not None and self.notice_found(default, found):
+                self._note_found(default, found)
+            located.append((default, found, places))
         return located
+
+    def _note_found(self, default: str, found: str) -> None:
+        """Record in the config's `found_protocols` (runtime.config.Config) that `default` was found at `found`,
+        and tell its `notify` (the command line prints it) the first time: once per run, not once per use."""
+        noted = getattr(self.config, "found_protocols", None)
+        if noted is None or default in noted:
+            return
+        noted[default] = found
+        notify = getattr(self.config, "notify", None)
+        if notify is not None:
+            notify(f"using protocol {found} ({default} does not exist)")
+
+    def recorded_dirs(self) -> dict[str, Any]:
+        """The config's dirs with each protocol key left at its default holding the file found for it (the
+        default where none is found): what config.conf and checkpoints record, so that the record names the
+        files the run reads and reads back the same (a recorded path is given, not looked for again)."""
+        dirs = dict(self.dirs)
+        for key in self.protocol_keys:
+            if not self.is_given(key):
+                located = [found or default for default, found, _ in self.locate(key)]
+                dirs[key] = located if isinstance(dirs[key], list) else located[0]
+        return dirs
 
     def _found(self, default: str, found: str | None, places: Sequence[str], key: str) -> str:
         if found is None:

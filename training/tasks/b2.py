@@ -194,7 +194,7 @@ class B2Task(Task):
         return [self.model]
 
     def save(self, path: Path, training_state: dict[str, Any]) -> None:
-        save_backend_checkpoint(path, backend=self.model, config=self.config.to_dict(), extra=training_state)
+        save_backend_checkpoint(path, backend=self.model, config=self.stored_config(), extra=training_state)
 
     def resumable(self, checkpoint: Checkpoint) -> bool:
         return (checkpoint.format == "sasv" and checkpoint.asv_state is None and checkpoint.cm_state is None

@@ -114,7 +114,7 @@ class CMTask(SubsystemTask):
 
     def _load_asv_scores(self, partition: str) -> dict[str, np.ndarray] | None:
         config, settings = self.config, self.config["cm_train"]
-        trial_path = config["dirs"][f"sasv_{partition}_trial"]
+        trial_path = corpus_of(config).trial_list(partition)  # found by the adapter, not read from dirs
         given = settings["asv_scores"][partition]
         if given:
             return read_asv_score_file(given, trial_path)

@@ -162,7 +162,7 @@ class SASVTask(Task):
         extra = dict(training_state)
         if self.speaker_loss is not None:
             extra["speaker_loss"] = self.speaker_loss.state_dict()
-        save_checkpoint(path, model=self.model, loss=self.loss, config=self.config.to_dict(), extra=extra)
+        save_checkpoint(path, model=self.model, loss=self.loss, config=self.stored_config(), extra=extra)
 
     def resumable(self, checkpoint: Checkpoint) -> bool:
         return checkpoint.format == "sasv" and "optimizer" in checkpoint.meta

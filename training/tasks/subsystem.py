@@ -78,7 +78,7 @@ class SubsystemTask(Task):
     # ------------------------------------------------------------- checkpoints
     def save(self, path: Path, training_state: dict[str, Any]) -> None:
         parts = {"asv_model": self.model, "asv_loss": self.loss} if self.part == "asv" else {"cm_model": self.model}
-        save_subsystem_checkpoint(path, **parts, config=self.config.to_dict(), extra=training_state)
+        save_subsystem_checkpoint(path, **parts, config=self.stored_config(), extra=training_state)
 
     def on_new_best(self, epoch: int, dev: dict[str, Any]) -> None:
         if self.run.is_main:
