@@ -28,10 +28,6 @@ import numpy as np
 from data.corpora import corpus_for_keys
 from data.corpora.asvspoof2021 import (
     DEFAULT_SUBSET,
-    DF_CODECS,
-    DF_VOCODERS,
-    LA_ATTACKS,
-    LA_CODECS,
     SUBSET_VALUES,
     SUBSETS,
     ASVspoof2021LA,
@@ -49,15 +45,6 @@ PACKAGE_POOLED = "Pooled"
 CM_CELL_METRICS = ("min_dcf", "act_dcf", "cllr", "eer")
 # Columns whose values only spoofs carry: a cell holds every bona fide trial plus that value's spoofs.
 SPOOF_ONLY = ("attack", "vocoder")
-# The organisers' package's tables (eval-package/config.py): rows (a spoof-only factor), columns (codec),
-# each as (value, printed tag).
-PACKAGE_TABLES = {
-    "asvspoof2021_la": (("attack", [(a, a) for a in LA_ATTACKS]),
-                        ("codec", [(c, tag.split("-")[1]) for c, tag in LA_CODECS.items()])),
-    "asvspoof2021_df": (("vocoder", list(zip(DF_VOCODERS, ("Traditional", "Wav.Concat.", "Neural AR",
-                                                           "Neural non-AR", "Unknown")))),
-                        ("codec", [(c, tag.split("-")[1]) for c, tag in DF_CODECS.items()])),
-}
 # ASVspoof 2021 t-DCF costs (eval-package/config.py cost_model) equal the ASVspoof 5 ones min_tdcf_from_det
 # uses: Pspoof 0.05, Ptar 0.95 x 0.99, Pnon 0.95 x 0.01, Cmiss 1, Cfa 10, Cfa_spoof 10.
 AUDIO_SUFFIXES = (".flac", ".wav")
@@ -150,7 +137,7 @@ class ConditionTables:
             for column in self.corpus.condition_columns if column not in ("attack", "codec")}
         if self.asv is not None:
             self._add_min_tdcf(report)
-        if self.corpus.name in PACKAGE_TABLES:
+        if self.corpus.package_tables:
             report["package_table"] = self.package_table()
 
     def _add_min_tdcf(self, report: dict[str, Any]) -> None:
@@ -170,7 +157,7 @@ class ConditionTables:
     def package_table(self) -> dict[str, Any]:
         """{rows, columns (printed tags), eer (percent), min_tdcf}: the package's tables, None for a cell it
         prints as nan."""
-        (row_column, rows), (column_column, columns) = PACKAGE_TABLES[self.corpus.name]
+        (row_column, rows), (column_column, columns) = self.corpus.package_tables
         eer, tdcf = [], []
         for row, _ in [*rows, (PACKAGE_POOLED, PACKAGE_POOLED)]:
             eer.append([])

@@ -234,6 +234,8 @@ def _listing(folder: Path) -> set[str]:
 class ASVspoof2021LA(_ASVspoof2021):
     name = "asvspoof2021_la"
     title = "ASVspoof 2021 LA eval"
+    package_tables = (("attack", [(a, a) for a in LA_ATTACKS]),  # the package's eval-package/config.py tables
+                      ("codec", [(c, tag.split("-")[1]) for c, tag in LA_CODECS.items()]))
     url = "https://www.asvspoof.org/index2021.html"
     condition_columns = ("attack", "codec", "transmission")
     track = "LA"
@@ -269,6 +271,9 @@ class ASVspoof2021LA(_ASVspoof2021):
 class ASVspoof2021DF(_ASVspoof2021):
     name = "asvspoof2021_df"
     title = "ASVspoof 2021 DF eval"
+    package_tables = (("vocoder", list(zip(DF_VOCODERS, ("Traditional", "Wav.Concat.", "Neural AR", "Neural non-AR",
+                                                         "Unknown")))),
+                      ("codec", [(c, tag.split("-")[1]) for c, tag in DF_CODECS.items()]))
     url = "https://www.asvspoof.org/index2021.html"
     condition_columns = ("codec", "source", "vocoder")
     track = "DF"

@@ -82,6 +82,9 @@ class Corpus:
     cm_list_columns: ClassVar[tuple[int, ...]] = ()
     trial_list_columns: ClassVar[tuple[int, ...]] = ()
     keys_layout: ClassVar[str] = ""  # its official keys file and columns, for the error naming the known layouts
+    # The organisers' evaluation package's own tables (rows: a spoof-only factor, columns: codec), each factor
+    # as (column, [(value, printed tag), ...]); None: the corpus has no package tables (scoring.cm_conditions).
+    package_tables: ClassVar[tuple | None] = None
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
