@@ -72,6 +72,7 @@ def test_fallback_decoder_matches_every_decode_fingerprint(fixtures, audio_golde
         print(f"decode {name}: {seconds * 1000:.1f} ms ({n_samples} samples)")
 
 
+@pytest.mark.slow
 def test_read_audio_matches_fingerprints_and_prefers_soundfile(fixtures, audio_golden, monkeypatch):
     fallback_calls = []
     real_decode = flac_fallback.decode_flac_int32

@@ -110,6 +110,7 @@ def _same(fast, slow) -> bool:
 @given(track=st.sampled_from([1, 2]), seed=st.integers(0, 50), which=st.sampled_from(["scores", "keys", "both"]),
        edit=st.sampled_from(EDITS), field=st.sampled_from(HOSTILE_FIELDS), at=st.integers(0, 20),
        column=st.integers(0, 6))
+@pytest.mark.slow
 def test_fast_reader_agrees_with_the_line_reader_or_declines(tmp_path_factory, monkeypatch, track, seed, which,
                                                               edit, field, at, column):
     folder = tmp_path_factory.mktemp("columnar")

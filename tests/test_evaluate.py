@@ -154,6 +154,7 @@ def test_attack_and_codec_cells_equal_metrics_on_the_subset(track_files):
     assert {key: cell[key] for key in expected} == expected
 
 
+@pytest.mark.slow
 def test_organisers_asv_scores_give_each_cell_its_tdcf_rates(track_files, golden, capsys, monkeypatch, tmp_path):
     """--asv_org: the pooled min t-DCF is the package's with asv_scores_org, and each cell's uses the organisers'
     ASV scores of that cell (threshold from its codec's bona fide trials, spoof rate from its spoofs)."""
@@ -222,6 +223,7 @@ def test_plots_drawn_in_a_child_process_are_the_same_files(track_files, capsys, 
     assert sorted(path.name for path in (tmp_path / "child").glob("*.png")) == plots  # the earlier report stays
 
 
+@pytest.mark.slow
 def test_a_report_without_plots_holds_the_tables_alone(track_files, tmp_path):
     """report_plots: false: the same tables, no PNG (an earlier report's plots deleted), and a bad metrics.csv
     still refused."""
@@ -303,6 +305,7 @@ def test_cm_protocol_attack_labels_must_agree_with_the_trial_list(tmp_path, caps
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_plots_are_pngs(track_files, tmp_path, capsys, monkeypatch):
     _, files = track_files
     metrics_csv = tmp_path / "metrics.csv"
@@ -483,6 +486,7 @@ def _folder_state(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_a_rerun_into_the_same_folder_holds_only_its_own_files(track_files, tmp_path, capsys, monkeypatch):
     """A CM-only report written over a Track 2 one: no SASV plot or table of the earlier run stays."""
     _, files = track_files
@@ -498,6 +502,7 @@ def test_a_rerun_into_the_same_folder_holds_only_its_own_files(track_files, tmp_
     assert json.loads((out / "report.json").read_text())["metrics"] == ["min_dcf", "act_dcf", "cllr", "eer"]
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_keeps_the_earlier_report_whole(track_files, tmp_path, capsys, monkeypatch):
     """A full disk at the third file of a rerun: one line naming the file's real path (not a temporary),
     exit 1, the earlier report byte for byte, and no staging folder left behind."""

@@ -246,6 +246,7 @@ def test_command_line_exit_status_and_outputs(synthetic):
 
 
 # --------------------------------------------------------------------------- the real SASV 2022 dev protocol
+@pytest.mark.slow
 def test_fusion_on_the_real_dev_protocols(fixtures, tmp_path, monkeypatch):
     """Synthetic scores on the real dev trial list and CM protocol (29,548 trials, 24,844 utterances,
     an utterance in several trials): every trial finds its CM score, and calibration helps."""
