@@ -80,6 +80,9 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     else:
         dist.init_process_group("gloo")
     yield device
+    # All ranks tear down together: a rank destroying gloo's group while another still talks to it can abort
+    # at exit ("terminate called without an active exception", seen once after a torchrun resume).
+    dist.barrier()
     dist.destroy_process_group()
 
 
