@@ -17,7 +17,6 @@ naming the file and line.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from data.corpora.base import Corpus, CorpusLayoutError, Enrollment
-from data.protocols import CMEntry, ProtocolError, SASVTrial, check_unique, read_fields
+from data.corpora.base import Corpus, CorpusLayoutError
+from data.protocols import CMEntry, ProtocolError, check_unique, read_fields
 from runtime.errors import ConfigError
 
 # The subset column, as the organisers' packages name it: the full keys' README and main.py say `hidden`,
@@ -183,20 +182,7 @@ class _ASVspoof2021(Corpus):
         self._partition(partition)
         self.check_layout()
         path = self.protocol("cm_keys")
-        rows = self.read_key_rows(path)
-        folder = self.audio_dir(partition)
-        present = {name for name in _listing(folder)}
-        for row in rows:
-            if f"{row.entry.utterance}.flac" not in present:
-                raise ProtocolError(f"{path}:{row.line}: audio file {folder / (row.entry.utterance + '.flac')} "
-                                    f"not found")
-        return [row.entry for row in rows]
-
-    def sasv_trials(self, partition: str) -> list[SASVTrial]:
-        raise ConfigError(f"dataset {self.name}: a CM evaluation set; it has no SASV trials")
-
-    def enrollment(self, partition: str) -> Enrollment:
-        raise ConfigError(f"dataset {self.name}: a CM evaluation set; it has no enrollment")
+        return self.entries_with_audio(self.read_key_rows(path), path, self.audio_dir(partition), ".flac")
 
     # ------------------------------------------------------------------ the keys file itself
 
@@ -221,14 +207,6 @@ class _ASVspoof2021(Corpus):
     @classmethod
     def _entry(cls, fields: list[str], path: str | Path, line: int) -> CMEntry:
         raise NotImplementedError
-
-
-def _listing(folder: Path) -> set[str]:
-    """The file names in `folder` (one directory read instead of a stat per trial)."""
-    try:
-        return {entry.name for entry in os.scandir(folder)}
-    except FileNotFoundError:
-        return set()
 
 
 class ASVspoof2021LA(_ASVspoof2021):

@@ -7,6 +7,7 @@ metrics. Nothing above it compares a dataset name.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -220,6 +221,21 @@ class Corpus:
 
     def cm_entries(self, partition: str) -> list[CMEntry]:
         return self.read_keys(self.cm_list(partition))
+
+    @staticmethod
+    def entries_with_audio(rows: Sequence[Any], keys_file: Path, folder: Path, suffix: str) -> list[CMEntry]:
+        """The entries of a keys file's `rows` (each with `.entry` and `.line`), each checked to have its audio file
+        `folder/<utterance><suffix>`; one directory read, not a stat per row. The first missing file is a
+        ProtocolError naming the keys file's line."""
+        try:
+            present = {entry.name for entry in os.scandir(folder)}
+        except FileNotFoundError:
+            present = set()
+        for row in rows:
+            if f"{row.entry.utterance}{suffix}" not in present:
+                raise ProtocolError(f"{keys_file}:{row.line}: audio file {folder / (row.entry.utterance + suffix)} "
+                                    f"not found")
+        return [row.entry for row in rows]
 
     def headline_selection(self, entries: Sequence[CMEntry]) -> list[bool] | None:
         """Which of a partition's CM entries its headline CM metrics are computed on (`headline_subset`); None:

@@ -8,12 +8,11 @@ not given by the release (`unknown` here). A bad line is one ProtocolError namin
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from data.corpora.asvspoof2021 import KeyRow
-from data.corpora.base import Corpus, CorpusLayoutError, Enrollment
-from data.protocols import CMEntry, ProtocolError, SASVTrial, check_unique
+from data.corpora.base import Corpus, CorpusLayoutError
+from data.protocols import CMEntry, ProtocolError, check_unique
 from runtime.errors import ConfigError
 
 HEADER = ("file", "speaker", "label")
@@ -98,19 +97,7 @@ class InTheWild(Corpus):
         """Every file of meta.csv, each checked to be in the release folder."""
         self._partition(partition)
         path = self.protocol("cm_keys")
-        rows = self.read_key_rows(path)
-        present = {entry.name for entry in os.scandir(path.parent)}
-        for row in rows:
-            if f"{row.entry.utterance}.wav" not in present:
-                raise ProtocolError(f"{path}:{row.line}: audio file {path.parent / (row.entry.utterance + '.wav')} "
-                                    f"not found")
-        return [row.entry for row in rows]
-
-    def sasv_trials(self, partition: str) -> list[SASVTrial]:
-        raise ConfigError(f"dataset {self.name}: a CM evaluation set; it has no SASV trials")
-
-    def enrollment(self, partition: str) -> Enrollment:
-        raise ConfigError(f"dataset {self.name}: a CM evaluation set; it has no enrollment")
+        return self.entries_with_audio(self.read_key_rows(path), path, path.parent, ".wav")
 
     @classmethod
     def recognises_keys(cls, path: str | Path) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,16 +125,22 @@ def _ids(prefix: str, n: int, rng: np.random.Generator) -> list[str]:
     return [f"{prefix}{number}" for number in (rng.choice(9_000_000, size=n, replace=False) + 1_000_000).tolist()]
 
 
+def _ranked(classes: list[bool]) -> Iterator[tuple[int, bool, int]]:
+    """(index, spoof, k) for each trial: k counts the trials of its class before it, so that conditions cycle
+    within each class."""
+    seen = {False: 0, True: 0}
+    for index, spoof in enumerate(classes):
+        yield index, spoof, seen[spoof]
+        seen[spoof] += 1
+
+
 def plan_la(n: int, n_speakers: int, seed: int, spoof_share: float = 0.75) -> list[Trial]:
     """LA trials: class by `spoof_share`; within each class the k-th trial has codec k mod 7, transmission
-    k mod 4 and (spoofs) attack k mod 13, so that every codec x attack pair appears from 91 spoofs on."""
+    (k div 7) mod 4 and (spoofs) attack k mod 13, so that every codec x attack pair appears from 91 spoofs on."""
     rng = np.random.default_rng([seed, 61])
     classes, subsets, ids = _classes(n, spoof_share, rng), _subsets(n, rng), _ids("LA_E_", n, rng)
-    counter = {False: 0, True: 0}
     trials = []
-    for index, spoof in enumerate(classes):
-        k = counter[spoof]
-        counter[spoof] += 1
+    for index, spoof, k in _ranked(classes):
         subset = subsets[index]
         trials.append(Trial(ids[index], int(rng.integers(n_speakers)), LA_ATTACKS[k % 13] if spoof else None,
                             {"codec": list(LA_CODECS)[k % 7], "transmission": LA_TRANSMISSIONS[(k // 7) % 4],
@@ -142,14 +149,11 @@ def plan_la(n: int, n_speakers: int, seed: int, spoof_share: float = 0.75) -> li
 
 
 def plan_df(n: int, n_speakers: int, seed: int, spoof_share: float = 0.75) -> list[Trial]:
-    """DF trials: codec k mod 9, source k mod 3 and (spoofs) attack k mod 13 within each class."""
+    """DF trials: codec k mod 9, source (k div 9) mod 3 and (spoofs) attack k mod 13 within each class."""
     rng = np.random.default_rng([seed, 62])
     classes, subsets, ids = _classes(n, spoof_share, rng), _subsets(n, rng), _ids("DF_E_", n, rng)
-    counter = {False: 0, True: 0}
     trials = []
-    for index, spoof in enumerate(classes):
-        k = counter[spoof]
-        counter[spoof] += 1
+    for index, spoof, k in _ranked(classes):
         subset = subsets[index]
         attack = LA_ATTACKS[k % 13] if spoof else None
         trials.append(Trial(ids[index], int(rng.integers(n_speakers)), attack,
@@ -163,11 +167,8 @@ def plan_itw(n: int, n_speakers: int, seed: int, spoof_share: float = 0.4) -> li
     """In-the-Wild files 0 ... n-1 in a shuffled order; the k-th of each class spoken by speaker k mod n_speakers."""
     rng = np.random.default_rng([seed, 63])
     classes = _classes(n, spoof_share, rng)
-    counter = {False: 0, True: 0}
     trials = []
-    for index, spoof in enumerate(classes):
-        k = counter[spoof]
-        counter[spoof] += 1
+    for index, spoof, k in _ranked(classes):
         trials.append(Trial(str(index), k % n_speakers, LA_ATTACKS[k % 13] if spoof else None, {}))
     return trials
 
