@@ -216,12 +216,16 @@ class CroppedUtteranceDataset(Dataset):
 
     The crop, and the optional `augment(waveform, rng)`, draw from a generator seeded with
     (seed, epoch, index): an utterance gets a fresh crop every epoch, reproducibly.
+    `file_augments` (CM training: RawBoost, then codecs) apply in order to the whole file BEFORE the crop,
+    as SSL_Anti-spoofing does; each is called with the item key (seed, epoch, index, attempt) and draws
+    from its own stream of it, so the crop (which depends only on the length, kept) is unchanged.
     With on_bad_audio="skip" an unreadable file is replaced by another utterance of the same
     label (drawn from (seed, epoch, index, attempt)); `redraws` counts the replacements.
     """
 
     def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], *, samples: int, seed: int,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 file_augments: Sequence[Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]] = (),
                  sample_rate: int = 16000, resample: bool = False, on_bad_audio: str = "error") -> None:
         if len(paths) != len(labels):
             raise ValueError(f"CroppedUtteranceDataset: {len(paths)} paths but {len(labels)} labels")
@@ -232,6 +236,7 @@ class CroppedUtteranceDataset(Dataset):
         self.samples = samples
         self.seed = seed
         self.augment = augment
+        self.file_augments = tuple(file_augments)
         self.sample_rate = sample_rate
         self.resample = resample
         self.on_bad_audio = on_bad_audio
@@ -243,9 +248,11 @@ class CroppedUtteranceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        waveform = random_crop(read_audio(self.paths[index], sample_rate=self.sample_rate, resample=self.resample),
-                               self.samples, rng)
+    def _crop(self, index: int, rng: np.random.Generator, key: tuple[int, int, int, int]) -> np.ndarray:
+        waveform = read_audio(self.paths[index], sample_rate=self.sample_rate, resample=self.resample)
+        for file_augment in self.file_augments:
+            waveform = file_augment(waveform, key)
+        waveform = random_crop(waveform, self.samples, rng)
         if self.augment is not None:
             waveform = self.augment(waveform, rng)
         return waveform
@@ -259,7 +266,7 @@ class CroppedUtteranceDataset(Dataset):
             stream = [self.seed, epoch, index, 3] if number == 0 else [self.seed, epoch, index, 3, number]
             rng = np.random.default_rng(stream)
             source = int(rng.choice(self._same_label[label])) if number else index
-            waveform = self._crop(source, rng)
+            waveform = self._crop(source, rng, (self.seed, epoch, index, number))
             return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)), label, number
 
         return redraw_until_readable(attempt, self.on_bad_audio, self._reported,

@@ -24,7 +24,9 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from data.augment import CONFIG as AUGMENTER
+from data.codec_augment import CONFIG as CODEC_AUGMENT
 from data.corpora import CORPORA, corpus_class, corpus_names, corpus_of
+from data.rawboost import CONFIG as RAWBOOST
 from losses.aam_softmax import CONFIG as AAM_SOFTMAX
 from losses.angle_proto import CONFIG as ANGLE_PROTO
 from losses.oc_softmax import CONFIG as OC_SOFTMAX
@@ -221,6 +223,8 @@ SCHEMA: dict = _section(
         samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled", range=POSITIVE),
         freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch "
                        "(aasist)"),
+        **RAWBOOST.fields,
+        **CODEC_AUGMENT.fields,
         select_by=Field(str, "eer", "dev metric that ranks checkpoints: eer (as aasist) or min_tdcf (needs ASV scores)",
                         choices=("eer", "min_tdcf")),
         asv_scores=_section(
@@ -708,7 +712,8 @@ def _check_values(config: Config, origins: Mapping[str, str]) -> None:
     except Invalid as problem:
         raise fail(problem.key, problem.message) from None
     asv = network_section("asv", config["asv_model"]["architecture"])
-    for section, name in ((asv, "asv_model"), (SASV_BACKEND, "backend"), (B2_BACKEND, "b2")):
+    for section, name in ((asv, "asv_model"), (SASV_BACKEND, "backend"), (B2_BACKEND, "b2"), (RAWBOOST, "cm_train"),
+                          (CODEC_AUGMENT, "cm_train")):
         try:
             for check in section.checks:
                 check(config[name])

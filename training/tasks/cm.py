@@ -1,7 +1,8 @@
 """System `cm`: train AASIST / AASIST-L on an ASVspoof-layout CM protocol, with aasist's recipe.
 
 Weighted cross-entropy ([spoof, bona fide] = [0.1, 0.9]), Adam with a per-step cosine decay,
-random 64,600-sample crops, optional frequency augmentation. Validation: the CM EER of the
+random 64,600-sample crops, optional frequency augmentation, optional RawBoost and codec augmentation of
+each training file before its crop (docs/augmentation.md). Validation: the CM EER of the
 bona fide logit on dirs.cm_dev_list and the min t-DCF with the *dev* ASV scores (the original
 aasist code used the eval ASV scores for its dev t-DCF). weights/best.ckpt initialises
 system sasv through `aasist_weight`.
@@ -9,16 +10,19 @@ system sasv through `aasist_weight`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from data.codec_augment import CodecAugment
 from data.corpora import corpus_of
 from data.protocols import SASV_KEYS
+from data.rawboost import RawBoost, RawBoostParams
 from data.speaker_lists import CroppedUtteranceDataset, ShuffledEpochSampler
 from models.build import build_asv_network, build_cm_network
 from models.checkpoint import load_asv_weights, load_cm_weights
@@ -96,7 +100,9 @@ class CMTask(SubsystemTask):
                                           [int(e.key == "bonafide") for e in entries],
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
                                           sample_rate=config["sample_rate"], resample=config["resample"],
-                                          on_bad_audio=config["on_bad_audio"])
+                                          on_bad_audio=config["on_bad_audio"],
+                                          file_augments=file_augmentations(config["cm_train"],
+                                                                           config["sample_rate"]))
         sampler = ShuffledEpochSampler(len(dataset), config["seed"], batch_size=config["batch_size"],
                                        rank=distributed.rank(), world_size=distributed.world_size())
         loader = self.training_loader(dataset, batch_size=self.rank_batch, sampler=sampler, drop_last=True)
@@ -191,6 +197,17 @@ class CMTask(SubsystemTask):
             tdcf = f"{summary['min_tdcf']:.4f}" if summary["min_tdcf"] is not None else "n/a (no eval ASV scores)"
             text += f" | eval CM EER {100 * summary['eer']:.2f}%  min t-DCF {tdcf}"
         return text + f" | CM weights: {self.run.dir / 'weights' / 'best.ckpt'}"
+
+
+def file_augmentations(settings: Mapping[str, Any], sample_rate: int) -> list:
+    """The whole-file augmentations of the CM training audio, in order: RawBoost (cm_train.rawboost), then a codec
+    (cm_train.codecs); none when both are off, so that such runs are bit-for-bit those without these keys."""
+    augments: list = []
+    if settings["rawboost"]:
+        augments.append(RawBoost(settings["rawboost"], RawBoostParams.from_settings(settings), sample_rate))
+    if settings["codecs"]:
+        augments.append(CodecAugment.from_settings(settings["codecs"], sample_rate))
+    return augments
 
 
 def _constant(step: int) -> float:
