@@ -92,6 +92,11 @@ class _OmegaMetadata(_OmegaNode):
     pass
 
 
+class _ArgparseNamespace(_OmegaNode):
+    """Stand-in for argparse.Namespace: older fairseq checkpoints (wav2vec 2.0 before hydra) keep their
+    settings as `args`, a Namespace of plain values."""
+
+
 class _TypingMarker:
     """Stand-in for typing.Any (omegaconf stores it as a type annotation in its metadata)."""
 
@@ -108,6 +113,7 @@ _STAND_INS: list[tuple[Any, str]] = [
     (_OmegaMetadata, "omegaconf.base.Metadata"),
     (_OmegaMetadata, "omegaconf.base.ContainerMetadata"),
     *[(_OmegaValueNode, f"omegaconf.nodes.{name}") for name in _VALUE_NODES],
+    (_ArgparseNamespace, "argparse.Namespace"),
     (_TypingMarker, "typing.Any"),
     (_empty_resolver_cache, "collections.defaultdict"),
     # Plain types appear as values (object_type, key_type); constructing them is harmless.
@@ -166,6 +172,8 @@ def _plain_config(node: Any, path: Path) -> Any:
     if isinstance(node, (_OmegaDictConfig, _OmegaListConfig, _OmegaValueNode)):
         value = node.__dict__.get("_val" if isinstance(node, _OmegaValueNode) else "_content")
         return _plain_config(value, path)
+    if isinstance(node, _ArgparseNamespace):
+        return _plain_config(dict(node.__dict__), path)
     if isinstance(node, Mapping):
         return {str(key): _plain_config(value, path) for key, value in node.items()}
     if isinstance(node, (list, tuple)):
