@@ -31,7 +31,7 @@ _EXPORTS = {
 
 # name -> "module:class"
 ASV_NETWORKS = {"ResNetSE34V2": "models.resnet_se34v2:ResNetSE34V2", "SSL_ECAPA_TDNN": "models.ssl_ecapa:SSLECAPATDNN"}
-CM_NETWORKS = {"AASIST": "models.aasist:AASIST"}
+CM_NETWORKS = {"AASIST": "models.aasist:AASIST", "SSL_AASIST": "models.ssl_aasist:SSL_AASIST"}
 
 __all__ = sorted(_EXPORTS) + ["ASV_NETWORKS", "CM_NETWORKS", "network_class"]
 

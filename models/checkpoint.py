@@ -349,6 +349,13 @@ def apply_state(module: nn.Module, state: Mapping[str, Tensor], *, what: str, so
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise CheckpointError(f"{source}: {what} entries are not tensors: {_preview(not_tensors)}")
+    # A network whose published weights use another toolkit's names (SSL_AASIST: fairseq's) renames them here.
+    adapt = getattr(module, "adapt_state_dict", None)
+    if callable(adapt):
+        try:
+            state = adapt(state)
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"{source}: {what} weights cannot be converted: {_first_line(error)}") from None
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
