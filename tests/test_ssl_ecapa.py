@@ -125,8 +125,8 @@ def test_bad_ssl_setting_names_the_key():
         build_config({"asv_model": {"architecture": "SSL_ECAPA_TDNN", "ssl": {"output": "mean"}}},
                      source="exp.conf")
     with pytest.raises(ConfigError, match=r"key 'asv_train\.samples' is 700, shorter than SSL_ECAPA_TDNN"):
-        build_config({"asv_model": {"architecture": "SSL_ECAPA_TDNN"}, "asv_train": {"samples": 700}},
-                     source="exp.conf")
+        build_config({"asv_model": {"architecture": "SSL_ECAPA_TDNN", "ssl": {"architecture": "wavlm_base_plus"}},
+                      "asv_train": {"samples": 700}}, source="exp.conf")
 
 
 @needs_ssl
