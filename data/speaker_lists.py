@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import random_crop, read_audio
+from data.audio import pad_or_tile, random_crop, read_audio
 from data.datasets import BAD_AUDIO_MODES, MAX_REDRAWS, check_batches_done, rank_share, redraw_until_readable
 from data.protocols import CMEntry, ProtocolError, read_fields
 
@@ -226,7 +226,10 @@ class CroppedUtteranceDataset(Dataset):
     def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], *, samples: int, seed: int,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  file_augments: Sequence[Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]] = (),
-                 sample_rate: int = 16000, resample: bool = False, on_bad_audio: str = "error") -> None:
+                 sample_rate: int = 16000, resample: bool = False, on_bad_audio: str = "error",
+                 crop: str = "random") -> None:
+        if crop not in ("random", "first"):
+            raise ValueError(f"CroppedUtteranceDataset: crop must be 'random' or 'first', got {crop!r}")
         if len(paths) != len(labels):
             raise ValueError(f"CroppedUtteranceDataset: {len(paths)} paths but {len(labels)} labels")
         if on_bad_audio not in BAD_AUDIO_MODES:
@@ -234,6 +237,7 @@ class CroppedUtteranceDataset(Dataset):
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels)
         self.samples = samples
+        self.crop = crop
         self.seed = seed
         self.augment = augment
         self.file_augments = tuple(file_augments)
@@ -252,7 +256,9 @@ class CroppedUtteranceDataset(Dataset):
         waveform = read_audio(self.paths[index], sample_rate=self.sample_rate, resample=self.resample)
         for file_augment in self.file_augments:
             waveform = file_augment(waveform, key)
-        waveform = random_crop(waveform, self.samples, rng)
+        # "first": the file's first samples, tiled when short (SSL_Anti-spoofing's training `pad`); no draw
+        waveform = random_crop(waveform, self.samples, rng) if self.crop == "random" else \
+            pad_or_tile(waveform, self.samples)
         if self.augment is not None:
             waveform = self.augment(waveform, rng)
         return waveform

@@ -220,7 +220,9 @@ SCHEMA: dict = _section(
         scheduler=Field(str, "cosine", "cosine: per-step cosine decay from lr to lr_min over all epochs (aasist); "
                         "constant: no decay", choices=("cosine", "constant")),
         class_weights=Field(list, [0.1, 0.9], "cross-entropy weights [spoof, bona fide] (aasist)", range=ZERO_OR_MORE),
-        samples=Field(int, 64600, "random training crop, in samples; shorter files are tiled", range=POSITIVE),
+        samples=Field(int, 64600, "training crop, in samples; shorter files are tiled", range=POSITIVE),
+        crop=Field(str, "random", "where the training crop starts: random (aasist) or first, the file's first samples "
+                   "(SSL_Anti-spoofing)", choices=("random", "first")),
         freq_aug=Field(bool, False, "frequency augmentation: zero a random run of sinc-filter bands per batch "
                        "(aasist)"),
         **RAWBOOST.fields,

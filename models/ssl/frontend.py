@@ -182,6 +182,7 @@ def build_ssl_frontend(settings: Mapping[str, Any], *, where: str = "", prefix: 
                             f"0..{n_layers} exist")
     frontend = SSLFrontEnd(arguments, output=values["output"], layer=layer, freeze=values["freeze"],
                            gradient_checkpointing=values["gradient_checkpointing"])
+    frontend.ssl_lr = values["lr"]  # training.optim.parameter_groups gives ssl_parameters() this rate
     if weights is not None:
         try:
             apply_state(frontend.model, weights.state, what="SSL front-end", source=weights.source)

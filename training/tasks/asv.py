@@ -45,6 +45,7 @@ from scoring.verification import (
     verification_metrics,
     voxceleb_trials,
 )
+from training.optim import parameter_groups
 from training.task import Run
 from training.tasks.subsystem import COMMON_COLUMNS, SubsystemTask
 
@@ -89,7 +90,8 @@ class ASVTask(SubsystemTask):
         if config["asv_weight"]:
             self._initialise(Path(config["asv_weight"]))
         self.place_model()
-        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=settings["lr"], weight_decay=settings["wd"])
+        self.optimizer = torch.optim.Adam(parameter_groups(self.trainable_parameters(), self.model, "model"),
+                                          lr=settings["lr"], weight_decay=settings["wd"])
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=settings["lr_decay_epochs"],
                                                          gamma=settings["lr_decay"])
         self.dev_trials = self._trials(settings["trial_list"], "dev")

@@ -34,6 +34,7 @@ from scoring.pipeline import Writer, evaluate_cm, score_cm
 from scoring.score_files import read_asv_score_file, write_scores
 from scoring.scored_trials import ScoredTrials
 from scoring.verification import asvspoof_trials, score_trials
+from training.optim import parameter_groups
 from training.task import Run
 from training.tasks.subsystem import COMMON_COLUMNS, SubsystemTask
 
@@ -62,7 +63,8 @@ class CMTask(SubsystemTask):
         self.place_model()
         self.criterion = nn.CrossEntropyLoss(weight=torch.tensor(settings["class_weights"], dtype=torch.float32,
                                                                  device=device))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["lr"], betas=tuple(settings["betas"]),
+        self.optimizer = torch.optim.Adam(parameter_groups(self.model.parameters(), self.model, "model"),
+                                          lr=settings["lr"], betas=tuple(settings["betas"]),
                                           weight_decay=settings["wd"], amsgrad=settings["amsgrad"])
         self.loader, self.epoch_sampler = self._train_loader()
         total_steps = config["epoch"] * len(self.loader)
@@ -81,6 +83,9 @@ class CMTask(SubsystemTask):
     def _build_network(self) -> nn.Module:
         config = self.config
         model = build_cm_network(config)
+        if config["cm_train"]["freq_aug"] and getattr(model, "conv_time", None) is None:
+            raise ConfigError(f"{config.source}: cm_train.freq_aug masks AASIST's sinc bands; the CM network "
+                              f"{type(model).__name__} has none")
         if config["cm_train"]["freq_aug"] and model.conv_time.out_channels < FREQ_AUG_MAX_BANDS:
             raise ConfigError(f"{config.source}: cm_train.freq_aug masks up to {FREQ_AUG_MAX_BANDS - 1} sinc bands, "
                               f"so it needs at least {FREQ_AUG_MAX_BANDS} (model_config filts[0] is "
@@ -100,7 +105,7 @@ class CMTask(SubsystemTask):
                                           [int(e.key == "bonafide") for e in entries],
                                           samples=config["cm_train"]["samples"], seed=config["seed"],
                                           sample_rate=config["sample_rate"], resample=config["resample"],
-                                          on_bad_audio=config["on_bad_audio"],
+                                          on_bad_audio=config["on_bad_audio"], crop=config["cm_train"]["crop"],
                                           file_augments=file_augmentations(config["cm_train"],
                                                                            config["sample_rate"]))
         sampler = ShuffledEpochSampler(len(dataset), config["seed"], batch_size=config["batch_size"],

@@ -37,6 +37,7 @@ from scoring.sasv import SASVScorer, sasv_text
 from scoring.score_files import write_trial_scores
 from scoring.scored_trials import ScoredTrials
 from training.frozen_cache import training_inputs
+from training.optim import parameter_groups
 from training.task import Run, Task
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "dev_sasv_eer", "dev_sv_eer", "dev_spf_eer",
@@ -140,8 +141,8 @@ class SASVTask(Task):
                              compile=distributed.compile_allowed(config["compile"], device, run.warn),
                              compiled=run.compiled)
         optim = config["optim"]
-        groups = [{"params": list(self.model.trainable_parameters()), "name": "model"},
-                  {"params": list(self.loss.parameters()), "name": "oc_center"}]
+        groups = parameter_groups(self.model.trainable_parameters(), self.model, "model") + \
+            [{"params": list(self.loss.parameters()), "name": "oc_center"}]
         if self.speaker_loss is not None:
             groups.append({"params": list(self.speaker_loss.parameters()), "name": "speaker_loss"})
         self.optimizer = torch.optim.Adam(groups, lr=optim["lr"], weight_decay=optim["wd"])
