@@ -3,9 +3,11 @@
 #   1. bench_train.py at ASVspoof shape on CUDA (bf16 + channels_last joint training against fp32,
 #      cached frozen embeddings against the frozen networks every batch, eval against per-trial);
 #   2. the demo trained with bf16 (amp: auto) and with fp32 (amp: off), to compare their dev/eval EERs;
-#   3. nvidia-smi utilisation sampled every second throughout, with the phase boundaries logged.
+#   3. bench_ssl.py: XLS-R 300M + AASIST at the recipe's batch 14 x 64,600 samples, fp32 / bf16, with and
+#      without gradient checkpointing (step time, peak memory, eval utterances/s);
+#   4. nvidia-smi utilisation sampled every second throughout, with the phase boundaries logged.
 # Results go to $OUT (or ./gpu_check): bench.txt (its last line is the JSON summary), demo_bf16.txt,
-# demo_fp32.txt, phases.txt, nvidia_smi.csv and utilisation.txt.
+# demo_fp32.txt, bench_ssl.txt, phases.txt, nvidia_smi.csv and utilisation.txt.
 #
 # Packages the GPU image may lack (soundfile and its cffi/pycparser) travel as wheels in .whl/ (git-ignored),
 # installed into /tmp/site first. With the session's device tool:
@@ -45,6 +47,8 @@ run_phase "demo bf16" demo_bf16.txt "$python" main.py --config configs/demo.conf
     --overwrite --output_dir "$out/runs_bf16"
 run_phase "demo fp32" demo_fp32.txt "$python" main.py --config configs/demo.conf --device cuda --no_progress \
     --overwrite --output_dir "$out/runs_fp32" --set amp=off
+run_phase "ssl bench" bench_ssl.txt "$python" bench/bench_ssl.py --device cuda --batch 14 --steps 3 \
+    --eval_batch 14
 phase "end"
 
 kill "$sampler" 2>/dev/null || true
