@@ -145,12 +145,27 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(corpus, tmp_path_factory):
-    work = tmp_path_factory.mktemp("ddp")
-    config = write_config(work / "tiny.conf", corpus)  # 2 epochs of 3 steps of batch 8 (4 per process)
-    status, out, err = finish(torchrun(config, work / "exp"))
-    assert status == 0, out + err
-    return config, work / "exp" / "tiny", out
+def uninterrupted(corpus, tmp_path_factory):
+    """`system` -> (config, run folder, stdout) of its 2-process run of 2 epochs of 3 global batches, never
+    stopped (_kill_config): made once per module, both the subject of the output tests and the reference
+    that the killed-and-resumed runs must equal."""
+    runs = {}
+
+    def run(system: str) -> tuple[Path, Path, str]:
+        if system not in runs:
+            work = tmp_path_factory.mktemp(f"straight_{system}")
+            config = _kill_config(system, corpus, work)
+            status, out, err = finish(torchrun(config, work / "exp"))
+            assert status == 0, out + err
+            runs[system] = config, work / "exp" / "run", out
+        return runs[system]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_process_run(uninterrupted):
+    return uninterrupted("sasv")  # the tiny system: 2 epochs of 3 steps of batch 8 (4 per process)
 
 
 def test_two_processes_write_every_output_once(two_process_run, corpus):
@@ -269,8 +284,8 @@ def _stage_config(corpus: Path, path: Path, system: str) -> Path:
     from test_pipeline import tiny_config
 
     config = tiny_config(corpus, system=system, epoch=2, save_top_k=1)
-    if system == "asv":  # 6 speakers x 2 utterances: 1 step of 4 speakers (2 per process) per epoch
-        config.update(batch_size=4, asv_train={"loss": "angleproto", "samples": 8000, "max_per_speaker": 2})
+    if system == "asv":  # 6 speakers x 2 groups of 2 utterances: 3 steps of 4 distinct speakers (2 per process)
+        config.update(batch_size=4, asv_train={"loss": "angleproto", "samples": 8000, "max_per_speaker": 4})
     else:  # 3 steps of 8 utterances (4 per process) per epoch
         lines = (corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt").read_text().splitlines()[:24]
         (path.parent / "cm.train.txt").write_text("\n".join(lines) + "\n")
@@ -280,16 +295,13 @@ def _stage_config(corpus: Path, path: Path, system: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("system, steps", [("asv", ["1", "2"]), ("cm", ["3", "6"])])
-def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path, system, steps):
-    config_path = _stage_config(corpus, tmp_path / f"{system}.conf", system)
-    status, out, err = finish(torchrun(config_path, tmp_path / "exp"))
-    assert status == 0, out + err
-    run = tmp_path / "exp" / system
+@pytest.mark.parametrize("system", ["asv", "cm"])
+def test_stages_train_under_torchrun_and_score_every_file_once(uninterrupted, tmp_path, system):
+    config_path, run, out = uninterrupted(system)  # also the kill-resume test's reference
     assert out.count("done: ") == 1 and out.count(f"{system} epoch 1: loss") == 1  # rank 0 alone logs
     with open(run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["step"] for row in rows] == steps  # steps of the global batch
+    assert [row["step"] for row in rows] == ["3", "6"]  # steps of the global batch
     assert sorted(path.name for path in (run / "scores").iterdir()) == \
         ["dev_epoch_001.txt", "dev_epoch_002.txt", "eval.txt"]
     assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
@@ -342,24 +354,19 @@ def _kill_config(system: str, corpus: Path, folder: Path, **overrides) -> Path:
     else:
         _stage_config(corpus, path, system)
         config = json.loads(path.read_text())
-        if system == "asv":  # 6 speakers x 2 groups of 2 utterances: 3 batches of 4 distinct speakers
-            config["asv_train"]["max_per_speaker"] = 4
         config.update(overrides)
         path.write_text(json.dumps(config))
     return path
 
 
 @pytest.mark.parametrize("system", ["sasv", "asv", "cm", "b2"])
-def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, tmp_path, system):
+def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, uninterrupted, tmp_path, system):
     """SIGKILL of both processes after the checkpoint of step 5 (epoch 2, batch 2), then --resume: the
     weights, loss parameters and Adam state bit for bit, metrics.csv (seconds aside) and the score files
     are those of the same run never stopped."""
     from test_resume import checkpoint_tensors, metrics_rows
 
-    straight = _kill_config(system, corpus, tmp_path / "straight")
-    status, out, err = finish(torchrun(straight, tmp_path / "straight" / "exp"))
-    assert status == 0, out + err
-    reference = tmp_path / "straight" / "exp" / "run"
+    _, reference, _ = uninterrupted(system)
     assert [row["step"] for row in metrics_rows(reference)] == ["3", "6"]
 
     killed = _kill_config(system, corpus, tmp_path / "killed", checkpoint_interval_steps=1)
