@@ -145,12 +145,27 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(corpus, tmp_path_factory):
-    work = tmp_path_factory.mktemp("ddp")
-    config = write_config(work / "tiny.conf", corpus)  # 2 epochs of 3 steps of batch 8 (4 per process)
-    status, out, err = finish(torchrun(config, work / "exp"))
-    assert status == 0, out + err
-    return config, work / "exp" / "tiny", out
+def uninterrupted(corpus, tmp_path_factory):
+    """`system` -> (config, run folder, stdout) of its 2-process run of 2 epochs of 3 global batches, never
+    stopped (_kill_config): made once per module, both the subject of the output tests and the reference
+    that the killed-and-resumed runs must equal."""
+    runs = {}
+
+    def run(system: str) -> tuple[Path, Path, str]:
+        if system not in runs:
+            work = tmp_path_factory.mktemp(f"straight_{system}")
+            config = _kill_config(system, corpus, work)
+            status, out, err = finish(torchrun(config, work / "exp"))
+            assert status == 0, out + err
+            runs[system] = config, work / "exp" / "run", out
+        return runs[system]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_process_run(uninterrupted):
+    return uninterrupted("sasv")  # the tiny system: 2 epochs of 3 steps of batch 8 (4 per process)
 
 
 def test_two_processes_write_every_output_once(two_process_run, corpus):
@@ -269,27 +284,21 @@ def _stage_config(corpus: Path, path: Path, system: str) -> Path:
     from test_pipeline import tiny_config
 
     config = tiny_config(corpus, system=system, epoch=2, save_top_k=1)
-    if system == "asv":  # 6 speakers x 2 utterances: 1 step of 4 speakers (2 per process) per epoch
-        config.update(batch_size=4, asv_train={"loss": "angleproto", "samples": 8000, "max_per_speaker": 2})
-    else:  # 3 steps of 8 utterances (4 per process) per epoch
-        lines = (corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt").read_text().splitlines()[:24]
-        (path.parent / "cm.train.txt").write_text("\n".join(lines) + "\n")
-        config["dirs"]["cm_trn_list"] = str(path.parent / "cm.train.txt")
+    if system == "asv":  # 6 speakers x 2 groups of 2 utterances: 3 steps of 4 distinct speakers (2 per process)
+        config.update(batch_size=4, asv_train={"loss": "angleproto", "samples": 8000, "max_per_speaker": 4})
+    else:  # the whole training list: 9 steps of 8 utterances (4 per process), time to signal inside epoch 1
         config["cm_train"] = {"samples": 8000}
     path.write_text(json.dumps(config))
     return path
 
 
-@pytest.mark.parametrize("system, steps", [("asv", ["1", "2"]), ("cm", ["3", "6"])])
-def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path, system, steps):
-    config_path = _stage_config(corpus, tmp_path / f"{system}.conf", system)
-    status, out, err = finish(torchrun(config_path, tmp_path / "exp"))
-    assert status == 0, out + err
-    run = tmp_path / "exp" / system
+@pytest.mark.parametrize("system", ["asv", "cm"])
+def test_stages_train_under_torchrun_and_score_every_file_once(uninterrupted, tmp_path, system):
+    config_path, run, out = uninterrupted(system)  # also the kill-resume test's reference
     assert out.count("done: ") == 1 and out.count(f"{system} epoch 1: loss") == 1  # rank 0 alone logs
     with open(run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["step"] for row in rows] == steps  # steps of the global batch
+    assert [row["step"] for row in rows] == [str(STEPS[system]), str(2 * STEPS[system])]  # of the global batch
     assert sorted(path.name for path in (run / "scores").iterdir()) == \
         ["dev_epoch_001.txt", "dev_epoch_002.txt", "eval.txt"]
     assert not [path for path in run.rglob(".*") if path.is_file()]  # no temporaries left
@@ -308,25 +317,14 @@ def test_stages_train_under_torchrun_and_score_every_file_once(corpus, tmp_path,
     assert np.abs(gathered[1] - np.roll(expected[1], 1)).max() > 1e-3
 
 
-def test_sigterm_to_torchrun_stops_a_stage_mid_epoch_and_resume_finishes(corpus, tmp_path):
-    config_path = _stage_config(corpus, tmp_path / "cm.conf", "cm")
-    config = json.loads(config_path.read_text())
-    config["dirs"]["cm_trn_list"] = str(corpus / "protocols" / "ASVspoof2019.LA.cm.train.trn.txt")
-    config["loader"] = {"n_workers": 1}
-    config_path.write_text(json.dumps(config))
-    steps = sum(1 for _ in open(config["dirs"]["cm_trn_list"])) // config["batch_size"]
-    sigterm_mid_epoch_then_resume(config_path, tmp_path / "exp", tmp_path / "exp" / "cm",
-                                  rf"cm epoch 1/2: .*\| [1-{min(steps - 1, 9)}]/{steps} \[", steps - 1)
-    with open(tmp_path / "exp" / "cm" / "metrics.csv") as handle:
-        assert [row["step"] for row in csv.DictReader(handle)] == [str(steps), str(2 * steps)]
-
-
 # ----------------------------------------------------------------------------- every task killed and resumed
 KILL_STEP = 5  # epoch 2 of 3 batches each, after its second batch
+STEPS = {"sasv": 3, "asv": 3, "cm": 9, "b2": 3}  # global batches per epoch of each _kill_config run
 
 
 def _kill_config(system: str, corpus: Path, folder: Path, **overrides) -> Path:
-    """A run of `system` of 2 epochs of 3 global batches under 2 processes, as small as the task allows."""
+    """A run of `system` of 2 epochs of STEPS[system] global batches under 2 processes, as small as the task
+    allows (cm: enough batches that a signal sent once the progress bar shows epoch 1 lands inside it)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "run.conf"
     if system == "sasv":
@@ -342,38 +340,41 @@ def _kill_config(system: str, corpus: Path, folder: Path, **overrides) -> Path:
     else:
         _stage_config(corpus, path, system)
         config = json.loads(path.read_text())
-        if system == "asv":  # 6 speakers x 2 groups of 2 utterances: 3 batches of 4 distinct speakers
-            config["asv_train"]["max_per_speaker"] = 4
         config.update(overrides)
         path.write_text(json.dumps(config))
     return path
 
 
 @pytest.mark.parametrize("system", ["sasv", "asv", "cm", "b2"])
-def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, tmp_path, system):
+def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, uninterrupted, tmp_path, system):
     """SIGKILL of both processes after the checkpoint of step 5 (epoch 2, batch 2), then --resume: the
     weights, loss parameters and Adam state bit for bit, metrics.csv (seconds aside) and the score files
-    are those of the same run never stopped."""
+    are those of the same run never stopped. The cm run is stopped by SIGTERM to torchrun instead, at a
+    moment in epoch 1 that its progress bar shows, with a DataLoader worker and no step checkpoints: it
+    saves on the signal, once (sigterm_mid_epoch_then_resume)."""
     from test_resume import checkpoint_tensors, metrics_rows
 
-    straight = _kill_config(system, corpus, tmp_path / "straight")
-    status, out, err = finish(torchrun(straight, tmp_path / "straight" / "exp"))
-    assert status == 0, out + err
-    reference = tmp_path / "straight" / "exp" / "run"
-    assert [row["step"] for row in metrics_rows(reference)] == ["3", "6"]
+    _, reference, _ = uninterrupted(system)
+    steps = STEPS[system]
+    assert [row["step"] for row in metrics_rows(reference)] == [str(steps), str(2 * steps)]
 
-    killed = _kill_config(system, corpus, tmp_path / "killed", checkpoint_interval_steps=1)
-    status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", kill_at_step=KILL_STEP))
-    assert status != 0 and "done: " not in out, out + err
     run = tmp_path / "killed" / "exp" / "run"
     last = run / "weights" / "last.ckpt"
-    meta = load_checkpoint(last).meta
-    assert (meta["epoch"], meta["batch"], meta["step"]) == (1, 2, KILL_STEP)
-    assert not (run / "metrics_eval.json").exists()
+    if system == "cm":
+        killed = _kill_config(system, corpus, tmp_path / "killed", loader={"n_workers": 1})
+        sigterm_mid_epoch_then_resume(killed, tmp_path / "killed" / "exp", run,
+                                      rf"cm epoch 1/2: .*\| [1-{steps - 1}]/{steps} \[", steps - 1)
+    else:
+        killed = _kill_config(system, corpus, tmp_path / "killed", checkpoint_interval_steps=1)
+        status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", kill_at_step=KILL_STEP))
+        assert status != 0 and "done: " not in out, out + err
+        meta = load_checkpoint(last).meta
+        assert (meta["epoch"], meta["batch"], meta["step"]) == (1, 2, KILL_STEP)
+        assert not (run / "metrics_eval.json").exists()
 
-    status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", "--resume"))
-    assert status == 0, out + err
-    assert out.count(f"resumed from {last} (epoch 1, step {KILL_STEP})") == 1, out
+        status, out, err = finish(torchrun(killed, tmp_path / "killed" / "exp", "--resume"))
+        assert status == 0, out + err
+        assert out.count(f"resumed from {last} (epoch 1, step {KILL_STEP})") == 1, out
 
     ours, theirs = checkpoint_tensors(last), checkpoint_tensors(reference / "weights" / "last.ckpt")
     assert ours.keys() == theirs.keys() and len(ours) > 0

@@ -133,12 +133,17 @@ def test_cached_scoring_equals_per_trial_path(trained):
     torch.set_num_threads(2)
     scorer = SASVScorer(model, loss, Extraction(torch.device("cpu"), batch_size=8, progress=False))
     inputs = scoring_inputs(config, "dev")
+    embedded = []  # what score() computes, kept for the rolled check below instead of a second pass
+    embeddings = scorer.embeddings
+    scorer.embeddings = lambda *args, **kwargs: embedded.append(embeddings(*args, **kwargs)) or embedded[-1]
     cached = scorer.score(inputs)
+    del scorer.embeddings
     literal = scorer.score_per_trial(inputs, batch_size=4)
     assert cached.shape == (len(inputs.trials),)
     np.testing.assert_allclose(cached, literal, atol=1e-5, rtol=0)
     # a wrong enrollment (rolled speakers) would be caught by that tolerance, with room to spare
-    speakers, enrollment, utterances, test_asv, test_cm, _ = scorer.embeddings(inputs)
+    assert len(embedded) == 1
+    speakers, enrollment, utterances, test_asv, test_cm, _ = embedded[0]
     rolled = scorer.score_from_embeddings(inputs.trials, speakers, enrollment.roll(1, 0), utterances, test_asv, test_cm)
     assert np.abs(rolled - literal).max() > 10 * 1e-5
 
