@@ -273,6 +273,36 @@ class GraphPool(nn.Module):
         return torch.gather(h * scores, 1, index.expand(-1, -1, h.size(2)))
 
 
+def add_graph_layers(module: nn.Module, n_spectral: int, encoder_dim: int, gat_dims: list[int],
+                     pool_ratios: list[float], temperatures: list[float]) -> None:
+    """AASIST's graph part as attributes of `module`: the spectral position vectors (`n_spectral` nodes), the
+    master nodes, the graph attention layers and pools, and the output layer, under the original's names and
+    in its order, so that state-dict keys and the initial random draws follow it (AASIST and SSL_AASIST)."""
+    module.pos_S = nn.Parameter(torch.randn(1, n_spectral, encoder_dim))
+    module.master1 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
+    module.master2 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
+
+    module.GAT_layer_S = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[0])
+    module.GAT_layer_T = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[1])
+    # temperatures[2] serves all four heterogeneous layers (temperatures[3] is unused, as in the original).
+    hetero_temp = temperatures[2]
+    module.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
+    module.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
+    module.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
+    module.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
+
+    module.pool_S = GraphPool(pool_ratios[0], gat_dims[0], 0.3)
+    module.pool_T = GraphPool(pool_ratios[1], gat_dims[0], 0.3)
+    # The original uses pool_ratios[2] for all four heterogeneous pools (pool_ratios[3] is unused).
+    module.pool_hS1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+    module.pool_hT1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+    module.pool_hS2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+    module.pool_hT2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
+
+    module.embedding_dim = 5 * gat_dims[1]  # max|T|, mean T, max|S|, mean S, master
+    module.out_layer = nn.Linear(module.embedding_dim, 2)
+
+
 class AASIST(nn.Module):
     """Raw-waveform anti-spoofing model.
 
@@ -313,29 +343,7 @@ class AASIST(nn.Module):
 
         encoder_dim = filts[-1][-1]
         # The front max-pool divides the sinc channels by 3 (70 -> 23 spectral nodes).
-        self.pos_S = nn.Parameter(torch.randn(1, filts[0] // 3, encoder_dim))
-        self.master1 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
-        self.master2 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
-
-        self.GAT_layer_S = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[0])
-        self.GAT_layer_T = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[1])
-        # temperatures[2] serves all four heterogeneous layers (temperatures[3] is unused, as in the original).
-        hetero_temp = temperatures[2]
-        self.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
-
-        self.pool_S = GraphPool(pool_ratios[0], gat_dims[0], 0.3)
-        self.pool_T = GraphPool(pool_ratios[1], gat_dims[0], 0.3)
-        # The original uses pool_ratios[2] for all four heterogeneous pools (pool_ratios[3] is unused).
-        self.pool_hS1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hT1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hS2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hT2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-
-        self.embedding_dim = 5 * gat_dims[1]  # max|T|, mean T, max|S|, mean S, master
-        self.out_layer = nn.Linear(self.embedding_dim, 2)
+        add_graph_layers(self, filts[0] // 3, encoder_dim, gat_dims, pool_ratios, temperatures)
 
     def _heterogeneous_branch(self, first: HeteroGraphAttentionLayer, second: HeteroGraphAttentionLayer,
                               pool_s: GraphPool, pool_t: GraphPool, master: Tensor,
@@ -346,20 +354,9 @@ class AASIST(nn.Module):
         aug_t, aug_s, aug_master = second(nodes_t, nodes_s, master=master)
         return nodes_t + aug_t, nodes_s + aug_s, master + aug_master
 
-    def forward(self, waveform: Tensor, freq_aug: bool = False) -> tuple[Tensor, Tensor]:
-        # The sinc filter bank stays fp32 under autocast: in bf16 the weak high bands (where many
-        # spoofing artefacts are) would drown in rounding noise of the strong low ones.
-        with torch.autocast(waveform.device.type, enabled=False):
-            x = self.conv_time(waveform.float().unsqueeze(1), mask=freq_aug)  # [B, filters, T - kernel + 1]
-            x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))
-            x = self.selu(self.first_bn(x))
-        encoded = self.encoder(x)  # [B, C, spectral nodes, frames]
-
-        spectral = torch.max(torch.abs(encoded), dim=3)[0].transpose(1, 2) + self.pos_S
-        out_s = self.pool_S(self.GAT_layer_S(spectral))
-        temporal = torch.max(torch.abs(encoded), dim=2)[0].transpose(1, 2)
-        out_t = self.pool_T(self.GAT_layer_T(temporal))
-
+    def _graph_readout(self, out_t: Tensor, out_s: Tensor) -> tuple[Tensor, Tensor]:
+        """The two heterogeneous branches over the pooled temporal and spectral graphs, their element-wise max,
+        and the readout: (embedding, logits)."""
         # Master nodes go in unexpanded ([1, 1, D]) and broadcast, as in the original.
         t1, s1, m1 = self._heterogeneous_branch(self.HtrgGAT_layer_ST11, self.HtrgGAT_layer_ST12,
                                                 self.pool_hS1, self.pool_hT1, self.master1, out_t, out_s)
@@ -378,3 +375,19 @@ class AASIST(nn.Module):
         ], dim=1)
         embedding = self.drop(embedding)
         return embedding, self.out_layer(embedding)
+
+    def forward(self, waveform: Tensor, freq_aug: bool = False) -> tuple[Tensor, Tensor]:
+        # The sinc filter bank stays fp32 under autocast: in bf16 the weak high bands (where many
+        # spoofing artefacts are) would drown in rounding noise of the strong low ones.
+        with torch.autocast(waveform.device.type, enabled=False):
+            x = self.conv_time(waveform.float().unsqueeze(1), mask=freq_aug)  # [B, filters, T - kernel + 1]
+            x = F.max_pool2d(torch.abs(x.unsqueeze(1)), (3, 3))
+            x = self.selu(self.first_bn(x))
+        encoded = self.encoder(x)  # [B, C, spectral nodes, frames]
+
+        spectral = torch.max(torch.abs(encoded), dim=3)[0].transpose(1, 2) + self.pos_S
+        out_s = self.pool_S(self.GAT_layer_S(spectral))
+        temporal = torch.max(torch.abs(encoded), dim=2)[0].transpose(1, 2)
+        out_t = self.pool_T(self.GAT_layer_T(temporal))
+
+        return self._graph_readout(out_t, out_s)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.aasist import AASIST, GraphAttentionLayer, GraphPool, HeteroGraphAttentionLayer, ResidualBlock
+from models.aasist import AASIST, ResidualBlock, add_graph_layers
 from runtime.schema import POSITIVE, ConfigSection, Field, Invalid, Range, widths
 
 ATTENTION_CHANNELS = 128  # hidden width of the reference's 1x1-conv attention (fixed there, not a setting)
@@ -188,31 +188,11 @@ class SSLAASISTBackend(nn.Module):
             nn.Conv2d(ATTENTION_CHANNELS, encoder_dim, kernel_size=(1, 1)),
         )
         # One position vector per spectral node: the (3, 3) max-pool divides the LL width by 3 (128 -> 42).
-        self.pos_S = nn.Parameter(torch.randn(1, ll_dim // 3, encoder_dim))
-        self.master1 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
-        self.master2 = nn.Parameter(torch.randn(1, 1, gat_dims[0]))
+        add_graph_layers(self, ll_dim // 3, encoder_dim, gat_dims, pool_ratios, temperatures)
 
-        self.GAT_layer_S = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[0])
-        self.GAT_layer_T = GraphAttentionLayer(encoder_dim, gat_dims[0], temperature=temperatures[1])
-        hetero_temp = temperatures[2]  # all four, as in the reference (temperatures[3] is unused)
-        self.HtrgGAT_layer_ST11 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST12 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST21 = HeteroGraphAttentionLayer(gat_dims[0], gat_dims[1], temperature=hetero_temp)
-        self.HtrgGAT_layer_ST22 = HeteroGraphAttentionLayer(gat_dims[1], gat_dims[1], temperature=hetero_temp)
-
-        self.pool_S = GraphPool(pool_ratios[0], gat_dims[0], 0.3)
-        self.pool_T = GraphPool(pool_ratios[1], gat_dims[0], 0.3)
-        # pool_ratios[2] for all four heterogeneous pools, as in the reference (pool_ratios[3] is unused).
-        self.pool_hS1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hT1 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hS2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-        self.pool_hT2 = GraphPool(pool_ratios[2], gat_dims[1], 0.3)
-
-        self.embedding_dim = 5 * gat_dims[1]  # max|T|, mean T, max|S|, mean S, master
-        self.out_layer = nn.Linear(self.embedding_dim, 2)
-
-    # The HS-GAL branch (layer, pools, second layer, residual sums) is AASIST's, node for node.
+    # The HS-GAL branches (layer, pools, second layer, residual sums) and the readout are AASIST's, node for node.
     _heterogeneous_branch = AASIST._heterogeneous_branch
+    _graph_readout = AASIST._graph_readout
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         if features.dim() != 3 or features.size(1) < MIN_FRAMES:
@@ -230,22 +210,7 @@ class SSLAASISTBackend(nn.Module):
         temporal = torch.sum(x * F.softmax(weights, dim=-2), dim=-2).transpose(1, 2)
         out_t = self.pool_T(self.GAT_layer_T(temporal))
 
-        # The raw [1, 1, D] master parameters go in, as in the reference (its expanded copies are never used).
-        t1, s1, m1 = self._heterogeneous_branch(self.HtrgGAT_layer_ST11, self.HtrgGAT_layer_ST12,
-                                                self.pool_hS1, self.pool_hT1, self.master1, out_t, out_s)
-        t2, s2, m2 = self._heterogeneous_branch(self.HtrgGAT_layer_ST21, self.HtrgGAT_layer_ST22,
-                                                self.pool_hS2, self.pool_hT2, self.master2, out_t, out_s)
-        # Dropout order (T1, T2, S1, S2, M1, M2) matches the reference's RNG consumption.
-        t1, t2, s1, s2, m1, m2 = (self.drop_way(nodes) for nodes in (t1, t2, s1, s2, m1, m2))
-        out_t, out_s, master = torch.max(t1, t2), torch.max(s1, s2), torch.max(m1, m2)
-
-        embedding = torch.cat([
-            torch.max(torch.abs(out_t), dim=1)[0], torch.mean(out_t, dim=1),
-            torch.max(torch.abs(out_s), dim=1)[0], torch.mean(out_s, dim=1),
-            master.squeeze(1),
-        ], dim=1)
-        embedding = self.drop(embedding)
-        return embedding, self.out_layer(embedding)
+        return self._graph_readout(out_t, out_s)  # AASIST's, with the raw [1, 1, D] master nodes
 
 
 class SSL_AASIST(SSLAASISTBackend):  # noqa: N801  (the registered name, as the config spells it)
