@@ -63,8 +63,9 @@ def is_main() -> bool:
 def process_group(device: torch.device) -> Iterator[torch.device]:
     """Join torchrun's processes when there are several; yields this process's device (cuda:LOCAL_RANK on CUDA).
 
-    The group is torn down when the body returns; after an error it is left to the process exit,
-    since a rank that fails may leave the others inside a collective.
+    The group is torn down when the body returns, or raises an error that every rank raised together
+    (on_main_rank's); after any other error it is left to the process exit, since a rank that fails may leave
+    the others inside a collective.
     """
     if launched_world_size() <= 1:
         yield device
@@ -79,9 +80,19 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
-    yield device
-    # All ranks tear down together: a rank destroying gloo's group while another still talks to it can abort
-    # at exit ("terminate called without an active exception", seen once after a torchrun resume).
+    try:
+        yield device
+    except BaseException as error:
+        if getattr(error, "raised_on_every_rank", False):  # an agreed stop (on_main_rank): no rank is left behind
+            _tear_down()
+        raise
+    _tear_down()
+
+
+def _tear_down() -> None:
+    # All ranks tear down together: a process leaving gloo's group alive at exit, or destroying it while another
+    # still talks to it, can abort ("terminate called without an active exception"; seen after a torchrun
+    # resume, and after a refusal that every rank raised).
     dist.barrier()
     dist.destroy_process_group()
 
@@ -169,9 +180,12 @@ def on_main_rank(work: Callable[[], Result], exit_status: Callable[[BaseExceptio
     status = exit_status(failure) if failure is not None else 0
     failed, status, result = broadcast_object((failure is not None, status, result))
     if failure is not None:
+        failure.raised_on_every_rank = True  # process_group may tear the group down cleanly
         raise failure
     if failed:
-        raise MainRankStopped(status)
+        stopped = MainRankStopped(status)
+        stopped.raised_on_every_rank = True
+        raise stopped
     return result
 
 
