@@ -11,13 +11,13 @@ def parameter_groups(parameters: Iterable[nn.Parameter], root: nn.Module, name: 
     inside `root` that sets `ssl.lr`: each of those is a group `<name>_ssl` with that learning rate. A scheduler
     scales every group alike, so the ratio of the two rates holds for the whole run."""
     parameters = list(parameters)
+    wanted = {id(p) for p in parameters}
     groups: list[dict] = []
     taken: set[int] = set()
     for module in root.modules():
         lr = getattr(module, "ssl_lr", None)
         if lr is None or not hasattr(module, "ssl_parameters"):
             continue
-        wanted = {id(p) for p in parameters}
         own = [p for p in module.ssl_parameters() if id(p) in wanted and id(p) not in taken]
         if own:
             taken.update(id(p) for p in own)

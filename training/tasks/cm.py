@@ -2,7 +2,7 @@
 
 Weighted cross-entropy ([spoof, bona fide] = [0.1, 0.9]), Adam with a per-step cosine decay,
 random 64,600-sample crops, optional frequency augmentation, optional RawBoost and codec augmentation of
-each training file before its crop (docs/augmentation.md). Validation: the CM EER of the
+each training file before its crop (docs/stages.md). Validation: the CM EER of the
 bona fide logit on dirs.cm_dev_list and the min t-DCF with the *dev* ASV scores (the original
 aasist code used the eval ASV scores for its dev t-DCF). weights/best.ckpt initialises
 system sasv through `aasist_weight`.
