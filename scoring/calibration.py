@@ -1,0 +1,245 @@
+"""Calibration that travels with a trained system: log-likelihood ratios of its scores and its decision threshold.
+
+At the end of training main.py fits them on the dev scores of the checkpoint it evaluates:
+  * per score the system has (asv: cosine, cm: bona fide logit, sasv: the SASV score) an affine map to a
+    log-likelihood ratio, by the prior-weighted logistic regression of `fuse_scores.py --fusion linear`
+    (scoring.fusion.fit_logistic): asv target vs nontarget trials, cm bona fide vs spoof utterances, sasv
+    target vs nontarget and spoof trials;
+  * the decision threshold: the dev score at which the system's headline metric is at its minimum (the
+    corpus adapter's `headline`: SASV-EER or ASVspoof 5's a-DCF for a SASV system, EER for a sub-system).
+    A trial is accepted (target / bona fide / target bona fide) when its score is above the threshold, the
+    rule of the metrics' sweeps (metrics/eer.py, metrics/adcf.py: a point rejects the scores at or below it).
+They are written as `calibration.json` beside the checkpoint (plain JSON), with a fingerprint of the weights
+they belong to; the Python API, score_files.py, export.py and the eval report read them back here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, adcf_curve
+from metrics.eer import compute_eer
+from runtime.errors import UserError
+from runtime.files import json_text, write_text
+from scoring.fusion import Calibration, FusionError, fit_logistic
+from scoring.scored_trials import ScoredTrials
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT = "sasv-toolkit-calibration"
+VERSION = 1
+SCORES = ("asv", "cm", "sasv")
+# What a high score means, for every score the toolkit writes (docs/scores.md).
+DIRECTIONS = {"asv": "higher = same speaker (target)", "cm": "higher = bona fide",
+              "sasv": "higher = target bona fide"}
+# The classes of each score's calibration and decision: (accepted, rejected).
+CLASSES = {"asv": ("target", "nontarget"), "cm": ("bona fide", "spoof"), "sasv": ("target", "nontarget or spoof")}
+DECISION_METRICS = ("sasv_eer", "min_a_dcf", "a_dcf", "eer")
+
+
+class CalibrationFileError(UserError):
+    """A calibration file that cannot be read or does not fit the weights it is used with."""
+
+
+def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
+    """sha256 of the modules' state dicts (names, dtypes, shapes, values), in order: the same weights give the
+    same fingerprint whichever file (best.ckpt, a best-k copy) holds them."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            value = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Accept when `score` is above `threshold`: the dev minimum of `metric` (`dev_value`)."""
+    score: str  # "sasv", "cm" or "asv"
+    threshold: float
+    metric: str
+    dev_value: float
+
+    def accept(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=np.float64) > self.threshold
+
+
+@dataclass(frozen=True)
+class SystemCalibration:
+    """Everything `calibration.json` holds; `calibrations` has an entry per score that could be fitted."""
+    system: str
+    weights_sha256: str
+    prior: float
+    calibrations: dict[str, Calibration]
+    decision: Decision | None
+    notes: dict[str, str] = field(default_factory=dict)  # score -> why it has no calibration
+    checkpoint: str = ""
+    fitted_on: str = ""
+
+    def llr(self, score: str, values: np.ndarray) -> np.ndarray | None:
+        """Calibrated log-likelihood ratios of `values` (scores of kind `score`), or None without a calibration."""
+        calibration = self.calibrations.get(score)
+        return None if calibration is None else calibration.log_odds(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "system": self.system, "weights_sha256": self.weights_sha256,
+                "checkpoint": self.checkpoint, "fitted_on": self.fitted_on, "prior": self.prior,
+                "llr": "scale * score + offset", "directions": {s: DIRECTIONS[s] for s in SCORES},
+                "calibrations": {s: c.as_dict() for s, c in self.calibrations.items()},
+                "notes": dict(self.notes),
+                "decision": None if self.decision is None else {
+                    "score": self.decision.score, "threshold": self.decision.threshold,
+                    "metric": self.decision.metric, "dev_value": self.decision.dev_value,
+                    "rule": "accept when score > threshold"}}
+
+
+# ------------------------------------------------------------------ fitting
+
+
+def _score_classes(scored: ScoredTrials, score: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(accepted-class scores, rejected-class scores) of `score` in `scored` (finite, cm per utterance)."""
+    values = getattr(scored, score)
+    if values is None:
+        return None
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    if score == "cm":
+        if scored.utterance is not None:  # a test utterance is in several trials: count it once
+            _, first = np.unique(scored.utterance, return_index=True)
+            once = np.zeros(len(values), dtype=bool)
+            once[first] = True
+            keep &= once
+        positive = np.asarray(scored.cm_keys) == "bonafide"
+    else:
+        if scored.asv_keys is None:
+            return None
+        keys = np.asarray(scored.asv_keys)
+        positive = keys == "target"
+        if score == "asv":
+            keep &= keys != "spoof"
+    return values[keep & positive], values[keep & ~positive]
+
+
+def decision_threshold(scored: ScoredTrials, score: str, metric: str) -> tuple[float, float]:
+    """(threshold, metric value) at the dev minimum of `metric` over the scores of kind `score`."""
+    classes = _score_classes(scored, score)
+    if classes is None:
+        raise ValueError(f"no {score} scores to set a decision threshold on")
+    if metric in ("min_a_dcf", "a_dcf"):
+        values = np.asarray(scored.sasv, dtype=np.float64)
+        keep = np.isfinite(values)
+        result = adcf_curve(values[keep], np.asarray(scored.asv_keys)[keep],
+                            ADCF_DEFAULT if metric == "min_a_dcf" else ADCF_ASVSPOOF5)
+        return result.threshold, result.min_adcf
+    if metric in ("sasv_eer", "eer"):
+        value, threshold = compute_eer(*classes)
+        return threshold, value
+    raise ValueError(f"no decision threshold for metric {metric!r}; expected one of {', '.join(DECISION_METRICS)}")
+
+
+def fit_system_calibration(scored: ScoredTrials, *, system: str, decision_score: str, decision_metric: str,
+                           prior: float, weights_sha256: str, checkpoint: str = "", fitted_on: str = "",
+                           warn: Callable[[str], None] | None = None) -> SystemCalibration:
+    """Fit every score `scored` holds to LLRs, and the decision threshold of `decision_score`.
+
+    A score whose two classes a threshold separates (or that lacks a class) gets no calibration: a note
+    says why and `warn` is told; its raw scores stay usable, its LLRs are not given."""
+    calibrations: dict[str, Calibration] = {}
+    notes: dict[str, str] = {}
+    for score in SCORES:
+        classes = _score_classes(scored, score)
+        if classes is None:
+            continue
+        try:
+            calibrations[score] = fit_logistic(*classes, prior, what=f"dev {score} scores", classes=CLASSES[score])
+        except FusionError as error:
+            notes[score] = str(error)
+            if warn is not None:
+                warn(f"warning: no {score} calibration: {error}")
+    threshold, value = decision_threshold(scored, decision_score, decision_metric)
+    return SystemCalibration(system=system, weights_sha256=weights_sha256, prior=float(prior),
+                             calibrations=calibrations, notes=notes, checkpoint=checkpoint, fitted_on=fitted_on,
+                             decision=Decision(decision_score, float(threshold), decision_metric, float(value)))
+
+
+# ------------------------------------------------------------------ the file
+
+
+def write_calibration(path: str | Path, calibration: SystemCalibration) -> None:
+    """`calibration.json`, written atomically."""
+    write_text(path, json_text(calibration.as_dict()))
+
+
+def _number(data: dict, key: str, path: Path, where: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise CalibrationFileError(f"{path}: {where}{key} is {value!r}, not a finite number")
+    return float(value)
+
+
+def read_calibration(path: str | Path) -> SystemCalibration:
+    """A `calibration.json`; anything malformed is one CalibrationFileError naming the file and the key."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise CalibrationFileError(f"{path}: cannot read the calibration file ({error})") from None
+    except json.JSONDecodeError as error:
+        raise CalibrationFileError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationFileError(f"{path}: not a calibration file of this toolkit (format is not {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise CalibrationFileError(f"{path}: calibration file version {data.get('version')!r}; this toolkit "
+                                   f"reads version {VERSION}")
+    fitted = data.get("calibrations")
+    if not isinstance(fitted, dict) or not set(fitted) <= set(SCORES):
+        raise CalibrationFileError(f"{path}: calibrations must map some of {', '.join(SCORES)} to their fits")
+    calibrations = {}
+    for score, values in fitted.items():
+        if not isinstance(values, dict):
+            raise CalibrationFileError(f"{path}: calibrations.{score} is not an object")
+        where = f"calibrations.{score}."
+        calibrations[score] = Calibration(
+            scale=_number(values, "scale", path, where), offset=_number(values, "offset", path, where),
+            prior=_number(values, "prior", path, where), n_positive=int(_number(values, "n_positive", path, where)),
+            n_negative=int(_number(values, "n_negative", path, where)),
+            iterations=int(_number(values, "iterations", path, where)))
+    decision = data.get("decision")
+    if decision is not None:
+        if not isinstance(decision, dict) or decision.get("score") not in SCORES:
+            raise CalibrationFileError(f"{path}: decision.score must be one of {', '.join(SCORES)}")
+        decision = Decision(decision["score"], _number(decision, "threshold", path, "decision."),
+                            str(decision.get("metric", "")), _number(decision, "dev_value", path, "decision."))
+    if not isinstance(data.get("weights_sha256"), str):
+        raise CalibrationFileError(f"{path}: weights_sha256 is missing")
+    return SystemCalibration(system=str(data.get("system", "")), weights_sha256=data["weights_sha256"],
+                             prior=_number(data, "prior", path, ""), calibrations=calibrations, decision=decision,
+                             notes={str(k): str(v) for k, v in (data.get("notes") or {}).items()},
+                             checkpoint=str(data.get("checkpoint", "")), fitted_on=str(data.get("fitted_on", "")))
+
+
+def calibration_beside(checkpoint: str | Path, weights_sha256: str, warn: Callable[[str], None]
+                       ) -> SystemCalibration | None:
+    """The calibration of `checkpoint`'s weights: `calibration.json` in its folder when it was fitted for the
+    same weights. Missing, or fitted for other weights: `warn` is told once and None returned (raw scores
+    only, no LLRs or decisions). A malformed file is an error: its numbers cannot be trusted."""
+    path = Path(checkpoint).parent / CALIBRATION_FILE
+    if not path.is_file():
+        warn(f"warning: no {CALIBRATION_FILE} beside {checkpoint}: raw scores only (no LLRs, no decisions)")
+        return None
+    calibration = read_calibration(path)
+    if calibration.weights_sha256 != weights_sha256:
+        warn(f"warning: {path} was fitted for other weights than those of {checkpoint} "
+             f"({calibration.checkpoint or 'another checkpoint'}): raw scores only (no LLRs, no decisions)")
+        return None
+    return calibration
