@@ -305,6 +305,41 @@ def _check_crop_args(x: np.ndarray, max_len: int) -> None:
         raise ValueError(f"max_len must be positive, got {max_len}")
 
 
+class InMemoryAudio:
+    """A waveform handed over in memory (the Python API, scoring.system), read like a file.
+
+    It is checked as `read_audio` checks a file (1-D floating-point samples, not empty, finite, within
+    MAX_ABS_SAMPLE, at least MIN_AUDIO_MS at `sample_rate`) when made, so a bad one is refused at once
+    naming `name`; it must already be at the system's sample rate and mono (nothing is resampled).
+    `load(max_len)` is `load_waveform`'s crop="first" rule; `str()` is its name (how extraction names it).
+    """
+
+    def __init__(self, waveform: np.ndarray | torch.Tensor, name: str, *, sample_rate: int = 16000) -> None:
+        if isinstance(waveform, torch.Tensor):
+            if not waveform.is_floating_point():
+                raise AudioError(f"{name}: expected floating-point samples in [-1, 1], got dtype {waveform.dtype}")
+            waveform = waveform.detach().cpu().to(torch.float64).numpy()
+        array = np.asarray(waveform)
+        if array.dtype.kind != "f":
+            raise AudioError(f"{name}: expected floating-point samples in [-1, 1], got dtype {array.dtype}")
+        if array.ndim != 1:
+            raise AudioError(f"{name}: expected a 1-D (mono) waveform, got shape {tuple(array.shape)}")
+        if array.size == 0:
+            raise AudioError(f"{name}: no audio samples (an empty waveform)")
+        array = array.astype(np.float64)
+        _check_sample_values(array, name)
+        _check_length(len(array), sample_rate, name)
+        self.samples = array
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def load(self, max_len: int | None) -> torch.Tensor:
+        waveform = self.samples if max_len is None else pad_or_tile(self.samples, max_len)
+        return torch.from_numpy(waveform.astype(np.float32))
+
+
 def load_waveform(path: str | os.PathLike, max_len: int | None, *, crop: str = "first",
                   rng: np.random.Generator | None = None, sample_rate: int = 16000,
                   resample: bool = False) -> torch.Tensor:

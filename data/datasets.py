@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.audio import AudioError, load_waveform
+from data.audio import AudioError, InMemoryAudio, load_waveform
 from data.corpora import corpus_class
 from data.trials import TrialSampler, trial_rng
 from runtime.errors import UserError, unwrap_worker_error, worker_died
@@ -171,14 +171,15 @@ class WaveformDataset(Dataset):
     """Item i -> (i, waveform of paths[i] cut or tiled to `samples`, problem).
 
     `problem` is "" for a good file. With on_bad_audio="skip" a bad file gives zeros
-    and the AudioError's message instead of raising it.
+    and the AudioError's message instead of raising it. An entry may also be a waveform already in
+    memory (`data.audio.InMemoryAudio`, the Python API's), cut or tiled by the same rule.
     """
 
-    def __init__(self, paths: Sequence[str | Path], samples: int | None, *, sample_rate: int = 16000,
-                 resample: bool = False, on_bad_audio: str = "error") -> None:
+    def __init__(self, paths: Sequence[str | Path | InMemoryAudio], samples: int | None, *,
+                 sample_rate: int = 16000, resample: bool = False, on_bad_audio: str = "error") -> None:
         if on_bad_audio not in BAD_AUDIO_MODES:
             raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_MODES}, got {on_bad_audio!r}")
-        self.paths = [Path(p) for p in paths]
+        self.paths = [p if isinstance(p, InMemoryAudio) else Path(p) for p in paths]
         self.samples = samples
         self.sample_rate = sample_rate
         self.resample = resample
@@ -188,8 +189,11 @@ class WaveformDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
+        item = self.paths[index]
+        if isinstance(item, InMemoryAudio):  # checked when it was made
+            return index, item.load(self.samples), ""
         try:
-            wave = load_waveform(self.paths[index], self.samples, crop="first",
+            wave = load_waveform(item, self.samples, crop="first",
                                  sample_rate=self.sample_rate, resample=self.resample)
         except AudioError as error:
             if self.on_bad_audio == "error":

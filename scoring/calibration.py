@@ -58,7 +58,8 @@ def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
                 continue
             value = tensor.detach().cpu().contiguous()
             digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            # Flattened: a 0-d tensor (a BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

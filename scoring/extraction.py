@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.audio import InMemoryAudio
 from data.datasets import WaveformDataset, iterate_batches, leave_signals_to_main_process
 from runtime import distributed
 from runtime.device import autocast_context
@@ -110,7 +111,7 @@ class AdaptiveBatch:
         return {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]} if pieces else {}
 
 
-def _loader(paths: list[Path], samples: int | None, batch_size: int, options: Extraction) -> DataLoader:
+def _loader(paths: list[Path | InMemoryAudio], samples: int | None, batch_size: int, options: Extraction) -> DataLoader:
     dataset = WaveformDataset(paths, samples, sample_rate=options.sample_rate, resample=options.resample,
                               on_bad_audio=options.on_bad_audio)
     # Its own generator: scoring must not consume the global torch RNG that training (dropout) uses.
@@ -121,9 +122,11 @@ def _loader(paths: list[Path], samples: int | None, batch_size: int, options: Ex
 
 
 @torch.no_grad()
-def extract(paths: list[Path], samples: int | None, networks: dict[str, Network], options: Extraction, *,
-            desc: str = "embeddings", bad_audio: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+def extract(paths: list[Path | InMemoryAudio], samples: int | None, networks: dict[str, Network],
+            options: Extraction, *, desc: str = "embeddings", bad_audio: dict[str, str] | None = None
+            ) -> dict[str, torch.Tensor]:
     """Run each network in `networks` over every file once; returns name -> [len(paths), dim] on CPU.
+    An entry may be a waveform in memory (data.audio.InMemoryAudio, named by its `str`).
 
     Every file is cut or tiled to `samples`, so a batch never mixes lengths (enrollments and test
     utterances are extracted in separate calls); `samples=None` embeds whole files one at a time.
