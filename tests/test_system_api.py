@@ -17,8 +17,15 @@ from tiny_run import run_script, tiny_corpus
 
 from data.audio import AudioError, load_waveform, read_audio
 from data.corpora import recorded_config
+from models.b2_backend import B2Backend
 from models.build import build_asv_network, build_sasv_model, load_system
-from models.checkpoint import CheckpointError, save_checkpoint, save_subsystem_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    load_sasv_weights,
+    save_backend_checkpoint,
+    save_checkpoint,
+    save_subsystem_checkpoint,
+)
 from runtime.config import build_config
 from scoring.extraction import Extraction
 from scoring.inputs import scoring_inputs
@@ -299,3 +306,31 @@ def test_cm_alone_with_the_published_aasist_weights(fixtures, golden_json, tmp_p
 def test_trial_score_fields():
     assert [name for name in TrialScore.__dataclass_fields__] == [
         "speaker", "test", "asv_score", "cm_score", "sasv_score", "asv_llr", "cm_llr", "sasv_llr", "decision"]
+
+
+def test_b2_back_end_with_the_networks_of_its_embeddings(joint, tmp_path):
+    config, checkpoint, inputs, _ = joint
+    b2_config = build_config(tiny_config(Path(config["dirs"]["database"]).parent, system="b2",
+                                         b2={"embeddings": str(tmp_path), "hidden_dims": [8]}), source="tiny b2")
+    model, _ = build_sasv_model(config, load_weights=False)
+    load_sasv_weights(model, None, checkpoint)
+    model.eval()
+    torch.manual_seed(5)
+    backend = B2Backend(32, model.cm_model.embedding_dim, [8]).eval()
+    path = save_backend_checkpoint(tmp_path / "b2.ckpt", backend=backend, config=recorded_config(b2_config))
+    with pytest.raises(CheckpointError) as error:
+        SASVSystem.load(path)  # its ASV and CM networks are not in the file
+    assert str(path) in str(error.value)
+    system, _ = _load(path, asv_weights=checkpoint, cm_weights=checkpoint)
+    assert system.kind == "b2" and system.enrollment_samples == b2_config["test_samples"]
+    speaker, enrollment = next(iter(inputs.enrollment_paths.items()))
+    system.enroll(speaker, enrollment)
+    test = inputs.test_path(inputs.trials[0].utterance)
+    result = system.score(speaker, test)
+    with torch.no_grad():  # the back-end on the embeddings save_asv_embeddings.py would write, computed here
+        enrolled = model.asv_model(load_waveform(enrollment[0], b2_config["test_samples"])[None])
+        wave = load_waveform(test, b2_config["test_samples"])[None]
+        cm_embedding, cm_logits = model.cm_model(wave)
+        logits = backend(enrolled, model.asv_model(wave), cm_embedding)[0]
+    assert result.sasv_score == pytest.approx(float(logits[1] - logits[0]), abs=1e-5)
+    assert result.cm_score == pytest.approx(float(cm_logits[0, 1]), abs=1e-5)
