@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,6 +347,8 @@ class SASVSystem:
         """Add the speakers of a `save_speakers` file (replacing same-named ones); returns their names. A file
         made with other ASV weights is refused."""
         fingerprint = self.asv_fingerprint()
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # np.load would call it pickled data
+            raise SpeakerFileError(f"{path}: not a speaker file of this toolkit (SASVSystem.save_speakers writes .npz)")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 values = {key: archive[key] for key in archive.files}

@@ -175,6 +175,11 @@ def test_speaker_file_round_trip_and_other_weights_refused(joint, tmp_path):
         other.load_speakers(path)
     assert str(path) in str(error.value)
     assert other.speakers == []
+    not_npz = tmp_path / "speakers.txt"
+    not_npz.write_text("alice 0.1 0.2\n")
+    with pytest.raises(SpeakerFileError) as error:
+        other.load_speakers(not_npz)
+    assert str(not_npz) in str(error.value)
 
 
 def test_bad_inputs_are_one_line_errors(joint, tmp_path):
