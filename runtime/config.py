@@ -173,6 +173,11 @@ SCHEMA: dict = _section(
     loader=_section(
         n_workers=Field(int, 4, "DataLoader worker processes", range=ZERO_OR_MORE, resume=True),
     ),
+    calibration=_section(
+        prior=Field(float, 0.5, "target (bona fide) prior of the calibration fitted on dev at the end of training "
+                    "(weights/calibration.json, docs/calibration.md): weights the logistic fit and sets the eval "
+                    "report's actual-cost prior", range=Range(0, 1, low_open=True, high_open=True), resume=True),
+    ),
     speaker_loss=_section(
         weight=Field(float, 0.0, "system sasv: weight of an auxiliary AAM-softmax speaker-classification loss on "
                      "the ASV embeddings of the bona fide training utterances, added to the SASV loss (0 = off, the "

@@ -11,6 +11,11 @@ At the end of training main.py fits them on the dev scores of the checkpoint it 
     rule of the metrics' sweeps (metrics/eer.py, metrics/adcf.py: a point rejects the scores at or below it).
 They are written as `calibration.json` beside the checkpoint (plain JSON), with a fingerprint of the weights
 they belong to; the Python API, score_files.py, export.py and the eval report read them back here.
+
+The fingerprint (`system_fingerprint`) covers exactly the weights that score:
+  system sasv: the SASV model's ASV network, CM network and back-end, and the OC-softmax loss (its centre);
+  system cm: the CM network; system asv: the ASV network (not its training loss); system b2: the back-end.
+`calibration_metrics` measures the calibration loss of eval scores (actual vs minimum costs, docs/calibration.md).
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ import torch
 from torch import nn
 
 from metrics.adcf import ADCF_ASVSPOOF5, ADCF_DEFAULT, adcf_curve
+from metrics.calibration import act_dcf, adcf_at_threshold, cllr, min_cllr, min_dcf_at
 from metrics.eer import compute_eer
+from metrics.errors import MetricError
 from runtime.errors import UserError
 from runtime.files import json_text, write_text
 from scoring.fusion import Calibration, FusionError, fit_logistic
@@ -61,6 +68,17 @@ def weights_fingerprint(modules: Iterable[nn.Module]) -> str:
             # Flattened: a 0-d tensor (a BatchNorm's num_batches_tracked) cannot be viewed as bytes.
             digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
+
+
+def system_fingerprint(model: nn.Module, loss: nn.Module | None = None) -> str:
+    """`weights_fingerprint` of what scores in a trained system: a SASV model (models.sasv.SASVModel) with its
+    OC-softmax `loss`: [asv_model, cm_model, backend, loss]; a CM network, an ASV network or a B2 back-end
+    alone: [model]. main.py and the Python API both compute it here, so that they agree."""
+    if all(hasattr(model, part) for part in ("asv_model", "cm_model", "backend")):
+        if loss is None:
+            raise ValueError("a SASV model's fingerprint includes its OC-softmax loss (the scoring centre)")
+        return weights_fingerprint([model.asv_model, model.cm_model, model.backend, loss])
+    return weights_fingerprint([model])
 
 
 @dataclass(frozen=True)
@@ -131,23 +149,6 @@ def _score_classes(scored: ScoredTrials, score: str) -> tuple[np.ndarray, np.nda
     return values[keep & positive], values[keep & ~positive]
 
 
-def decision_threshold(scored: ScoredTrials, score: str, metric: str) -> tuple[float, float]:
-    """(threshold, metric value) at the dev minimum of `metric` over the scores of kind `score`."""
-    classes = _score_classes(scored, score)
-    if classes is None:
-        raise ValueError(f"no {score} scores to set a decision threshold on")
-    if metric in ("min_a_dcf", "a_dcf"):
-        values = np.asarray(scored.sasv, dtype=np.float64)
-        keep = np.isfinite(values)
-        result = adcf_curve(values[keep], np.asarray(scored.asv_keys)[keep],
-                            ADCF_DEFAULT if metric == "min_a_dcf" else ADCF_ASVSPOOF5)
-        return result.threshold, result.min_adcf
-    if metric in ("sasv_eer", "eer"):
-        value, threshold = compute_eer(*classes)
-        return threshold, value
-    raise ValueError(f"no decision threshold for metric {metric!r}; expected one of {', '.join(DECISION_METRICS)}")
-
-
 def fit_system_calibration(scored: ScoredTrials, *, system: str, decision_score: str, decision_metric: str,
                            prior: float, weights_sha256: str, checkpoint: str = "", fitted_on: str = "",
                            warn: Callable[[str], None] | None = None) -> SystemCalibration:
@@ -171,6 +172,91 @@ def fit_system_calibration(scored: ScoredTrials, *, system: str, decision_score:
     return SystemCalibration(system=system, weights_sha256=weights_sha256, prior=float(prior),
                              calibrations=calibrations, notes=notes, checkpoint=checkpoint, fitted_on=fitted_on,
                              decision=Decision(decision_score, float(threshold), decision_metric, float(value)))
+
+
+def _cost_model(metric: str):
+    return ADCF_ASVSPOOF5 if metric == "a_dcf" else ADCF_DEFAULT
+
+
+def decision_threshold(scored: ScoredTrials, score: str, metric: str) -> tuple[float, float]:
+    """(threshold, metric value) at the dev minimum of `metric` over the scores of kind `score`."""
+    classes = _score_classes(scored, score)
+    if classes is None:
+        raise ValueError(f"no {score} scores to set a decision threshold on")
+    if metric in ("min_a_dcf", "a_dcf"):
+        values = np.asarray(scored.sasv, dtype=np.float64)
+        keep = np.isfinite(values)
+        result = adcf_curve(values[keep], np.asarray(scored.asv_keys)[keep], _cost_model(metric))
+        return result.threshold, result.min_adcf
+    if metric in ("sasv_eer", "eer"):
+        value, threshold = compute_eer(*classes)
+        return threshold, value
+    raise ValueError(f"no decision threshold for metric {metric!r}; expected one of {', '.join(DECISION_METRICS)}")
+
+
+# ------------------------------------------------------------------ calibration loss on eval
+
+
+def calibration_metrics(calibration: SystemCalibration, scored: ScoredTrials) -> dict[str, dict[str, Any]]:
+    """The calibration loss of `scored` (eval scores) under `calibration` (fitted on dev), per score:
+    min_dcf / act_dcf at the calibration prior and min_cllr / cllr (bits) of the LLRs; for the decision's
+    score its dev threshold and, on SASV scores, min_a_dcf / act_a_dcf (the a-DCF of accepting the trials
+    above the threshold, the decision metric's costs), else the eval eer and the miss and false-alarm
+    rates at the threshold. A score whose eval trials lack a class gets {"note": why}."""
+    block: dict[str, dict[str, Any]] = {}
+    prior = calibration.prior
+    for score, fit in calibration.calibrations.items():
+        classes = _score_classes(scored, score)
+        if classes is None:
+            continue
+        try:
+            values = np.concatenate(classes)
+            labels = np.concatenate([np.ones(classes[0].size, dtype=int), np.zeros(classes[1].size, dtype=int)])
+            llr = fit.log_odds(values)
+            block[score] = {"prior": prior, "min_dcf": min_dcf_at(values, labels, prior),
+                            "act_dcf": act_dcf(llr, labels, prior), "min_cllr": min_cllr(values, labels),
+                            "cllr": cllr(llr, labels)}
+        except MetricError as error:
+            block[score] = {"note": f"eval {score} scores: {error}"}
+    decision = calibration.decision
+    if decision is not None and _score_classes(scored, decision.score) is not None:
+        entry = block.setdefault(decision.score, {})
+        entry.update(threshold=decision.threshold, decision_metric=decision.metric)
+        try:
+            if decision.score == "sasv":
+                values = np.asarray(scored.sasv, dtype=np.float64)
+                keep = np.isfinite(values)
+                keys = np.asarray(scored.asv_keys)[keep]
+                cost = _cost_model(decision.metric)
+                entry.update(min_a_dcf=adcf_curve(values[keep], keys, cost).min_adcf,
+                             act_a_dcf=adcf_at_threshold(values[keep], keys, decision.threshold, cost))
+            else:
+                positive, negative = _score_classes(scored, decision.score)
+                entry.update(eer=compute_eer(positive, negative)[0],
+                             miss_rate=float(np.mean(positive <= decision.threshold)),
+                             false_alarm_rate=float(np.mean(negative > decision.threshold)))
+        except MetricError as error:
+            entry["decision_note"] = f"eval {decision.score} scores: {error}"
+    return block
+
+
+def calibration_text(block: dict[str, dict[str, Any]]) -> str:
+    """One line of `calibration_metrics`: actual vs minimum costs per score."""
+    parts = []
+    for score in SCORES:
+        entry = block.get(score)
+        if not entry:
+            continue
+        if "act_dcf" in entry:
+            parts.append(f"{score} actDCF {entry['act_dcf']:.4f} vs minDCF {entry['min_dcf']:.4f} "
+                         f"(prior {entry['prior']:g}), Cllr {entry['cllr']:.4f} vs minCllr {entry['min_cllr']:.4f}")
+        if "act_a_dcf" in entry:
+            parts.append(f"{score} a-DCF at the dev threshold {entry['act_a_dcf']:.4f} vs min a-DCF "
+                         f"{entry['min_a_dcf']:.4f}")
+        if "miss_rate" in entry:
+            parts.append(f"{score} at the dev threshold miss {100 * entry['miss_rate']:.2f}% / false alarm "
+                         f"{100 * entry['false_alarm_rate']:.2f}% (EER {100 * entry['eer']:.2f}%)")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ the file

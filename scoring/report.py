@@ -313,15 +313,51 @@ def primary_metric(report: dict[str, Any]) -> dict[str, float]:
 
 def write_sasv_report(folder: str | Path, scored: ScoredTrials, *, first: str | None = None,
                       metrics_csv: str | Path | None = None, outputs: StagedOutputs | None = None,
-                      plots: bool = True) -> dict[str, Any]:
+                      plots: bool = True, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of the toolkit's SASV scores (`scored`: every trial of the list with its ids, skipped ones
     nan, as ScoredTrials.of_sasv_trials makes them), plus the official ASVspoof 5 Track 2 files of the same
     trials: track2_scores.tsv (sasv-score, and the CM and ASV parts when given, else `-`) and
-    track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics and keep `nan` in the files."""
+    track2_keys.tsv. Skipped trials (bad audio) are left out of the metrics and keep `nan` in the files.
+    `calibration`: the calibration loss of these scores (scoring.calibration.calibration_metrics), added to
+    report.json under `calibration` and as a table at the end of report.md."""
     speakers, utterances = scored.speaker.tolist(), scored.utterance.tolist()
     codec = None if scored.codec is None else scored.codec.tolist()
     extra = {"track2_scores.tsv": track2_score_text(speakers, utterances, scored.sasv, scored.cm, scored.asv),
              "track2_keys.tsv": track2_key_text(speakers, utterances, scored.asv_keys.tolist(),
                                                 scored.attack.tolist(), codec)}
+
+    def add_calibration(report: dict[str, Any]) -> str:
+        report["calibration"] = calibration
+        return calibration_markdown(calibration)
+
     return write_report(folder, scored.as_float64(), metrics_csv=metrics_csv, extra_files=extra, first=first,
-                        outputs=outputs, plots=plots)
+                        outputs=outputs, plots=plots, extend=add_calibration if calibration else None)
+
+
+CALIBRATION_SCORES = {"asv": "ASV", "cm": "CM", "sasv": "SASV"}
+
+
+def calibration_markdown(calibration: dict[str, Any]) -> str:
+    """report.md's table of the calibration loss: the actual costs of the dev-fitted LLRs and decision threshold
+    next to the minimum ones (docs/calibration.md)."""
+    def number(entry: dict[str, Any], name: str) -> str:
+        value = entry.get(name)
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = ["", "## Calibration (fitted on dev)", "",
+             "Actual costs of the calibrated LLRs (Bayes decisions at the calibration prior) next to the minimum "
+             "ones; Cllr in bits. A score without a calibration (see the notes of weights/calibration.json) is not "
+             "listed.", "",
+             "| score | prior | min DCF | act DCF | min Cllr | Cllr |", "|---|---|---|---|---|---|"]
+    for score, label in CALIBRATION_SCORES.items():
+        entry = calibration.get(score)
+        if entry and "act_dcf" in entry:
+            lines.append(f"| {label} | {entry['prior']:g} | {number(entry, 'min_dcf')} | {number(entry, 'act_dcf')} "
+                         f"| {number(entry, 'min_cllr')} | {number(entry, 'cllr')} |")
+    sasv = calibration.get("sasv") or {}
+    if "act_a_dcf" in sasv:
+        lines += ["", f"SASV decision at the dev threshold {sasv['threshold']:.6g} (the dev minimum of "
+                      f"{sasv['decision_metric']}): a-DCF {sasv['act_a_dcf']:.4f}, min a-DCF {sasv['min_a_dcf']:.4f}."]
+    notes = [f"{score}: {entry['note']}" for score, entry in calibration.items() if entry.get("note")]
+    lines += ["", *(f"Not measured: {note}" for note in notes)] if notes else []
+    return "\n".join(lines) + "\n"

@@ -121,6 +121,19 @@ def test_outputs_and_dev_metrics_match_metrics_functions(trained, corpus):
     assert "eval EER" in stdout and "weights/best.ckpt" in stdout
 
 
+def test_the_run_carries_its_calibration(trained):
+    """The run was resumed for its second epoch: the calibration is of the best epoch whichever process
+    validated it (scored again when that was the first process)."""
+    from test_calibration import check_run_calibration
+
+    from models.build import build_asv_network
+    from runtime.config import load_config
+
+    _, _, experiment, _, _, resumed = trained
+    check_run_calibration(experiment, "asv", build_asv_network(load_config(experiment / "config.conf")))
+    assert "calibration (dev fit): eval asv" in resumed
+
+
 def test_learning_rate_steps_per_epoch_and_batches_cover_the_plan(trained, corpus):
     _, config, experiment, _, _, _ = trained
     rows = read_metrics(experiment)

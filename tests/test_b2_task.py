@@ -148,9 +148,21 @@ def test_learns_and_writes_the_standard_outputs(trained, data):
     assert summary["min_a_dcf"] == pytest.approx(min_adcf(scores, keys)[0], abs=1e-12)
     assert summary["sasv_eer"] < 0.2 and summary["n_trials"] == len(eval_rows) and summary["n_skipped_trials"] == 0
     kept = sorted(p.name for p in (experiment / "weights").iterdir())
-    assert len(kept) == 3 and "last.ckpt" in kept  # save_top_k 2 + last.ckpt
+    # save_top_k 2 + last.ckpt, and the best epoch's weights with their calibration
+    assert len(kept) == 5 and {"last.ckpt", "best.ckpt", "calibration.json"} <= set(kept)
     assert (experiment / "config.conf").is_file()
     assert f"eval SASV-EER {100 * summary['sasv_eer']:.2f}%" in stdout and summary["checkpoint"] in stdout
+
+
+def test_the_run_carries_its_calibration(trained):
+    from test_calibration import check_run_calibration
+
+    from models.b2_backend import B2Backend
+
+    experiment, stdout = trained
+    config = load_config(experiment / "config.conf")
+    check_run_calibration(experiment, "b2", B2Backend(ASV_DIM, CM_DIM, config["b2"]["hidden_dims"]))
+    assert "calibration (dev fit): eval" in stdout
 
 
 def test_eval_scores_equal_a_hand_written_forward_pass(trained, data):

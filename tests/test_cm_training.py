@@ -128,6 +128,17 @@ def test_dev_metrics_use_the_dev_asv_scores(trained, corpus):
     assert "eval CM EER" in stdout and "weights/best.ckpt" in stdout
 
 
+def test_the_run_carries_its_calibration(trained):
+    from test_calibration import check_run_calibration
+
+    from models.build import build_cm_network
+    from runtime.config import load_config
+
+    _, experiment, stdout = trained
+    check_run_calibration(experiment, "cm", build_cm_network(load_config(experiment / "config.conf")))
+    assert "calibration (dev fit): eval" in stdout
+
+
 def test_cosine_schedule_per_step(trained):
     config, experiment, _ = trained
     with open(experiment / "metrics.csv") as handle:

@@ -176,7 +176,8 @@ def test_two_processes_write_every_output_once(two_process_run, corpus):
     assert [(row["epoch"], row["step"]) for row in rows] == [("1", "3"), ("2", "6")]  # steps of the global batch
     assert all(np.isfinite(float(row["train_loss"])) for row in rows)
     best_k = [path.name for path in (run / "weights").glob("epoch=*.ckpt")]
-    assert len(best_k) == 1 and sorted(path.name for path in (run / "weights").iterdir()) == [*best_k, "last.ckpt"]
+    assert len(best_k) == 1 and sorted(path.name for path in (run / "weights").iterdir()) == \
+        sorted([*best_k, "best.ckpt", "calibration.json", "last.ckpt"])
     assert sorted(path.name for path in (run / "scores").iterdir()) == \
         ["dev_epoch_001.txt", "dev_epoch_002.txt", "eval.txt"]
     summary = json.loads((run / "metrics_eval.json").read_text())
@@ -383,5 +384,6 @@ def test_every_task_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus,
     assert metrics_rows(run) == metrics_rows(reference)
     names = [sorted(path.name for path in (folder / "weights").iterdir()) for folder in (run, reference)]
     assert names[0] == names[1]
-    for name in ["metrics_eval.json", *(f"scores/{path.name}" for path in (reference / "scores").iterdir())]:
+    for name in ["metrics_eval.json", "weights/calibration.json",
+                 *(f"scores/{path.name}" for path in (reference / "scores").iterdir())]:
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name

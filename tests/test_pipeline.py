@@ -125,6 +125,15 @@ def test_eval_metrics_match_score_file(trained):
     assert summary["n_trials"] == len(rows)
 
 
+def test_the_run_carries_its_calibration(trained):
+    from test_calibration import check_run_calibration  # it imports tiny_run, which imports this module
+
+    _, _, experiment, stdout = trained
+    model, loss = build_sasv_model(load_config(experiment / "config.conf"), load_weights=False)
+    check_run_calibration(experiment, "sasv", model, loss)
+    assert "calibration (dev fit): eval asv actDCF" in stdout
+
+
 def test_cached_scoring_equals_per_trial_path(trained):
     _, config_path, experiment, _ = trained
     config = load_config(config_path)

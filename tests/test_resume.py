@@ -71,7 +71,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert metrics_rows(run) == metrics_rows(reference)
     names = [sorted(p.name for p in (folder / "weights").iterdir()) for folder in (run, reference)]
     assert names[0] == names[1]
-    for name in ("scores/eval.txt", "metrics_eval.json"):
+    for name in ("scores/eval.txt", "metrics_eval.json", "weights/calibration.json"):
         assert (run / name).read_bytes() == (reference / name).read_bytes()
     assert not temporaries(run)
 

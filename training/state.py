@@ -171,9 +171,10 @@ def tidy_after_resume(experiment_dir: Path, restored: Path, state: TrainState, u
         match = _DEV_SCORES_NAME.fullmatch(path.name)
         if match and int(match.group(1)) > state.epoch:
             path.unlink()
-    if state.epoch < total_epochs:  # eval results of a shorter run would be stale
+    if state.epoch < total_epochs:  # eval results (and the calibration they used) of a shorter run would be stale
         (experiment_dir / "metrics_eval.json").unlink(missing_ok=True)
         (experiment_dir / "scores" / "eval.txt").unlink(missing_ok=True)
+        (experiment_dir / "weights" / "calibration.json").unlink(missing_ok=True)
     if state.metrics:
         files.write_csv(experiment_dir / "metrics.csv", metric_columns, state.metrics)
 

@@ -21,7 +21,9 @@ from data.corpora import recorded_config
 from models.checkpoint import Checkpoint
 from runtime.compiling import CompiledNetworks
 from runtime.config import Config
+from scoring.calibration import SystemCalibration, fit_system_calibration
 from scoring.extraction import Extraction, Poll
+from scoring.scored_trials import ScoredTrials
 
 
 @dataclass
@@ -51,7 +53,8 @@ class Task:
 
     `__init__` builds networks, loss, `optimizer` and `scheduler`; `start_training()` once per fit, then
     per epoch `start_epoch(epoch, batch)` and, behind DDP, `objective` on each batch; `validate(epoch)`
-    when due; at the end `evaluate()` with the best weights loaded through `load_weights`.
+    when due; at the end, with the best weights loaded through `load_weights`, `calibrate(...)` and then
+    `evaluate()`.
     """
 
     label: str = ""  # prefix of the task's messages: "" for the SASV system, "asv " / "cm " for the stages
@@ -69,6 +72,9 @@ class Task:
     def __init__(self, config: Config, run: Run) -> None:
         self.config = config
         self.run = run
+        # The dev scores of the epoch (1-based) this process validated last, for the calibration of its weights.
+        self.last_dev: tuple[int, ScoredTrials] | None = None
+        self.calibration: SystemCalibration | None = None  # fitted by calibrate(), used by evaluate()
 
     # ------------------------------------------------------------- weights
     def modules(self) -> list[nn.Module]:
@@ -131,6 +137,40 @@ class Task:
     def evaluate(self) -> dict[str, Any] | None:
         """Eval metrics of the loaded weights (writes scores/eval.txt), or None when there is no eval set."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------- calibration (scoring/calibration.py)
+    def remember_dev(self, epoch: int, scored: ScoredTrials) -> None:
+        """Keep the dev scores of `epoch` (0-based, as validate's): calibrate() reuses them when that epoch's
+        weights are the ones evaluated, instead of scoring dev again."""
+        self.last_dev = (epoch + 1, scored)
+
+    def score_dev(self) -> ScoredTrials | None:
+        """The dev scores of the loaded weights, as validate() computes them but writing nothing (under torchrun
+        sharded, every rank gets all of them); None: the task fits no calibration."""
+        return None
+
+    def calibration_decision(self) -> tuple[str, str]:
+        """(the score the system's decision is on, the dev metric whose minimum sets its threshold)."""
+        raise NotImplementedError
+
+    def weights_sha256(self) -> str:
+        """scoring.calibration.system_fingerprint of the loaded weights."""
+        raise NotImplementedError
+
+    def calibrate(self, epoch: int, checkpoint: str) -> SystemCalibration | None:
+        """Fit the calibration of the loaded weights (those of `epoch`, 1-based, read from `checkpoint`) on the dev
+        scores: the last validation's when it was of that epoch, else scored again. Kept for evaluate()."""
+        reused = self.last_dev is not None and self.last_dev[0] == epoch
+        scored = self.last_dev[1] if reused else self.score_dev()
+        if scored is None:
+            return None
+        score, metric = self.calibration_decision()
+        self.calibration = fit_system_calibration(
+            scored, system=self.config["system"], decision_score=score, decision_metric=metric,
+            prior=self.config["calibration"]["prior"], weights_sha256=self.weights_sha256(),
+            checkpoint=checkpoint, fitted_on=f"dev scores of epoch {epoch} (scores/dev_epoch_{epoch:03d}.txt)",
+            warn=self.run.warn)
+        return self.calibration
 
     def eval_text(self, metrics: dict[str, Any]) -> str | None:
         """The eval metrics for the log line `eval (<checkpoint>): ...`, or None for no such line."""

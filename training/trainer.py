@@ -2,8 +2,9 @@
 
 Outputs in the experiment folder (docs/outputs.md): config.conf, metrics.csv, scores/dev_epoch_NNN.txt,
 scores/eval.txt, metrics_eval.json, weights/last.ckpt and the best-k copies
-weights/epoch=NNN-<selection>_dev=X.ckpt (the stages also write weights/best.ckpt; system sasv's evaluation
-writes the report/ folder, scoring/report.py).
+weights/epoch=NNN-<selection>_dev=X.ckpt, weights/best.ckpt (the best dev epoch's weights) and
+weights/calibration.json (fitted on dev with the evaluated weights, scoring/calibration.py); system sasv's
+evaluation writes the report/ folder, scoring/report.py.
 
 Rules every run follows:
   * `weights/last.ckpt` holds the whole state: weights, optimiser, scheduler, grad scaler, RNG states,
@@ -42,6 +43,7 @@ from runtime.device import resolve_amp, seed_everything
 from runtime.errors import WorkerDied, worker_died
 from runtime.files import atomic_copy, write_csv, write_json
 from runtime.signals import RunInterrupted, StopRequest, signal_name
+from scoring.calibration import CALIBRATION_FILE, calibration_text, write_calibration
 from scoring.extraction import ScoringError
 from training.state import (
     TrainingError,
@@ -437,6 +439,11 @@ class Trainer:
                    "epoch": best["epoch"] if best else self.state.epoch,
                    "best_dev": self._dev_row(best["epoch"]) if best else None}
         try:
+            # Fitted on dev with the weights evaluated, before the eval set is scored (docs/calibration.md).
+            calibration = self.task.calibrate(summary["epoch"], summary["checkpoint"])
+            if calibration is not None and self.is_main:
+                target = self.dir / "weights" / CALIBRATION_FILE
+                self._write(target, lambda: write_calibration(target, calibration))
             result = self.task.evaluate()
         except RunInterrupted as interruption:
             raise RunInterrupted(f"{interruption} of the eval set; training is complete and saved; score it "
@@ -448,6 +455,8 @@ class Trainer:
             text = self.task.eval_text(result)
             if text:
                 self.log(f"eval ({summary['checkpoint']}): {text}")
+            if result.get("calibration"):
+                self.log(f"calibration (dev fit): eval {calibration_text(result['calibration'])}")
         return summary
 
     def _dev_row(self, epoch: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from models.checkpoint import CheckpointError, apply_state, load_asv_weights
 from runtime import distributed
 from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
+from scoring.calibration import calibration_metrics, system_fingerprint
 from scoring.extraction import count_unscored
 from scoring.pipeline import Writer, asv_scored, evaluate_asv
 from scoring.score_files import write_scores
@@ -154,28 +155,44 @@ class ASVTask(SubsystemTask):
             embeddings = self.model(waves)
         return self.loss(embeddings.float().view(len(speakers), per_speaker, -1), speakers)
 
-    def _evaluate(self, trials: VerificationTrials, what: str, name: str) -> dict:
-        """EER and minDCF of `trials` (scores/<name>), and the counts of those not scored (bad audio)."""
+    def _score(self, trials: VerificationTrials, what: str) -> ScoredTrials:
         bad_audio: dict[str, str] = {}
         scores = score_trials(self.model, trials, self.run.extraction(f"the {what} scoring"), bad_audio=bad_audio)
         count_unscored(scores, bad_audio, trials.touching(bad_audio), what)
-        scored = asv_scored(scores, trials.keys, ~np.isfinite(scores), bad_audio)
+        return asv_scored(scores, trials.keys, ~np.isfinite(scores), bad_audio)
+
+    def _evaluate(self, trials: VerificationTrials, what: str, name: str) -> tuple[dict, ScoredTrials]:
+        """EER and minDCF of `trials` (scores/<name>), and the counts of those not scored (bad audio)."""
+        scored = self._score(trials, what)
 
         def write(scored: ScoredTrials) -> None:
             if self.run.is_main:
                 write_scores(self.run.dir / "scores" / name, trials.columns, scored.asv)
 
         return evaluate_asv(scored, what, Writer(scores=write, warn=self.run.warn),
-                            lambda scored: verification_metrics(scored.asv, trials.keys))
+                            lambda scored: verification_metrics(scored.asv, trials.keys)), scored
 
     def validate(self, epoch: int) -> dict[str, float]:
-        result = self._evaluate(self.dev_trials, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        result, scored = self._evaluate(self.dev_trials, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        self.remember_dev(epoch, scored)
         return {name: result[name] for name in ("eer", *DCF_TARGET_PRIORS)}
+
+    def score_dev(self) -> ScoredTrials:
+        return self._score(self.dev_trials, "dev (calibration)")
+
+    def calibration_decision(self) -> tuple[str, str]:
+        return "asv", corpus_of(self.config).headline["asv"]
+
+    def weights_sha256(self) -> str:
+        return system_fingerprint(self.model)
 
     def evaluate(self) -> dict | None:
         if self.eval_trials is None:
             return None
-        return self._evaluate(self.eval_trials, "eval", "eval.txt")
+        result, scored = self._evaluate(self.eval_trials, "eval", "eval.txt")
+        if self.calibration is not None:
+            result["calibration"] = calibration_metrics(self.calibration, scored)
+        return result
 
     def summary_text(self, summary: dict) -> str:
         text = f"best dev EER {100 * summary['best_dev']['eer']:.2f}% (epoch {summary['epoch']})" \

@@ -32,6 +32,7 @@ from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_che
 from runtime import distributed
 from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
+from scoring.calibration import calibration_metrics, system_fingerprint
 from scoring.pipeline import bad_audio_summary, dev_metrics, evaluate_sasv
 from scoring.sasv import sasv_text
 from scoring.scored_trials import ScoredTrials
@@ -264,20 +265,44 @@ class B2Task(Task):
             scores[chosen.numpy()] = B2Backend.score(logits.float()).cpu().numpy()
         return scores
 
-    def _evaluate(self, rows: EmbeddedTrials, what: str, name: str, *, report: bool = False) -> dict[str, Any]:
-        scored = ScoredTrials.of_sasv_trials("", rows.trials, self.score(rows), skipped=rows.skipped, bad_audio=None,
-                                             codec=rows.codecs)
-        return evaluate_sasv(scored, what, sasv_writer(self.run, name, rows.trials, report=report),
-                             cause=f"they lack an embedding in {self.folder}")
+    def _scored(self, rows: EmbeddedTrials) -> ScoredTrials:
+        return ScoredTrials.of_sasv_trials("", rows.trials, self.score(rows), skipped=rows.skipped, bad_audio=None,
+                                           codec=rows.codecs)
+
+    def _evaluate(self, scored: ScoredTrials, rows: EmbeddedTrials, what: str, name: str, *, report: bool = False
+                  ) -> dict[str, Any]:
+        calibration = None if not report or self.calibration is None else \
+            calibration_metrics(self.calibration, scored)
+        result = evaluate_sasv(scored, what, sasv_writer(self.run, name, rows.trials, report=report,
+                                                         calibration=calibration),
+                               cause=f"they lack an embedding in {self.folder}")
+        return result if calibration is None else {**result, "calibration": calibration}
 
     def validate(self, epoch: int) -> dict[str, Any]:
-        return dev_metrics(self._evaluate(self.dev, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt"))
+        scored = self._scored(self.dev)
+        result = self._evaluate(scored, self.dev, f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        self.remember_dev(epoch, scored)
+        return dev_metrics(result)
+
+    def score_dev(self) -> ScoredTrials:
+        return self._scored(self.dev)
+
+    def calibration_decision(self) -> tuple[str, str]:
+        return "sasv", corpus_of(self.config).headline["sasv"]
+
+    def weights_sha256(self) -> str:
+        return system_fingerprint(self.model)
+
+    def on_new_best(self, epoch: int, dev: dict[str, Any]) -> None:
+        if self.run.is_main:  # the back-end's weights alone (not resumable), with weights/calibration.json
+            save_backend_checkpoint(self.run.dir / "weights" / "best.ckpt", backend=self.model,
+                                    config=self.stored_config(), extra={"epoch": epoch, "dev": dict(dev)})
 
     def dev_text(self, dev: dict[str, Any]) -> str:
         return f"dev {sasv_text(dev)}"
 
     def evaluate(self) -> dict[str, Any]:
-        return self._evaluate(self.eval, "eval", "eval.txt", report=True)
+        return self._evaluate(self._scored(self.eval), self.eval, "eval", "eval.txt", report=True)
 
     def eval_text(self, metrics: dict[str, Any]) -> str:
         return sasv_text(metrics)

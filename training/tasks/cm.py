@@ -29,6 +29,7 @@ from models.checkpoint import load_asv_weights, load_cm_weights
 from runtime import distributed
 from runtime.config import Config, ConfigError, require_database
 from runtime.device import autocast_context
+from scoring.calibration import calibration_metrics, system_fingerprint
 from scoring.inputs import listed_audio
 from scoring.pipeline import Writer, evaluate_cm, score_cm
 from scoring.score_files import read_asv_score_file, write_scores
@@ -158,13 +159,18 @@ class CMTask(SubsystemTask):
             _, logits = self.model(waves, freq_aug=self.config["cm_train"]["freq_aug"])
         return self.criterion(logits.float(), labels), None
 
-    def _evaluate(self, partition: str, what: str, name: str) -> dict:
-        """The CM evaluation of the partition's list (scores/<name>: `UTT ATTACK KEY score`, the bona fide logit)."""
+    def _score(self, partition: str, what: str) -> ScoredTrials:
+        """The CM scores (bona fide logit) of the partition's list."""
         self.model.eval()
         entries = self.dev_entries if partition == "dev" else self.eval_entries
         scored, _ = score_cm(lambda wave: self.model(wave)[1], entries, self.audio[partition],
                              self.config["test_samples"], self.run.extraction(f"the {what} scoring"), what,
                              f"{partition} CM")
+        return scored
+
+    def _evaluate(self, partition: str, what: str, name: str) -> tuple[dict, ScoredTrials]:
+        """The CM evaluation of the partition's list (scores/<name>: `UTT ATTACK KEY score`, the bona fide logit)."""
+        scored = self._score(partition, what)
 
         def scores(scored: ScoredTrials) -> None:
             if self.run.is_main:
@@ -174,16 +180,29 @@ class CMTask(SubsystemTask):
         result = evaluate_cm(scored, what, Writer(scores=scores, warn=self.run.warn), self.asv_scores(partition))
         if "min_tdcf_note" in result:
             self.run.log(f"{partition} min t-DCF undefined: {result['min_tdcf_note']}")
-        return result
+        if partition == "eval" and self.calibration is not None:
+            result["calibration"] = calibration_metrics(self.calibration, scored)
+        return result, scored
+
+    def score_dev(self) -> ScoredTrials:
+        return self._score("dev", "dev (calibration)")
+
+    def calibration_decision(self) -> tuple[str, str]:
+        return "cm", corpus_of(self.config).headline["cm"]
+
+    def weights_sha256(self) -> str:
+        return system_fingerprint(self.model)
 
     def validate(self, epoch: int) -> dict[str, float | None]:
-        result = self._evaluate("dev", f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        result, scored = self._evaluate("dev", f"dev epoch {epoch + 1}", f"dev_epoch_{epoch + 1:03d}.txt")
+        self.remember_dev(epoch, scored)
         return {"eer": result["eer"], "min_tdcf": result["min_tdcf"]}
 
     def evaluate(self) -> dict | None:
-        result = self._evaluate("eval", "eval", "eval.txt")
+        result, _ = self._evaluate("eval", "eval", "eval.txt")
         return {"eer": result["eer"], "min_tdcf": result["min_tdcf"],
-                **{name: result[name] for name in ("n_utterances", "n_skipped_utterances", "skipped_audio")}}
+                **{name: result[name] for name in ("n_utterances", "n_skipped_utterances", "skipped_audio",
+                                                   "calibration") if name in result}}
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         return ("epoch",) if self.config["cm_train"]["scheduler"] == "cosine" else ()  # the cosine spans all epochs

@@ -29,6 +29,7 @@ from models.checkpoint import Checkpoint, load_sasv_weights, save_checkpoint
 from runtime import distributed
 from runtime.config import Config, ConfigError
 from runtime.device import autocast_context
+from scoring.calibration import calibration_metrics, system_fingerprint
 from scoring.extraction import EmbeddingCache
 from scoring.inputs import scoring_inputs
 from scoring.pipeline import Writer, dev_metrics, evaluate_sasv
@@ -220,11 +221,25 @@ class SASVTask(Task):
 
     # ------------------------------------------------------------- metrics
     def validate(self, epoch: int) -> dict[str, Any]:
-        frozen = not (self.model.train_asv and self.model.train_cm)
-        scored = self.scorer.score_trials(self.dev_inputs, cache=self.embedding_cache if frozen else None)
+        scored = self.score_dev()
         result = evaluate_sasv(scored, f"dev epoch {epoch + 1}",
                                sasv_writer(self.run, f"dev_epoch_{epoch + 1:03d}.txt", self.dev_inputs.trials))
+        self.remember_dev(epoch, scored)
         return dev_metrics(result)
+
+    def score_dev(self) -> ScoredTrials:
+        frozen = not (self.model.train_asv and self.model.train_cm)
+        return self.scorer.score_trials(self.dev_inputs, cache=self.embedding_cache if frozen else None)
+
+    def calibration_decision(self) -> tuple[str, str]:
+        return "sasv", corpus_of(self.config).headline["sasv"]
+
+    def weights_sha256(self) -> str:
+        return system_fingerprint(self.model, self.loss)
+
+    def on_new_best(self, epoch: int, dev: dict[str, Any]) -> None:
+        if self.run.is_main:  # the weights alone (not resumable): what a user loads, with weights/calibration.json
+            self.save(self.run.dir / "weights" / "best.ckpt", {"epoch": epoch, "dev": dict(dev)})
 
     def dev_text(self, dev: dict[str, Any]) -> str:
         return (f"dev SASV-EER {100 * dev['sasv_eer']:.2f}%  SV-EER {100 * dev['sv_eer']:.2f}%  "
@@ -233,8 +248,11 @@ class SASVTask(Task):
     def evaluate(self) -> dict[str, Any]:
         self.embedding_cache = EmbeddingCache()
         inputs = scoring_inputs(self.config, "eval")
-        return evaluate_sasv(self.scorer.score_trials(inputs), "eval",
-                             sasv_writer(self.run, "eval.txt", inputs.trials, report=True))
+        scored = self.scorer.score_trials(inputs)
+        calibration = None if self.calibration is None else calibration_metrics(self.calibration, scored)
+        result = evaluate_sasv(scored, "eval", sasv_writer(self.run, "eval.txt", inputs.trials, report=True,
+                                                           calibration=calibration))
+        return result if calibration is None else {**result, "calibration": calibration}
 
     def eval_text(self, metrics: dict[str, Any]) -> str:
         return sasv_text(metrics)
@@ -243,9 +261,11 @@ class SASVTask(Task):
         return f"eval {sasv_text(summary)} ({summary['checkpoint']})"
 
 
-def sasv_writer(run: Run, name: str, trials: list, *, report: bool = False) -> Writer:
+def sasv_writer(run: Run, name: str, trials: list, *, report: bool = False,
+                calibration: dict[str, Any] | None = None) -> Writer:
     """The experiment folder as an evaluation's writer (systems sasv and b2): scores/<name>, and with `report`
-    the report/ folder (with the training curves of metrics.csv); under torchrun rank 0 alone writes."""
+    the report/ folder (with the training curves of metrics.csv, and the `calibration` loss of
+    scoring.calibration.calibration_metrics when given); under torchrun rank 0 alone writes."""
     path = run.dir / "scores" / name
 
     def scores(scored: ScoredTrials) -> None:
@@ -257,6 +277,7 @@ def sasv_writer(run: Run, name: str, trials: list, *, report: bool = False) -> W
         return write_sasv_report(run.dir / "report", replace(scored, source=str(path)),
                                  first=corpus_of(run.config).headline["sasv"],
                                  metrics_csv=metrics_csv if metrics_csv.is_file() else None,
-                                 plots=run.config["report_plots"]) if run.is_main else {}
+                                 plots=run.config["report_plots"], calibration=calibration) \
+            if run.is_main else {}
 
     return Writer(scores=scores, report=write_report if report else None, warn=run.warn)
