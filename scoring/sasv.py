@@ -38,10 +38,12 @@ def speaker_embeddings(rows: torch.Tensor, row_of: dict[Path, int], files: list[
                         rows[[row_of[path] for path in paths]].mean(dim=0) for paths in files])
 
 
-def _cm_embedding_and_score(model: SASVModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The CM's embedding with its bona fide logit (index 1) as a last column: one pass gives both."""
+def cm_embedding_and_score(cm: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A CM (wave -> (embedding, logits); `SASVModel.cm_embedding` or a CM network) as one network whose output
+    is the embedding with the bona fide logit (index 1) as a last column: one pass gives both."""
     def network(wave: torch.Tensor) -> torch.Tensor:
-        embedding, logits = model.cm_embedding(wave)
+        embedding, logits = cm(wave)
         return torch.cat([embedding, logits[:, 1:2].to(embedding.dtype)], dim=1)
     return network
 
@@ -104,8 +106,9 @@ class SASVScorer:
         test_paths = [inputs.test_path(u) for u in utterances]
         test_asv = self._cached_extract(test_paths, inputs.test_samples, {"asv": model.asv_embedding},
                                         self.batch_size, "test ASV", asv_cache, bad_cache)
-        test_cm = self._cached_extract(test_paths, inputs.test_samples, {"cm": _cm_embedding_and_score(model)},
-                                       self.batch_size, "test CM", cm_cache, bad_cache)["cm"]
+        test_cm = self._cached_extract(test_paths, inputs.test_samples,
+                                       {"cm": cm_embedding_and_score(model.cm_embedding)}, self.batch_size,
+                                       "test CM", cm_cache, bad_cache)["cm"]
         return ({s: i for i, s in enumerate(speakers)}, enrollment["asv"],
                 {u: i for i, u in enumerate(utterances)}, test_asv["asv"], test_cm[:, :-1], test_cm[:, -1])
 

@@ -49,10 +49,11 @@ from scoring.calibration import (
     SystemCalibration,
     calibration_beside,
     read_calibration,
+    system_fingerprint,
     weights_fingerprint,
 )
 from scoring.extraction import Extraction, extract
-from scoring.sasv import SASVScorer, _cm_embedding_and_score, speaker_embeddings
+from scoring.sasv import SASVScorer, cm_embedding_and_score, speaker_embeddings
 from scoring.verification import cosine, speaker_model
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
@@ -212,12 +213,12 @@ class SASVSystem:
         return system
 
     def fingerprint(self) -> str:
-        """sha256 of the weights the calibration belongs to (scoring.calibration.weights_fingerprint): sasv the
-        ASV, CM, back-end and OC-softmax loss; cm / asv their network; b2 its back-end."""
+        """sha256 of the weights the calibration belongs to: scoring.calibration.system_fingerprint, as main.py
+        computes it when it writes calibration.json (sasv: the model and its OC-softmax loss; cm / asv: their
+        network; b2: its back-end)."""
         if self.kind == "sasv":
-            model = self.networks["model"]
-            return weights_fingerprint([model.asv_model, model.cm_model, model.backend, self.networks["loss"]])
-        return weights_fingerprint([self.networks[{"cm": "cm", "asv": "asv", "b2": "backend"}[self.kind]]])
+            return system_fingerprint(self.networks["model"], self.networks["loss"])
+        return system_fingerprint(self.networks[{"cm": "cm", "asv": "asv", "b2": "backend"}[self.kind]])
 
     def asv_fingerprint(self) -> str:
         """sha256 of the ASV network's weights: speaker models made by other weights are refused."""
@@ -241,17 +242,12 @@ class SASVSystem:
         """name -> network over test waveforms; "cm" ends with the bona fide logit column."""
         if self.kind == "sasv":
             model = self.networks["model"]
-            return {"asv": model.asv_embedding, "cm": _cm_embedding_and_score(model)}
+            return {"asv": model.asv_embedding, "cm": cm_embedding_and_score(model.cm_embedding)}
         networks: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         if "asv" in self.networks:
             networks["asv"] = self.networks["asv"]
         if "cm" in self.networks:
-            cm = self.networks["cm"]
-
-            def cm_network(wave: torch.Tensor) -> torch.Tensor:
-                embedding, logits = cm(wave)
-                return torch.cat([embedding, logits[:, 1:2].to(embedding.dtype)], dim=1)
-            networks["cm"] = cm_network
+            networks["cm"] = cm_embedding_and_score(self.networks["cm"])
         return networks
 
     def _items(self, audio: Iterable[Audio], names: Iterable[str]) -> list[Path | InMemoryAudio]:

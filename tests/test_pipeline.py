@@ -134,6 +134,28 @@ def test_the_run_carries_its_calibration(trained):
     assert "calibration (dev fit): eval asv actDCF" in stdout
 
 
+def test_the_api_loads_the_run_with_its_calibration(trained):
+    """weights/best.ckpt outside its run: the Python API finds calibration.json beside it (no warning), and
+    scores eval trials as scores/eval.txt holds them, deciding by the calibration's threshold."""
+    from scoring.system import SASVSystem
+
+    _, config_path, experiment, _ = trained
+    warnings: list[str] = []
+    system = SASVSystem.load(experiment / "weights" / "best.ckpt", warn=warnings.append)
+    assert warnings == [] and system.calibration is not None
+    inputs = scoring_inputs(load_config(config_path), "eval")
+    keys, written = parse_scores(experiment / "scores" / "eval.txt")
+    chosen = [i for i, trial in enumerate(inputs.trials) if trial.speaker == inputs.trials[0].speaker][:6]
+    system.enroll(inputs.trials[0].speaker, inputs.enrollment_paths[inputs.trials[0].speaker])
+    results = system.score_trials([(inputs.trials[i].speaker, inputs.test_path(inputs.trials[i].utterance))
+                                   for i in chosen])
+    sasv = np.array([result.sasv_score for result in results])
+    np.testing.assert_allclose(sasv, written[chosen], atol=1e-6, rtol=0)
+    threshold = json.loads((experiment / "weights" / "calibration.json").read_text())["decision"]["threshold"]
+    assert [result.decision for result in results] == [bool(value > threshold) for value in sasv]
+    assert all(result.sasv_llr is not None or "sasv" in system.calibration.notes for result in results)
+
+
 def test_cached_scoring_equals_per_trial_path(trained):
     _, config_path, experiment, _ = trained
     config = load_config(config_path)
