@@ -20,6 +20,7 @@ from runtime import distributed
 from runtime.config import ConfigError, build_config, load_config
 from scoring.report import REPORT_PLOTS
 from training import tasks
+from training.loggers import TensorBoardLogger
 from training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -46,21 +47,46 @@ def read_rows(folder: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def next_second() -> None:
+    """Event files are read in name order, which starts with the second they were opened in; a process that
+    goes on a run is never within the second that opened its predecessor's, these tests in one process are."""
+    time.sleep(1.02 - time.time() % 1)
+
+
 # ------------------------------------------------------------------ a main.py run (system sasv)
+
+class Crash(Exception):
+    """Stands for a kill: the process ends with what it logged after its last checkpoint on disk."""
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """main.py for 2 epochs of 3 steps on the tiny corpus, in this process, with the report's plots."""
+    """main.py for 2 epochs of 3 steps on the tiny corpus, in this process, with the report's plots: it crashes
+    after step 5 (the last checkpoint is epoch 1's, step 3), and `--resume` finishes it."""
     corpus = tiny_corpus(tmp_path_factory)
     work = tmp_path_factory.mktemp("tensorboard")
     config = write_config(work / "run.conf", corpus, logger="tensorboard", report_plots=True)
-    result = run_main_here(config, work / "exp")
+    log_step = TensorBoardLogger.step
+
+    def step_then_crash(self, step, loss, rates):
+        log_step(self, step, loss, rates)
+        if step == 5:
+            raise Crash
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(TensorBoardLogger, "step", step_then_crash)
+        run_main_here(config, work / "exp")
+    folder = work / "exp" / "run"
+    crashed = read_events(folder / "tensorboard")
+    assert [step for step, _ in scalars(crashed, "train/loss")] == [1, 2, 3, 4, 5]  # 4 and 5: stale
+    next_second()
+    result = run_main_here(config, work / "exp", "--resume")
     assert result.returncode == 0, result.stderr
-    return work / "exp" / "run"
+    assert "resumed from" in result.stdout and "step 3)" in result.stdout
+    return folder
 
 
 @pytest.mark.slow
-def test_every_step_logs_its_loss_and_the_learning_rates_it_used(run):
+def test_every_step_logs_once_its_loss_and_the_learning_rates_it_used(run):
     config = load_config(run / "config.conf")
     rows = read_rows(run)
     steps = int(rows[-1]["step"])
@@ -124,23 +150,13 @@ def test_a_missing_tensorboard_package_stops_main_py_before_training(tmp_path_fa
     assert not (tmp_path / "exp" / "run").exists()  # a refused start leaves nothing behind
 
 
-# ------------------------------------------------------------------ the trainer on a toy task (milliseconds)
+# ------------------------------------------------------------------ the trainer on a toy task (a second or two)
 
 @pytest.fixture
 def toy(monkeypatch):
     monkeypatch.setitem(tasks.TASKS, "toy", ToyTask)  # 8 steps per epoch, the rate decays every step
     return lambda **values: build_config({"system": "toy", "epoch": 3, "save_top_k": 2, "logger": "tensorboard",
                                           **values}, source="toy.conf")
-
-
-class Crash(Exception):
-    """Stands for a kill: the process ends with what it logged after its last checkpoint on disk."""
-
-
-def next_second() -> None:
-    """Event files are read in name order, which starts with the second they were opened in; a process that
-    goes on a run is never within the second that opened its predecessor's, these tests in one process are."""
-    time.sleep(1.02 - time.time() % 1)
 
 
 def test_a_crashed_run_resumed_logs_each_step_once_as_a_run_never_stopped(toy, tmp_path):
