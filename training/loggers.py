@@ -79,11 +79,15 @@ class TensorBoardLogger(Logger):
         self._writer = self._writer_class(str(self.folder), purge_step=step + 1)
 
     def step(self, step: int, loss: float, rates: dict[str, float] | None) -> None:
+        if self._writer is None:  # not opened: training outside Trainer.fit (bench/bench_train.py)
+            return
         self._writer.add_scalar("train/loss", loss, step)
         for tag, rate in (rates or {}).items():
             self._writer.add_scalar(tag, rate, step)
 
     def epoch(self, row: Mapping[str, Any]) -> None:
+        if self._writer is None:
+            return
         step = int(row["step"])
         for name, value in row.items():
             tag = f"dev/{name[len('dev_'):]}" if name.startswith("dev_") else \
