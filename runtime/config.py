@@ -101,6 +101,10 @@ SCHEMA: dict = _section(
     report_plots=Field(bool, True, "draw the evaluation report's PNG plots (DET curves, histograms, a-DCF, training "
                        "curves); false writes the tables alone, a second or two sooner per report (sweeps, tests)",
                        resume=True),
+    logger=Field(str, "none", "training log beside metrics.csv: none, or tensorboard: training loss and learning "
+                 "rates per step, dev metrics per epoch, the eval metrics and report plots, in "
+                 "<experiment>/tensorboard/ (needs pip install tensorboard; docs/outputs.md#tensorboard)",
+                 choices=("none", "tensorboard"), resume=True),
     gradient_clip=Field((int, float), 0, "clip the gradient norm to this value; 0 disables", range=ZERO_OR_MORE),
     model_arch=Field(str, "ResNetSE34V2_AASIST_OC", "ResNetSE34V2_AASIST_OC trains everything jointly; "
                      "ResNetSE34V2_AASIST_OC_fixed freezes ASV and CM",

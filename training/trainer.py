@@ -45,6 +45,7 @@ from runtime.files import atomic_copy, write_csv, write_json
 from runtime.signals import RunInterrupted, StopRequest, signal_name
 from scoring.calibration import CALIBRATION_FILE, calibration_text, write_calibration
 from scoring.extraction import ScoringError
+from training.loggers import make_logger
 from training.state import (
     TrainingError,
     TrainState,
@@ -76,6 +77,7 @@ class Trainer:
         # may also get directly, and kills them itself after its --shutdown-timeout.
         self.stop = StopRequest(second_aborts=distributed.world_size() == 1)
         self.resume_hint = "run the same command with --resume"  # main.py puts the exact command here
+        self.logger = make_logger(config, experiment_dir, self.is_main)  # a refusal comes before the task is built
         self.compiled = CompiledNetworks(self.warn)  # `compile: true`: eager again when the compiler fails
         run = Run(config=config, dir=experiment_dir, device=device, amp=amp, is_main=self.is_main,
                   progress=self.progress, log=self.log, warn=self.warn, poll=self._poll,
@@ -139,6 +141,7 @@ class Trainer:
         if self.is_main:
             self._write(path, lambda: self.task.save(path, {**self.training_state(),
                                                             **({"rank_rng": others} if others else {})}))
+            self.logger.flush()  # the steps this checkpoint covers are logged before a kill could lose them
         self._saved = TrainState.from_dict(self.state.to_dict())
         self._saved_path = path
         return path
@@ -217,6 +220,7 @@ class Trainer:
         with self.stop:
             try:
                 self.start_training()
+                self.logger.open(self.state.step)
                 if self.is_main:
                     (self.dir / "weights").mkdir(parents=True, exist_ok=True)
                 self._clock = time.time()
@@ -238,6 +242,8 @@ class Trainer:
                     else "the connection to it was lost"
                 raise TrainingError(f"another torchrun process stopped ({first_line}); training stopped. "
                                     f"{self.last_good()}") from None
+            finally:
+                self.logger.close()
 
     def start_training(self) -> None:
         """Let the task build what training iterates, and put its objective behind DDP under torchrun."""
@@ -314,10 +320,13 @@ class Trainer:
         if not bool(torch.isfinite(step_loss)):
             return self._nonfinite_loss(step_loss.item(), epoch, n_batches)
         self.state.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        rates = self.logger.rates(self.optimizer)  # the ones this step uses
         stepped = self._optimise(loss)
         self.state.loss_sum += step_loss.item()
         self.state.loss_count += 1
         self.state.accuracy_sum += step_accuracy.item()
+        if stepped:
+            self.logger.step(self.state.step, step_loss.item(), rates)
         return stepped
 
     def _optimise(self, loss: torch.Tensor) -> bool:
@@ -427,6 +436,7 @@ class Trainer:
             for old in dropped:
                 (self.dir / old["path"]).unlink(missing_ok=True)
             write_csv(self.dir / "metrics.csv", task.metric_columns, state.metrics)
+            self.logger.epoch(state.metrics[-1])  # after the checkpoint that holds it: a resume never repeats it
 
     def test(self) -> dict[str, Any]:
         """Score the eval set with the best dev checkpoint (or the last one when none was ranked)."""
@@ -452,6 +462,7 @@ class Trainer:
             summary.update(result)
             if self.is_main:
                 write_json(self.dir / "metrics_eval.json", summary)
+                self.logger.evaluation(self.state.step, summary, self.dir / "report")
             text = self.task.eval_text(result)
             if text:
                 self.log(f"eval ({summary['checkpoint']}): {text}")
