@@ -179,12 +179,12 @@ def _b2_networks(config: Config, parts: dict[str, Part], weights: dict[str, str]
     if config["asv_weight"]:
         network = build_asv_network(config)
         load_asv_weights(network, _existing(config, "asv_weight"))
-        parts["asv_embedding"] = _asv_part(network.eval(), config["asv_model"]["n_out"])
+        parts["asv_embedding"] = asv_part(network.eval(), config["asv_model"]["n_out"])
         weights["asv_embedding"] = config["asv_weight"]
     if config["aasist_weight"]:
         network = build_cm_network(config)
         load_cm_weights(network, _existing(config, "aasist_weight"))
-        parts["cm"] = _cm_part(network.eval())
+        parts["cm"] = cm_part(network.eval())
         weights["cm"] = config["aasist_weight"]
 
 
@@ -195,13 +195,13 @@ def _existing(config: Config, key: str) -> Path:
     return path
 
 
-def _asv_part(network: nn.Module, width: int) -> Part:
+def asv_part(network: nn.Module, width: int) -> Part:
     return Part(network, ("waveform",), ("asv_embedding",), {"asv_embedding": width},
                 {"asv_embedding": "speaker embedding; the ASV score is the cosine of the speaker model (mean of the "
                                   "enrollment embeddings) and the test embedding, higher = target speaker"})
 
 
-def _cm_part(network: nn.Module) -> Part:
+def cm_part(network: nn.Module) -> Part:
     return Part(_CMScore(network), ("waveform",), ("cm_embedding", "cm_score"),
                 {"cm_embedding": network.embedding_dim, "cm_score": 0},
                 {"cm_embedding": "CM embedding (the back-end's cm_embedding input)",
@@ -254,9 +254,9 @@ def export_parts(config: Config, model_path: Path) -> ExportSystem:
         if part in need:
             weights[name] = str(model_path) if part in held else str(config[key])
     if "asv" in need:
-        parts["asv_embedding"] = _asv_part(model.asv_model, config["asv_model"]["n_out"])
+        parts["asv_embedding"] = asv_part(model.asv_model, config["asv_model"]["n_out"])
     if "cm" in need:
-        parts["cm"] = _cm_part(model.cm_model)
+        parts["cm"] = cm_part(model.cm_model)
     if "backend" in need:
         parts["backend"] = _backend_part(_SASVScore(model.backend, loss).eval(), model.backend.asv_dim,
                                          model.backend.cm_dim, "OC-softmax score (cosine of the back-end's "

@@ -137,6 +137,7 @@ def test_conventions_describe_the_export(system):
         assert backend["inputs"][2]["shape"] == ["batch", 160]
 
 
+@pytest.mark.slow  # 4 s alone, 11 s on the loaded 2-core machine
 def test_stage_checkpoint_exports_its_network_alone(fixtures, tmp_path):
     config_path = write_config(tmp_path, fixtures)
     torch.manual_seed(1)
@@ -189,3 +190,17 @@ def test_output_folder_that_is_a_file(fixtures, tmp_path):
         export_main(["--config", str(config_path), "--model", str(tmp_path / "any.ckpt"), "--format", "onnx",
                      "--out", str(out)])
     assert str(out) in str(caught.value) and out.read_text() == "a file"
+
+
+def test_missing_onnx_packages_is_one_error_naming_them(fixtures, tmp_path, monkeypatch):
+    import importlib.util
+
+    import models.export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.export.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnx" else real(name, *args))
+    with pytest.raises(models.export.ExportError, match="pip install onnx==") as caught:
+        export_main(["--config", str(write_config(tmp_path, fixtures)), "--model", str(tmp_path / "any.ckpt"),
+                     "--format", "onnx", "--out", str(tmp_path / "out")])
+    assert "\n" not in str(caught.value)
