@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ from models.sasv import SASVBackend
 from runtime.config import Config, ConfigError
 from runtime.errors import UserError
 from runtime.files import StagedOutputs, check_output_place
+from scoring.calibration import DIRECTIONS, calibration_beside, system_fingerprint
 
 FORMAT_VERSION = 1
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 NETWORKS = ("asv_embedding", "cm", "backend")
-ONNX_PACKAGES = {"onnx": "onnx==1.23.2", "onnxruntime": "onnxruntime==1.32.0"}
+ONNX_PACKAGE = "onnx==1.23.2"
 OPSET = 17  # the first with STFT
 TOLERANCE = 1e-4  # absolute, scaled by the largest output value when that is over 1
 CHECK_BATCHES = (1, 3)
@@ -152,6 +154,7 @@ class ExportSystem:
     system: str
     checkpoint: Checkpoint
     weights: dict[str, str]  # part -> file its weights came from
+    weights_sha256: str  # scoring.calibration.system_fingerprint: which calibration.json belongs to them
 
 
 def _b2_backend(config: Config, checkpoint: Checkpoint) -> nn.Module:
@@ -235,7 +238,7 @@ def export_parts(config: Config, model_path: Path) -> ExportSystem:
                                          "target log-odds of system b2 (logit of target bona fide minus logit of "
                                          "the rest), higher = target bona fide")
         weights["backend"] = str(model_path)
-        return ExportSystem(parts, "b2", checkpoint, weights)
+        return ExportSystem(parts, "b2", checkpoint, weights, system_fingerprint(b2))
     if "backend" in held:
         if checkpoint.oc_center is None:
             raise CheckpointError(f"{model_path}: holds a back-end but no OC-softmax centre; its SASV score "
@@ -264,15 +267,22 @@ def export_parts(config: Config, model_path: Path) -> ExportSystem:
                                          "target bona fide")
         weights["backend"] = str(model_path)
     system = "sasv" if "backend" in need else next(iter(need))
-    return ExportSystem(parts, system, checkpoint, weights)
+    fingerprint = system_fingerprint(model, loss) if system == "sasv" else \
+        system_fingerprint(model.asv_model if system == "asv" else model.cm_model)
+    return ExportSystem(parts, system, checkpoint, weights, fingerprint)
 
 
 # --------------------------------------------------------------------------- exporting and checking
 def require_onnx() -> None:
-    """ExportError naming what to install when the ONNX packages are missing (imported here only)."""
-    missing = [spec for name, spec in ONNX_PACKAGES.items() if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ExportError(f"--format onnx needs {', '.join(missing)}: pip install {' '.join(missing)}")
+    """ExportError naming what to install when the ONNX exporter's package is missing (imported here only)."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError(f"--format onnx needs the onnx package: pip install {ONNX_PACKAGE}")
+
+
+def onnx_runner() -> str:
+    """What checks an exported ONNX file: onnxruntime when installed (it runs the file itself), else a trace of
+    the very module the ONNX exporter traced (the same graph, run by PyTorch)."""
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch.jit.trace"
 
 
 def _example(part: Part, batch: int, samples: int, seed: int) -> tuple[Tensor, ...]:
@@ -329,10 +339,24 @@ def _export_onnx(part: Part, path: Path, example: tuple[int, int], dynamic: bool
         torch.onnx.export(traceable_copy(part.module), _example(part, *example, 0), str(path), dynamo=False,
                           opset_version=OPSET, input_names=list(part.inputs), output_names=list(part.outputs),
                           dynamic_axes=names)
-    import onnxruntime
+    if onnx_runner() == "onnxruntime":
+        import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda inputs: session.run(None, {name: value.numpy() for name, value in zip(part.inputs, inputs)})
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda inputs: session.run(None, {name: value.numpy() for name, value in zip(part.inputs, inputs)})
+    return _traced_runner(part, example)
+
+
+def _traced_runner(part: Part, example: tuple[int, int]) -> Callable:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(traceable_copy(part.module), _example(part, *example, 0), check_trace=False)
+
+    def run(inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = traced(*inputs)
+        return [value.numpy() for value in (out if isinstance(out, tuple) else (out,))]
+    return run
 
 
 def _export_torchscript(part: Part, path: Path, example: tuple[int, int], dynamic: bool) -> Callable:
@@ -378,16 +402,10 @@ def export_part(name: str, part: Part, path: Path, fmt: str, samples: int) -> No
 
 
 # --------------------------------------------------------------------------- conventions
-def _calibration(model_path: Path) -> Any:
-    path = model_path.parent / "calibration.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ExportError(f"{path}: cannot read it ({error})") from None
+def _calibration(model_path: Path, weights_sha256: str) -> dict | None:
+    """calibration.json beside the checkpoint when it was fitted for these weights (else None, said once)."""
+    found = calibration_beside(model_path, weights_sha256, lambda text: print(text, file=sys.stderr))
+    return None if found is None else found.as_dict()
 
 
 def _io(part: Part, names: tuple[str, ...]) -> list[dict]:
@@ -429,8 +447,10 @@ def conventions(config: Config, exported: ExportSystem, files: dict[str, str], f
                                                             "max_difference": part.dynamic["max_difference"],
                                                             "tolerance": TOLERANCE}}
                   for name, part in exported.parts.items()},
-        "score_direction": "higher = target (asv cosine), bona fide (cm_score), target bona fide (sasv_score)",
-        "calibration": _calibration(model_path),
+        "score_direction": {"asv_embedding": f"cosine of speaker model and test embedding: {DIRECTIONS['asv']}",
+                            "cm_score": DIRECTIONS["cm"], "sasv_score": DIRECTIONS["sasv"]},
+        "calibration": _calibration(model_path, exported.weights_sha256),
+        "checked_with": onnx_runner() if fmt == "onnx" else "torch.jit.load",
     }
 
 

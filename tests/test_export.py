@@ -19,6 +19,8 @@ from models.build import build_sasv_model, load_system
 from models.checkpoint import CheckpointError, load_cm_weights, save_checkpoint, save_subsystem_checkpoint
 from runtime.config import load_config
 from runtime.errors import UserError
+from scoring.calibration import Decision, SystemCalibration, system_fingerprint
+from scoring.fusion import Calibration
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -48,7 +50,9 @@ def system(fixtures, tmp_path_factory):
     model, loss = build_sasv_model(config, load_weights=False)
     load_cm_weights(model.cm_model, fixtures / "weights" / "AASIST-L.pth")
     checkpoint = save_checkpoint(folder / "joint.ckpt", model=model, loss=loss, config=None)
-    calibration = {"sasv_score": {"slope": 2.5, "offset": -0.25}}
+    calibration = SystemCalibration(system="sasv", weights_sha256=system_fingerprint(model, loss), prior=0.5,
+                                    calibrations={"sasv": Calibration(2.5, -0.25, 0.5, 10, 20, 7)},
+                                    decision=Decision("sasv", 0.125, "sasv_eer", 0.1)).as_dict()
     (folder / "calibration.json").write_text(json.dumps(calibration))
     exports = {}
     for fmt in ("onnx", "torchscript"):
@@ -192,7 +196,7 @@ def test_output_folder_that_is_a_file(fixtures, tmp_path):
     assert str(out) in str(caught.value) and out.read_text() == "a file"
 
 
-def test_missing_onnx_packages_is_one_error_naming_them(fixtures, tmp_path, monkeypatch):
+def test_missing_onnx_package_is_one_error_naming_it(fixtures, tmp_path, monkeypatch):
     import importlib.util
 
     import models.export
@@ -204,3 +208,30 @@ def test_missing_onnx_packages_is_one_error_naming_them(fixtures, tmp_path, monk
         export_main(["--config", str(write_config(tmp_path, fixtures)), "--model", str(tmp_path / "any.ckpt"),
                      "--format", "onnx", "--out", str(tmp_path / "out")])
     assert "\n" not in str(caught.value)
+
+
+def test_without_onnxruntime_the_onnx_file_is_checked_by_its_trace(tmp_path, monkeypatch):
+    """onnxruntime is a test dependency only: without it the export checks the module it traced, which still
+    refuses a graph that bakes in its example's shapes."""
+    import importlib.util
+
+    import models.export
+    from models.export import ExportError, Part, export_part
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.export.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnxruntime" else real(name, *args))
+    assert models.export.onnx_runner() == "torch.jit.trace"
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3)
+    part = Part(linear, ("x",), ("y",), {"x": 4, "y": 3}, {})
+    export_part("linear", part, tmp_path / "linear.onnx", "onnx", 16000)
+    assert (tmp_path / "linear.onnx").is_file() and part.dynamic["max_difference"] <= 1e-6
+
+    class Shaped(torch.nn.Module):  # its output depends on the batch size as a Python int: a trace bakes it in
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * float(x.shape[0])
+
+    with pytest.raises(ExportError, match="do not match PyTorch"):
+        export_part("shaped", Part(Shaped(), ("x",), ("y",), {"x": 4, "y": 4}, {}), tmp_path / "shaped.onnx",
+                    "onnx", 16000)
