@@ -339,3 +339,14 @@ def test_b2_back_end_with_the_networks_of_its_embeddings(joint, tmp_path):
         logits = backend(enrolled, model.asv_model(wave), cm_embedding)[0]
     assert result.sasv_score == pytest.approx(float(logits[1] - logits[0]), abs=1e-5)
     assert result.cm_score == pytest.approx(float(cm_logits[0, 1]), abs=1e-5)
+    # export.py of the same b2 checkpoint: its back-end file gives the same score on the same embeddings.
+    from models.export import export_system
+    from runtime.files import staged_outputs
+
+    with staged_outputs() as outputs:
+        written = export_system(b2_config, path, "torchscript", tmp_path / "exported", outputs)
+    assert sorted(p.name for p in written) == ["backend.pt", "conventions.json"]  # no asv_weight / aasist_weight set
+    exported = torch.jit.load(str(tmp_path / "exported" / "backend.pt"))
+    with torch.no_grad():
+        exported_score = exported(enrolled, model.asv_model(wave), cm_embedding)
+    assert float(exported_score[0]) == pytest.approx(float(logits[1] - logits[0]), abs=1e-5)
