@@ -10,7 +10,8 @@ Writes to --out, each network only when the system has it (docs/export.md):
                           and calibration.json beside the checkpoint when there is one
 --model is a joint checkpoint (a _fixed one takes the frozen networks from asv_weight / aasist_weight), a stage
 checkpoint (system asv or cm), a published AASIST / voxceleb_trainer / Lightning file, or a system b2 checkpoint;
---config gives the architecture it was trained with. Every file is checked against PyTorch at several input
+--config gives the architecture it was trained with (default: the config main.py stored in the checkpoint; for
+published weights, which store none, the toolkit's defaults). Every file is checked against PyTorch at several input
 lengths before the files are moved in together; the export runs on the CPU.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.build import checkpoint_config
+from models.checkpoint import load_checkpoint
 from models.export import FORMATS, export_system
 from runtime.cli import add_config_args, config_from_args, run_cli
 from runtime.files import staged_outputs
@@ -34,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = config_from_args(args)
+    config = config_from_args(args) if args.config else \
+        checkpoint_config(load_checkpoint(args.model), overrides=args.overrides)
     out = Path(args.out)
     with staged_outputs() as outputs:
         written = export_system(config, Path(args.model), args.format, out, outputs)

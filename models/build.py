@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from models import network_class
 from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
 from models.sasv import SASVBackend, SASVModel
 from runtime.compiling import CompiledNetworks
-from runtime.config import Config, ConfigError, non_finite
+from runtime.config import Config, ConfigError, build_config, load_config, non_finite
 from runtime.device import channels_last_enabled
 
 # AASIST's published model_config (clovaai/aasist config/AASIST.conf).
@@ -186,3 +187,19 @@ def load_system(config: Config, device: torch.device, weights: Mapping[str, str 
     model.to(device).eval()
     loss.to(device).eval()
     return model, loss, loaded
+
+
+def checkpoint_config(checkpoint: Checkpoint, config: str | os.PathLike | Mapping | None = None,
+                      overrides: Sequence[str] = ()) -> Config:
+    """The config a checkpoint is used with outside its run: `config` (a .conf file or a mapping) when given,
+    else the config main.py stored in it, else the defaults (published weights store none); `overrides` are
+    --set values."""
+    if isinstance(config, Config) and not overrides:
+        return config
+    if isinstance(config, Mapping):
+        return build_config(dict(config), source="<config argument>", overrides=overrides)
+    if config is not None:
+        return load_config(config, overrides)
+    if checkpoint.config is not None:
+        return build_config(checkpoint.config, source=f"{checkpoint.source} (its stored config)", overrides=overrides)
+    return build_config({}, source="<defaults>", overrides=overrides)

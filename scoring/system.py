@@ -30,7 +30,7 @@ from torch import nn
 from data.audio import AudioError, InMemoryAudio
 from data.protocols import SASVTrial
 from models.b2_backend import B2Backend
-from models.build import build_asv_network, build_cm_network, build_sasv_model, subsystems_held
+from models.build import build_asv_network, build_cm_network, build_sasv_model, checkpoint_config, subsystems_held
 from models.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -40,7 +40,7 @@ from models.checkpoint import (
     load_cm_weights,
     load_sasv_weights,
 )
-from runtime.config import Config, build_config, load_config
+from runtime.config import Config
 from runtime.device import resolve_device
 from runtime.errors import UserError
 from runtime.files import atomic_open
@@ -116,17 +116,6 @@ def system_kind(checkpoint: Checkpoint) -> str:
     return kind
 
 
-def _config_for(checkpoint: Checkpoint, config: str | os.PathLike | Mapping | None) -> Config:
-    """`config` (a .conf file or a mapping) when given, else the checkpoint's stored config, else the defaults."""
-    if isinstance(config, Mapping):
-        return config if isinstance(config, Config) else build_config(config, source="<config argument>")
-    if config is not None:
-        return load_config(config)
-    if checkpoint.config is not None:
-        return build_config(checkpoint.config, source=f"{checkpoint.source} (its stored config)")
-    return build_config({}, source="<defaults>")
-
-
 def _weights_file(argument: str | os.PathLike | None, config: Config, key: str, checkpoint: Path, part: str,
                   argument_name: str) -> Path:
     """The file a part the checkpoint lacks comes from: the argument, else the config's `key`."""
@@ -193,7 +182,7 @@ class SASVSystem:
         path = Path(checkpoint)
         stored = load_checkpoint(path)
         kind = system_kind(stored)
-        settings = _config_for(stored, config)
+        settings = checkpoint_config(stored, config)
         target = resolve_device(device)
         networks = _build(kind, stored, settings, asv_weights, cm_weights)
         for network in networks.values():

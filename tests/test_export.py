@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from data.audio import load_waveform
+from data.corpora import recorded_config
 from export import main as export_main
 from models.build import build_sasv_model, load_system
 from models.checkpoint import CheckpointError, load_cm_weights, save_checkpoint, save_subsystem_checkpoint
@@ -146,11 +147,12 @@ def test_stage_checkpoint_exports_its_network_alone(fixtures, tmp_path):
     config_path = write_config(tmp_path, fixtures)
     torch.manual_seed(1)
     model, _ = build_sasv_model(load_config(config_path), load_weights=False)
-    stage = save_subsystem_checkpoint(tmp_path / "asv.ckpt", asv_model=model.asv_model)
+    # The config stored in the checkpoint, as main.py stores it: export.py then needs no --config.
+    stage = save_subsystem_checkpoint(tmp_path / "asv.ckpt", asv_model=model.asv_model,
+                                      config=recorded_config(load_config(config_path)))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "cm.onnx").write_text("an earlier export's file")
-    export_main(["--config", str(config_path), "--model", str(stage), "--format", "onnx",
-                 "--out", str(tmp_path / "out")])
+    export_main(["--model", str(stage), "--format", "onnx", "--out", str(tmp_path / "out")])
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["asv_embedding.onnx", "conventions.json"]
     conventions = json.loads((tmp_path / "out" / "conventions.json").read_text())
     assert conventions["system"] == "asv" and conventions["calibration"] is None
