@@ -417,7 +417,8 @@ def test_main_writes_the_report_and_the_track2_files(tmp_path_factory, tmp_path,
     config = write_config(tmp_path / "tiny.conf", corpus, epoch=1, report_plots=True)
     result = run_main_here(config, tmp_path / "exp")
     assert result.returncode == 0, result.stderr
-    assert [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()] == ["epoch 1", "eval", "done"]
+    lines = [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()]
+    assert lines == ["epoch 1", "eval", "calibration", "done"]
     experiment = tmp_path / "exp" / "tiny"
     summary = json.loads((experiment / "metrics_eval.json").read_text())
     report = json.loads((experiment / "report" / "report.json").read_text())

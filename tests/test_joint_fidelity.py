@@ -185,3 +185,25 @@ def test_oc_softmax_loss_value_and_gradient(cached, golden):
 def test_build_loss_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown loss 'amsoftmax'.*ocsoftmax"):
         build_loss("amsoftmax")
+
+
+def test_python_api_scores_the_seed_checkpoint_as_the_reference(fixtures, info, golden):
+    """The published seed (Lightning) checkpoint through scoring.system.SASVSystem: enrollments and tests given
+    as waveforms (already at the reference's lengths, so the crop rule leaves them as they are), scores as the
+    original save_sasv_score.py's."""
+    from scoring.system import SASVSystem
+
+    enrollment_samples = golden["enr_wave"].shape[1]
+    warnings: list[str] = []
+    # Its stored config names the seed's ./aasist/config/AASIST.conf, which is not here: config= replaces it.
+    system = SASVSystem.load(fixtures / info["checkpoint"]["file"], warn=warnings.append,
+                             config={"aasist_config": str(fixtures / "weights" / "AASIST.conf")},
+                             enrollment_samples=enrollment_samples)
+    assert system.kind == "sasv" and system.test_samples == golden["test_wave"].shape[1]
+    assert len(warnings) == 1 and "raw scores" in warnings[0]  # no calibration.json beside a published file
+    for index, wave in enumerate(golden["enr_wave"]):
+        system.enroll(f"speaker{index}", wave.numpy())
+    results = system.score_trials([(f"speaker{int(index)}", wave.numpy())
+                                   for index, wave in zip(golden["trial_enr_index"], golden["test_wave"])])
+    scores = torch.tensor([result.sasv_score for result in results], dtype=golden["score"].dtype)
+    torch.testing.assert_close(scores, golden["score"], atol=SCORE_ATOL, rtol=0)

@@ -227,11 +227,22 @@ def test_fixed_model_checkpoint_takes_its_frozen_networks_from_the_weight_files(
     common = ["--config", str(config), "--model", str(fixed), "--partitions", "dev"]
     run_script("save_sasv_score.py", *common, "--comment", "by_args", "--asv_model", str(asv), "--cm_model", str(cm),
                cwd=work)
-    run_script("save_sasv_score.py", *common, "--comment", "by_config", "--set", f"asv_weight={asv}",
-               f"aasist_weight={cm}", cwd=work)
-    for folder in ("by_args", "by_config"):
-        scores = np.array([float(r[3]) for r in read_score_file(work / folder / "score_SASV_dev.txt")])
-        np.testing.assert_allclose(scores, arrays["score"], atol=1e-5, rtol=0)
+    scores = np.array([float(r[3]) for r in read_score_file(work / "by_args" / "score_SASV_dev.txt")])
+    np.testing.assert_allclose(scores, arrays["score"], atol=1e-5, rtol=0)
+    # The config's asv_weight / aasist_weight (what --set gives the script) load the very same weights.
+    import torch
+
+    from models.build import load_system
+    from runtime.config import load_config
+
+    parts = ("asv", "cm", "backend")
+    by_args = load_system(load_config(config), torch.device("cpu"),
+                          {"model": str(fixed), "asv_model": str(asv), "cm_model": str(cm)}, need=parts)
+    by_config = load_system(load_config(config, [f"asv_weight={asv}", f"aasist_weight={cm}"]), torch.device("cpu"),
+                            {"model": str(fixed), "asv_model": None, "cm_model": None}, need=parts)
+    for one, other in zip(by_args[:2], by_config[:2]):
+        assert one.state_dict().keys() == other.state_dict().keys()
+        assert all(torch.equal(value, other.state_dict()[key]) for key, value in one.state_dict().items())
     # Without them the frozen networks would be random: refused, naming what is missing.
     status, _, err = script("save_sasv_score.py", *common, "--comment", str(tmp_path / "none"), cwd=work)
     assert status == 2 and "no weights for the asv and cm part(s)" in err
