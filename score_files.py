@@ -24,7 +24,7 @@ from pathlib import Path
 from data.protocols import read_fields
 from runtime.cli import run_cli
 from runtime.errors import UserError
-from runtime.files import write_text
+from runtime.files import check_output_place, write_text
 from scoring.score_files import format_score
 from scoring.system import SASVSystem, TrialScore
 
@@ -118,7 +118,10 @@ def main() -> int:
         problems.append(text)
         print(text, file=sys.stderr, flush=True)
 
-    files = enrollments(args)  # every list read before the model is loaded
+    files = enrollments(args)  # every list read, and the output place checked, before the model is loaded
+    listed = trial_pairs(args, list(files), "") if args.trials else None
+    if args.out:
+        check_output_place(Path(args.out), "--out", folder=False)
     system = SASVSystem.load(args.model, config=args.config, device=args.device, asv_weights=args.asv_model,
                              cm_weights=args.cm_model,
                              calibration=None if args.calibration == "none" else args.calibration,
@@ -126,7 +129,7 @@ def main() -> int:
     calibration_warnings = len(problems)  # a missing calibration is not a skipped trial
     if files and system.kind == "cm":
         raise ListFileError(f"{args.model} is a CM alone: it takes no speakers; drop --enroll / --enroll_list")
-    pairs = trial_pairs(args, list(files), system.kind)
+    pairs = listed if listed is not None else trial_pairs(args, list(files), system.kind)
     for speaker, paths in files.items():
         system.enroll(speaker, paths, on_bad_audio="skip")
     scores = system.score_trials(pairs, on_problem="skip")
