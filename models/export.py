@@ -368,7 +368,9 @@ def _export_torchscript(part: Part, path: Path, example: tuple[int, int], dynami
         except Exception:  # most networks here do not script (generators, autocast contexts): trace them
             scripted = torch.jit.trace(module, _example(part, *example, 0), check_trace=False)
     scripted.save(str(path))
-    loaded = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.14, still supported
+        loaded = torch.jit.load(str(path))
 
     def run(inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
         with torch.no_grad():
