@@ -129,6 +129,9 @@ def main() -> int:
     calibration_warnings = len(problems)  # a missing calibration is not a skipped trial
     if files and system.kind == "cm":
         raise ListFileError(f"{args.model} is a CM alone: it takes no speakers; drop --enroll / --enroll_list")
+    if not files and system.kind != "cm":
+        raise ListFileError(f"{args.model} is a {system.kind} system: its trials need speakers; give --enroll or "
+                            f"--enroll_list")
     pairs = listed if listed is not None else trial_pairs(args, list(files), system.kind)
     for speaker, paths in files.items():
         system.enroll(speaker, paths, on_bad_audio="skip")

@@ -37,6 +37,7 @@ from runtime.config import Config, ConfigError
 from runtime.errors import UserError
 from runtime.files import StagedOutputs, check_output_place
 from scoring.calibration import DIRECTIONS, calibration_beside, system_fingerprint
+from scoring.inputs import enrollment_length
 
 FORMAT_VERSION = 1
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -438,9 +439,11 @@ def conventions(config: Config, exported: ExportSystem, files: dict[str, str], f
         "test_audio": {"samples": config["test_samples"],
                        "rule": "the first `samples` samples of the file; a shorter file is repeated from its start "
                                "(tiled) up to `samples` (data.audio.pad_or_tile)"},
-        "enrollment_audio": {"samples": dict(config["enrollment_samples"]),
+        "enrollment_audio": {"samples": {part: enrollment_length(exported.system, config, part)
+                                         for part in config["enrollment_samples"]},
                              "rule": "each enrollment file cut or tiled to the partition's `samples` as test audio "
-                                     "(ASVspoof 2019 LA: one concatenated file per speaker)"},
+                                     "(a SASV system on ASVspoof 2019 LA: one concatenated file per speaker; b2 and "
+                                     "an ASV system enrolled from utterances: test_samples)"},
         "speaker_model": "the mean of the ASV embeddings of the speaker's enrollment files (a single file: its "
                          "embedding), not normalised; it is the backend's asv_enrollment input",
         "files": {files[name]: {"inputs": _io(part, part.inputs), "outputs": _io(part, part.outputs),
@@ -470,6 +473,9 @@ def export_system(config: Config, model_path: Path, fmt: str, out: Path, outputs
         check_output_place(path, "--out", folder=False)
     if fmt == "onnx":
         require_onnx()
+        if onnx_runner() != "onnxruntime":
+            print("warning: onnxruntime is not installed: each ONNX file is checked through a trace of the module "
+                  "the exporter traced, not run itself (pip install onnxruntime to run it)", file=sys.stderr)
     exported = export_parts(config, model_path)
     files = {}
     for name, part in exported.parts.items():

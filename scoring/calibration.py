@@ -178,19 +178,48 @@ def _cost_model(metric: str):
     return ADCF_ASVSPOOF5 if metric == "a_dcf" else ADCF_DEFAULT
 
 
+def _accept_rule_points(scores: np.ndarray) -> np.ndarray:
+    """Every threshold the rule "accept when score > threshold" can realise on `scores`: just below the lowest
+    (accept all), then each distinct score. A per-sample sweep (metrics/eer.py, metrics/adcf.py) also has points
+    inside a group of tied scores, which no threshold gives; the decision is chosen among these instead."""
+    distinct = np.unique(scores)
+    return np.concatenate(([np.nextafter(distinct[0], -np.inf)], distinct))
+
+
+def _rejected_fraction(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per threshold, the fraction of `scores` at or below it (rejected by the rule)."""
+    return np.searchsorted(np.sort(scores), thresholds, side="right") / scores.size
+
+
 def decision_threshold(scored: ScoredTrials, score: str, metric: str) -> tuple[float, float]:
-    """(threshold, metric value) at the dev minimum of `metric` over the scores of kind `score`."""
+    """(threshold, metric value) at the dev minimum of `metric` over the thresholds the decision rule can
+    realise on the scores of kind `score`, so that accepting the dev scores above the threshold gives exactly
+    that value (ties included). The EER is the sweep's (aasist's compute_eer): the point where miss and
+    false-alarm rates are closest, their mean."""
     classes = _score_classes(scored, score)
     if classes is None:
         raise ValueError(f"no {score} scores to set a decision threshold on")
     if metric in ("min_a_dcf", "a_dcf"):
         values = np.asarray(scored.sasv, dtype=np.float64)
         keep = np.isfinite(values)
-        result = adcf_curve(values[keep], np.asarray(scored.asv_keys)[keep], _cost_model(metric))
-        return result.threshold, result.min_adcf
+        values, keys = values[keep], np.asarray(scored.asv_keys)[keep]
+        thresholds = _accept_rule_points(values)
+        cost = _cost_model(metric)
+        p_miss, p_fa_nontarget, p_fa_spoof = (
+            _rejected_fraction(values[keys == key], thresholds) if key == "target" else
+            1.0 - _rejected_fraction(values[keys == key], thresholds) for key in ("target", "nontarget", "spoof"))
+        raw = cost.Cmiss * cost.Ptrg * p_miss + cost.Cfa_asv * cost.Pnontrg * p_fa_nontarget + \
+            cost.Cfa_cm * cost.Pspf * p_fa_spoof
+        curve = raw / min(cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf, cost.Cmiss * cost.Ptrg)
+        index = int(np.argmin(curve))
+        return float(thresholds[index]), float(curve[index])
     if metric in ("sasv_eer", "eer"):
-        value, threshold = compute_eer(*classes)
-        return threshold, value
+        positive, negative = classes
+        thresholds = _accept_rule_points(np.concatenate(classes))
+        miss = _rejected_fraction(positive, thresholds)
+        false_alarm = 1.0 - _rejected_fraction(negative, thresholds)
+        index = int(np.argmin(np.abs(miss - false_alarm)))
+        return float(thresholds[index]), float((miss[index] + false_alarm[index]) / 2)
     raise ValueError(f"no decision threshold for metric {metric!r}; expected one of {', '.join(DECISION_METRICS)}")
 
 
@@ -201,7 +230,8 @@ def calibration_metrics(calibration: SystemCalibration, scored: ScoredTrials) ->
     """The calibration loss of `scored` (eval scores) under `calibration` (fitted on dev), per score:
     min_dcf / act_dcf at the calibration prior and min_cllr / cllr (bits) of the LLRs; for the decision's
     score its dev threshold and, on SASV scores, min_a_dcf / act_a_dcf (the a-DCF of accepting the trials
-    above the threshold, the decision metric's costs), else the eval eer and the miss and false-alarm
+    above the threshold, default costs; with a decision on ASVspoof 5's a_dcf also a_dcf / act_a_dcf_track2
+    with its costs), else the eval eer and the miss and false-alarm
     rates at the threshold. A score whose eval trials lack a class gets {"note": why}."""
     block: dict[str, dict[str, Any]] = {}
     prior = calibration.prior
@@ -227,9 +257,14 @@ def calibration_metrics(calibration: SystemCalibration, scored: ScoredTrials) ->
                 values = np.asarray(scored.sasv, dtype=np.float64)
                 keep = np.isfinite(values)
                 keys = np.asarray(scored.asv_keys)[keep]
-                cost = _cost_model(decision.metric)
-                entry.update(min_a_dcf=adcf_curve(values[keep], keys, cost).min_adcf,
-                             act_a_dcf=adcf_at_threshold(values[keep], keys, decision.threshold, cost))
+                # The keys keep the cost models of metrics_eval.json's: min_a_dcf the a_dcf package's default
+                # costs, a_dcf ASVspoof 5 Track 2's (given when the decision is set on it).
+                entry.update(min_a_dcf=adcf_curve(values[keep], keys, ADCF_DEFAULT).min_adcf,
+                             act_a_dcf=adcf_at_threshold(values[keep], keys, decision.threshold, ADCF_DEFAULT))
+                if decision.metric == "a_dcf":
+                    entry.update(a_dcf=adcf_curve(values[keep], keys, ADCF_ASVSPOOF5).min_adcf,
+                                 act_a_dcf_track2=adcf_at_threshold(values[keep], keys, decision.threshold,
+                                                                    ADCF_ASVSPOOF5))
             else:
                 positive, negative = _score_classes(scored, decision.score)
                 entry.update(eer=compute_eer(positive, negative)[0],
@@ -250,6 +285,9 @@ def calibration_text(block: dict[str, dict[str, Any]]) -> str:
         if "act_dcf" in entry:
             parts.append(f"{score} actDCF {entry['act_dcf']:.4f} vs minDCF {entry['min_dcf']:.4f} "
                          f"(prior {entry['prior']:g}), Cllr {entry['cllr']:.4f} vs minCllr {entry['min_cllr']:.4f}")
+        if "act_a_dcf_track2" in entry:
+            parts.append(f"{score} a-DCF (ASVspoof 5) at the dev threshold {entry['act_a_dcf_track2']:.4f} vs min "
+                         f"{entry['a_dcf']:.4f}")
         if "act_a_dcf" in entry:
             parts.append(f"{score} a-DCF at the dev threshold {entry['act_a_dcf']:.4f} vs min a-DCF "
                          f"{entry['min_a_dcf']:.4f}")

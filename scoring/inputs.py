@@ -17,6 +17,21 @@ from data.protocols import (
 from runtime.config import Config, require_database
 
 
+def enrollment_length(system: str, config: Config, partition: str = "eval") -> int:
+    """The samples each enrollment file is cut or tiled to when `system` (sasv, b2, asv, cm) scores the partition,
+    as the scripts and main.py do: enrollment_samples for the SASV model (one long concatenated file per
+    speaker on ASVspoof 2019 LA); test_samples for b2 (save_asv_embeddings.py's speaker models) and for an ASV
+    system enrolled from utterances or scoring VoxCeleb-style trials (scoring.verification)."""
+    if system == "b2":
+        return config["test_samples"]
+    if system == "asv":
+        settings = config["asv_train"]
+        voxceleb = settings["eval_trial_list"] if partition == "eval" else settings["trial_list"]
+        if settings["enrollment"] == "utterances" or voxceleb:
+            return config["test_samples"]
+    return config["enrollment_samples"][partition]
+
+
 @dataclass
 class ScoringInputs:
     """What a SASV evaluation needs: the trials and where their audio lives."""

@@ -356,8 +356,11 @@ def calibration_markdown(calibration: dict[str, Any]) -> str:
                          f"| {number(entry, 'min_cllr')} | {number(entry, 'cllr')} |")
     sasv = calibration.get("sasv") or {}
     if "act_a_dcf" in sasv:
+        track2 = f"; with the ASVspoof 5 costs a-DCF {sasv['act_a_dcf_track2']:.4f}, min {sasv['a_dcf']:.4f}" \
+            if "act_a_dcf_track2" in sasv else ""
         lines += ["", f"SASV decision at the dev threshold {sasv['threshold']:.6g} (the dev minimum of "
-                      f"{sasv['decision_metric']}): a-DCF {sasv['act_a_dcf']:.4f}, min a-DCF {sasv['min_a_dcf']:.4f}."]
+                      f"{sasv['decision_metric']}): a-DCF {sasv['act_a_dcf']:.4f}, min a-DCF {sasv['min_a_dcf']:.4f}"
+                      f"{track2}."]
     notes = [f"{score}: {entry['note']}" for score, entry in calibration.items() if entry.get("note")]
     lines += ["", *(f"Not measured: {note}" for note in notes)] if notes else []
     return "\n".join(lines) + "\n"

@@ -53,6 +53,7 @@ from scoring.calibration import (
     weights_fingerprint,
 )
 from scoring.extraction import Extraction, extract
+from scoring.inputs import enrollment_length
 from scoring.sasv import SASVScorer, cm_embedding_and_score, speaker_embeddings
 from scoring.verification import cosine, speaker_model
 
@@ -153,8 +154,7 @@ class SASVSystem:
         self.warn = warn
         self.sample_rate = config["sample_rate"]
         self.test_samples = config["test_samples"]
-        # b2's speaker models were made by save_asv_embeddings.py, which cuts enrollment files to test_samples.
-        self.enrollment_samples = self.test_samples if kind == "b2" else config["enrollment_samples"]["eval"]
+        self.enrollment_samples = enrollment_length(kind, config)  # as the scripts and main.py enroll
         self.options = Extraction.from_config(config, device, num_workers=0, on_bad_audio="skip", progress=progress,
                                               **({"batch_size": batch_size} if batch_size else {}))
         self.calibration: SystemCalibration | None = None
@@ -177,8 +177,9 @@ class SASVSystem:
         only checkpoint, system b2), else the config's asv_weight / aasist_weight. `calibration`: "auto" reads
         calibration.json beside the checkpoint, a path reads that file, None turns calibration off; without
         one the scores are raw (no LLRs, decisions None) and `warn` is told once. `enrollment_samples`: the
-        length enrollment files are cut or tiled to (default: the config's enrollment_samples.eval; b2:
-        test_samples, as save_asv_embeddings.py made its speaker models)."""
+        length enrollment files are cut or tiled to (default: scoring.inputs.enrollment_length, as main.py and the
+        scripts enroll: the config's enrollment_samples.eval for a SASV system; test_samples for b2 and for an ASV
+        system enrolled from utterances)."""
         path = Path(checkpoint)
         stored = load_checkpoint(path)
         kind = system_kind(stored)
@@ -348,6 +349,9 @@ class SASVSystem:
         if str(values["asv_sha256"]) != fingerprint:
             raise SpeakerFileError(f"{path}: its speaker models were made by other ASV weights than those of "
                                    f"{self.checkpoint}; enroll the speakers again with this system")
+        if "enrollment_samples" in values and int(values["enrollment_samples"]) != self.enrollment_samples:
+            self.warn(f"warning: {path}: its speakers were enrolled from audio cut to "
+                      f"{int(values['enrollment_samples'])} samples, this system cuts to {self.enrollment_samples}")
         names, counts, matrix = list(values["speakers"]), values["counts"], values["embeddings"]
         if len(names) != len(counts) or int(counts.sum()) != len(matrix) or (counts < 1).any() \
                 or not np.isfinite(matrix).all():

@@ -134,6 +134,31 @@ def test_the_run_carries_its_calibration(trained):
     assert "calibration (dev fit): eval asv" in resumed
 
 
+def test_the_api_scores_the_asv_run_as_its_eval_scores(trained):
+    """weights/best.ckpt of an ASV run through the Python API: a speaker enrolled from its enrollment utterances
+    (cut to test_samples, as the run enrolls them) scores the eval trials as scores/eval.txt holds them, and
+    the run's calibration is found and applied."""
+    from data.corpora import corpus_of
+    from runtime.config import load_config
+    from scoring.system import SASVSystem
+
+    _, _, experiment, _, _, _ = trained
+    config = load_config(experiment / "config.conf")
+    warnings: list[str] = []
+    system = SASVSystem.load(experiment / "weights" / "best.ckpt", warn=warnings.append)
+    assert system.kind == "asv" and warnings == [] and system.enrollment_samples == config["test_samples"]
+    corpus = corpus_of(config)
+    audio, ext = corpus.audio_dir("eval"), config["audio_ext"]
+    rows = [line.split() for line in (experiment / "scores" / "eval.txt").read_text().splitlines()]
+    speaker = rows[0][0]
+    utterances = corpus.enrollment_utterances("eval")[speaker]
+    system.enroll(speaker, [audio / f"{utterance}.{ext}" for utterance in utterances])
+    chosen = [row for row in rows if row[0] == speaker][:5]
+    results = system.score_trials([(speaker, audio / f"{row[1]}.{ext}") for row in chosen])
+    np.testing.assert_allclose([r.asv_score for r in results], [float(row[3]) for row in chosen], atol=1e-6, rtol=0)
+    assert [r.decision for r in results] == [r.asv_score > system.calibration.decision.threshold for r in results]
+
+
 def test_learning_rate_steps_per_epoch_and_batches_cover_the_plan(trained, corpus):
     _, config, experiment, _, _, _ = trained
     rows = read_metrics(experiment)

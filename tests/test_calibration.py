@@ -96,6 +96,39 @@ def test_adcf_at_the_dev_threshold_is_the_min_adcf_of_the_same_scores():
     assert all(adcf_at_threshold(scores, keys, t) >= best.min_adcf - 1e-15 for t in np.linspace(-3, 4, 50))
 
 
+@pytest.mark.parametrize("rounded", [False, True], ids=["distinct scores", "tied scores"])
+def test_the_decision_threshold_gives_its_dev_value_when_applied(rounded):
+    """Accepting the dev scores above the threshold reproduces the recorded dev value, tied scores included
+    (a per-sample sweep has points inside a tie group that no threshold realises); with distinct scores
+    the threshold and value are the sweeps' own."""
+    rng = np.random.default_rng(3)
+    target, nontarget, spoof = rng.normal(1, 1, 200), rng.normal(-1, 1, 2000), rng.normal(0, 1, 300)
+    if rounded:  # heavily quantised scores: large tie groups
+        target, nontarget, spoof = np.round(target), np.round(nontarget), np.round(spoof)
+    keys = np.array(["target"] * 200 + ["nontarget"] * 2000 + ["spoof"] * 300)
+    values = np.concatenate([target, nontarget, spoof])
+    scored = ScoredTrials(source="", cm_keys=np.where(keys == "spoof", "spoof", "bonafide"), asv_keys=keys,
+                          sasv=values, asv=values)
+    fitted = fit_system_calibration(scored, system="sasv", decision_score="asv", decision_metric="eer", prior=0.5,
+                                    weights_sha256="0" * 64)
+    threshold, value = fitted.decision.threshold, fitted.decision.dev_value
+    miss, false_alarm = np.mean(target <= threshold), np.mean(nontarget > threshold)
+    assert value == pytest.approx((miss + false_alarm) / 2, abs=1e-12)
+    fitted = fit_system_calibration(scored, system="sasv", decision_score="sasv", decision_metric="min_a_dcf",
+                                    prior=0.5, weights_sha256="0" * 64)
+    applied = adcf_at_threshold(values, keys, fitted.decision.threshold, ADCF_DEFAULT)
+    assert fitted.decision.dev_value == pytest.approx(applied, abs=1e-12)
+    if not rounded:
+        assert (threshold, value) == pytest.approx(compute_eer(target, nontarget)[::-1], abs=1e-12)
+        curve = adcf_curve(values, keys)
+        assert (fitted.decision.threshold, fitted.decision.dev_value) == pytest.approx(
+            (curve.threshold, curve.min_adcf), abs=1e-12)
+    else:  # the sweep's EER point lies inside a tie group: no threshold gives it
+        sweep_eer, sweep_threshold = compute_eer(target, nontarget)
+        applied_at_sweep = (np.mean(target <= sweep_threshold) + np.mean(nontarget > sweep_threshold)) / 2
+        assert applied_at_sweep != pytest.approx(sweep_eer, abs=1e-3)
+
+
 def test_metrics_refuse_what_they_cannot_measure():
     with pytest.raises(MetricError):
         act_dcf([0.1, 0.2], [1, 1], 0.5)

@@ -74,10 +74,10 @@ def trained(corpus, tmp_path_factory):
     return work, config_path, work / "exp" / "tiny", result.stdout
 
 
-def run_main_here(config: Path, output_dir: Path) -> subprocess.CompletedProcess:
+def run_main_here(config: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     from tiny_run import run_main_here  # tiny_run imports this module
 
-    return run_main_here(config, output_dir)
+    return run_main_here(config, output_dir, *extra)
 
 
 def parse_scores(path: Path) -> tuple[list[tuple[str, str, str]], np.ndarray]:
@@ -154,6 +154,32 @@ def test_the_api_loads_the_run_with_its_calibration(trained):
     threshold = json.loads((experiment / "weights" / "calibration.json").read_text())["decision"]["threshold"]
     assert [result.decision for result in results] == [bool(value > threshold) for value in sasv]
     assert all(result.sasv_llr is not None or "sasv" in system.calibration.notes for result in results)
+
+
+def test_a_lagging_best_copy_is_rewritten_before_the_evaluation(trained, tmp_path):
+    """A run killed after a new best-k copy but before weights/best.ckpt leaves the previous best there; the
+    evaluation (here of the finished run, again with --resume) rewrites it with the evaluated weights, so
+    that best.ckpt and calibration.json stay one system."""
+    import shutil
+
+    from scoring.calibration import read_calibration, system_fingerprint
+
+    work, config_path, experiment, _ = trained
+    copy = tmp_path / "exp" / experiment.name
+    shutil.copytree(experiment, copy)
+    best = copy / "weights" / "best.ckpt"
+    raw = torch.load(best, weights_only=True)
+    epoch = raw["extra"]["epoch"]
+    raw["extra"]["epoch"] = epoch - 1  # an older best: other weights, another epoch
+    raw["backend_state"] = {key: value + 1 if value.is_floating_point() else value
+                            for key, value in raw["backend_state"].items()}
+    torch.save(raw, best)
+    result = run_main_here(config_path, tmp_path / "exp", "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    model, loss = build_sasv_model(load_config(config_path), load_weights=False)
+    held = load_sasv_weights(model, loss, best)
+    assert held.meta["epoch"] == epoch
+    assert system_fingerprint(model, loss) == read_calibration(copy / "weights" / "calibration.json").weights_sha256
 
 
 def test_cached_scoring_equals_per_trial_path(trained):

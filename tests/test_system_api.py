@@ -125,6 +125,11 @@ def test_score_files_trials_enroll_list_and_warnings(joint, tmp_path, capsys, mo
         for column, part in ((2, "asv"), (3, "cm"), (4, "sasv")):
             assert abs(float(row[column]) - getattr(scored, part)[i]) <= SASV_ATOL
         assert row[5:] == ["-", "-", "-", "-"]  # no calibration: no decision, no LLRs
+    # A speaker system with tests but no speakers would write an empty table: refused instead (exit status 2).
+    status, stdout, err = run_script("score_files.py", ["--model", str(checkpoint), "--test", str(bad_test)],
+                                     capsys, monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and "--enroll" in errors[0] and stdout == "", err
 
 
 def test_waveforms_score_as_their_files(joint):
@@ -278,7 +283,8 @@ def test_asv_alone(joint, tmp_path):
     result = system.score(speaker, test)
     assert result.cm_score is None and result.sasv_score is None and result.decision is None
     with torch.no_grad():  # the cosine of the two embeddings, computed here directly
-        enrolled = network(load_waveform(enrollment[0], asv_config["enrollment_samples"]["eval"])[None])[0].double()
+        # An ASV system enrolls from utterances cut to test_samples, as its training run scores (asv_train.enrollment)
+        enrolled = network(load_waveform(enrollment[0], asv_config["test_samples"])[None])[0].double()
         tested = network(load_waveform(test, asv_config["test_samples"])[None])[0].double()
     expected = float(enrolled @ tested / (enrolled.norm() * tested.norm()))
     assert result.asv_score == pytest.approx(expected, abs=1e-6)

@@ -444,6 +444,8 @@ class Trainer:
         path = self.dir / best["path"] if best else self.dir / "weights" / "last.ckpt"
         if self.is_main:  # under torchrun rank 0 reads it and the others get its weights
             self.task.load_weights(path)
+            if best:
+                self._refresh_best_copy(best["epoch"])
         self._share_rank0_weights()
         summary = {"checkpoint": str(path.relative_to(self.dir)),
                    "epoch": best["epoch"] if best else self.state.epoch,
@@ -469,6 +471,17 @@ class Trainer:
             if result.get("calibration"):
                 self.log(f"calibration (dev fit): eval {calibration_text(result['calibration'])}")
         return summary
+
+    def _refresh_best_copy(self, epoch: int) -> None:
+        """weights/best.ckpt (what users load, beside calibration.json) holds the loaded best weights: a run killed
+        after writing a new best-k copy but before best.ckpt left the previous best there."""
+        target = self.dir / "weights" / "best.ckpt"
+        try:
+            held = load_checkpoint(target).meta.get("epoch") if target.is_file() else None
+        except CheckpointError:
+            held = None
+        if held != epoch:
+            self._write(target, lambda: self.task.on_new_best(epoch, self._dev_row(epoch)))
 
     def _dev_row(self, epoch: int) -> dict[str, Any]:
         row = next((row for row in self.state.metrics if row["epoch"] == epoch), {})
