@@ -201,9 +201,10 @@ def test_python_api_scores_the_seed_checkpoint_as_the_reference(fixtures, info, 
                              enrollment_samples=enrollment_samples)
     assert system.kind == "sasv" and system.test_samples == golden["test_wave"].shape[1]
     assert len(warnings) == 1 and "raw scores" in warnings[0]  # no calibration.json beside a published file
-    for index, wave in enumerate(golden["enr_wave"]):
-        system.enroll(f"speaker{index}", wave.numpy())
-    results = system.score_trials([(f"speaker{int(index)}", wave.numpy())
-                                   for index, wave in zip(golden["trial_enr_index"], golden["test_wave"])])
+    # The trials of the first enrollment only: each 60 s enrollment costs seconds of ResNet on a CPU.
+    trials = (golden["trial_enr_index"] == 0).nonzero().flatten()
+    system.enroll("speaker0", golden["enr_wave"][0].numpy())
+    results = system.score_trials([("speaker0", golden["test_wave"][int(i)].numpy()) for i in trials])
     scores = torch.tensor([result.sasv_score for result in results], dtype=golden["score"].dtype)
-    torch.testing.assert_close(scores, golden["score"], atol=SCORE_ATOL, rtol=0)
+    assert len(scores) >= 2
+    torch.testing.assert_close(scores, golden["score"][trials], atol=SCORE_ATOL, rtol=0)
