@@ -11,7 +11,15 @@ from torch import nn
 
 from losses import build_loss
 from models import network_class
-from models.checkpoint import Checkpoint, load_asv_weights, load_cm_weights, load_sasv_weights
+from models.b2_backend import B2Backend
+from models.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    apply_state,
+    load_asv_weights,
+    load_cm_weights,
+    load_sasv_weights,
+)
 from models.sasv import SASVBackend, SASVModel
 from runtime.compiling import CompiledNetworks
 from runtime.config import Config, ConfigError, build_config, load_config, non_finite
@@ -124,7 +132,7 @@ def apply_kernel_options(model: SASVModel, device: torch.device, *, compile: boo
 
 def load_sasv_weights_from(config: Config, key: str, asv_model, cm_model, backend, loss) -> Checkpoint:
     staging = SASVModel(asv_model, cm_model, backend)
-    return load_sasv_weights(staging, loss, _existing(config, key))
+    return load_sasv_weights(staging, loss, existing_weight_file(config, key))
 
 
 def fill_from_weight_files(config: Config, asv_model: nn.Module, cm_model: nn.Module, held: set[str], *,
@@ -140,7 +148,7 @@ def fill_from_weight_files(config: Config, asv_model: nn.Module, cm_model: nn.Mo
             continue
         if only_if_present and not Path(config[key]).is_file():
             continue
-        load(network, _existing(config, key))
+        load(network, existing_weight_file(config, key))
         loaded.add(part)
     return loaded
 
@@ -151,7 +159,8 @@ def subsystems_held(checkpoint: Checkpoint) -> set[str]:
                                      ("backend", checkpoint.backend_state)) if state is not None}
 
 
-def _existing(config: Config, key: str) -> Path:
+def existing_weight_file(config: Config, key: str) -> Path:
+    """The file the config key `key` names; one ConfigError naming the config and the key when it is missing."""
     path = Path(config[key])
     if not path.is_file():
         raise ConfigError(f"{config.source}: {key} file {path} does not exist")
@@ -203,3 +212,23 @@ def checkpoint_config(checkpoint: Checkpoint, config: str | os.PathLike | Mappin
     if checkpoint.config is not None:
         return build_config(checkpoint.config, source=f"{checkpoint.source} (its stored config)", overrides=overrides)
     return build_config({}, source="<defaults>", overrides=overrides)
+
+
+def load_b2_backend(config: Config, checkpoint: Checkpoint, cm_dim: int | None = None) -> nn.Module:
+    """System b2's back-end with a b2 checkpoint's weights, in eval mode (the Python API and export.py): inputs
+    two ASV embeddings of asv_model.n_out and a CM embedding of `cm_dim` (the CM network's; None: what the
+    checkpoint's input width leaves), hidden widths b2.hidden_dims. Sizes that do not fit the checkpoint are
+    one CheckpointError naming it."""
+    first = (checkpoint.backend_state or {}).get("dnn.0.weight")
+    width = int(first.shape[1]) if isinstance(first, torch.Tensor) and first.dim() == 2 else 0
+    asv_dim = config["asv_model"]["n_out"]
+    given = cm_dim
+    cm_dim = width - 2 * asv_dim if cm_dim is None else cm_dim
+    if cm_dim <= 0 or 2 * asv_dim + cm_dim != width:
+        raise CheckpointError(f"{checkpoint.source}: its b2 back-end takes {width} inputs, which do not fit two ASV "
+                              f"embeddings of asv_model.n_out {asv_dim} and a CM embedding"
+                              f"{'' if given is None else f' of {given}'}; use the config and networks that made "
+                              f"its embeddings")
+    backend = B2Backend(asv_dim, cm_dim, config["b2"]["hidden_dims"])
+    apply_state(backend, checkpoint.backend_state, what="B2 back-end", source=checkpoint.source)
+    return backend.eval()

@@ -30,10 +30,17 @@ import torch
 from torch import Tensor, nn
 
 from models.aasist import GraphPool
-from models.build import build_asv_network, build_cm_network, load_system, subsystems_held
-from models.checkpoint import Checkpoint, CheckpointError, apply_state, load_checkpoint
+from models.build import (
+    build_asv_network,
+    build_cm_network,
+    existing_weight_file,
+    load_b2_backend,
+    load_system,
+    subsystems_held,
+)
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.sasv import SASVBackend
-from runtime.config import Config, ConfigError
+from runtime.config import Config
 from runtime.errors import UserError
 from runtime.files import StagedOutputs, check_output_place
 from scoring.calibration import DIRECTIONS, calibration_beside, system_fingerprint
@@ -158,45 +165,20 @@ class ExportSystem:
     weights_sha256: str  # scoring.calibration.system_fingerprint: which calibration.json belongs to them
 
 
-def _b2_backend(config: Config, checkpoint: Checkpoint) -> nn.Module:
-    """System b2's back-end from a b2 checkpoint; the embedding sizes are the config's networks'."""
-    from models.b2_backend import B2Backend
-
-    state = checkpoint.backend_state
-    layers = sorted(int(key.split(".")[1]) for key in state if key.startswith("dnn.") and key.endswith(".weight"))
-    hidden = [state[f"dnn.{index}.weight"].shape[0] for index in layers]
-    width = state["dnn.0.weight"].shape[1]
-    asv_dim = config["asv_model"]["n_out"]
-    cm_dim = width - 2 * asv_dim
-    if cm_dim <= 0:
-        raise CheckpointError(f"{checkpoint.source}: the b2 back-end takes {width} values, which do not fit two ASV "
-                              f"embeddings of asv_model.n_out {asv_dim} and a CM embedding")
-    backend = B2Backend(asv_dim, cm_dim, hidden)
-    apply_state(backend, state, what="B2 back-end", source=checkpoint.source)
-    return backend.eval()
-
-
 def _b2_networks(config: Config, parts: dict[str, Part], weights: dict[str, str]) -> None:
     """The config's asv_weight / aasist_weight networks, where set, next to a b2 back-end."""
     from models.checkpoint import load_asv_weights, load_cm_weights
 
     if config["asv_weight"]:
         network = build_asv_network(config)
-        load_asv_weights(network, _existing(config, "asv_weight"))
+        load_asv_weights(network, existing_weight_file(config, "asv_weight"))
         parts["asv_embedding"] = asv_part(network.eval(), config["asv_model"]["n_out"])
         weights["asv_embedding"] = config["asv_weight"]
     if config["aasist_weight"]:
         network = build_cm_network(config)
-        load_cm_weights(network, _existing(config, "aasist_weight"))
+        load_cm_weights(network, existing_weight_file(config, "aasist_weight"))
         parts["cm"] = cm_part(network.eval())
         weights["cm"] = config["aasist_weight"]
-
-
-def _existing(config: Config, key: str) -> Path:
-    path = Path(config[key])
-    if not path.is_file():
-        raise ConfigError(f"{config.source}: {key} file {path} does not exist")
-    return path
 
 
 def asv_part(network: nn.Module, width: int) -> Part:
@@ -232,7 +214,7 @@ def export_parts(config: Config, model_path: Path) -> ExportSystem:
     weights: dict[str, str] = {}
     backend = checkpoint.backend_state
     if backend is not None and "dnn.0.weight" in backend:
-        b2 = _b2_backend(config, checkpoint)
+        b2 = load_b2_backend(config, checkpoint)
         _b2_networks(config, parts, weights)
         asv_dim = config["asv_model"]["n_out"]
         parts["backend"] = _backend_part(_B2Score(b2), asv_dim, b2.dnn[0].in_features - 2 * asv_dim,

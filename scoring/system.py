@@ -30,11 +30,17 @@ from torch import nn
 from data.audio import AudioError, InMemoryAudio
 from data.protocols import SASVTrial
 from models.b2_backend import B2Backend
-from models.build import build_asv_network, build_cm_network, build_sasv_model, checkpoint_config, subsystems_held
+from models.build import (
+    build_asv_network,
+    build_cm_network,
+    build_sasv_model,
+    checkpoint_config,
+    load_b2_backend,
+    subsystems_held,
+)
 from models.checkpoint import (
     Checkpoint,
     CheckpointError,
-    apply_state,
     load_asv_weights,
     load_checkpoint,
     load_cm_weights,
@@ -495,14 +501,6 @@ def _build(kind: str, checkpoint: Checkpoint, config: Config, asv_weights: str |
     asv, cm = build_asv_network(config), build_cm_network(config)
     load_asv_weights(asv, _weights_file(asv_weights, config, "asv_weight", path, "ASV", "asv_weights"))
     load_cm_weights(cm, _weights_file(cm_weights, config, "aasist_weight", path, "CM", "cm_weights"))
-    first = checkpoint.backend_state.get("dnn.0.weight")
-    width = int(first.shape[1]) if isinstance(first, torch.Tensor) and first.dim() == 2 else 0
-    cm_dim = int(cm.embedding_dim)
-    asv_dim = config["asv_model"].get("n_out") or (width - cm_dim) // 2
-    if 2 * asv_dim + cm_dim != width:
-        raise CheckpointError(f"{path}: its back-end takes {width} inputs, but the config's ASV and CM networks "
-                              f"give 2 x {asv_dim} + {cm_dim}; use the config and networks that made its embeddings")
-    backend = B2Backend(asv_dim, cm_dim, config["b2"]["hidden_dims"])
-    apply_state(backend, checkpoint.backend_state, what="B2 back-end", source=path)
+    backend = load_b2_backend(config, checkpoint, cm_dim=int(cm.embedding_dim))
     return {"asv": asv, "cm": cm, "backend": backend}
 
