@@ -42,6 +42,16 @@ class ADCFCostModel:
         if min(self.Cmiss, self.Cfa_asv, self.Cfa_cm) < 0:
             raise MetricError("a-DCF costs must be non-negative")
 
+    def normalised(self, p_miss: Any, p_fa_nontarget: Any, p_fa_spoof: Any) -> Any:
+        """The normalised a-DCF of a system with these error rates (numbers or arrays of them): the cost
+        divided by that of the cheaper of the accept-all and reject-all systems."""
+        raw = (
+            self.Cmiss * self.Ptrg * p_miss
+            + self.Cfa_asv * self.Pnontrg * p_fa_nontarget
+            + self.Cfa_cm * self.Pspf * p_fa_spoof
+        )
+        return raw / min(self.Cfa_asv * self.Pnontrg + self.Cfa_cm * self.Pspf, self.Cmiss * self.Ptrg)
+
 
 # The a_dcf package's CostModel() defaults (used for the golden values).
 ADCF_DEFAULT = ADCFCostModel()
@@ -95,15 +105,7 @@ def adcf_curve_from_sorted(sorted_scores: np.ndarray, sorted_codes: np.ndarray, 
     misses = np.concatenate(([0], np.cumsum(sorted_codes == 0)))
     nontargets_left = n_nontarget - np.concatenate(([0], np.cumsum(sorted_codes == 1)))
     spoofs_left = n_spoof - np.concatenate(([0], np.cumsum(sorted_codes == 2)))
-    cost = cost_model
-    raw = (
-        cost.Cmiss * cost.Ptrg * (misses / n_target)
-        + cost.Cfa_asv * cost.Pnontrg * (nontargets_left / n_nontarget)
-        + cost.Cfa_cm * cost.Pspf * (spoofs_left / n_spoof)
-    )
-    accept_all = cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf
-    reject_all = cost.Cmiss * cost.Ptrg
-    curve = raw / min(accept_all, reject_all)
+    curve = cost_model.normalised(misses / n_target, nontargets_left / n_nontarget, spoofs_left / n_spoof)
     thresholds = np.concatenate(([float(sorted_scores[0]) - 1e-8], sorted_scores))
     index = int(np.argmin(curve))
     return ADCFResult(

@@ -125,10 +125,7 @@ def adcf_at_threshold(scores: Any, keys: Any, threshold: float, cost_model: ADCF
         raise MetricError("a-DCF needs target, nontarget and spoof trials "
                           f"(got {counts[0]}, {counts[1]} and {counts[2]})")
     accepted = values > threshold
-    cost = cost_model
     p_miss = np.count_nonzero(~accepted & (codes == 0)) / counts[0]
     p_fa_nontarget = np.count_nonzero(accepted & (codes == 1)) / counts[1]
     p_fa_spoof = np.count_nonzero(accepted & (codes == 2)) / counts[2]
-    raw = cost.Cmiss * cost.Ptrg * p_miss + cost.Cfa_asv * cost.Pnontrg * p_fa_nontarget + \
-        cost.Cfa_cm * cost.Pspf * p_fa_spoof
-    return float(raw / min(cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf, cost.Cmiss * cost.Ptrg))
+    return float(cost_model.normalised(p_miss, p_fa_nontarget, p_fa_spoof))

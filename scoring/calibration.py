@@ -204,13 +204,10 @@ def decision_threshold(scored: ScoredTrials, score: str, metric: str) -> tuple[f
         keep = np.isfinite(values)
         values, keys = values[keep], np.asarray(scored.asv_keys)[keep]
         thresholds = _accept_rule_points(values)
-        cost = _cost_model(metric)
         p_miss, p_fa_nontarget, p_fa_spoof = (
             _rejected_fraction(values[keys == key], thresholds) if key == "target" else
             1.0 - _rejected_fraction(values[keys == key], thresholds) for key in ("target", "nontarget", "spoof"))
-        raw = cost.Cmiss * cost.Ptrg * p_miss + cost.Cfa_asv * cost.Pnontrg * p_fa_nontarget + \
-            cost.Cfa_cm * cost.Pspf * p_fa_spoof
-        curve = raw / min(cost.Cfa_asv * cost.Pnontrg + cost.Cfa_cm * cost.Pspf, cost.Cmiss * cost.Ptrg)
+        curve = _cost_model(metric).normalised(p_miss, p_fa_nontarget, p_fa_spoof)
         index = int(np.argmin(curve))
         return float(thresholds[index]), float(curve[index])
     if metric in ("sasv_eer", "eer"):
